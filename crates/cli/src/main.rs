@@ -1,0 +1,435 @@
+//! `vigil`: the command-line interface. Parses arguments, shows progress, maps errors to exit
+//! codes; all logic lives in the library crates.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use vigil_config::{Config, Profile};
+use vigil_events::{Dataset, EventsError, Format, GeneratorConfig, IngestOptions, Validator};
+use vigil_pipeline::{PipelineError, Progress, RunOptions};
+
+const EXAMPLES: &str = "\
+Examples:
+  vigil generate --events 1000000 --seed 7 --out events.csv
+  vigil run --input events.csv --out out/
+  vigil ingest more.jsonl.gz --data out/data
+  vigil sql --out out/ \"SELECT day, block_rate FROM monitoring_metrics ORDER BY block_rate DESC LIMIT 3\"
+  vigil config --profile notebook > vigil.toml";
+
+/// Vigil: a Trust & Safety pipeline from raw product events to monitoring, alerts and drift.
+#[derive(Parser, Debug)]
+#[command(name = "vigil", version, about, after_help = EXAMPLES)]
+struct Cli {
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate seeded synthetic telemetry (CSV or Parquet) plus ground_truth.csv beside it.
+    #[command(
+        after_help = "Examples:\n  vigil generate --out events.csv\n  vigil generate --events 200000 --rings 8 --incident-day 5 --drift --end 2026-02-15T00:00:00Z --out gen/events.parquet"
+    )]
+    Generate(GenerateArgs),
+    /// Validate event files and append them to the Parquet dataset; bad rows go to quarantine.
+    #[command(
+        after_help = "Examples:\n  vigil ingest events.csv\n  vigil ingest logs/day1.jsonl.gz logs/day2.jsonl.zst --data vigil-data\n  vigil ingest export.txt --format csv --strict"
+    )]
+    Ingest(IngestArgs),
+    /// Ingest inputs, then build core tables, monitoring metrics, alerts, features and drift.
+    #[command(
+        after_help = "Example:\n  vigil run --input events.csv --out out/ --config vigil.toml"
+    )]
+    Run(RunArgs),
+    /// Run SQL over the events and the tables of an output directory.
+    #[command(
+        after_help = "Example:\n  vigil sql --out out/ \"SELECT user_id, n_events FROM core_users ORDER BY n_events DESC LIMIT 5\""
+    )]
+    Sql(SqlArgs),
+    /// Print a configuration file with every setting at its default.
+    Config {
+        /// Which defaults to print.
+        #[arg(long, default_value = "default")]
+        profile: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Number of events.
+    #[arg(long, default_value_t = 50_000)]
+    events: u64,
+    /// Number of users [default: 1,500 per 50,000 events].
+    #[arg(long)]
+    users: Option<usize>,
+    /// Days in the window.
+    #[arg(long, default_value_t = 14)]
+    days: u32,
+    /// Share of users who are abusers.
+    #[arg(long, default_value_t = 0.04)]
+    abuse_rate: f64,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// End of the window (RFC 3339) [default: now].
+    #[arg(long)]
+    end: Option<String>,
+    /// Calendar day (0 = first) with a block-rate spike.
+    #[arg(long)]
+    incident_day: Option<u32>,
+    /// Shift chat tokens and latency in the last 3 days.
+    #[arg(long)]
+    drift: bool,
+    /// Number of coordinated rings sharing payment tokens and devices.
+    #[arg(long, default_value_t = 0)]
+    rings: usize,
+    /// Output file (.csv or .parquet).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct InputOpts {
+    /// Input format, when the extension does not tell (csv, jsonl, parquet).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Fail on the first bad row (nothing is stored) instead of quarantining it.
+    #[arg(long)]
+    strict: bool,
+    /// Configuration file.
+    #[arg(long, env = "VIGIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Start from this profile's defaults (default or notebook) when no config file names one.
+    #[arg(long)]
+    profile: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// Files to ingest (.csv, .jsonl, .parquet, optionally .gz or .zst).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Data directory.
+    #[arg(long, default_value = "vigil-data")]
+    data: PathBuf,
+    #[command(flatten)]
+    opts: InputOpts,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Event files to ingest before running (repeatable).
+    #[arg(long = "input", num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Data directory [default: OUT/data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[command(flatten)]
+    opts: InputOpts,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy)]
+enum OutFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct SqlArgs {
+    /// The query.
+    query: String,
+    /// Data directory holding the events [default: OUT/data, else vigil-data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Output directory of a run: its Parquet tables are queryable by name.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value = "table")]
+    format: OutFormat,
+}
+
+fn load_config(opts: &InputOpts) -> Result<Config> {
+    let mut cfg = match &opts.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(p) = &opts.profile {
+        let profile: Profile = p.parse()?;
+        if opts.config.is_none() {
+            cfg = Config::for_profile(profile);
+        } else if cfg.profile != profile {
+            anyhow::bail!(
+                "--profile {p} conflicts with the profile of the config file; change one of them"
+            );
+        }
+    }
+    Ok(cfg)
+}
+
+fn ingest_options(opts: &InputOpts, cfg: &Config) -> IngestOptions {
+    IngestOptions {
+        format: opts.format,
+        strict: opts.strict,
+        validator: Validator {
+            max_field_bytes: cfg.ingest.max_field_bytes,
+            assume_utc: cfg.ingest.assume_utc_for_naive_timestamps,
+        },
+        batch_rows: cfg.ingest.batch_rows,
+    }
+}
+
+fn bytes_bar(total: u64, label: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message(label.to_string());
+    pb
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let end_micros = match &a.end {
+        Some(s) => vigil_events::timestamp::parse_timestamp_micros(s, false)
+            .map_err(|_| anyhow::anyhow!("--end {s:?} is not an RFC 3339 timestamp with an offset (e.g. 2026-02-15T05:26:38Z)"))?,
+        None => chrono::Utc::now().timestamp_micros(),
+    };
+    let cfg = GeneratorConfig {
+        events: a.events,
+        users: a
+            .users
+            .unwrap_or_else(|| ((a.events * 3 / 100) as usize).max(1)),
+        days: a.days,
+        abuse_rate: a.abuse_rate,
+        seed: a.seed,
+        end_micros,
+        incident_day: a.incident_day,
+        drift: a.drift,
+        rings: a.rings,
+    };
+    let pb = ProgressBar::new(a.events);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:>12} [{bar:30}] {human_pos}/{human_len} events {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_message("generating");
+    let summary = vigil_events::generate(&cfg, &a.out, &|n| pb.set_position(n))
+        .with_context(|| format!("generating {}", a.out.display()))?;
+    pb.finish_and_clear();
+    eprintln!(
+        "wrote {} events for {} users ({} abusers, {} in rings) to {}; ground truth in {}",
+        summary.events,
+        summary.users,
+        summary.abusers,
+        summary.ring_members,
+        summary.out.display(),
+        summary.ground_truth.display()
+    );
+    Ok(())
+}
+
+fn print_ingest(s: &vigil_events::IngestSummary, quarantine: &Path) {
+    eprintln!(
+        "{}: {} rows read, {} accepted, {} quarantined, {} duplicates skipped ({:.2}s)",
+        s.source, s.rows_read, s.accepted, s.quarantined, s.duplicates, s.seconds
+    );
+    if s.quarantined > 0 {
+        eprintln!(
+            "  bad rows (with line and reason) are in {}",
+            quarantine.display()
+        );
+    }
+}
+
+fn cmd_ingest(a: IngestArgs) -> Result<()> {
+    let cfg = load_config(&a.opts)?;
+    let opts = ingest_options(&a.opts, &cfg);
+    let ds = Dataset::open(&a.data)?;
+    let mut known = ds.known_event_keys()?;
+    for file in &a.files {
+        let total = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        let pb = bytes_bar(total, "ingesting");
+        let s = vigil_events::ingest_file(&ds, &mut known, file, &opts, &|n| pb.set_position(n));
+        pb.finish_and_clear();
+        print_ingest(&s?, &ds.quarantine_path());
+    }
+    Ok(())
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let cfg = load_config(&a.opts)?;
+    let opts = RunOptions {
+        inputs: a.inputs.clone(),
+        out: a.out.clone(),
+        data: a.data.clone(),
+        ingest: ingest_options(&a.opts, &cfg),
+        config: cfg,
+    };
+    let bar = std::cell::RefCell::new(None::<ProgressBar>);
+    let progress = |p: Progress<'_>| match p {
+        Progress::StageStart(name) => {
+            let pb = ProgressBar::new_spinner();
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            pb.set_message(name.to_string());
+            pb.enable_steady_tick(Duration::from_millis(120));
+            *bar.borrow_mut() = Some(pb);
+        }
+        Progress::IngestBytes { path, done, total } => {
+            let mut b = bar.borrow_mut();
+            let needs_new = b.as_ref().is_none_or(|pb| pb.length() != Some(total));
+            if needs_new {
+                if let Some(pb) = b.take() {
+                    pb.finish_and_clear();
+                }
+                *b = Some(bytes_bar(total, &format!("{}", path.display())));
+            }
+            if let Some(pb) = b.as_ref() {
+                pb.set_position(done);
+            }
+        }
+        Progress::StageEnd(name, secs) => {
+            if let Some(pb) = bar.borrow_mut().take() {
+                pb.finish_and_clear();
+            }
+            eprintln!("  {name:<18} {secs:>8.2}s");
+        }
+    };
+    let m = vigil_pipeline::run(&opts, &progress)?;
+    for s in &m.inputs {
+        print_ingest(s, &Path::new(&m.data_dir).join("quarantine.jsonl"));
+    }
+    eprintln!(
+        "{} events in the dataset; {} alert(s); drifted features: {}",
+        m.events_in_dataset,
+        m.alerts,
+        if m.drifted_features.is_empty() {
+            "none".to_string()
+        } else {
+            m.drifted_features.join(", ")
+        }
+    );
+    eprintln!("outputs in {} (manifest: run.json)", a.out.display());
+    Ok(())
+}
+
+fn cmd_sql(a: SqlArgs) -> Result<()> {
+    let data = a
+        .data
+        .clone()
+        .or_else(|| a.out.as_ref().map(|o| o.join("data")))
+        .unwrap_or_else(|| PathBuf::from("vigil-data"));
+    let wh = vigil_warehouse::Warehouse::open(&data, None)?;
+    if let Some(out) = &a.out {
+        let entries = std::fs::read_dir(out)
+            .with_context(|| format!("cannot read output directory {}", out.display()))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "parquet") {
+                if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
+                    wh.register_parquet_file(stem, &p)?;
+                }
+            }
+        }
+    }
+    let t = wh
+        .query("query", &a.query)
+        .with_context(|| format!("tables available: {}", wh.table_names().join(", ")))?;
+    let mut stdout = std::io::stdout().lock();
+    match a.format {
+        OutFormat::Table => {
+            let s = arrow::util::pretty::pretty_format_batches(&t.batches)?;
+            use std::io::Write;
+            writeln!(stdout, "{s}")?;
+        }
+        OutFormat::Csv => {
+            let mut w = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(stdout);
+            for b in &t.batches {
+                w.write(b)?;
+            }
+        }
+        OutFormat::Json => {
+            let mut w = arrow::json::LineDelimitedWriter::new(stdout);
+            for b in &t.batches {
+                w.write(b)?;
+            }
+            w.finish()?;
+        }
+    }
+    Ok(())
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<EventsError>() {
+            return match e {
+                EventsError::BadRow { .. } | EventsError::BadInput { .. } => 3,
+                _ => 1,
+            };
+        }
+        if let Some(PipelineError::Events(
+            EventsError::BadRow { .. } | EventsError::BadInput { .. },
+        )) = cause.downcast_ref::<PipelineError>()
+        {
+            return 3;
+        }
+        if cause.downcast_ref::<vigil_config::ConfigError>().is_some() {
+            return 2;
+        }
+    }
+    1
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::Ingest(a) => cmd_ingest(a),
+        Command::Run(a) => cmd_run(a),
+        Command::Sql(a) => cmd_sql(a),
+        Command::Config { profile } => profile
+            .parse::<Profile>()
+            .map(|p| print!("{}", Config::for_profile(p).to_toml()))
+            .map_err(Into::into),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! End-to-end tests of the `vigil` binary: generation, ingestion of every format, quarantine of
+//! bad rows, `--strict`, re-ingestion, and a full `vigil run` on generated data.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .output()
+        .expect("the vigil binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = vigil(args);
+    assert!(
+        o.status.success(),
+        "vigil {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn count_events(data: &Path) -> u64 {
+    let out = ok(&[
+        "sql",
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT COUNT(*) AS n FROM events",
+    ]);
+    out.lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+const HEADER: &str = "event_id,ts,user_id,ip,device_id,payment_id,surface,product,event_type,prompt,tokens_in,tokens_out,latency_ms,blocked,warned,is_abuse_gt";
+
+fn good(id: u32) -> String {
+    format!(
+        "e_{id},2026-02-01 05:26:54.143876+00:00,u_1,203.0.113.1,dev_1,pay_1,web,chat,chat,hello there,10,20,300,0,0,0"
+    )
+}
+
+/// A CSV with a dozen kinds of broken rows between good ones. Returns (bytes, expected
+/// quarantine as (line, reason fragment), good row count).
+fn broken_csv() -> (Vec<u8>, Vec<(u64, &'static str)>, u64) {
+    let mut lines: Vec<Vec<u8>> = vec![HEADER.into(), good(1).into()];
+    // A good row whose prompt spans two physical lines: line numbers must still be right.
+    lines.push(
+        "e_2,2026-02-01T05:26:54Z,u_2,203.0.113.1,dev_1,,ios,chat,chat,\"two\nlines, quoted\",10,20,300,0,0,".into(),
+    );
+    let bad: Vec<(String, &str)> = vec![
+        (
+            good(3).replace("u_1,", ","),
+            "missing required field `user_id`",
+        ),
+        (
+            good(4).replace("2026-02-01 05:26:54.143876+00:00", "yesterday"),
+            "unparsable timestamp",
+        ),
+        (
+            good(5).replace("2026-02-01 05:26:54.143876+00:00", "2026-02-01 05:26:54"),
+            "no UTC offset",
+        ),
+        (
+            good(6).replace(",10,20,", ",ten,20,"),
+            "`tokens_in` is not an integer",
+        ),
+        (
+            good(7).replace(",10,20,", ",10,20.5,"),
+            "`tokens_out` is not an integer",
+        ),
+        (
+            good(8).replace(",chat,hello", ",purchase,hello"),
+            "unknown event type",
+        ),
+        (
+            good(9).replace(",300,", ",-300,"),
+            "`latency_ms` is negative",
+        ),
+        (
+            good(10).replace(",0,0,0", ",2,0,0"),
+            "`blocked` must be 0 or 1",
+        ),
+        (
+            good(11).replace(",0,0,0", ",0,0,yes"),
+            "`is_abuse_gt` must be 0 or 1",
+        ),
+        (
+            good(12).replace("hello there", &"x".repeat(70_000)),
+            "over the 65536-byte limit",
+        ),
+        (
+            good(13).replace(",0,0,0", ",0,0"),
+            "expected 16 fields, found 15",
+        ),
+        (
+            good(14).replace("2026-02-01 05", "2026-02-30 05"),
+            "unparsable timestamp",
+        ),
+    ];
+    let mut expected = Vec::new();
+    let mut line_no = 4u64; // header=1, good(1)=2, the two-line row=3..4
+    for (i, (row, reason)) in bad.into_iter().enumerate() {
+        lines.push(row.into());
+        line_no += 1;
+        expected.push((line_no, reason));
+        if i == 5 {
+            lines.push(good(100).into());
+            line_no += 1;
+        }
+    }
+    // Invalid UTF-8 in the prompt.
+    let mut raw: Vec<u8> = good(15).into();
+    let pos = raw.windows(5).position(|w| w == b"hello").unwrap();
+    raw[pos] = 0xff;
+    lines.push(raw);
+    line_no += 1;
+    expected.push((line_no, "`prompt` is not valid UTF-8"));
+    lines.push(good(101).into());
+    let mut bytes = Vec::new();
+    for l in lines {
+        bytes.extend_from_slice(&l);
+        bytes.push(b'\n');
+    }
+    (bytes, expected, 4)
+}
+
+#[test]
+fn every_bad_row_is_quarantined_with_its_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, expected, n_good) = broken_csv();
+    let input = dir.path().join("broken.csv");
+    std::fs::write(&input, &bytes).unwrap();
+    let data = dir.path().join("data");
+    let o = vigil(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{} accepted, {} quarantined",
+            n_good,
+            expected.len()
+        )),
+        "{stderr}"
+    );
+    let q = std::fs::read_to_string(data.join("quarantine.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = q
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), expected.len(), "{q}");
+    for (rec, (line, reason)) in records.iter().zip(&expected) {
+        assert_eq!(rec["line"].as_u64(), Some(*line), "{rec}");
+        let got = rec["reason"].as_str().unwrap();
+        assert!(
+            got.contains(reason),
+            "line {line}: {got:?} lacks {reason:?}"
+        );
+        assert!(rec["source"].as_str().unwrap().ends_with("broken.csv"));
+        assert!(!rec["raw"].as_str().unwrap().is_empty());
+    }
+    assert_eq!(count_events(&data), n_good);
+
+    // Re-ingesting the same file adds nothing and quarantines the same rows again only in its
+    // own summary; the stored event count is unchanged.
+    let o = vigil(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&format!("{n_good} duplicates skipped")));
+    assert_eq!(count_events(&data), n_good);
+}
+
+#[test]
+fn strict_mode_fails_on_the_first_bad_row_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, expected, _) = broken_csv();
+    let input = dir.path().join("broken.csv");
+    std::fs::write(&input, &bytes).unwrap();
+    let data = dir.path().join("data");
+    let o = vigil(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--strict",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let (line, reason) = expected[0];
+    assert!(stderr.contains(&format!("broken.csv:{line}: ")), "{stderr}");
+    assert!(stderr.contains(reason), "{stderr}");
+    assert_eq!(count_events(&data), 0);
+    assert!(!data.join("quarantine.jsonl").exists());
+}
+
+#[test]
+fn a_missing_column_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("narrow.csv");
+    std::fs::write(&input, "event_id,ts\ne_1,2026-02-01T00:00:00Z\n").unwrap();
+    let o = vigil(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("missing required column(s): user_id"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn generation_is_deterministic_per_seed_and_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let gen_to = |name: &str, seed: &str| {
+        let p = dir.path().join(name).join("events.csv");
+        ok(&[
+            "generate",
+            "--events",
+            "5000",
+            "--seed",
+            seed,
+            "--end",
+            "2026-02-15T05:26:38Z",
+            "--out",
+            p.to_str().unwrap(),
+        ]);
+        std::fs::read(p).unwrap()
+    };
+    let a = gen_to("a", "7");
+    let b = gen_to("b", "7");
+    let c = gen_to("c", "8");
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn generated_data_has_the_notebook_distributions() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("events.csv");
+    ok(&[
+        "generate",
+        "--end",
+        "2026-02-15T05:26:38Z",
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    let mut r = csv::Reader::from_path(&p).unwrap();
+    let (mut n, mut chats, mut last_ts) = (0u64, 0u64, String::new());
+    let mut abusers = std::collections::HashSet::new();
+    let mut users = std::collections::HashSet::new();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        n += 1;
+        assert!(rec[1].to_string() >= last_ts, "rows sorted by timestamp");
+        last_ts = rec[1].to_string();
+        if &rec[8] == "chat" {
+            chats += 1;
+            assert!(!rec[9].is_empty());
+        } else {
+            assert!(rec[9].is_empty());
+        }
+        if &rec[8] == "policy_block" {
+            assert_eq!(&rec[13], "1");
+        }
+        users.insert(rec[2].to_string());
+        if &rec[15] == "1" {
+            abusers.insert(rec[2].to_string());
+        }
+    }
+    assert_eq!(n, 50_000);
+    // Chat share: 0.96 * 0.63 + 0.04 * 0.72 = 0.6336 (the notebook's data: 0.6343).
+    let share = chats as f64 / n as f64;
+    assert!((share - 0.6336).abs() < 0.01, "chat share {share}");
+    assert_eq!(abusers.len(), 60);
+    assert!(users.len() > 1490 && users.len() <= 1500);
+    let gt = std::fs::read_to_string(dir.path().join("ground_truth.csv")).unwrap();
+    assert_eq!(gt.lines().count(), 1501);
+    assert_eq!(gt.lines().filter(|l| l.contains(",1,")).count(), 60);
+}
+
+#[test]
+fn every_input_format_and_compression_ingests_the_same_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv_path = dir.path().join("events.csv");
+    let pq_path = dir.path().join("p").join("events.parquet");
+    let args = [
+        "--events",
+        "3000",
+        "--seed",
+        "3",
+        "--end",
+        "2026-02-15T00:00:00Z",
+    ];
+    ok(&[
+        &["generate", "--out", csv_path.to_str().unwrap()],
+        &args[..],
+    ]
+    .concat());
+    ok(&[&["generate", "--out", pq_path.to_str().unwrap()], &args[..]].concat());
+    let raw = std::fs::read(&csv_path).unwrap();
+    let gz_path = dir.path().join("events.csv.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&raw).unwrap();
+    std::fs::write(&gz_path, gz.finish().unwrap()).unwrap();
+    let zst_path = dir.path().join("events.csv.zst");
+    std::fs::write(&zst_path, zstd::encode_all(&raw[..], 1).unwrap()).unwrap();
+    // JSONL: every CSV row as an object, numbers as JSON numbers.
+    let mut jsonl = String::new();
+    let mut r = csv::Reader::from_reader(&raw[..]);
+    let headers = r.headers().unwrap().clone();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        let mut obj = serde_json::Map::new();
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            let val = match v.parse::<i64>() {
+                Ok(i) if h != "event_id" => serde_json::json!(i),
+                _ if v.is_empty() => serde_json::Value::Null,
+                _ => serde_json::json!(v),
+            };
+            obj.insert(h.to_string(), val);
+        }
+        jsonl.push_str(&serde_json::Value::Object(obj).to_string());
+        jsonl.push('\n');
+    }
+    let jsonl_path = dir.path().join("events.jsonl");
+    std::fs::write(&jsonl_path, jsonl).unwrap();
+
+    let mut totals = Vec::new();
+    for (i, p) in [&csv_path, &gz_path, &zst_path, &jsonl_path, &pq_path]
+        .iter()
+        .enumerate()
+    {
+        let data = dir.path().join(format!("d{i}"));
+        ok(&[
+            "ingest",
+            p.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        let sums = ok(&[
+            "sql",
+            "--data",
+            data.to_str().unwrap(),
+            "--format",
+            "csv",
+            "SELECT COUNT(*) AS n, SUM(tokens_in) AS t, COUNT(payment_id) AS p, \
+             SUM(CAST(blocked AS BIGINT)) AS b, MIN(ts) AS first FROM events",
+        ]);
+        totals.push(sums);
+    }
+    assert!(totals[0].contains("3000,"), "{}", totals[0]);
+    for t in &totals[1..] {
+        assert_eq!(t, &totals[0]);
+    }
+}
+
+#[test]
+fn run_writes_every_output_and_sees_the_injected_incident_and_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.parquet");
+    ok(&[
+        "generate",
+        "--events",
+        "60000",
+        "--seed",
+        "11",
+        "--incident-day",
+        "4",
+        "--drift",
+        "--rings",
+        "3",
+        "--end",
+        "2026-03-01T12:00:00Z",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("out");
+    ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    for f in [
+        "core_users.csv",
+        "core_user_day.csv",
+        "core_day_metrics.csv",
+        "core_users.parquet",
+        "core_user_day.parquet",
+        "core_day_metrics.parquet",
+        "sqlite.db",
+        "user_day_features.csv",
+        "monitoring_metrics.csv",
+        "alerts.csv",
+        "drift.csv",
+        "run.json",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(manifest["events_in_dataset"], 60_000);
+    assert_eq!(manifest["row_counts"]["core_day_metrics"], 15);
+    // Day 4 of a window starting 2026-02-15T12:00Z is 2026-02-19.
+    let alerts = std::fs::read_to_string(out.join("alerts.csv")).unwrap();
+    assert!(
+        alerts.contains("2026-02-19,spike_block_rate,high"),
+        "{alerts}"
+    );
+    let drift = std::fs::read_to_string(out.join("drift.csv")).unwrap();
+    let flagged: Vec<&str> = drift.lines().filter(|l| l.ends_with(",1")).collect();
+    assert!(
+        flagged.iter().any(|l| l.starts_with("tokens_in_sum,")),
+        "{drift}"
+    );
+    // The dataset is queryable together with the run's tables.
+    let top = ok(&[
+        "sql",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT COUNT(*) AS n FROM core_users WHERE n_payments >= 1",
+    ]);
+    assert!(top.lines().nth(1).unwrap().parse::<u64>().unwrap() > 1000);
+    let ring_users = ok(&[
+        "sql",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT COUNT(DISTINCT user_id) AS n FROM events WHERE payment_id LIKE 'pay_ring_%'",
+    ]);
+    assert!(ring_users.lines().nth(1).unwrap().parse::<u64>().unwrap() >= 3);
+}
+
+#[test]
+fn a_bad_alert_rule_names_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        "2000",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        "[[monitoring.alerts]]\nname = \"broken_rule\"\nseverity = \"low\"\nwhen = \"no_such_column > 1\"\ndetails = \"'x'\"\n",
+    )
+    .unwrap();
+    let o = vigil(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        dir.path().join("o").to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("broken_rule") && stderr.contains("no_such_column"),
+        "{stderr}"
+    );
+}

@@ -1,0 +1,441 @@
+//! Vigil configuration (`vigil.toml`).
+//!
+//! Every threshold, rule and weight of the pipeline lives here with the spec's default, so a
+//! T&S engineer tunes Vigil by editing a file rather than Rust. Rules that users will want to
+//! change (alerts) are data: SQL boolean expressions evaluated by the same engine that builds
+//! the tables. Unknown keys are rejected so that a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors raised while reading a configuration file. Always the user's to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file being parsed.
+        path: PathBuf,
+        /// What the TOML parser said, with line and column.
+        message: String,
+    },
+    /// A value is well-formed but makes no sense (a negative window, an empty rule name...).
+    #[error("invalid config value `{key}`: {message}")]
+    Invalid {
+        /// Dotted key of the offending setting.
+        key: String,
+        /// Why it is rejected.
+        message: String,
+    },
+    /// An unknown profile name was requested.
+    #[error("unknown profile `{0}` (expected `default` or `notebook`)")]
+    UnknownProfile(String),
+}
+
+/// Which family of defaults to start from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// Vigil's own defaults: the notebook's rules plus the improvements documented in README.
+    #[default]
+    Default,
+    /// Exactly the notebook proof-of-concept's rules, for parity checks.
+    Notebook,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Self::Default),
+            "notebook" => Ok(Self::Notebook),
+            other => Err(ConfigError::UnknownProfile(other.to_string())),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Which defaults this file starts from.
+    pub profile: Profile,
+    /// Ingestion limits and timestamp policy.
+    pub ingest: IngestConfig,
+    /// SQL core tables.
+    pub sql: SqlConfig,
+    /// Daily metrics and alert rules.
+    pub monitoring: MonitoringConfig,
+    /// PSI drift on user-day features.
+    pub drift: DriftConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::for_profile(Profile::Default)
+    }
+}
+
+/// Ingestion settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Any field longer than this many bytes sends its row to quarantine.
+    pub max_field_bytes: usize,
+    /// Rows per Arrow batch (and so the memory bound of one in-flight batch).
+    pub batch_rows: usize,
+    /// Accept timestamps without a UTC offset as UTC. Off by default: such a timestamp is
+    /// ambiguous and is quarantined with a reason that names this setting.
+    pub assume_utc_for_naive_timestamps: bool,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_field_bytes: 64 * 1024,
+            batch_rows: 64 * 1024,
+            assume_utc_for_naive_timestamps: false,
+        }
+    }
+}
+
+/// Where the SQL of the core tables comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqlConfig {
+    /// A directory holding `core_users.sql`, `core_user_day.sql`, `core_day_metrics.sql` and
+    /// `user_day_features.sql` to use instead of the built-in ones. Files missing there fall
+    /// back to the built-in SQL.
+    pub dir: Option<PathBuf>,
+}
+
+/// Monitoring settings: the alert rules and the robust anomaly rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// Fixed-threshold rules, evaluated in order over `monitoring_metrics`.
+    pub alerts: Vec<AlertRule>,
+    /// The statistical rule: a metric far from its trailing median in MAD units.
+    pub robust_z: RobustZConfig,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            alerts: AlertRule::spec_defaults(),
+            robust_z: RobustZConfig::default(),
+        }
+    }
+}
+
+/// One alert rule: a SQL boolean expression over the columns of `monitoring_metrics`
+/// (`day, n_events, n_chat, n_active_users, n_blocked, n_warned, latency_ms_avg, block_rate,
+/// warn_rate`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// Written to `alerts.csv` as `alert_type`.
+    pub name: String,
+    /// `high`, `medium` or `low`; a `high` alert opens an incident.
+    pub severity: String,
+    /// SQL boolean expression; the rule fires on the days where it is true.
+    pub when: String,
+    /// SQL string expression for the `details` column. `format_fixed(x, digits)` formats a
+    /// number with a fixed count of decimals.
+    pub details: String,
+}
+
+impl AlertRule {
+    /// The spec's two rules.
+    pub fn spec_defaults() -> Vec<Self> {
+        vec![
+            Self {
+                name: "spike_block_rate".into(),
+                severity: "high".into(),
+                when: "block_rate > 0.08 AND n_chat > 500".into(),
+                details: "'block_rate=' || format_fixed(block_rate, 3) || ', n_chat=' || n_chat"
+                    .into(),
+            },
+            Self {
+                name: "high_chat_per_user".into(),
+                severity: "medium".into(),
+                when: "CAST(n_chat AS DOUBLE) / n_active_users > 80".into(),
+                details:
+                    "'chats_per_user=' || format_fixed(CAST(n_chat AS DOUBLE) / n_active_users, 1)"
+                        .into(),
+            },
+        ]
+    }
+}
+
+/// The robust anomaly rule: for each listed metric and day, the median and MAD of the trailing
+/// `window_days` days (not including the day itself); the day alerts when
+/// `|value - median| / (1.4826 * MAD) > z`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RobustZConfig {
+    /// Turn the rule on or off.
+    pub enabled: bool,
+    /// Metrics (columns of `monitoring_metrics`) to watch.
+    pub metrics: Vec<String>,
+    /// Length of the trailing baseline in days.
+    pub window_days: usize,
+    /// Fewest baseline days needed before the rule can fire.
+    pub min_history_days: usize,
+    /// Threshold in robust standard deviations.
+    pub z: f64,
+    /// Severity of the alerts it raises.
+    pub severity: String,
+    /// Skip the last day when it covers less than this share of the median day's events (a
+    /// partial day at the end of a window is not an anomaly).
+    pub min_day_coverage: f64,
+}
+
+impl Default for RobustZConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            metrics: vec![
+                "block_rate".into(),
+                "warn_rate".into(),
+                "n_chat".into(),
+                "n_active_users".into(),
+                "latency_ms_avg".into(),
+            ],
+            window_days: 7,
+            min_history_days: 5,
+            z: 4.0,
+            severity: "medium".into(),
+            min_day_coverage: 0.5,
+        }
+    }
+}
+
+/// PSI drift settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// The last this many days are the current sample; the rest is the reference.
+    pub recent_days: usize,
+    /// PSI is computed only with at least this many days of data.
+    pub min_days: usize,
+    /// Number of quantile bins of the reference (edges at 0, 1/bins, ..., 1).
+    pub bins: usize,
+    /// `drift_flag` is 1 when PSI is above this.
+    pub flag_threshold: f64,
+    /// Features to compare (columns of `user_day_features`).
+    pub features: Vec<String>,
+}
+
+/// The twelve user-day features of the spec, in the spec's order.
+pub const USER_DAY_FEATURES: [&str; 12] = [
+    "n_events",
+    "n_chat",
+    "tokens_in_sum",
+    "tokens_out_sum",
+    "latency_ms_avg",
+    "n_blocked",
+    "n_warned",
+    "n_ips",
+    "n_devices",
+    "block_rate",
+    "warn_rate",
+    "chat_fraction",
+];
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            recent_days: 3,
+            min_days: 6,
+            bins: 10,
+            flag_threshold: 0.2,
+            features: USER_DAY_FEATURES.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl Config {
+    /// The defaults of one profile.
+    pub fn for_profile(profile: Profile) -> Self {
+        let mut monitoring = MonitoringConfig::default();
+        if profile == Profile::Notebook {
+            monitoring.robust_z.enabled = false;
+        }
+        Self {
+            profile,
+            ingest: IngestConfig::default(),
+            sql: SqlConfig::default(),
+            monitoring,
+            drift: DriftConfig::default(),
+        }
+    }
+
+    /// Parse TOML text. Settings absent from the text take the defaults of the profile the
+    /// text names (or `default`).
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let parse_err = |e: toml::de::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        // First read the profile alone, then overlay the file on that profile's defaults.
+        let raw: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let profile = match raw.get("profile") {
+            Some(toml::Value::String(s)) => s.parse::<Profile>()?,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "profile".into(),
+                    message: format!("expected a string, found {}", other.type_str()),
+                });
+            }
+            None => Profile::Default,
+        };
+        let mut merged = toml::Table::try_from(Self::for_profile(profile)).map_err(|e| {
+            ConfigError::Invalid {
+                key: "profile".into(),
+                message: e.to_string(),
+            }
+        })?;
+        merge_tables(&mut merged, raw);
+        let cfg: Config = toml::Value::Table(merged).try_into().map_err(parse_err)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// The configuration as TOML, e.g. for `vigil config show`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+
+    /// Reject values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.ingest.max_field_bytes == 0 {
+            return bad("ingest.max_field_bytes", "must be at least 1");
+        }
+        if self.ingest.batch_rows == 0 {
+            return bad("ingest.batch_rows", "must be at least 1");
+        }
+        for (i, rule) in self.monitoring.alerts.iter().enumerate() {
+            if rule.name.trim().is_empty() {
+                return bad(&format!("monitoring.alerts[{i}].name"), "must not be empty");
+            }
+            if rule.when.trim().is_empty() {
+                return bad(&format!("monitoring.alerts[{i}].when"), "must not be empty");
+            }
+        }
+        let rz = &self.monitoring.robust_z;
+        if rz.window_days == 0 {
+            return bad("monitoring.robust_z.window_days", "must be at least 1");
+        }
+        if rz.min_history_days == 0 || rz.min_history_days > rz.window_days {
+            return bad(
+                "monitoring.robust_z.min_history_days",
+                "must be between 1 and window_days",
+            );
+        }
+        if rz.z.is_nan() || rz.z <= 0.0 {
+            return bad("monitoring.robust_z.z", "must be positive");
+        }
+        if self.drift.bins < 2 {
+            return bad("drift.bins", "must be at least 2");
+        }
+        if self.drift.recent_days == 0 {
+            return bad("drift.recent_days", "must be at least 1");
+        }
+        if self.drift.min_days <= self.drift.recent_days {
+            return bad("drift.min_days", "must be greater than drift.recent_days");
+        }
+        Ok(())
+    }
+}
+
+/// Overlay `over` onto `base`, recursing into tables; arrays and scalars are replaced whole.
+fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let cfg = Config::default();
+        let text = cfg.to_toml();
+        let back = Config::from_toml_str(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg, back);
+    }
+
+    #[test]
+    fn notebook_profile_turns_off_robust_rule_but_keeps_overrides() {
+        let cfg = Config::from_toml_str(
+            "profile = \"notebook\"\n[drift]\nflag_threshold = 0.3\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.profile, Profile::Notebook);
+        assert!(!cfg.monitoring.robust_z.enabled);
+        assert_eq!(cfg.drift.flag_threshold, 0.3);
+        assert_eq!(cfg.drift.bins, 10);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Config::from_toml_str("[drift]\nflag_treshold = 0.3\n", Path::new("v.toml"))
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("flag_treshold"), "{msg}");
+        assert!(msg.contains("v.toml"), "{msg}");
+    }
+
+    #[test]
+    fn nonsense_values_are_rejected() {
+        let err = Config::from_toml_str("[drift]\nbins = 1\n", Path::new("v.toml")).unwrap_err();
+        assert!(err.to_string().contains("drift.bins"));
+        let err = Config::from_toml_str("profile = \"fast\"\n", Path::new("v.toml")).unwrap_err();
+        assert!(err.to_string().contains("fast"));
+    }
+
+    #[test]
+    fn user_rules_replace_the_defaults() {
+        let cfg = Config::from_toml_str(
+            "[[monitoring.alerts]]\nname = \"low_chat\"\nseverity = \"low\"\nwhen = \"n_chat < 10\"\ndetails = \"'n_chat=' || n_chat\"\n",
+            Path::new("v.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.monitoring.alerts.len(), 1);
+        assert_eq!(cfg.monitoring.alerts[0].name, "low_chat");
+    }
+}

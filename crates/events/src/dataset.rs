@@ -1,0 +1,204 @@
+//! The event dataset on disk: a directory of Parquet parts plus the quarantine file.
+//!
+//! Layout of a data directory (default `./vigil-data`):
+//! - `events/part-*.parquet` — accepted events, one part per ingest, written to a temporary
+//!   name and renamed into place only when complete, so a crash never leaves a half part;
+//! - `quarantine.jsonl` — one JSON object per refused row (`source`, `line`, `reason`, `raw`);
+//! - `ingest_log.jsonl` — one JSON object per ingest (the [`IngestSummary`](crate::IngestSummary)).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::Compression as PqCompression;
+use parquet::file::properties::WriterProperties;
+
+use crate::EventsError;
+use crate::schema::event_schema;
+
+/// A data directory.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    root: PathBuf,
+}
+
+/// A 128-bit fingerprint of an event id: the dedup key, kept instead of the id text so that
+/// the set of known ids for 10M events stays around 300 MB.
+pub fn event_key(event_id: &str) -> u128 {
+    let mut a = std::hash::DefaultHasher::new();
+    event_id.hash(&mut a);
+    let mut b = std::hash::DefaultHasher::new();
+    (0x5eed_u32, event_id).hash(&mut b);
+    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EventsError + '_ {
+    move |source| EventsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Dataset {
+    /// Open a data directory, creating it when absent.
+    pub fn open(root: &Path) -> Result<Self, EventsError> {
+        let ds = Self {
+            root: root.to_path_buf(),
+        };
+        std::fs::create_dir_all(ds.events_dir()).map_err(io_err(root))?;
+        Ok(ds)
+    }
+
+    /// The data directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the Parquet parts live.
+    pub fn events_dir(&self) -> PathBuf {
+        self.root.join("events")
+    }
+
+    /// The quarantine file.
+    pub fn quarantine_path(&self) -> PathBuf {
+        self.root.join("quarantine.jsonl")
+    }
+
+    /// The ingest log.
+    pub fn ingest_log_path(&self) -> PathBuf {
+        self.root.join("ingest_log.jsonl")
+    }
+
+    /// Committed parts, in name (= ingest) order.
+    pub fn parts(&self) -> Result<Vec<PathBuf>, EventsError> {
+        let dir = self.events_dir();
+        let mut parts = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let p = entry.map_err(io_err(&dir))?.path();
+            if p.extension().is_some_and(|e| e == "parquet") {
+                parts.push(p);
+            }
+        }
+        parts.sort();
+        Ok(parts)
+    }
+
+    /// Keys of every event already stored, reading only the `event_id` column.
+    pub fn known_event_keys(&self) -> Result<HashSet<u128>, EventsError> {
+        let mut keys = HashSet::new();
+        for part in self.parts()? {
+            let file = File::open(&part).map_err(io_err(&part))?;
+            let pq = |e: parquet::errors::ParquetError| EventsError::Corrupt {
+                path: part.clone(),
+                message: e.to_string(),
+            };
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+            let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
+            for batch in builder.with_projection(mask).build().map_err(pq)? {
+                let batch = batch.map_err(|e| EventsError::Corrupt {
+                    path: part.clone(),
+                    message: e.to_string(),
+                })?;
+                let ids = batch.column(0).as_string::<i32>();
+                keys.reserve(ids.len());
+                for i in 0..ids.len() {
+                    keys.insert(event_key(ids.value(i)));
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Start a new part; rows become visible only after [`PartWriter::commit`].
+    pub fn new_part(&self) -> Result<PartWriter, EventsError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or_default();
+        let name = format!("part-{stamp:020}-{}", std::process::id());
+        let final_path = self.events_dir().join(format!("{name}.parquet"));
+        let tmp_path = self.events_dir().join(format!(".{name}.parquet.tmp"));
+        let file = File::create(&tmp_path).map_err(io_err(&tmp_path))?;
+        let props = WriterProperties::builder()
+            .set_compression(PqCompression::SNAPPY)
+            .set_max_row_group_row_count(Some(1 << 20))
+            .build();
+        let writer = ArrowWriter::try_new(file, event_schema(), Some(props)).map_err(|e| {
+            EventsError::Io {
+                path: tmp_path.clone(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+        Ok(PartWriter {
+            writer: Some(writer),
+            tmp_path,
+            final_path,
+            rows: 0,
+        })
+    }
+}
+
+/// A part being written. Dropped without commit, it deletes its temporary file.
+#[derive(Debug)]
+pub struct PartWriter {
+    writer: Option<ArrowWriter<File>>,
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    rows: u64,
+}
+
+impl PartWriter {
+    /// Append one batch of validated events.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), EventsError> {
+        let path = self.tmp_path.clone();
+        if let Some(w) = self.writer.as_mut() {
+            w.write(batch).map_err(|e| EventsError::Io {
+                path,
+                source: std::io::Error::other(e),
+            })?;
+            self.rows += batch.num_rows() as u64;
+        }
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Finish the file, flush it to disk and move it into place. A part with no rows is
+    /// discarded and `None` returned.
+    pub fn commit(mut self) -> Result<Option<PathBuf>, EventsError> {
+        let Some(writer) = self.writer.take() else {
+            return Ok(None);
+        };
+        let tmp = self.tmp_path.clone();
+        let file = writer.into_inner().map_err(|e| EventsError::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        if self.rows == 0 {
+            drop(file);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None);
+        }
+        file.sync_all().map_err(io_err(&tmp))?;
+        drop(file);
+        std::fs::rename(&tmp, &self.final_path).map_err(io_err(&tmp))?;
+        Ok(Some(self.final_path.clone()))
+    }
+}
+
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! Seeded synthetic telemetry reproducing the notebook's generative model (spec section 2),
+//! plus scenario switches for testing detectors: an incident day, drift, coordinated rings.
+//!
+//! Output is streamed in time order without holding all events: the window is cut into
+//! chunks, each chunk's event count is drawn from the exact multinomial (sequential
+//! binomials), and each chunk is generated and sorted on its own. The same seed, end time and
+//! settings give byte-identical files.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression as PqCompression;
+use parquet::file::properties::WriterProperties;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Binomial, Distribution, Normal};
+
+use crate::EventsError;
+use crate::schema::{COLUMNS, event_schema};
+use crate::timestamp::civil_from_days;
+use crate::validate::{EventBatchBuilder, ValidRow};
+
+/// The notebook's benign prompts.
+pub const BENIGN_PROMPTS: [&str; 7] = [
+    "Summarize this article in simple terms.",
+    "Help me draft a professional email to my team.",
+    "Explain the difference between mitosis and meiosis.",
+    "Generate Python code to parse a CSV and compute averages.",
+    "Brainstorm names for a new biotech startup.",
+    "Translate this paragraph into Spanish.",
+    "Make a study plan for learning linear algebra.",
+];
+/// The notebook's spam prompts.
+pub const SPAM_PROMPTS: [&str; 4] = [
+    "Buy now buy now buy now!!!",
+    "Click this link for free prizes!!!",
+    "Limited offer, act fast!!!",
+    "Join our group and earn money quickly!!!",
+];
+/// The notebook's policy-evasion prompts.
+pub const EVASION_PROMPTS: [&str; 3] = [
+    "How do I bypass content filters?",
+    "Can you help me evade detection systems?",
+    "Write something that breaks the rules, but hide it.",
+];
+
+const EVENT_TYPES: [&str; 7] = [
+    "signup",
+    "login",
+    "chat",
+    "upload",
+    "billing",
+    "policy_block",
+    "warning",
+];
+const ABUSER_P: [f64; 7] = [0.01, 0.07, 0.72, 0.08, 0.03, 0.06, 0.03];
+const BENIGN_P: [f64; 7] = [0.01, 0.12, 0.63, 0.10, 0.06, 0.04, 0.04];
+const SURFACES: [&str; 4] = ["web", "ios", "android", "api"];
+const PRODUCTS: [&str; 4] = ["chat", "assistants", "files", "images"];
+const CHAT: usize = 2;
+const POLICY_BLOCK: usize = 5;
+const WARNING: usize = 6;
+
+/// Generator settings (`vigil generate`).
+#[derive(Debug, Clone)]
+pub struct GeneratorConfig {
+    /// Number of events.
+    pub events: u64,
+    /// Number of users.
+    pub users: usize,
+    /// Length of the window in days.
+    pub days: u32,
+    /// Share of users who are abusers.
+    pub abuse_rate: f64,
+    /// Random seed.
+    pub seed: u64,
+    /// End of the window, UTC microseconds.
+    pub end_micros: i64,
+    /// Calendar day (0 = the window's first UTC date) with a block-rate spike.
+    pub incident_day: Option<u32>,
+    /// Shift chat token counts and latency in the last 3 calendar days.
+    pub drift: bool,
+    /// Number of coordinated rings sharing payment tokens and devices.
+    pub rings: usize,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            events: 50_000,
+            users: 1_500,
+            days: 14,
+            abuse_rate: 0.04,
+            seed: 42,
+            end_micros: 0,
+            incident_day: None,
+            drift: false,
+            rings: 0,
+        }
+    }
+}
+
+/// What was generated.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GeneratorSummary {
+    /// Events written.
+    pub events: u64,
+    /// Users.
+    pub users: usize,
+    /// Abusers among them.
+    pub abusers: usize,
+    /// Users in coordinated rings.
+    pub ring_members: usize,
+    /// The events file.
+    pub out: PathBuf,
+    /// The ground-truth file.
+    pub ground_truth: PathBuf,
+}
+
+struct User {
+    ip: String,
+    device: String,
+    payment: Option<String>,
+    abuser: bool,
+    actor: String,
+}
+
+fn cumulative(p: &[f64; 7]) -> [f64; 7] {
+    let mut c = [0.0; 7];
+    let mut acc = 0.0;
+    for (i, v) in p.iter().enumerate() {
+        acc += v;
+        c[i] = acc;
+    }
+    c
+}
+
+fn pick(cum: &[f64; 7], u: f64) -> usize {
+    cum.iter().position(|c| u < *c).unwrap_or(cum.len() - 1)
+}
+
+fn make_users(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> Vec<User> {
+    let n = cfg.users;
+    let mut users: Vec<User> = (0..n)
+        .map(|_| {
+            let ip = format!("203.0.113.{}", rng.random_range(1..=229));
+            let device = format!("dev_{:06}", rng.random_range(1..(2 * n).max(2)));
+            let payment = if rng.random::<f64>() < 0.65 {
+                Some(format!("pay_{:06}", rng.random_range(1..(n / 2 + 50))))
+            } else {
+                None
+            };
+            User {
+                ip,
+                device,
+                payment,
+                abuser: false,
+                actor: String::new(),
+            }
+        })
+        .collect();
+    let n_abusers = ((n as f64) * cfg.abuse_rate).floor() as usize;
+    let n_abusers = n_abusers.min(n);
+    let abusers = rand::seq::index::sample(rng, n, n_abusers).into_vec();
+    let clusters = (n / 500).max(3);
+    // With rings, the first half of the abusers (in draw order) form the rings.
+    let ring_members = if cfg.rings > 0 {
+        (n_abusers / 2).max(cfg.rings.min(n_abusers))
+    } else {
+        0
+    };
+    for (i, &u) in abusers.iter().enumerate() {
+        let user = &mut users[u];
+        user.abuser = true;
+        if i < ring_members {
+            let r = i % cfg.rings;
+            let j = i / cfg.rings;
+            user.actor = format!("ring_{r:03}");
+            user.device = format!("dev_ring_{r:03}_{}", j % 2);
+            user.payment = Some(format!("pay_ring_{r:03}"));
+            user.ip = format!("192.0.2.{}", (r * 7 + j % 3) % 254 + 1);
+        } else {
+            let cluster = format!("actor_{:02}", i % clusters);
+            user.ip = format!("198.51.100.{}", (i % 30) + 1);
+            user.device = format!("dev_shared_{cluster}_{:02}", i % 10);
+            user.actor = cluster;
+        }
+    }
+    users
+}
+
+fn csv_quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+enum Sink {
+    Csv(BufWriter<File>),
+    Parquet(Box<ArrowWriter<File>>, EventBatchBuilder),
+}
+
+/// Generate events to `out` (`.csv` or `.parquet`) and `ground_truth.csv` beside it.
+/// `progress` is called with the number of events written so far.
+pub fn generate(
+    cfg: &GeneratorConfig,
+    out: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<GeneratorSummary, EventsError> {
+    if cfg.users == 0 || cfg.days == 0 {
+        return Err(EventsError::BadInput {
+            path: out.to_path_buf(),
+            message: "--users and --days must be at least 1".into(),
+        });
+    }
+    if !(0.0..=1.0).contains(&cfg.abuse_rate) {
+        return Err(EventsError::BadInput {
+            path: out.to_path_buf(),
+            message: format!("--abuse-rate must be in [0, 1], got {}", cfg.abuse_rate),
+        });
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EventsError::Io { path, source }
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let is_parquet = name.ends_with(".parquet");
+    if !is_parquet && !name.ends_with(".csv") {
+        return Err(EventsError::BadInput {
+            path: out.to_path_buf(),
+            message: "the output must end in .csv or .parquet".into(),
+        });
+    }
+
+    let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+    let users = make_users(cfg, &mut rng);
+    let gt_path = out.with_file_name("ground_truth.csv");
+    {
+        let mut gt = BufWriter::new(File::create(&gt_path).map_err(io(&gt_path))?);
+        writeln!(gt, "user_id,is_abuser,actor_id").map_err(io(&gt_path))?;
+        for (i, u) in users.iter().enumerate() {
+            writeln!(gt, "u_{i:05},{},{}", u8::from(u.abuser), u.actor).map_err(io(&gt_path))?;
+        }
+        gt.flush().map_err(io(&gt_path))?;
+    }
+
+    let file = File::create(out).map_err(io(out))?;
+    let mut sink = if is_parquet {
+        let props = WriterProperties::builder()
+            .set_compression(PqCompression::SNAPPY)
+            .build();
+        let w = ArrowWriter::try_new(file, event_schema(), Some(props)).map_err(|e| {
+            EventsError::Io {
+                path: out.to_path_buf(),
+                source: std::io::Error::other(e),
+            }
+        })?;
+        Sink::Parquet(Box::new(w), EventBatchBuilder::with_capacity(65_536))
+    } else {
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        writeln!(w, "{}", COLUMNS.join(",")).map_err(io(out))?;
+        Sink::Csv(w)
+    };
+
+    let user_ids: Vec<String> = (0..users.len()).map(|i| format!("u_{i:05}")).collect();
+    let quoted: Vec<Vec<String>> = [&BENIGN_PROMPTS[..], &SPAM_PROMPTS[..], &EVASION_PROMPTS[..]]
+        .iter()
+        .map(|l| l.iter().map(|p| csv_quote(p)).collect())
+        .collect();
+    let cum_abuser = cumulative(&ABUSER_P);
+    let cum_benign = cumulative(&BENIGN_P);
+    let normal = |m: f64, s: f64| {
+        Normal::new(m, s).map_err(|e| EventsError::BadInput {
+            path: out.to_path_buf(),
+            message: e.to_string(),
+        })
+    };
+    let (tin_chat, tin_other) = (normal(220.0, 80.0)?, normal(30.0, 80.0)?);
+    let (tout_chat, tout_other) = (normal(260.0, 120.0)?, normal(20.0, 120.0)?);
+    let (lat_chat, lat_other) = (normal(900.0, 300.0)?, normal(180.0, 90.0)?);
+
+    let window = i64::from(cfg.days) * 86_400_000_000;
+    let start = cfg.end_micros - window;
+    let first_day = start.div_euclid(86_400_000_000);
+    let last_day = (cfg.end_micros - 1).div_euclid(86_400_000_000);
+    let drift_from_day = last_day - 2;
+    let n_chunks = (cfg.events / 50_000).clamp(1, 100_000) as i64;
+    let chunk_len = window / n_chunks;
+    let mut remaining = cfg.events;
+    let mut written: u64 = 0;
+    let mut buf: Vec<(i64, u32)> = Vec::new();
+    let mut line = String::with_capacity(256);
+    for c in 0..n_chunks {
+        let c_start = start + c * chunk_len;
+        let c_end = if c == n_chunks - 1 {
+            cfg.end_micros
+        } else {
+            c_start + chunk_len
+        };
+        let share = (c_end - c_start) as f64 / (cfg.end_micros - c_start) as f64;
+        let k = if c == n_chunks - 1 || remaining == 0 {
+            remaining
+        } else {
+            Binomial::new(remaining, share.clamp(0.0, 1.0))
+                .map(|b| b.sample(&mut rng))
+                .unwrap_or(0)
+        };
+        remaining -= k;
+        buf.clear();
+        for _ in 0..k {
+            let ts = rng.random_range(c_start..c_end);
+            let user = rng.random_range(0..users.len()) as u32;
+            buf.push((ts, user));
+        }
+        buf.sort_unstable();
+        for &(ts, uid) in &buf {
+            let u = &users[uid as usize];
+            let et = pick(
+                if u.abuser { &cum_abuser } else { &cum_benign },
+                rng.random(),
+            );
+            let surface = SURFACES[rng.random_range(0..4)];
+            let product = PRODUCTS[rng.random_range(0..4)];
+            let is_chat = et == CHAT;
+            let (mut blocked, mut warned) = (0i8, 0i8);
+            let mut prompt: (usize, usize) = (usize::MAX, 0);
+            if is_chat {
+                if u.abuser && rng.random::<f64>() < 0.55 {
+                    if rng.random::<f64>() < 0.7 {
+                        prompt = (1, rng.random_range(0..SPAM_PROMPTS.len()));
+                        if rng.random::<f64>() < 0.25 {
+                            warned = 1;
+                        }
+                    } else {
+                        prompt = (2, rng.random_range(0..EVASION_PROMPTS.len()));
+                        if rng.random::<f64>() < 0.6 {
+                            blocked = 1;
+                        } else if rng.random::<f64>() < 0.5 {
+                            warned = 1;
+                        }
+                    }
+                } else {
+                    prompt = (0, rng.random_range(0..BENIGN_PROMPTS.len()));
+                }
+            }
+            if et == POLICY_BLOCK {
+                blocked = 1;
+            }
+            if et == WARNING {
+                warned = 1;
+            }
+            let day = ts.div_euclid(86_400_000_000);
+            if is_chat
+                && cfg
+                    .incident_day
+                    .is_some_and(|k| day == first_day + i64::from(k))
+            {
+                // The incident: a burst of blocked chats across all users on one day.
+                if rng.random::<f64>() < 0.12 {
+                    blocked = 1;
+                }
+            }
+            let (tin_d, tout_d, lat_d) = if is_chat {
+                (&tin_chat, &tout_chat, &lat_chat)
+            } else {
+                (&tin_other, &tout_other, &lat_other)
+            };
+            let mut tin = tin_d.sample(&mut rng);
+            let mut tout = tout_d.sample(&mut rng);
+            let mut lat = lat_d.sample(&mut rng);
+            if cfg.drift && is_chat && day >= drift_from_day {
+                tin *= 1.6;
+                tout *= 1.5;
+                lat += 350.0;
+            }
+            let tokens_in = tin.max(1.0) as i64;
+            let tokens_out = tout.max(1.0) as i64;
+            let latency_ms = lat.max(5.0) as i64;
+            written += 1;
+            let event_id = format!("e_{:09}", written - 1);
+            let prompt_text = match prompt.0 {
+                0 => BENIGN_PROMPTS[prompt.1],
+                1 => SPAM_PROMPTS[prompt.1],
+                2 => EVASION_PROMPTS[prompt.1],
+                _ => "",
+            };
+            match &mut sink {
+                Sink::Csv(w) => {
+                    use std::fmt::Write as _;
+                    line.clear();
+                    let secs = ts.div_euclid(1_000_000);
+                    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+                    let sod = secs.rem_euclid(86_400);
+                    let _ = write!(
+                        line,
+                        "{event_id},{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z,{},{},{},{},{surface},{product},{},{},{tokens_in},{tokens_out},{latency_ms},{blocked},{warned},{}\n",
+                        sod / 3600,
+                        (sod / 60) % 60,
+                        sod % 60,
+                        ts.rem_euclid(1_000_000),
+                        user_ids[uid as usize],
+                        u.ip,
+                        u.device,
+                        u.payment.as_deref().unwrap_or(""),
+                        EVENT_TYPES[et],
+                        if prompt.0 == usize::MAX {
+                            ""
+                        } else {
+                            &quoted[prompt.0][prompt.1]
+                        },
+                        u8::from(u.abuser),
+                    );
+                    w.write_all(line.as_bytes()).map_err(io(out))?;
+                }
+                Sink::Parquet(w, b) => {
+                    b.append(&ValidRow {
+                        event_id: &event_id,
+                        ts,
+                        user_id: &user_ids[uid as usize],
+                        ip: &u.ip,
+                        device_id: &u.device,
+                        payment_id: u.payment.as_deref(),
+                        surface,
+                        product,
+                        event_type: EVENT_TYPES[et],
+                        prompt: prompt_text,
+                        tokens_in,
+                        tokens_out,
+                        latency_ms,
+                        blocked,
+                        warned,
+                        is_abuse_gt: Some(i8::from(u.abuser)),
+                    });
+                    if b.len() >= 65_536 {
+                        let batch = b.finish().map_err(EventsError::Arrow)?;
+                        w.write(&batch).map_err(|e| EventsError::Io {
+                            path: out.to_path_buf(),
+                            source: std::io::Error::other(e),
+                        })?;
+                    }
+                }
+            }
+        }
+        progress(written);
+    }
+    match sink {
+        Sink::Csv(mut w) => w.flush().map_err(io(out))?,
+        Sink::Parquet(mut w, mut b) => {
+            let pq = |e: parquet::errors::ParquetError| EventsError::Io {
+                path: out.to_path_buf(),
+                source: std::io::Error::other(e),
+            };
+            if !b.is_empty() {
+                let batch = b.finish().map_err(EventsError::Arrow)?;
+                w.write(&batch).map_err(pq)?;
+            }
+            w.close().map_err(pq)?;
+        }
+    }
+    Ok(GeneratorSummary {
+        events: written,
+        users: users.len(),
+        abusers: users.iter().filter(|u| u.abuser).count(),
+        ring_members: users
+            .iter()
+            .filter(|u| u.actor.starts_with("ring_"))
+            .count(),
+        out: out.to_path_buf(),
+        ground_truth: gt_path,
+    })
+}

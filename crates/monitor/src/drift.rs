@@ -1,0 +1,189 @@
+//! Population stability index (PSI) per user-day feature, exactly as the notebook computes it:
+//! reference = every user-day before the last `recent_days` days, current = the last days;
+//! bin edges = unique reference quantiles at 0, 1/bins, ..., 1 (numpy's linear method).
+
+/// One feature's PSI.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FeatureDrift {
+    /// Feature (column) name.
+    pub feature: String,
+    /// The PSI.
+    pub psi: f64,
+    /// 1 when `psi > flag_threshold`.
+    pub drift_flag: u8,
+}
+
+/// numpy's `_lerp`: `a + (b - a) * t`, computed from the upper end when `t >= 0.5`.
+fn lerp(a: f64, b: f64, t: f64) -> f64 {
+    let diff = b - a;
+    if t >= 0.5 {
+        b - diff * (1.0 - t)
+    } else {
+        a + diff * t
+    }
+}
+
+/// numpy `quantile(sorted, q, method="linear")` of an ascending, NaN-free slice.
+pub fn quantile_linear(sorted: &[f64], q: f64) -> f64 {
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let virtual_index = (n - 1) as f64 * q;
+    let prev = virtual_index.floor();
+    let gamma = virtual_index - prev;
+    let lo = (prev.max(0.0) as usize).min(n - 1);
+    let hi = (lo + 1).min(n - 1);
+    lerp(sorted[lo], sorted[hi], gamma)
+}
+
+/// numpy `linspace(0, 1, bins + 1)`.
+fn linspace01(bins: usize) -> Vec<f64> {
+    let step = 1.0 / bins as f64;
+    let mut v: Vec<f64> = (0..=bins).map(|i| i as f64 * step).collect();
+    if let Some(last) = v.last_mut() {
+        *last = 1.0;
+    }
+    v
+}
+
+/// numpy `histogram(x, bins=edges)` normalised to sum 1, then clipped to `[1e-6, 1]`.
+fn histogram_share(values: &[f64], edges: &[f64]) -> Vec<f64> {
+    let nb = edges.len() - 1;
+    let mut counts = vec![0u64; nb];
+    let (first, last) = (edges[0], edges[nb]);
+    for &v in values {
+        if !(v >= first && v <= last) {
+            continue;
+        }
+        // searchsorted(edges, v, side="right") - 1; the last edge belongs to the last bin.
+        let idx = edges
+            .partition_point(|e| *e <= v)
+            .saturating_sub(1)
+            .min(nb - 1);
+        counts[idx] += 1;
+    }
+    let total: u64 = counts.iter().sum();
+    counts
+        .iter()
+        .map(|&c| {
+            let share = if total > 0 {
+                c as f64 / total as f64
+            } else {
+                0.0
+            };
+            share.clamp(1e-6, 1.0)
+        })
+        .collect()
+}
+
+/// PSI between a reference and a current sample.
+pub fn psi(reference: &[f64], current: &[f64], bins: usize) -> f64 {
+    let mut r: Vec<f64> = reference.iter().copied().filter(|v| !v.is_nan()).collect();
+    let c: Vec<f64> = current.iter().copied().filter(|v| !v.is_nan()).collect();
+    if r.is_empty() || c.is_empty() {
+        return 0.0;
+    }
+    let constant = |s: &[f64]| s.iter().all(|v| *v == s[0]);
+    if constant(&r) && constant(&c) {
+        return 0.0;
+    }
+    r.sort_by(f64::total_cmp);
+    let mut edges: Vec<f64> = linspace01(bins)
+        .into_iter()
+        .map(|q| quantile_linear(&r, q))
+        .collect();
+    edges.dedup();
+    if edges.len() < 3 {
+        return 0.0;
+    }
+    let e = histogram_share(&r, &edges);
+    let a = histogram_share(&c, &edges);
+    a.iter().zip(&e).map(|(a, e)| (a - e) * (a / e).ln()).sum()
+}
+
+/// PSI of every feature, sorted by PSI descending (ties keep feature order).
+/// `days[i]` is the day (any sortable key) of row `i`; `columns` pairs names with values.
+pub fn drift_table(
+    days: &[i32],
+    columns: &[(String, Vec<f64>)],
+    recent_days: usize,
+    min_days: usize,
+    bins: usize,
+    flag_threshold: f64,
+) -> Vec<FeatureDrift> {
+    let mut unique: Vec<i32> = days.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() < min_days || unique.len() <= recent_days {
+        return Vec::new();
+    }
+    let cutoff = unique[unique.len() - recent_days];
+    let mut out: Vec<FeatureDrift> = columns
+        .iter()
+        .map(|(name, values)| {
+            let (mut r, mut c) = (Vec::new(), Vec::new());
+            for (d, v) in days.iter().zip(values) {
+                if *d >= cutoff { c.push(*v) } else { r.push(*v) }
+            }
+            let p = psi(&r, &c, bins);
+            FeatureDrift {
+                feature: name.clone(),
+                psi: p,
+                drift_flag: u8::from(p > flag_threshold),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| b.psi.total_cmp(&a.psi));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_match_numpy_linear() {
+        // numpy.quantile([1, 2, 3, 4], [0, .1, .5, .9, 1]) = [1, 1.3, 2.5, 3.7, 4]
+        let s = [1.0, 2.0, 3.0, 4.0];
+        let got: Vec<f64> = [0.0, 0.1, 0.5, 0.9, 1.0]
+            .iter()
+            .map(|q| quantile_linear(&s, *q))
+            .collect();
+        let want = [1.0, 1.3, 2.5, 3.7, 4.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-12, "{got:?}");
+        }
+    }
+
+    #[test]
+    fn identical_samples_have_zero_psi_and_shifted_ones_do_not() {
+        let r: Vec<f64> = (0..1000).map(|i| f64::from(i % 97)).collect();
+        assert!(psi(&r, &r, 10).abs() < 1e-12);
+        let shifted: Vec<f64> = r.iter().map(|v| v + 30.0).collect();
+        assert!(psi(&r, &shifted, 10) > 0.2);
+    }
+
+    #[test]
+    fn degenerate_cases_are_zero() {
+        assert_eq!(psi(&[1.0; 50], &[1.0; 5], 10), 0.0);
+        // Only two distinct edges: fewer than 3 -> 0.
+        let r: Vec<f64> = (0..100).map(|i| if i < 95 { 0.0 } else { 1.0 }).collect();
+        assert_eq!(psi(&r, &[1.0, 1.0, 0.0], 10), 0.0);
+    }
+
+    #[test]
+    fn table_needs_enough_days_and_sorts_by_psi() {
+        let days: Vec<i32> = (0..700).map(|i| i / 100).collect();
+        let flat: Vec<f64> = (0..700).map(|i| f64::from(i % 10)).collect();
+        let moved: Vec<f64> = (0..700)
+            .map(|i| f64::from(i % 10) + if i >= 400 { 5.0 } else { 0.0 })
+            .collect();
+        let cols = vec![("flat".to_string(), flat), ("moved".to_string(), moved)];
+        let t = drift_table(&days, &cols, 3, 6, 10, 0.2);
+        assert_eq!(t[0].feature, "moved");
+        assert_eq!(t[0].drift_flag, 1);
+        assert_eq!(t[1].drift_flag, 0);
+        assert!(drift_table(&days[..500], &cols, 3, 6, 10, 0.2).is_empty());
+    }
+}

@@ -1,0 +1,261 @@
+//! Vigil pipeline: runs the stages in data-flow order and records what it did.
+//!
+//! ingest -> core tables (SQL) -> monitoring metrics and alerts -> user-day features -> PSI
+//! drift -> `run.json`. Each stage reads and writes Arrow record batches through the
+//! warehouse; files are written only at the edges, each atomically.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use vigil_config::Config;
+use vigil_events::{Dataset, EventsError, IngestOptions, IngestSummary, ingest_file};
+use vigil_monitor::MonitorError;
+use vigil_warehouse::{Table, Warehouse, WarehouseError, write_csv, write_parquet, write_sqlite};
+
+/// Errors of a run, by stage.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Reading or storing events failed.
+    #[error(transparent)]
+    Events(#[from] EventsError),
+    /// A SQL stage failed.
+    #[error(transparent)]
+    Warehouse(#[from] WarehouseError),
+    /// Monitoring failed.
+    #[error(transparent)]
+    Monitor(#[from] MonitorError),
+    /// Environment: an output could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The output.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Event files to ingest first (may be empty to rerun on stored data).
+    pub inputs: Vec<PathBuf>,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Data directory; default `OUT/data`.
+    pub data: Option<PathBuf>,
+    /// Settings.
+    pub config: Config,
+    /// Format override and strictness for ingestion.
+    pub ingest: IngestOptions,
+}
+
+/// Progress events for the caller to display.
+#[derive(Debug, Clone)]
+pub enum Progress<'a> {
+    /// A stage starts.
+    StageStart(&'a str),
+    /// An input is being ingested: bytes read so far and the file's size.
+    IngestBytes {
+        /// The file.
+        path: &'a Path,
+        /// Bytes (or Parquet rows) read.
+        done: u64,
+        /// File size in bytes.
+        total: u64,
+    },
+    /// A stage ended after `seconds`.
+    StageEnd(&'a str, f64),
+}
+
+/// The run manifest written to `run.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunManifest {
+    /// Vigil's version.
+    pub vigil_version: String,
+    /// The configuration profile.
+    pub profile: String,
+    /// When the run started (UTC, RFC 3339).
+    pub started_at: String,
+    /// The data directory used.
+    pub data_dir: String,
+    /// One summary per ingested input.
+    pub inputs: Vec<IngestSummary>,
+    /// Rows quarantined by this run's ingests.
+    pub quarantined_rows: u64,
+    /// Events in the dataset at the time the tables were built.
+    pub events_in_dataset: usize,
+    /// Rows of each output table.
+    pub row_counts: BTreeMap<String, usize>,
+    /// Seconds per stage, in run order.
+    pub stage_seconds: Vec<(String, f64)>,
+    /// Files written, relative to the output directory.
+    pub outputs: Vec<String>,
+    /// Number of alerts raised.
+    pub alerts: usize,
+    /// Features whose PSI is over the flag threshold.
+    pub drifted_features: Vec<String>,
+}
+
+struct Stages<'a> {
+    seconds: Vec<(String, f64)>,
+    progress: &'a dyn Fn(Progress<'_>),
+}
+
+impl Stages<'_> {
+    fn run<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<T, PipelineError>,
+    ) -> Result<T, PipelineError> {
+        (self.progress)(Progress::StageStart(name));
+        let t = Instant::now();
+        let r = f()?;
+        let s = t.elapsed().as_secs_f64();
+        (self.progress)(Progress::StageEnd(name, s));
+        self.seconds.push((name.to_string(), s));
+        Ok(r)
+    }
+}
+
+/// Writes tables into the output directory and remembers what it wrote.
+struct Outputs {
+    dir: PathBuf,
+    written: Vec<String>,
+    rows: BTreeMap<String, usize>,
+}
+
+impl Outputs {
+    fn csv(&mut self, t: &Table) -> Result<(), PipelineError> {
+        let name = format!("{}.csv", t.name);
+        write_csv(t, &self.dir.join(&name))?;
+        self.written.push(name);
+        self.rows.insert(t.name.clone(), t.num_rows());
+        Ok(())
+    }
+    fn parquet(&mut self, t: &Table) -> Result<(), PipelineError> {
+        let name = format!("{}.parquet", t.name);
+        write_parquet(t, &self.dir.join(&name))?;
+        self.written.push(name);
+        Ok(())
+    }
+}
+
+/// Run every stage built so far. `progress` receives stage and ingest progress.
+pub fn run(
+    opts: &RunOptions,
+    progress: &dyn Fn(Progress<'_>),
+) -> Result<RunManifest, PipelineError> {
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| PipelineError::Io { path, source }
+    };
+    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    let data_dir = opts.data.clone().unwrap_or_else(|| opts.out.join("data"));
+    let cfg = &opts.config;
+    let mut stages = Stages {
+        seconds: Vec::new(),
+        progress,
+    };
+    let mut out = Outputs {
+        dir: opts.out.clone(),
+        written: Vec::new(),
+        rows: BTreeMap::new(),
+    };
+
+    let inputs = stages.run("ingest", || {
+        let ds = Dataset::open(&data_dir)?;
+        let mut known = ds.known_event_keys()?;
+        let mut summaries = Vec::new();
+        for path in &opts.inputs {
+            let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+            let tick = |done: u64| progress(Progress::IngestBytes { path, done, total });
+            summaries.push(ingest_file(&ds, &mut known, path, &opts.ingest, &tick)?);
+        }
+        Ok(summaries)
+    })?;
+
+    let wh = Warehouse::open(&data_dir, cfg.sql.dir.as_deref())?;
+    let events_in_dataset = wh
+        .query("count", "SELECT COUNT(*) AS n FROM events")
+        .ok()
+        .and_then(|t| vigil_monitor::column_f64(&t, "n").ok())
+        .and_then(|v| v.first().copied())
+        .unwrap_or(0.0) as usize;
+
+    let core = stages.run("core_tables", || {
+        let users = wh.build("core_users")?;
+        let user_day = wh.build("core_user_day")?;
+        let day = wh.build("core_day_metrics")?;
+        Ok([users, user_day, day])
+    })?;
+
+    stages.run("write_core_tables", || {
+        for t in &core {
+            out.csv(t)?;
+            out.parquet(t)?;
+        }
+        let refs: Vec<&Table> = core.iter().collect();
+        write_sqlite(&refs, &opts.out.join("sqlite.db"))?;
+        out.written.push("sqlite.db".into());
+        Ok(())
+    })?;
+
+    let alerts = stages.run("monitoring", || {
+        let metrics = wh.build("monitoring_metrics")?;
+        out.csv(&metrics)?;
+        let alerts = vigil_monitor::evaluate_alerts(
+            &wh,
+            &metrics,
+            &cfg.monitoring.alerts,
+            &cfg.monitoring.robust_z,
+        )?;
+        let table = vigil_monitor::alerts_table(&alerts);
+        out.csv(&table)?;
+        Ok(alerts)
+    })?;
+
+    let features = stages.run("features", || {
+        let f = wh.build("user_day_features")?;
+        out.csv(&f)?;
+        out.parquet(&f)?;
+        Ok(f)
+    })?;
+
+    let drift = stages.run("drift", || {
+        let d = vigil_monitor::compute_drift(&features, &cfg.drift)?;
+        out.csv(&vigil_monitor::drift_to_table(&d))?;
+        Ok(d)
+    })?;
+
+    let manifest = RunManifest {
+        vigil_version: env!("CARGO_PKG_VERSION").to_string(),
+        profile: format!("{:?}", cfg.profile).to_lowercase(),
+        started_at,
+        data_dir: data_dir.display().to_string(),
+        quarantined_rows: inputs.iter().map(|s| s.quarantined).sum(),
+        inputs,
+        events_in_dataset,
+        row_counts: out.rows.clone(),
+        stage_seconds: stages.seconds.clone(),
+        outputs: {
+            let mut w = out.written.clone();
+            w.push("run.json".into());
+            w
+        },
+        alerts: alerts.len(),
+        drifted_features: drift
+            .iter()
+            .filter(|d| d.drift_flag == 1)
+            .map(|d| d.feature.clone())
+            .collect(),
+    };
+    let path = opts.out.join("run.json");
+    let tmp = opts.out.join(".run.json.tmp");
+    let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    Ok(manifest)
+}

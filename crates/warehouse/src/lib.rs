@@ -1,0 +1,272 @@
+//! Vigil warehouse: the SQL layer.
+//!
+//! A DataFusion session over the Parquet event dataset, the core tables defined in plain
+//! `.sql` files (`crates/warehouse/sql/`, overridable from `vigil.toml`), and writers that put
+//! record batches into Parquet, CSV and SQLite. Every later stage reads its inputs through
+//! here, so the tables an analyst queries with `vigil sql` are the ones the pipeline used.
+
+pub mod writers;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+
+pub use writers::{write_csv, write_parquet, write_sqlite};
+
+/// Errors of the SQL layer, by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum WarehouseError {
+    /// User: a query (ad hoc, from a `.sql` file, or a rule in `vigil.toml`) failed to plan
+    /// or run.
+    #[error("SQL error in {context}: {message}")]
+    Sql {
+        /// Which query: a table name, a rule name or "query".
+        context: String,
+        /// What DataFusion said.
+        message: String,
+    },
+    /// User: a `.sql` override file could not be read.
+    #[error("cannot read SQL file {path}: {source}")]
+    SqlFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Environment: writing an output failed.
+    #[error("cannot write {path}: {message}")]
+    Write {
+        /// The output.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// Environment: the async runtime could not start.
+    #[error("cannot start the query runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// The built-in SQL of each named table, in the order the pipeline builds them.
+pub const BUILTIN_SQL: [(&str, &str); 5] = [
+    ("core_users", include_str!("../sql/core_users.sql")),
+    ("core_user_day", include_str!("../sql/core_user_day.sql")),
+    (
+        "core_day_metrics",
+        include_str!("../sql/core_day_metrics.sql"),
+    ),
+    (
+        "monitoring_metrics",
+        include_str!("../sql/monitoring_metrics.sql"),
+    ),
+    (
+        "user_day_features",
+        include_str!("../sql/user_day_features.sql"),
+    ),
+];
+
+/// One named table held in memory.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Table name (also the output file stem).
+    pub name: String,
+    /// Its schema.
+    pub schema: SchemaRef,
+    /// Its rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl Table {
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+
+    /// All rows in one batch.
+    pub fn concat(&self) -> Result<RecordBatch, WarehouseError> {
+        arrow::compute::concat_batches(&self.schema, &self.batches).map_err(|e| {
+            WarehouseError::Sql {
+                context: self.name.clone(),
+                message: e.to_string(),
+            }
+        })
+    }
+}
+
+/// A DataFusion session with the event dataset registered as `events`.
+pub struct Warehouse {
+    ctx: SessionContext,
+    rt: tokio::runtime::Runtime,
+    sql_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Warehouse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Warehouse")
+            .field("sql_dir", &self.sql_dir)
+            .finish()
+    }
+}
+
+fn sql_err(context: &str) -> impl Fn(datafusion::error::DataFusionError) -> WarehouseError + '_ {
+    move |e| WarehouseError::Sql {
+        context: context.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// `format_fixed(x DOUBLE, digits BIGINT) -> TEXT`: `x` with exactly `digits` decimals, as
+/// Python's `f"{x:.3f}"`, for alert details.
+fn format_fixed_udf() -> datafusion::logical_expr::ScalarUDF {
+    let fun = Arc::new(|args: &[ColumnarValue]| {
+        let arrays = ColumnarValue::values_to_arrays(args)?;
+        let xs = arrays[0].as_primitive::<Float64Type>();
+        let ds = arrays[1].as_primitive::<Int64Type>();
+        let mut out = StringBuilder::with_capacity(xs.len(), xs.len() * 8);
+        for i in 0..xs.len() {
+            if xs.is_null(i) || ds.is_null(i) {
+                out.append_null();
+            } else {
+                let d = ds.value(i).clamp(0, 17) as usize;
+                out.append_value(format!("{:.*}", d, xs.value(i)));
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+    });
+    create_udf(
+        "format_fixed",
+        vec![DataType::Float64, DataType::Int64],
+        DataType::Utf8,
+        Volatility::Immutable,
+        fun,
+    )
+}
+
+impl Warehouse {
+    /// A session reading events from `data_dir/events/*.parquet`. `sql_dir` optionally holds
+    /// replacement `.sql` files for the built-in tables.
+    pub fn open(data_dir: &Path, sql_dir: Option<&Path>) -> Result<Self, WarehouseError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(WarehouseError::Runtime)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .with_batch_size(64 * 1024);
+        let ctx = SessionContext::new_with_config(config);
+        ctx.register_udf(format_fixed_udf());
+        let wh = Self {
+            ctx,
+            rt,
+            sql_dir: sql_dir.map(Path::to_path_buf),
+        };
+        wh.register_events(data_dir)?;
+        Ok(wh)
+    }
+
+    fn register_events(&self, data_dir: &Path) -> Result<(), WarehouseError> {
+        let dir = data_dir.join("events");
+        let has_parts = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+            })
+            .unwrap_or(false);
+        if has_parts {
+            let path = format!("{}/", dir.display());
+            self.rt
+                .block_on(
+                    self.ctx
+                        .register_parquet("events", &path, ParquetReadOptions::default()),
+                )
+                .map_err(sql_err("events"))?;
+        } else {
+            let schema = vigil_events::event_schema();
+            let empty = MemTable::try_new(schema, vec![vec![]]).map_err(sql_err("events"))?;
+            self.ctx
+                .register_table("events", Arc::new(empty))
+                .map_err(sql_err("events"))?;
+        }
+        Ok(())
+    }
+
+    /// The SQL text of a named table: the override file if one exists, else the built-in.
+    pub fn sql_for(&self, name: &str) -> Result<String, WarehouseError> {
+        if let Some(dir) = &self.sql_dir {
+            let path = dir.join(format!("{name}.sql"));
+            if path.exists() {
+                return std::fs::read_to_string(&path)
+                    .map_err(|source| WarehouseError::SqlFile { path, source });
+            }
+        }
+        BUILTIN_SQL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, sql)| sql.to_string())
+            .ok_or_else(|| WarehouseError::Sql {
+                context: name.to_string(),
+                message: "no SQL defined for this table".into(),
+            })
+    }
+
+    /// Run a query and collect its rows.
+    pub fn query(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
+        self.rt.block_on(async {
+            let df = self.ctx.sql(sql).await.map_err(sql_err(context))?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await.map_err(sql_err(context))?;
+            Ok(Table {
+                name: context.to_string(),
+                schema,
+                batches,
+            })
+        })
+    }
+
+    /// Build a named table from its SQL and register it for later queries.
+    pub fn build(&self, name: &str) -> Result<Table, WarehouseError> {
+        let sql = self.sql_for(name)?;
+        let table = self.query(name, &sql)?;
+        self.register(&table)?;
+        Ok(table)
+    }
+
+    /// Register an in-memory table under its name (replacing any table of that name).
+    pub fn register(&self, table: &Table) -> Result<(), WarehouseError> {
+        let mem = MemTable::try_new(table.schema.clone(), vec![table.batches.clone()])
+            .map_err(sql_err(&table.name))?;
+        let _ = self.ctx.deregister_table(table.name.as_str());
+        self.ctx
+            .register_table(table.name.as_str(), Arc::new(mem))
+            .map_err(sql_err(&table.name))?;
+        Ok(())
+    }
+
+    /// Register a Parquet file as a table.
+    pub fn register_parquet_file(&self, name: &str, path: &Path) -> Result<(), WarehouseError> {
+        let p = path.display().to_string();
+        self.rt
+            .block_on(
+                self.ctx
+                    .register_parquet(name, &p, ParquetReadOptions::default()),
+            )
+            .map_err(sql_err(name))
+    }
+
+    /// Names of the registered tables.
+    pub fn table_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .ctx
+            .catalog("datafusion")
+            .and_then(|c| c.schema("public"))
+            .map(|s| s.table_names())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
