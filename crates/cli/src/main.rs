@@ -345,10 +345,10 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
             .with_context(|| format!("cannot read output directory {}", out.display()))?;
         for e in entries.flatten() {
             let p = e.path();
-            if p.extension().is_some_and(|x| x == "parquet") {
-                if let Some(stem) = p.file_stem().and_then(|s| s.to_str()) {
-                    wh.register_parquet_file(stem, &p)?;
-                }
+            if p.extension().is_some_and(|x| x == "parquet")
+                && let Some(stem) = p.file_stem().and_then(|s| s.to_str())
+            {
+                wh.register_parquet_file(stem, &p)?;
             }
         }
     }

@@ -267,7 +267,7 @@ fn generated_data_has_the_notebook_distributions() {
     for rec in r.records() {
         let rec = rec.unwrap();
         n += 1;
-        assert!(rec[1].to_string() >= last_ts, "rows sorted by timestamp");
+        assert!(&rec[1] >= last_ts.as_str(), "rows sorted by timestamp");
         last_ts = rec[1].to_string();
         if &rec[8] == "chat" {
             chats += 1;

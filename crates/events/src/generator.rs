@@ -201,7 +201,7 @@ fn csv_quote(s: &str) -> String {
 
 enum Sink {
     Csv(BufWriter<File>),
-    Parquet(Box<ArrowWriter<File>>, EventBatchBuilder),
+    Parquet(Box<(ArrowWriter<File>, EventBatchBuilder)>),
 }
 
 /// Generate events to `out` (`.csv` or `.parquet`) and `ground_truth.csv` beside it.
@@ -265,7 +265,7 @@ pub fn generate(
                 source: std::io::Error::other(e),
             }
         })?;
-        Sink::Parquet(Box::new(w), EventBatchBuilder::with_capacity(65_536))
+        Sink::Parquet(Box::new((w, EventBatchBuilder::with_capacity(65_536))))
     } else {
         let mut w = BufWriter::with_capacity(1 << 20, file);
         writeln!(w, "{}", COLUMNS.join(",")).map_err(io(out))?;
@@ -401,9 +401,9 @@ pub fn generate(
                     let secs = ts.div_euclid(1_000_000);
                     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
                     let sod = secs.rem_euclid(86_400);
-                    let _ = write!(
+                    let _ = writeln!(
                         line,
-                        "{event_id},{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z,{},{},{},{},{surface},{product},{},{},{tokens_in},{tokens_out},{latency_ms},{blocked},{warned},{}\n",
+                        "{event_id},{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z,{},{},{},{},{surface},{product},{},{},{tokens_in},{tokens_out},{latency_ms},{blocked},{warned},{}",
                         sod / 3600,
                         (sod / 60) % 60,
                         sod % 60,
@@ -422,7 +422,8 @@ pub fn generate(
                     );
                     w.write_all(line.as_bytes()).map_err(io(out))?;
                 }
-                Sink::Parquet(w, b) => {
+                Sink::Parquet(pw) => {
+                    let (w, b) = &mut **pw;
                     b.append(&ValidRow {
                         event_id: &event_id,
                         ts,
@@ -455,7 +456,8 @@ pub fn generate(
     }
     match sink {
         Sink::Csv(mut w) => w.flush().map_err(io(out))?,
-        Sink::Parquet(mut w, mut b) => {
+        Sink::Parquet(pw) => {
+            let (mut w, mut b) = *pw;
             let pq = |e: parquet::errors::ParquetError| EventsError::Io {
                 path: out.to_path_buf(),
                 source: std::io::Error::other(e),

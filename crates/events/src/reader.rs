@@ -255,7 +255,7 @@ fn read_csv(
             Err(e) => return Err(csv_error(path, e)),
         }
         n += 1;
-        if n % 65_536 == 0 {
+        if n.is_multiple_of(65_536) {
             tick();
         }
         let line = rec.position().map(|p| p.line()).unwrap_or(n + 1);
@@ -341,7 +341,7 @@ fn read_jsonl(
             break;
         }
         line_no += 1;
-        if line_no % 65_536 == 0 {
+        if line_no.is_multiple_of(65_536) {
             tick();
         }
         let text = line.trim_end_matches(['\n', '\r']);
@@ -359,11 +359,9 @@ fn read_jsonl(
                 continue;
             }
         };
-        if !warned_keys {
-            if let Some(k) = obj.keys().find(|k| !COLUMNS.contains(&k.as_str())) {
-                tracing::warn!(file = %path.display(), "ignoring key `{k}`: not part of the event schema");
-                warned_keys = true;
-            }
+        if !warned_keys && let Some(k) = obj.keys().find(|k| !COLUMNS.contains(&k.as_str())) {
+            tracing::warn!(file = %path.display(), "ignoring key `{k}`: not part of the event schema");
+            warned_keys = true;
         }
         if let Some(c) = (0..16).find(|c| {
             matches!(

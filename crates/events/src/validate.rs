@@ -175,8 +175,8 @@ impl Validator {
             Value::Int(0) => Some(0),
             Value::Int(1) => Some(1),
             Value::Bool(b) => Some(i8::from(b)),
-            Value::Float(f) if f == 0.0 => Some(0),
-            Value::Float(f) if f == 1.0 => Some(1),
+            Value::Float(0.0) => Some(0),
+            Value::Float(1.0) => Some(1),
             Value::Str(s) => match s.trim() {
                 "0" | "0.0" => Some(0),
                 "1" | "1.0" => Some(1),

@@ -46,7 +46,7 @@ pub fn robust_alerts(metrics: &Table, cfg: &RobustZConfig) -> Result<Vec<Alert>,
             let deviations: Vec<f64> = window.iter().map(|v| (v - med).abs()).collect();
             let sigma = 1.4826 * median(&deviations);
             let x = values[d];
-            if !(sigma > 0.0) || x.is_nan() {
+            if sigma.is_nan() || sigma <= 0.0 || x.is_nan() {
                 continue;
             }
             let z = (x - med) / sigma;
