@@ -179,7 +179,7 @@ impl AlertRule {
 
 /// The robust anomaly rule: for each listed metric and day, the median and MAD of the trailing
 /// `window_days` days (not including the day itself); the day alerts when
-/// `|value - median| / (1.4826 * MAD) > z`.
+/// `|value - median| / max(1.4826 * MAD, min_sigma_fraction * |median|) > z`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RobustZConfig {
@@ -198,6 +198,9 @@ pub struct RobustZConfig {
     /// Skip the last day when it covers less than this share of the median day's events (a
     /// partial day at the end of a window is not an anomaly).
     pub min_day_coverage: f64,
+    /// The robust standard deviation is never taken below this fraction of the baseline
+    /// median, so a week of unusually quiet days does not turn ordinary noise into alerts.
+    pub min_sigma_fraction: f64,
 }
 
 impl Default for RobustZConfig {
@@ -216,6 +219,7 @@ impl Default for RobustZConfig {
             z: 4.0,
             severity: "medium".into(),
             min_day_coverage: 0.5,
+            min_sigma_fraction: 0.05,
         }
     }
 }

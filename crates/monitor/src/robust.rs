@@ -1,5 +1,6 @@
 //! The statistical alert rule: a daily metric more than `z` robust standard deviations
-//! (1.4826 x MAD) away from the median of its trailing window.
+//! (1.4826 x MAD, floored at a fraction of the median) away from the median of its trailing
+//! window.
 //!
 //! Fixed thresholds miss slow-moving products and fire constantly on noisy ones; a robust
 //! baseline adapts to each metric's own level and ignores a few outlier days in the window.
@@ -44,7 +45,7 @@ pub fn robust_alerts(metrics: &Table, cfg: &RobustZConfig) -> Result<Vec<Alert>,
             }
             let med = median(window);
             let deviations: Vec<f64> = window.iter().map(|v| (v - med).abs()).collect();
-            let sigma = 1.4826 * median(&deviations);
+            let sigma = (1.4826 * median(&deviations)).max(cfg.min_sigma_fraction * med.abs());
             let x = values[d];
             if sigma.is_nan() || sigma <= 0.0 || x.is_nan() {
                 continue;
@@ -118,6 +119,18 @@ mod tests {
         assert_eq!(alerts.len(), 1, "{alerts:?}");
         assert_eq!(alerts[0].day, "2026-01-08");
         assert_eq!(alerts[0].alert_type, "robust_z_block_rate");
+    }
+
+    #[test]
+    fn ordinary_noise_after_a_quiet_week_stays_quiet() {
+        // Regression: a 5-day baseline with a tiny MAD made a 3-sigma binomial wobble look like
+        // z = -10; the sigma floor (5% of the median) keeps it quiet.
+        let rates = [0.0710, 0.0712, 0.0713, 0.0711, 0.0712, 0.0632];
+        assert!(
+            robust_alerts(&metrics(&rates, &[1000.0; 6]), &cfg())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -1,0 +1,46 @@
+//! Sentinel-style rare-harm detection.
+//!
+//! An index holds embeddings of examples of a rare harmful class (positives) and of ordinary
+//! text (negatives), in the reference Python library's on-disk format. Each observation is
+//! scored by the contrastive log-ratio of its nearest positive and negative neighbours, and a
+//! group of one source's recent observations is aggregated into one affinity score: a
+//! high-recall candidate generator for human review.
+//!
+//! This crate stands alone: it depends on no other Vigil crate and on no SQL engine.
+
+pub mod aggregate;
+pub mod index;
+pub mod score;
+
+use std::path::PathBuf;
+
+pub use aggregate::Aggregator;
+pub use index::{IndexConfig, Matrix, SentinelIndex};
+pub use score::{GroupResult, ScaleFn, ScoreParams, Scorer};
+
+/// Errors of the Sentinel library, by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum SentinelError {
+    /// User: invalid arguments or inputs (empty example sets, `top_k` 0, mismatched rows).
+    #[error("{0}")]
+    BadInput(String),
+    /// User or environment: an index file is corrupt, truncated or of the wrong shape.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Environment: reading or writing a file failed.
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Internal: a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
