@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray};
@@ -29,13 +29,55 @@ pub struct Dataset {
 }
 
 /// A 128-bit fingerprint of an event id: the dedup key, kept instead of the id text so that
-/// the set of known ids for 10M events stays around 300 MB.
+/// the set of known ids for 10M events stays around 300 MB. Two independent 64-bit
+/// multiply-mix hashes (a collision needs both to collide: ~1e-20 at 10M ids).
 pub fn event_key(event_id: &str) -> u128 {
-    let mut a = std::hash::DefaultHasher::new();
-    event_id.hash(&mut a);
-    let mut b = std::hash::DefaultHasher::new();
-    (0x5eed_u32, event_id).hash(&mut b);
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
+    fn mix(bytes: &[u8], seed: u64) -> u64 {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut h = seed ^ (bytes.len() as u64).wrapping_mul(K);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            h = (h ^ u64::from_le_bytes(w)).wrapping_mul(K).rotate_left(29);
+        }
+        // Final avalanche (splitmix64).
+        h ^= h >> 30;
+        h = h.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h ^= h >> 27;
+        h = h.wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^ (h >> 31)
+    }
+    let b = event_id.as_bytes();
+    (u128::from(mix(b, 0x243F_6A88_85A3_08D3)) << 64) | u128::from(mix(b, 0x1319_8A2E_0370_7344))
+}
+
+/// The set of stored event keys. Keys are already well-mixed hashes, so the set hashes them
+/// by taking their low 64 bits instead of running SipHash again.
+pub type KeySet = HashSet<u128, BuildHasherDefault<KeyHasher>>;
+
+/// Hasher for [`KeySet`]: the low 64 bits of the key.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> EventsError + '_ {
@@ -90,8 +132,8 @@ impl Dataset {
     }
 
     /// Keys of every event already stored, reading only the `event_id` column.
-    pub fn known_event_keys(&self) -> Result<HashSet<u128>, EventsError> {
-        let mut keys = HashSet::new();
+    pub fn known_event_keys(&self) -> Result<KeySet, EventsError> {
+        let mut keys = KeySet::default();
         for part in self.parts()? {
             let file = File::open(&part).map_err(io_err(&part))?;
             let pq = |e: parquet::errors::ParquetError| EventsError::Corrupt {

@@ -246,62 +246,95 @@ fn read_csv(
         .collect();
     let map = map_columns(path, &names)?;
     let width = headers.len();
-    let mut rec = csv::ByteRecord::new();
-    let mut n: u64 = 0;
-    loop {
-        match rdr.read_byte_record(&mut rec) {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => return Err(csv_error(path, e)),
-        }
-        n += 1;
-        if n.is_multiple_of(65_536) {
-            tick();
-        }
-        let line = rec.position().map(|p| p.line()).unwrap_or(n + 1);
-        if rec.len() != width {
-            sink.bad(
-                line,
-                format!("expected {width} fields, found {}", rec.len()),
-                raw_csv(&rec),
-            )?;
-            continue;
-        }
-        let mut fields: [&str; 16] = [""; 16];
-        let mut utf8_error = None;
-        for (c, slot) in map.iter().enumerate() {
-            if let Some(i) = slot {
-                match std::str::from_utf8(rec.get(*i).unwrap_or_default()) {
-                    Ok(s) => fields[c] = s,
-                    Err(_) => {
-                        utf8_error = Some(c);
-                        break;
+    // CSV parsing runs on its own thread, handing chunks of records to this one for
+    // validation; emptied chunks come back for reuse so records keep their allocations.
+    const CHUNK: usize = 8192;
+    std::thread::scope(|s| -> Result<(), EventsError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<csv::ByteRecord>, csv::Error>>(4);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<csv::ByteRecord>>();
+        s.spawn(move || {
+            loop {
+                let mut chunk = back_rx.try_recv().unwrap_or_default();
+                chunk.resize_with(CHUNK, csv::ByteRecord::new);
+                let mut n = 0;
+                while n < CHUNK {
+                    match rdr.read_byte_record(&mut chunk[n]) {
+                        Ok(true) => n += 1,
+                        Ok(false) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
                     }
+                }
+                let done = n < CHUNK;
+                chunk.truncate(n);
+                if n > 0 && tx.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                if done {
+                    return;
+                }
+            }
+        });
+        let mut n: u64 = 0;
+        for msg in rx {
+            let chunk = msg.map_err(|e| csv_error(path, e))?;
+            for rec in &chunk {
+                n += 1;
+                check_csv_record(rec, n, width, &map, validator, sink)?;
+            }
+            tick();
+            let _ = back_tx.send(chunk);
+        }
+        Ok(())
+    })?;
+    tick();
+    Ok(())
+}
+
+fn check_csv_record(
+    rec: &csv::ByteRecord,
+    n: u64,
+    width: usize,
+    map: &[Option<usize>; 16],
+    validator: &Validator,
+    sink: &mut dyn RowSink,
+) -> Result<(), EventsError> {
+    let line = rec.position().map(|p| p.line()).unwrap_or(n + 1);
+    if rec.len() != width {
+        return sink.bad(
+            line,
+            format!("expected {width} fields, found {}", rec.len()),
+            raw_csv(rec),
+        );
+    }
+    let mut fields: [&str; 16] = [""; 16];
+    for (c, slot) in map.iter().enumerate() {
+        if let Some(i) = slot {
+            match std::str::from_utf8(rec.get(*i).unwrap_or_default()) {
+                Ok(s) => fields[c] = s,
+                Err(_) => {
+                    return sink.bad(
+                        line,
+                        format!("field `{}` is not valid UTF-8", COLUMNS[c]),
+                        raw_csv(rec),
+                    );
                 }
             }
         }
-        if let Some(c) = utf8_error {
-            sink.bad(
-                line,
-                format!("field `{}` is not valid UTF-8", COLUMNS[c]),
-                raw_csv(&rec),
-            )?;
-            continue;
-        }
-        let outcome = validator.validate(|c| {
-            if map[c].is_some() {
-                Value::Str(fields[c])
-            } else {
-                Value::Missing
-            }
-        });
-        match outcome {
-            Ok(row) => sink.good(&row)?,
-            Err(reason) => sink.bad(line, reason, raw_csv(&rec))?,
-        }
     }
-    tick();
-    Ok(())
+    let outcome = validator.validate(|c| {
+        if map[c].is_some() {
+            Value::Str(fields[c])
+        } else {
+            Value::Missing
+        }
+    });
+    match outcome {
+        Ok(row) => sink.good(&row),
+        Err(reason) => sink.bad(line, reason, raw_csv(rec)),
+    }
 }
 
 fn json_value(v: Option<&serde_json::Value>) -> Value<'_> {
