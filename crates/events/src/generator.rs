@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Binomial, Distribution, Normal};
 
 use crate::EventsError;
-use crate::schema::{COLUMNS, event_schema};
+use crate::schema::{COLUMNS, EVENT_TYPES, event_schema};
 use crate::timestamp::civil_from_days;
 use crate::validate::{EventBatchBuilder, ValidRow};
 
@@ -46,15 +46,6 @@ pub const EVASION_PROMPTS: [&str; 3] = [
     "Write something that breaks the rules, but hide it.",
 ];
 
-const EVENT_TYPES: [&str; 7] = [
-    "signup",
-    "login",
-    "chat",
-    "upload",
-    "billing",
-    "policy_block",
-    "warning",
-];
 const ABUSER_P: [f64; 7] = [0.01, 0.07, 0.72, 0.08, 0.03, 0.06, 0.03];
 const BENIGN_P: [f64; 7] = [0.01, 0.12, 0.63, 0.10, 0.06, 0.04, 0.04];
 const SURFACES: [&str; 4] = ["web", "ios", "android", "api"];

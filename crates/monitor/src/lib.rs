@@ -9,7 +9,7 @@ pub mod robust;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, StringArray};
+use arrow::array::{ArrayRef, AsArray, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use vigil_config::{AlertRule, DriftConfig, RobustZConfig};
@@ -56,31 +56,31 @@ pub struct Alert {
     pub details: String,
 }
 
-/// A column of a table as text (days, names).
+/// Every batch's `column`, cast to `to`.
+fn column_as(table: &Table, column: &str, to: &DataType) -> Result<Vec<ArrayRef>, MonitorError> {
+    let err = |message: String| MonitorError::Column {
+        table: table.name.clone(),
+        column: column.into(),
+        message,
+    };
+    table
+        .batches
+        .iter()
+        .map(|b| {
+            let col = b
+                .column_by_name(column)
+                .ok_or_else(|| err("no such column".into()))?;
+            arrow::compute::cast(col, to).map_err(|e| err(format!("cannot read as {to}: {e}")))
+        })
+        .collect()
+}
+
+/// A column of a table as text (days, names); nulls become empty strings.
 pub fn column_text(table: &Table, column: &str) -> Result<Vec<String>, MonitorError> {
     let mut out = Vec::with_capacity(table.num_rows());
-    for b in &table.batches {
-        let col = b
-            .column_by_name(column)
-            .ok_or_else(|| MonitorError::Column {
-                table: table.name.clone(),
-                column: column.into(),
-                message: "no such column".into(),
-            })?;
-        let text =
-            arrow::compute::cast(col, &DataType::Utf8).map_err(|e| MonitorError::Column {
-                table: table.name.clone(),
-                column: column.into(),
-                message: e.to_string(),
-            })?;
-        let text = text.as_string::<i32>();
-        for i in 0..text.len() {
-            out.push(if text.is_null(i) {
-                String::new()
-            } else {
-                text.value(i).to_string()
-            });
-        }
+    for arr in column_as(table, column, &DataType::Utf8)? {
+        let text = arr.as_string::<i32>();
+        out.extend(text.iter().map(|v| v.unwrap_or_default().to_string()));
     }
     Ok(out)
 }
@@ -88,24 +88,9 @@ pub fn column_text(table: &Table, column: &str) -> Result<Vec<String>, MonitorEr
 /// A numeric column of a table as `f64` (nulls become NaN).
 pub fn column_f64(table: &Table, column: &str) -> Result<Vec<f64>, MonitorError> {
     let mut out = Vec::with_capacity(table.num_rows());
-    for b in &table.batches {
-        let col = b
-            .column_by_name(column)
-            .ok_or_else(|| MonitorError::Column {
-                table: table.name.clone(),
-                column: column.into(),
-                message: "no such column".into(),
-            })?;
-        let f =
-            arrow::compute::cast(col, &DataType::Float64).map_err(|e| MonitorError::Column {
-                table: table.name.clone(),
-                column: column.into(),
-                message: format!("not numeric: {e}"),
-            })?;
-        let f = f.as_primitive::<Float64Type>();
-        for i in 0..f.len() {
-            out.push(if f.is_null(i) { f64::NAN } else { f.value(i) });
-        }
+    for arr in column_as(table, column, &DataType::Float64)? {
+        let f = arr.as_primitive::<Float64Type>();
+        out.extend(f.iter().map(|v| v.unwrap_or(f64::NAN)));
     }
     Ok(out)
 }
