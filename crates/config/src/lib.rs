@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod stages;
+pub use stages::{
+    ACTIONS, AutomationConfig, DetectionConfig, EnforcementConfig, EnforcementRule, ErMode,
+    ModelKind, ReviewConfig,
+};
+
 /// Errors raised while reading a configuration file. Always the user's to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -77,6 +83,14 @@ pub struct Config {
     pub monitoring: MonitoringConfig,
     /// PSI drift on user-day features.
     pub drift: DriftConfig,
+    /// Features, models and thresholds.
+    pub detection: DetectionConfig,
+    /// Review queue flags, priority and size.
+    pub review: ReviewConfig,
+    /// Dedup, clustering and entity resolution.
+    pub automation: AutomationConfig,
+    /// The ordered enforcement policy.
+    pub enforcement: EnforcementConfig,
 }
 
 impl Default for Config {
@@ -281,6 +295,10 @@ impl Config {
             sql: SqlConfig::default(),
             monitoring,
             drift: DriftConfig::default(),
+            detection: DetectionConfig::for_profile(profile),
+            review: ReviewConfig::default(),
+            automation: AutomationConfig::for_profile(profile),
+            enforcement: EnforcementConfig::default(),
         }
     }
 
@@ -372,6 +390,48 @@ impl Config {
         }
         if self.drift.min_days <= self.drift.recent_days {
             return bad("drift.min_days", "must be greater than drift.recent_days");
+        }
+        let d = &self.detection;
+        if !(d.test_size > 0.0 && d.test_size < 1.0) {
+            return bad("detection.test_size", "must be between 0 and 1");
+        }
+        if d.features.is_empty() {
+            return bad("detection.features", "must name at least one feature");
+        }
+        if !(d.threshold_step > 0.0 && d.threshold_start <= d.threshold_end) {
+            return bad(
+                "detection.threshold_step",
+                "the sweep needs a positive step and start <= end",
+            );
+        }
+        if d.logistic_c.is_nan() || d.logistic_c <= 0.0 {
+            return bad("detection.logistic_c", "must be positive");
+        }
+        if d.gbt_trees == 0 || d.gbt_max_depth == 0 {
+            return bad("detection.gbt_trees", "trees and depth must be at least 1");
+        }
+        if self.review.queue_size == 0 {
+            return bad("review.queue_size", "must be at least 1");
+        }
+        if self.automation.max_clusters < 2 {
+            return bad("automation.max_clusters", "must be at least 2");
+        }
+        for (i, r) in self.enforcement.rules.iter().enumerate() {
+            if !ACTIONS.contains(&r.action.as_str()) {
+                return bad(
+                    &format!("enforcement.rules[{i}].action"),
+                    &format!("`{}` is not one of {}", r.action, ACTIONS.join(", ")),
+                );
+            }
+            if r.when.trim().is_empty() {
+                return bad(&format!("enforcement.rules[{i}].when"), "must not be empty");
+            }
+        }
+        if !ACTIONS.contains(&self.enforcement.default_action.as_str()) {
+            return bad(
+                "enforcement.default_action",
+                &format!("must be one of {}", ACTIONS.join(", ")),
+            );
         }
         Ok(())
     }

@@ -1,0 +1,291 @@
+//! The two models: logistic regression exactly as the spec (standardised features, L2 with
+//! `C`, balanced class weights, solved by argmin's L-BFGS to a tight tolerance) and
+//! gradient-boosted trees (forust, the XGBoost algorithm in Rust).
+
+use argmin::core::{CostFunction, Executor, Gradient, State};
+use argmin::solver::linesearch::MoreThuenteLineSearch;
+use argmin::solver::quasinewton::LBFGS;
+use forust_ml::{GradientBooster, Matrix};
+
+use crate::DetectError;
+
+/// Row-major feature rows.
+#[derive(Debug, Clone)]
+pub struct Features {
+    /// `n * d` values, row after row.
+    pub values: Vec<f64>,
+    /// Number of rows.
+    pub n: usize,
+    /// Number of features.
+    pub d: usize,
+}
+
+impl Features {
+    fn row(&self, i: usize) -> &[f64] {
+        &self.values[i * self.d..(i + 1) * self.d]
+    }
+}
+
+/// `n / (2 * n_class)` per row when `balanced`, else 1.
+pub fn class_weights(y: &[u8], balanced: bool) -> Vec<f64> {
+    if !balanced {
+        return vec![1.0; y.len()];
+    }
+    let pos = y.iter().filter(|&&l| l != 0).count() as f64;
+    let neg = y.len() as f64 - pos;
+    let n = y.len() as f64;
+    y.iter()
+        .map(|&l| if l != 0 { n / (2.0 * pos) } else { n / (2.0 * neg) })
+        .collect()
+}
+
+fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Mean and population standard deviation per feature of the training rows (a zero
+/// deviation is replaced by 1, as scikit-learn's `StandardScaler`).
+#[derive(Debug, Clone)]
+pub struct Standardizer {
+    mean: Vec<f64>,
+    scale: Vec<f64>,
+}
+
+impl Standardizer {
+    fn fit(x: &Features, rows: &[usize]) -> Self {
+        let d = x.d;
+        let n = rows.len().max(1) as f64;
+        let mut mean = vec![0.0; d];
+        for &i in rows {
+            for (m, v) in mean.iter_mut().zip(x.row(i)) {
+                *m += v;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        let mut var = vec![0.0; d];
+        for &i in rows {
+            for ((s, v), m) in var.iter_mut().zip(x.row(i)).zip(&mean) {
+                *s += (v - m) * (v - m);
+            }
+        }
+        let scale = var
+            .iter()
+            .map(|s| {
+                let sd = (s / n).sqrt();
+                if sd > 0.0 { sd } else { 1.0 }
+            })
+            .collect();
+        Self { mean, scale }
+    }
+
+    fn apply(&self, row: &[f64], out: &mut [f64]) {
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = (row[j] - self.mean[j]) / self.scale[j];
+        }
+    }
+}
+
+/// A fitted logistic regression.
+#[derive(Debug, Clone)]
+pub struct Logistic {
+    scaler: Standardizer,
+    /// Coefficients on the standardised features.
+    pub coef: Vec<f64>,
+    /// The intercept.
+    pub intercept: f64,
+}
+
+struct LogLoss<'a> {
+    z: Vec<f64>, // standardised training rows, row-major
+    y: &'a [u8],
+    w: &'a [f64],
+    d: usize,
+    inv_c: f64,
+    sw_sum: f64,
+}
+
+impl LogLoss<'_> {
+    fn margins(&self, p: &[f64]) -> impl Iterator<Item = f64> + '_ {
+        let (coef, b) = (p[..self.d].to_vec(), p[self.d]);
+        self.z
+            .chunks_exact(self.d)
+            .map(move |r| r.iter().zip(&coef).map(|(a, c)| a * c).sum::<f64>() + b)
+    }
+}
+
+impl CostFunction for LogLoss<'_> {
+    type Param = Vec<f64>;
+    type Output = f64;
+    fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
+        let mut loss = 0.0;
+        for ((m, &y), &w) in self.margins(p).zip(self.y).zip(self.w) {
+            // log(1 + e^m) - y m, computed without overflow
+            let softplus = if m > 0.0 {
+                m + (-m).exp().ln_1p()
+            } else {
+                m.exp().ln_1p()
+            };
+            loss += w * (softplus - f64::from(y) * m);
+        }
+        let reg: f64 = p[..self.d].iter().map(|c| c * c).sum::<f64>() * 0.5 * self.inv_c;
+        Ok((loss + reg) / self.sw_sum)
+    }
+}
+
+impl Gradient for LogLoss<'_> {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+    fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
+        let d = self.d;
+        let mut g = vec![0.0; d + 1];
+        for (((m, &y), &w), r) in self
+            .margins(p)
+            .zip(self.y)
+            .zip(self.w)
+            .zip(self.z.chunks_exact(d))
+        {
+            let e = w * (sigmoid(m) - f64::from(y));
+            for (gj, xj) in g.iter_mut().zip(r) {
+                *gj += e * xj;
+            }
+            g[d] += e;
+        }
+        for j in 0..d {
+            g[j] += p[j] * self.inv_c;
+        }
+        g.iter_mut().for_each(|v| *v /= self.sw_sum);
+        Ok(g)
+    }
+}
+
+impl Logistic {
+    /// Fit on `rows` of `x` with labels `y` (indexed like `x`).
+    pub fn fit(
+        x: &Features,
+        y: &[u8],
+        rows: &[usize],
+        c: f64,
+        balanced: bool,
+    ) -> Result<Self, DetectError> {
+        let scaler = Standardizer::fit(x, rows);
+        let d = x.d;
+        let mut z = vec![0.0; rows.len() * d];
+        for (k, &i) in rows.iter().enumerate() {
+            scaler.apply(x.row(i), &mut z[k * d..(k + 1) * d]);
+        }
+        let ys: Vec<u8> = rows.iter().map(|&i| u8::from(y[i] != 0)).collect();
+        let w = class_weights(&ys, balanced);
+        let problem = LogLoss {
+            z,
+            y: &ys,
+            sw_sum: w.iter().sum(),
+            w: &w,
+            d,
+            inv_c: 1.0 / c,
+        };
+        let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
+            .with_tolerance_grad(1e-10)
+            .and_then(|s| s.with_tolerance_cost(1e-14))
+            .map_err(|e| DetectError::Model(e.to_string()))?;
+        let result = Executor::new(problem, solver)
+            .configure(|s| s.param(vec![0.0; d + 1]).max_iters(1000))
+            .run()
+            .map_err(|e| DetectError::Model(format!("logistic regression: {e}")))?;
+        let p = result
+            .state()
+            .get_best_param()
+            .cloned()
+            .ok_or_else(|| DetectError::Model("logistic regression found no solution".into()))?;
+        Ok(Self {
+            scaler,
+            intercept: p[d],
+            coef: p[..d].to_vec(),
+        })
+    }
+
+    /// Probability of the positive class for every row of `x`.
+    pub fn predict(&self, x: &Features) -> Vec<f64> {
+        let mut z = vec![0.0; x.d];
+        (0..x.n)
+            .map(|i| {
+                self.scaler.apply(x.row(i), &mut z);
+                let m: f64 = z.iter().zip(&self.coef).map(|(a, c)| a * c).sum::<f64>();
+                sigmoid(m + self.intercept)
+            })
+            .collect()
+    }
+}
+
+/// Gradient-boosted trees settings.
+#[derive(Debug, Clone, Copy)]
+pub struct GbtParams {
+    /// Trees.
+    pub trees: usize,
+    /// Learning rate.
+    pub learning_rate: f32,
+    /// Maximum depth.
+    pub max_depth: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Balanced class weights.
+    pub balanced: bool,
+}
+
+/// A fitted gradient-boosted tree ensemble.
+pub struct Boosted(GradientBooster);
+
+impl std::fmt::Debug for Boosted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Boosted").finish_non_exhaustive()
+    }
+}
+
+fn column_major(x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
+    let n = rows.map_or(x.n, <[usize]>::len);
+    let mut out = vec![0.0; n * x.d];
+    for k in 0..n {
+        let i = rows.map_or(k, |r| r[k]);
+        for (j, v) in x.row(i).iter().enumerate() {
+            out[j * n + k] = *v;
+        }
+    }
+    out
+}
+
+impl Boosted {
+    /// Fit on `rows` of `x`.
+    pub fn fit(
+        x: &Features,
+        y: &[u8],
+        rows: &[usize],
+        params: GbtParams,
+    ) -> Result<Self, DetectError> {
+        let data = column_major(x, Some(rows));
+        let m = Matrix::new(&data, rows.len(), x.d);
+        let ys: Vec<u8> = rows.iter().map(|&i| u8::from(y[i] != 0)).collect();
+        let yf: Vec<f64> = ys.iter().map(|&l| f64::from(l)).collect();
+        let w = class_weights(&ys, params.balanced);
+        let mut model = GradientBooster::default()
+            .set_iterations(params.trees)
+            .set_learning_rate(params.learning_rate)
+            .set_max_depth(params.max_depth)
+            .set_seed(params.seed)
+            .set_parallel(true);
+        model
+            .fit(&m, &yf, &w, None)
+            .map_err(|e| DetectError::Model(format!("gradient boosting: {e}")))?;
+        Ok(Self(model))
+    }
+
+    /// Probability of the positive class for every row of `x`.
+    pub fn predict(&self, x: &Features) -> Vec<f64> {
+        let data = column_major(x, None);
+        let m = Matrix::new(&data, x.n, x.d);
+        self.0.predict(&m, true).into_iter().map(sigmoid).collect()
+    }
+}
