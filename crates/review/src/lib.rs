@@ -1,0 +1,21 @@
+//! Vigil human review: which user-days a person should look at, in what order, and a record
+//! of what they decided that nobody can quietly rewrite.
+//!
+//! - [`queue`]: the spec's flags (model, heuristic, uncertain), priority and the capped queue.
+//! - [`store`]: `review.db`, a SQLite store holding the current queue and an append-only audit
+//!   log whose records are hash-chained (each record's SHA-256 covers the previous hash), so
+//!   `verify` names the first record that was altered, removed or reordered.
+
+pub mod queue;
+pub mod store;
+
+pub use queue::{Flags, QueueEntry, build_queue};
+pub use store::{AuditRecord, Case, Decision, ReviewError, ReviewStore, VerifyReport};
+
+/// Reason codes a reviewer may give.
+pub const REASON_CODES: [&str; 4] = [
+    "spam",
+    "policy_evasion",
+    "coordinated_abuse",
+    "false_positive",
+];
