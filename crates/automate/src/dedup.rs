@@ -13,7 +13,10 @@ pub fn dedup_key(recent_prompts: &str) -> String {
     if recent_prompts.is_empty() {
         return String::new();
     }
-    format!("{:x}", Sha256::digest(normalize_text(recent_prompts).as_bytes()))
+    format!(
+        "{:x}",
+        Sha256::digest(normalize_text(recent_prompts).as_bytes())
+    )
 }
 
 /// Keys and duplicate flags for cases given in queue order as `(day, recent_prompts)`.
@@ -47,7 +50,13 @@ mod tests {
 
     #[test]
     fn duplicates_are_per_day_and_keep_the_first() {
-        let r = dedup([("d1", "a"), ("d1", "a"), ("d2", "a"), ("d1", ""), ("d1", "")]);
+        let r = dedup([
+            ("d1", "a"),
+            ("d1", "a"),
+            ("d2", "a"),
+            ("d1", ""),
+            ("d1", ""),
+        ]);
         let dups: Vec<bool> = r.iter().map(|x| x.1).collect();
         assert_eq!(dups, vec![false, true, false, false, true]);
         assert_eq!(r[3].0, "");

@@ -178,7 +178,9 @@ pub fn component_risk(res: &Resolution, flagged: &[bool], max_risk: &[f64]) -> V
         if flagged.get(u).copied().unwrap_or(false) {
             rows[c].flagged_users += 1;
         }
-        rows[c].max_risk = rows[c].max_risk.max(max_risk.get(u).copied().unwrap_or(0.0));
+        rows[c].max_risk = rows[c]
+            .max_risk
+            .max(max_risk.get(u).copied().unwrap_or(0.0));
     }
     let mut types: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); n_comp];
     for e in &res.edges {
@@ -298,7 +300,11 @@ mod tests {
             user_id: id.into(),
             ips: vec![ip.into()],
             devices: vec![dev.into()],
-            payments: if pay.is_empty() { vec![] } else { vec![pay.into()] },
+            payments: if pay.is_empty() {
+                vec![]
+            } else {
+                vec![pay.into()]
+            },
         }
     }
 

@@ -23,9 +23,7 @@ pub fn normalize_text(s: &str) -> String {
     }
     collapsed
         .chars()
-        .filter(|&c| {
-            c.is_alphanumeric() || c == '_' || c.is_whitespace() || ".,!?-:/@".contains(c)
-        })
+        .filter(|&c| c.is_alphanumeric() || c == '_' || c.is_whitespace() || ".,!?-:/@".contains(c))
         .collect()
 }
 

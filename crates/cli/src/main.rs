@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod review_cmd;
 mod sentinel_cmd;
 
 use anyhow::{Context, Result};
@@ -16,13 +17,17 @@ use vigil_pipeline::{PipelineError, Progress, RunOptions};
 
 const EXAMPLES: &str = "\
 Examples:
+  vigil demo
   vigil generate --events 1000000 --seed 7 --out events.csv
   vigil run --input events.csv --out out/
   vigil ingest more.jsonl.gz --data out/data
   vigil sql --out out/ \"SELECT day, block_rate FROM monitoring_metrics ORDER BY block_rate DESC LIMIT 3\"
+  vigil review list --out out/
+  vigil review decide --out out/ rev_000000 --decision block --reason spam --reviewer alice
   vigil config --profile notebook > vigil.toml";
 
-/// Vigil: a Trust & Safety pipeline from raw product events to monitoring, alerts and drift.
+/// Vigil: a Trust & Safety pipeline from raw product events to detection, review, enforcement
+/// and an executive report; plus Sentinel rare-harm detection.
 #[derive(Parser, Debug)]
 #[command(name = "vigil", version, about, after_help = EXAMPLES)]
 struct Cli {
@@ -45,11 +50,23 @@ enum Command {
         after_help = "Examples:\n  vigil ingest events.csv\n  vigil ingest logs/day1.jsonl.gz logs/day2.jsonl.zst --data vigil-data\n  vigil ingest export.txt --format csv --strict"
     )]
     Ingest(IngestArgs),
-    /// Ingest inputs, then build core tables, monitoring metrics, alerts, features and drift.
+    /// Generate synthetic telemetry and run every stage on it: the one-command tour.
+    #[command(after_help = "Examples:\n  vigil demo\n  vigil demo --events 1000000 --out demo-1m")]
+    Demo(DemoArgs),
+    /// Ingest inputs and run every stage: core tables, monitoring, detection, review queue,
+    /// automation, enforcement, incidents, report.
     #[command(
-        after_help = "Example:\n  vigil run --input events.csv --out out/ --config vigil.toml"
+        after_help = "Examples:\n  vigil run --input events.csv --out out/\n  vigil run --input events.csv --out out/ --profile notebook\n  vigil run --input gen/events.csv --ground-truth gen/ground_truth.csv --out out/ --config vigil.toml"
     )]
     Run(RunArgs),
+    /// Work the review queue of a run: list, show, decide, verify the audit log.
+    #[command(
+        after_help = "Examples:\n  vigil review list --out out/ --undecided\n  vigil review show --out out/ rev_000003\n  vigil review decide --out out/ rev_000003 --decision rate_limit --reason policy_evasion --reviewer alice --notes \"asked to bypass filters\"\n  vigil review verify --out out/"
+    )]
+    Review {
+        #[command(subcommand)]
+        cmd: review_cmd::ReviewCommand,
+    },
     /// Run SQL over the events and the tables of an output directory.
     #[command(
         after_help = "Example:\n  vigil sql --out out/ \"SELECT user_id, n_events FROM core_users ORDER BY n_events DESC LIMIT 5\""
@@ -144,8 +161,31 @@ struct RunArgs {
     /// Data directory [default: OUT/data].
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Ground truth (user_id,is_abuser,actor_id; `vigil generate` writes one) to score entity
+    /// resolution against known actors and rings.
+    #[arg(long)]
+    ground_truth: Option<PathBuf>,
     #[command(flatten)]
     opts: InputOpts,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Events to generate.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Coordinated rings in the synthetic data.
+    #[arg(long, default_value_t = 8)]
+    rings: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output directory (the generated data goes to OUT/input, the run's outputs to OUT).
+    #[arg(long, default_value = "demo")]
+    out: PathBuf,
+    /// Start from this profile's defaults (default or notebook).
+    #[arg(long)]
+    profile: Option<String>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -284,6 +324,47 @@ fn cmd_ingest(a: IngestArgs) -> Result<()> {
     Ok(())
 }
 
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    let input = a.out.join("input").join("events.csv");
+    if let Some(dir) = input.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A fresh data directory each time so the demo never double-reads an older dataset.
+    let data = a.out.join("data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data).with_context(|| format!("clearing {}", data.display()))?;
+    }
+    eprintln!(
+        "1/2 generating {} synthetic events ({} rings, an incident on day 9, drift in the last 3 days)",
+        a.events, a.rings
+    );
+    cmd_generate(GenerateArgs {
+        events: a.events,
+        users: None,
+        days: 14,
+        abuse_rate: 0.04,
+        seed: a.seed,
+        end: Some("2026-02-15T05:26:38Z".into()),
+        incident_day: Some(9),
+        drift: true,
+        rings: a.rings,
+        out: input.clone(),
+    })?;
+    eprintln!("2/2 running every stage");
+    cmd_run(RunArgs {
+        inputs: vec![input.clone()],
+        out: a.out.clone(),
+        data: None,
+        ground_truth: Some(input.with_file_name("ground_truth.csv")),
+        opts: InputOpts {
+            format: None,
+            strict: false,
+            config: None,
+            profile: a.profile,
+        },
+    })
+}
+
 fn cmd_run(a: RunArgs) -> Result<()> {
     let cfg = load_config(&a.opts)?;
     let opts = RunOptions {
@@ -292,6 +373,8 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         data: a.data.clone(),
         ingest: ingest_options(&a.opts, &cfg),
         config: cfg,
+        ground_truth: a.ground_truth.clone(),
+        as_of_micros: None,
     };
     let bar = std::cell::RefCell::new(None::<ProgressBar>);
     let progress = |p: Progress<'_>| match p {
@@ -339,7 +422,21 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             m.drifted_features.join(", ")
         }
     );
+    for e in &m.model_eval {
+        eprintln!(
+            "model {:<20} threshold {:.2}  test precision {:.3} recall {:.3} F1 {:.3} AUC {:.3}",
+            e.model, e.threshold, e.test_precision, e.test_recall, e.test_f1, e.test_auc
+        );
+    }
+    eprintln!(
+        "risk model: {}; {} case(s) in the review queue (vigil review list --out {}); {} incident(s)",
+        m.risk_model,
+        m.queue_size,
+        a.out.display(),
+        m.incidents
+    );
     eprintln!("outputs in {} (manifest: run.json)", a.out.display());
+    eprintln!("report: {}", m.report);
     Ok(())
 }
 
@@ -410,6 +507,18 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         {
             return 3;
         }
+        if cause.downcast_ref::<review_cmd::BrokenChain>().is_some() {
+            return 3;
+        }
+        if let Some(
+            vigil_review::ReviewError::UnknownCase(_)
+            | vigil_review::ReviewError::InvalidDecision { .. }
+            | vigil_review::ReviewError::InvalidReason { .. }
+            | vigil_review::ReviewError::MissingReviewer,
+        ) = cause.downcast_ref::<vigil_review::ReviewError>()
+        {
+            return 2;
+        }
         if cause.downcast_ref::<vigil_config::ConfigError>().is_some() {
             return 2;
         }
@@ -433,7 +542,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => cmd_generate(a),
         Command::Ingest(a) => cmd_ingest(a),
+        Command::Demo(a) => cmd_demo(a),
         Command::Run(a) => cmd_run(a),
+        Command::Review { cmd } => review_cmd::run(cmd),
         Command::Sql(a) => cmd_sql(a),
         Command::Sentinel { cmd } => sentinel_cmd::run(cmd),
         Command::Config { profile } => profile

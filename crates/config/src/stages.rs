@@ -217,15 +217,27 @@ impl Default for EnforcementConfig {
         };
         Self {
             rules: vec![
-                r("block", "high_confidence_abuse", "risk_score >= 0.90 AND uncertainty <= 0.35"),
+                r(
+                    "block",
+                    "high_confidence_abuse",
+                    "risk_score >= 0.90 AND uncertainty <= 0.35",
+                ),
                 r(
                     "rate_limit",
                     "policy_evasion_or_repeat",
                     "risk_score >= 0.75 AND (block_rate >= 0.10 OR recent_prompts LIKE '%bypass%' \
                      OR recent_prompts LIKE '%evade%')",
                 ),
-                r("escalate", "uncertain_high_risk", "risk_score >= 0.55 AND uncertainty >= 0.75"),
-                r("warn", "suspicious_burst", "risk_score >= 0.50 AND n_chat >= 80"),
+                r(
+                    "escalate",
+                    "uncertain_high_risk",
+                    "risk_score >= 0.55 AND uncertainty >= 0.75",
+                ),
+                r(
+                    "warn",
+                    "suspicious_burst",
+                    "risk_score >= 0.50 AND n_chat >= 80",
+                ),
             ],
             default_action: "allow".into(),
             default_reason: "below_threshold".into(),

@@ -133,7 +133,13 @@ pub fn detect(
     let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
 
     progress("logistic regression");
-    let lr = Logistic::fit(x, y, &split.train, cfg.logistic_c, cfg.balanced_class_weights)?;
+    let lr = Logistic::fit(
+        x,
+        y,
+        &split.train,
+        cfg.logistic_c,
+        cfg.balanced_class_weights,
+    )?;
     let lr_probs = lr.predict(x);
     let train_p: Vec<f64> = split.train.iter().map(|&i| lr_probs[i]).collect();
     let train_y: Vec<u8> = split.train.iter().map(|&i| y[i]).collect();

@@ -140,6 +140,9 @@ mod tests {
 
     #[test]
     fn precision_without_predicted_positives_is_zero() {
-        assert_eq!(precision_recall_f1(&[0.1, 0.2], &[0, 1], 0.5), (0.0, 0.0, 0.0));
+        assert_eq!(
+            precision_recall_f1(&[0.1, 0.2], &[0, 1], 0.5),
+            (0.0, 0.0, 0.0)
+        );
     }
 }

@@ -35,7 +35,13 @@ pub fn class_weights(y: &[u8], balanced: bool) -> Vec<f64> {
     let neg = y.len() as f64 - pos;
     let n = y.len() as f64;
     y.iter()
-        .map(|&l| if l != 0 { n / (2.0 * pos) } else { n / (2.0 * neg) })
+        .map(|&l| {
+            if l != 0 {
+                n / (2.0 * pos)
+            } else {
+                n / (2.0 * neg)
+            }
+        })
         .collect()
 }
 
@@ -196,11 +202,10 @@ impl Logistic {
             .configure(|s| s.param(vec![0.0; d + 1]).max_iters(1000))
             .run()
             .map_err(|e| DetectError::Model(format!("logistic regression: {e}")))?;
-        let p = result
-            .state()
-            .get_best_param()
-            .cloned()
-            .ok_or_else(|| DetectError::Model("logistic regression found no solution".into()))?;
+        let p =
+            result.state().get_best_param().cloned().ok_or_else(|| {
+                DetectError::Model("logistic regression found no solution".into())
+            })?;
         Ok(Self {
             scaler,
             intercept: p[d],

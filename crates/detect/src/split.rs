@@ -139,7 +139,9 @@ pub fn stratified_folds(y: &[u8], k: usize, seed: u32) -> Vec<usize> {
     let mut rng = NumpyRandomState::new(seed);
     let mut fold = vec![0; y.len()];
     for class in [0u8, 1] {
-        let rows: Vec<usize> = (0..y.len()).filter(|&i| (y[i] != 0) == (class == 1)).collect();
+        let rows: Vec<usize> = (0..y.len())
+            .filter(|&i| (y[i] != 0) == (class == 1))
+            .collect();
         for (pos, p) in rng.permutation(rows.len()).into_iter().enumerate() {
             fold[rows[p]] = pos % k.max(1);
         }

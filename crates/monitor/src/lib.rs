@@ -5,6 +5,7 @@
 //! statistical rule (robust z-score against a trailing median/MAD baseline).
 
 pub mod drift;
+pub mod incident;
 pub mod robust;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use vigil_config::{AlertRule, DriftConfig, RobustZConfig};
 use vigil_warehouse::{Table, Warehouse, WarehouseError};
 
 pub use drift::{FeatureDrift, drift_table, psi};
+pub use incident::{Incident, incident_markdown, open_incident};
 
 /// Errors of the monitoring stage.
 #[derive(Debug, thiserror::Error)]

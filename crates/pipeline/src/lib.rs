@@ -1,8 +1,16 @@
 //! Vigil pipeline: runs the stages in data-flow order and records what it did.
 //!
 //! ingest -> core tables (SQL) -> monitoring metrics and alerts -> user-day features -> PSI
-//! drift -> `run.json`. Each stage reads and writes Arrow record batches through the
-//! warehouse; files are written only at the edges, each atomically.
+//! drift -> detection -> review queue -> automation (dedup, clustering, entity resolution)
+//! -> enforcement -> incidents -> report -> `run.json`. Each stage reads and writes Arrow
+//! record batches through the warehouse; files are written only at the edges, each
+//! atomically.
+
+mod protect;
+mod summary;
+mod tables;
+
+pub use protect::suggest_actions;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +34,23 @@ pub enum PipelineError {
     /// Monitoring failed.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    /// Detection failed.
+    #[error(transparent)]
+    Detect(#[from] vigil_detect::DetectError),
+    /// The review store failed.
+    #[error(transparent)]
+    Review(#[from] vigil_review::ReviewError),
+    /// User: the ground-truth file is unreadable.
+    #[error("ground truth {path}: {message}")]
+    GroundTruth {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Internal: a bug (an Arrow table could not be assembled).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Environment: an output could not be written.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -49,6 +74,11 @@ pub struct RunOptions {
     pub config: Config,
     /// Format override and strictness for ingestion.
     pub ingest: IngestOptions,
+    /// Optional `ground_truth.csv` (user_id,is_abuser,actor_id) to score entity resolution.
+    pub ground_truth: Option<PathBuf>,
+    /// The instant an incident is dated (microseconds since the epoch); default: the last
+    /// event's timestamp, so reruns on the same data are byte-identical.
+    pub as_of_micros: Option<i64>,
 }
 
 /// Progress events for the caller to display.
@@ -96,6 +126,18 @@ pub struct RunManifest {
     pub alerts: usize,
     /// Features whose PSI is over the flag threshold.
     pub drifted_features: Vec<String>,
+    /// The model behind `risk_score`.
+    pub risk_model: String,
+    /// Test-split evaluation of every model.
+    pub model_eval: Vec<vigil_detect::ModelEval>,
+    /// Cases in the review queue.
+    pub queue_size: usize,
+    /// Entity-resolution quality per mode (only with ground truth).
+    pub er_quality: Vec<(String, vigil_automate::er::ErQuality)>,
+    /// Incidents opened.
+    pub incidents: usize,
+    /// The report page.
+    pub report: String,
 }
 
 struct Stages<'a> {
@@ -132,6 +174,18 @@ impl Outputs {
         write_csv(t, &self.dir.join(&name))?;
         self.written.push(name);
         self.rows.insert(t.name.clone(), t.num_rows());
+        Ok(())
+    }
+    fn text(&mut self, name: &str, content: &str) -> Result<(), PipelineError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let io = |p: &Path| {
+            let path = p.to_path_buf();
+            move |source| PipelineError::Io { path, source }
+        };
+        std::fs::write(&tmp, content).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        self.written.push(name.to_string());
         Ok(())
     }
     fn parquet(&mut self, t: &Table) -> Result<(), PipelineError> {
@@ -203,7 +257,7 @@ pub fn run(
         Ok(())
     })?;
 
-    let alerts = stages.run("monitoring", || {
+    let (alerts, metrics) = stages.run("monitoring", || {
         let metrics = wh.build("monitoring_metrics")?;
         out.csv(&metrics)?;
         let alerts = vigil_monitor::evaluate_alerts(
@@ -214,7 +268,7 @@ pub fn run(
         )?;
         let table = vigil_monitor::alerts_table(&alerts);
         out.csv(&table)?;
-        Ok(alerts)
+        Ok((alerts, metrics))
     })?;
 
     let features = stages.run("features", || {
@@ -228,6 +282,110 @@ pub fn run(
         let d = vigil_monitor::compute_drift(&features, &cfg.drift)?;
         out.csv(&vigil_monitor::drift_to_table(&d))?;
         Ok(d)
+    })?;
+
+    let ground_truth = opts
+        .ground_truth
+        .as_deref()
+        .map(protect::read_ground_truth)
+        .transpose()?;
+    let scored = stages.run("detection", || protect::detection(&features, cfg, &mut out))?;
+    let queue = stages.run("review_queue", || {
+        protect::review_queue(&wh, &scored, cfg, &mut out)
+    })?;
+    let automation = stages.run("automation", || {
+        protect::automation(&wh, &scored, &queue, cfg, ground_truth.as_ref(), &mut out)
+    })?;
+    let actions = stages.run("enforcement", || {
+        protect::enforcement(&wh, &scored, &queue, cfg, &mut out)
+    })?;
+    let incident = stages.run("incidents", || {
+        protect::incidents(&wh, &alerts, opts.as_of_micros, &mut out)
+    })?;
+    stages.run("review_store", || {
+        let cases: Vec<vigil_review::Case> = queue
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(k, e)| {
+                let f = e.flags;
+                let names: Vec<&str> = [
+                    (f.ml, "ml"),
+                    (f.heuristic, "heuristic"),
+                    (f.uncertain, "uncertain"),
+                ]
+                .iter()
+                .filter(|x| x.0)
+                .map(|x| x.1)
+                .collect();
+                vigil_review::Case {
+                    review_id: protect::review_id(k),
+                    day: scored.day[e.row].clone(),
+                    user_id: scored.user[e.row].clone(),
+                    risk_score: scored.risk[e.row],
+                    uncertainty: scored.uncertainty[e.row],
+                    priority: e.priority,
+                    recent_prompts: queue.recent_prompts[k].clone(),
+                    suggested_action: actions.action[k].clone(),
+                    suggested_reason: actions.reason[k].clone(),
+                    flags: names.join(","),
+                }
+            })
+            .collect();
+        let mut store = vigil_review::ReviewStore::create(&opts.out.join("review.db"))?;
+        store.replace_cases(&cases)?;
+        out.written.push("review.db".into());
+        Ok(())
+    })?;
+    let day_metrics = &core[2];
+    stages.run("report", || {
+        let subtitle = {
+            let days = vigil_monitor::column_text(day_metrics, "day").unwrap_or_default();
+            format!(
+                "{} events, {} to {} (UTC); risk model {}; profile {}; Vigil {}",
+                events_in_dataset,
+                days.first().map_or("?", String::as_str),
+                days.last().map_or("?", String::as_str),
+                scored.model,
+                format!("{:?}", cfg.profile).to_lowercase(),
+                env!("CARGO_PKG_VERSION")
+            )
+        };
+        let report = summary::build(&summary::SummaryInputs {
+            wh: &wh,
+            day_metrics,
+            monitoring: &metrics,
+            alerts: &alerts,
+            drift: &drift,
+            scored: &scored,
+            queue: &queue,
+            automation: &automation,
+            actions: &actions,
+            incidents: usize::from(incident.is_some()),
+            subtitle,
+        })?;
+        let rows = &report.summary;
+        out.csv(&tables::table(
+            "executive_summary",
+            vec![
+                (
+                    "Section",
+                    tables::Col::Str(rows.iter().map(|r| r.section.clone()).collect()),
+                ),
+                (
+                    "Metric",
+                    tables::Col::Str(rows.iter().map(|r| r.metric.clone()).collect()),
+                ),
+                (
+                    "Value",
+                    tables::Col::Str(rows.iter().map(|r| r.value.clone()).collect()),
+                ),
+            ],
+        )?)?;
+        out.text("summary.md", &vigil_report::render_markdown(&report))?;
+        out.text("summary.json", &vigil_report::render_json(&report))?;
+        out.text("report.html", &vigil_report::render_html(&report))?;
+        Ok(())
     })?;
 
     let manifest = RunManifest {
@@ -251,6 +409,16 @@ pub fn run(
             .filter(|d| d.drift_flag == 1)
             .map(|d| d.feature.clone())
             .collect(),
+        risk_model: scored.model.clone(),
+        model_eval: scored
+            .detection
+            .as_ref()
+            .map(|d| d.evals.clone())
+            .unwrap_or_default(),
+        queue_size: queue.entries.len(),
+        er_quality: automation.quality.clone(),
+        incidents: usize::from(incident.is_some()),
+        report: opts.out.join("report.html").display().to_string(),
     };
     let path = opts.out.join("run.json");
     let tmp = opts.out.join(".run.json.tmp");

@@ -32,7 +32,13 @@ pub struct QueueEntry {
 }
 
 /// Flags of one user-day.
-pub fn flags(risk: f64, uncertainty: f64, heuristic: f64, threshold: f64, cfg: &ReviewConfig) -> Flags {
+pub fn flags(
+    risk: f64,
+    uncertainty: f64,
+    heuristic: f64,
+    threshold: f64,
+    cfg: &ReviewConfig,
+) -> Flags {
     Flags {
         ml: risk >= threshold,
         heuristic: heuristic >= cfg.heuristic_flag,
@@ -83,7 +89,10 @@ mod tests {
             ..ReviewConfig::default()
         };
         let risk = [0.9, 0.1, 0.8, 0.95];
-        let unc: Vec<f64> = risk.iter().map(|r: &f64| 1.0 - 2.0 * (r - 0.5).abs()).collect();
+        let unc: Vec<f64> = risk
+            .iter()
+            .map(|r: &f64| 1.0 - 2.0 * (r - 0.5).abs())
+            .collect();
         let q = build_queue(&risk, &unc, &[0.0; 4], &[10.0; 4], 0.7, &cfg);
         assert_eq!(q.iter().map(|e| e.row).collect::<Vec<_>>(), vec![3, 0]);
         assert!(q[0].flags.ml && !q[0].flags.heuristic);

@@ -212,9 +212,7 @@ impl ReviewStore {
         tx.execute("DELETE FROM cases", []).map_err(e)?;
         {
             let mut st = tx
-                .prepare(
-                    "INSERT INTO cases VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                )
+                .prepare("INSERT INTO cases VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
                 .map_err(e)?;
             for c in cases {
                 st.execute(params![
@@ -483,8 +481,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
         s.replace_cases(&[case(0), case(1)]).unwrap();
-        let a = s.decide(&decision("rev_000000", "block"), "2026-02-02T00:00:00Z").unwrap();
-        let b = s.decide(&decision("rev_000001", "allow"), "2026-02-02T00:01:00Z").unwrap();
+        let a = s
+            .decide(&decision("rev_000000", "block"), "2026-02-02T00:00:00Z")
+            .unwrap();
+        let b = s
+            .decide(&decision("rev_000001", "allow"), "2026-02-02T00:01:00Z")
+            .unwrap();
         assert_eq!(b.prev_hash, a.hash);
         let v = s.verify().unwrap();
         assert_eq!(v.records, 2);
@@ -520,7 +522,8 @@ mod tests {
         let mut s = ReviewStore::create(&path).unwrap();
         s.replace_cases(&[case(0), case(1)]).unwrap();
         for id in ["rev_000000", "rev_000001", "rev_000000"] {
-            s.decide(&decision(id, "warn"), "2026-02-02T00:00:00Z").unwrap();
+            s.decide(&decision(id, "warn"), "2026-02-02T00:00:00Z")
+                .unwrap();
         }
         // the triggers refuse edits through SQL
         assert!(

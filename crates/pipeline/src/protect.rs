@@ -1,0 +1,719 @@
+//! The protection stages after the features: detection, the review queue, automation
+//! (dedup, clustering, entity resolution), enforcement and incidents. Each returns what the
+//! report needs and writes its tables through [`crate::Outputs`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+use arrow::record_batch::RecordBatch;
+use vigil_automate::er::{self, ComponentRisk, ErQuality, Resolution, UserKeys};
+use vigil_config::{Config, ErMode};
+use vigil_detect::{DetectError, Detection, Features};
+use vigil_monitor::{Alert, column_f64, column_text};
+use vigil_review::{Flags, QueueEntry};
+use vigil_warehouse::{Table, Warehouse};
+
+use crate::tables::{Col, extend, table, take};
+use crate::{Outputs, PipelineError};
+
+/// Every user-day with its model risk and the inputs of the queue.
+pub(crate) struct Scored {
+    pub batch: RecordBatch,
+    pub day: Vec<String>,
+    pub user: Vec<String>,
+    pub risk: Vec<f64>,
+    pub uncertainty: Vec<f64>,
+    pub heuristic: Vec<f64>,
+    pub n_chat: Vec<f64>,
+    pub flags: Vec<Flags>,
+    pub threshold: f64,
+    pub model: String,
+    pub detection: Option<Detection>,
+}
+
+fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
+    Ok(column_f64(t, c)?)
+}
+
+/// Train, evaluate and score (`user_day_scored`, `model_eval`, `pr_curve`).
+pub(crate) fn detection(
+    features: &Table,
+    cfg: &Config,
+    out: &mut Outputs,
+) -> Result<Scored, PipelineError> {
+    let d = &cfg.detection;
+    let batch = features.concat()?;
+    let n = batch.num_rows();
+    let cols: Vec<Vec<f64>> = d
+        .features
+        .iter()
+        .map(|f| f64_col(features, f))
+        .collect::<Result<_, _>>()?;
+    let mut values = vec![0.0; n * cols.len()];
+    for (j, col) in cols.iter().enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            values[i * cols.len() + j] = if v.is_finite() { *v } else { 0.0 };
+        }
+    }
+    let x = Features {
+        values,
+        n,
+        d: cols.len(),
+    };
+    let y: Vec<u8> = f64_col(features, "is_abuse_gt")?
+        .iter()
+        .map(|v| u8::from(*v >= 0.5))
+        .collect();
+    let n_chat = f64_col(features, "n_chat")?;
+    let heuristic = vigil_detect::heuristic_scores(
+        &n_chat,
+        &f64_col(features, "block_rate")?,
+        &f64_col(features, "n_ips")?,
+        &f64_col(features, "n_warned")?,
+        d,
+    );
+    let (risk, threshold, model, detection) =
+        match vigil_detect::detect(&x, &y, d, &|step| tracing::info!("training {step}")) {
+            Ok(det) => (
+                det.risk.clone(),
+                det.threshold,
+                det.model.clone(),
+                Some(det),
+            ),
+            Err(e @ DetectError::NotEnoughLabels { .. }) => {
+                tracing::warn!("{e}; risk_score falls back to the heuristic score");
+                (
+                    heuristic.clone(),
+                    f64::INFINITY,
+                    "heuristic".to_string(),
+                    None,
+                )
+            }
+            Err(e) => return Err(PipelineError::Detect(e)),
+        };
+    let uncertainty: Vec<f64> = risk.iter().map(|&r| vigil_detect::uncertainty(r)).collect();
+    let flags = (0..n)
+        .map(|i| {
+            vigil_review::queue::flags(
+                risk[i],
+                uncertainty[i],
+                heuristic[i],
+                threshold,
+                &cfg.review,
+            )
+        })
+        .collect();
+    let scored = extend(
+        "user_day_scored",
+        &batch,
+        vec![
+            ("risk_score", Col::F64(risk.clone())),
+            ("uncertainty", Col::F64(uncertainty.clone())),
+        ],
+    )?;
+    out.csv(&scored)?;
+    out.parquet(&scored)?;
+    if let Some(det) = &detection {
+        let e = &det.evals;
+        out.csv(&table(
+            "model_eval",
+            vec![
+                (
+                    "model",
+                    Col::Str(e.iter().map(|m| m.model.clone()).collect()),
+                ),
+                (
+                    "threshold",
+                    Col::F64(e.iter().map(|m| m.threshold).collect()),
+                ),
+                (
+                    "test_precision",
+                    Col::F64(e.iter().map(|m| m.test_precision).collect()),
+                ),
+                (
+                    "test_recall",
+                    Col::F64(e.iter().map(|m| m.test_recall).collect()),
+                ),
+                ("test_f1", Col::F64(e.iter().map(|m| m.test_f1).collect())),
+                ("test_auc", Col::F64(e.iter().map(|m| m.test_auc).collect())),
+            ],
+        )?)?;
+        let pts: Vec<(&str, &vigil_detect::PrPoint)> = det
+            .pr_curves
+            .iter()
+            .flat_map(|(m, p)| p.iter().map(move |x| (m.as_str(), x)))
+            .collect();
+        out.csv(&table(
+            "pr_curve",
+            vec![
+                (
+                    "model",
+                    Col::Str(pts.iter().map(|p| p.0.to_string()).collect()),
+                ),
+                (
+                    "threshold",
+                    Col::F64(pts.iter().map(|p| p.1.threshold).collect()),
+                ),
+                (
+                    "precision",
+                    Col::F64(pts.iter().map(|p| p.1.precision).collect()),
+                ),
+                ("recall", Col::F64(pts.iter().map(|p| p.1.recall).collect())),
+            ],
+        )?)?;
+    }
+    Ok(Scored {
+        day: column_text(features, "day")?,
+        user: column_text(features, "user_id")?,
+        batch: scored.concat()?,
+        risk,
+        uncertainty,
+        heuristic,
+        n_chat,
+        flags,
+        threshold,
+        model,
+        detection,
+    })
+}
+
+/// The review queue with its enrichment.
+pub(crate) struct Queue {
+    pub entries: Vec<QueueEntry>,
+    pub recent_prompts: Vec<String>,
+    pub batch: RecordBatch,
+}
+
+/// The last `n` non-empty normalised chat prompts of each queued user-day, in time order.
+fn recent_prompts(
+    wh: &Warehouse,
+    keys: &[(String, String)],
+    n: usize,
+) -> Result<Vec<String>, PipelineError> {
+    let key_table = table(
+        "queue_keys",
+        vec![
+            ("day", Col::Str(keys.iter().map(|k| k.0.clone()).collect())),
+            (
+                "user_id",
+                Col::Str(keys.iter().map(|k| k.1.clone()).collect()),
+            ),
+        ],
+    )?;
+    wh.register(&key_table)?;
+    let t = wh.query(
+        "recent_prompts",
+        "SELECT k.day, e.user_id, e.prompt FROM events e \
+         JOIN queue_keys k ON e.user_id = k.user_id \
+              AND CAST(CAST(e.ts AS DATE) AS VARCHAR) = k.day \
+         WHERE e.event_type = 'chat' AND e.prompt IS NOT NULL AND e.prompt <> '' \
+         ORDER BY e.ts, e.event_id",
+    )?;
+    let (days, users, prompts) = (
+        column_text(&t, "day")?,
+        column_text(&t, "user_id")?,
+        column_text(&t, "prompt")?,
+    );
+    let mut by_key: HashMap<(&str, &str), Vec<String>> = HashMap::new();
+    for i in 0..prompts.len() {
+        by_key
+            .entry((days[i].as_str(), users[i].as_str()))
+            .or_default()
+            .push(vigil_automate::normalize_text(&prompts[i]));
+    }
+    Ok(keys
+        .iter()
+        .map(|(d, u)| {
+            by_key
+                .get(&(d.as_str(), u.as_str()))
+                .map(|v| v[v.len().saturating_sub(n)..].join(" | "))
+                .unwrap_or_default()
+        })
+        .collect())
+}
+
+/// Flags, priority, enrichment: `review_queue` and `audit_log_template`.
+pub(crate) fn review_queue(
+    wh: &Warehouse,
+    s: &Scored,
+    cfg: &Config,
+    out: &mut Outputs,
+) -> Result<Queue, PipelineError> {
+    let entries = vigil_review::build_queue(
+        &s.risk,
+        &s.uncertainty,
+        &s.heuristic,
+        &s.n_chat,
+        s.threshold,
+        &cfg.review,
+    );
+    let keys: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| (s.day[e.row].clone(), s.user[e.row].clone()))
+        .collect();
+    let prompts = recent_prompts(wh, &keys, cfg.review.recent_prompts)?;
+    let rows: Vec<usize> = entries.iter().map(|e| e.row).collect();
+    let flag =
+        |f: fn(&Flags) -> bool| Col::I64(entries.iter().map(|e| i64::from(f(&e.flags))).collect());
+    let q = extend(
+        "review_queue",
+        &take(&s.batch, &rows)?,
+        vec![
+            (
+                "heuristic_score",
+                Col::F64(rows.iter().map(|&r| s.heuristic[r]).collect()),
+            ),
+            ("flag_ml", flag(|f| f.ml)),
+            ("flag_heur", flag(|f| f.heuristic)),
+            ("flag_uncertain", flag(|f| f.uncertain)),
+            ("needs_review", flag(|f| f.any())),
+            ("recent_prompts", Col::Str(prompts.clone())),
+            (
+                "priority",
+                Col::F64(entries.iter().map(|e| e.priority).collect()),
+            ),
+        ],
+    )?;
+    out.csv(&q)?;
+    let n = entries.len();
+    let empty = || Col::Str(vec![String::new(); n]);
+    out.csv(&table(
+        "audit_log_template",
+        vec![
+            ("day", Col::Str(keys.iter().map(|k| k.0.clone()).collect())),
+            (
+                "user_id",
+                Col::Str(keys.iter().map(|k| k.1.clone()).collect()),
+            ),
+            (
+                "risk_score",
+                Col::F64(rows.iter().map(|&r| s.risk[r]).collect()),
+            ),
+            (
+                "uncertainty",
+                Col::F64(rows.iter().map(|&r| s.uncertainty[r]).collect()),
+            ),
+            ("recent_prompts", Col::Str(prompts.clone())),
+            ("review_id", Col::Str((0..n).map(review_id).collect())),
+            ("reviewer", empty()),
+            ("decision", empty()),
+            ("reason_code", empty()),
+            ("notes", empty()),
+            ("decision_ts", empty()),
+        ],
+    )?)?;
+    Ok(Queue {
+        entries,
+        recent_prompts: prompts,
+        batch: q.concat()?,
+    })
+}
+
+/// `rev_000000`, ... in queue order.
+pub(crate) fn review_id(i: usize) -> String {
+    format!("rev_{i:06}")
+}
+
+/// Results of the automation stage.
+pub(crate) struct Automation {
+    pub is_dup: Vec<bool>,
+    pub cluster_of_nondup: Vec<usize>,
+    pub resolution: Resolution,
+    pub component_risk: Vec<ComponentRisk>,
+    pub quality: Vec<(String, ErQuality)>,
+}
+
+fn user_keys(wh: &Warehouse) -> Result<Vec<UserKeys>, PipelineError> {
+    let t = wh.query(
+        "entity_keys",
+        "SELECT DISTINCT user_id, ip, device_id, payment_id FROM events",
+    )?;
+    let (u, ip, dev, pay) = (
+        column_text(&t, "user_id")?,
+        column_text(&t, "ip")?,
+        column_text(&t, "device_id")?,
+        column_text(&t, "payment_id")?,
+    );
+    let mut by_user: BTreeMap<&str, [BTreeSet<&str>; 3]> = BTreeMap::new();
+    for i in 0..u.len() {
+        let e = by_user.entry(u[i].as_str()).or_default();
+        for (k, v) in [&ip[i], &dev[i], &pay[i]].into_iter().enumerate() {
+            if !v.is_empty() {
+                e[k].insert(v.as_str());
+            }
+        }
+    }
+    let owned = |s: &BTreeSet<&str>| s.iter().map(|x| x.to_string()).collect();
+    Ok(by_user
+        .into_iter()
+        .map(|(user, [i, d, p])| UserKeys {
+            user_id: user.to_string(),
+            ips: owned(&i),
+            devices: owned(&d),
+            payments: owned(&p),
+        })
+        .collect())
+}
+
+/// Ground truth: user -> actor or ring id for abusers (`ground_truth.csv` of the generator).
+pub(crate) fn read_ground_truth(path: &Path) -> Result<HashMap<String, String>, PipelineError> {
+    let mut rdr = csv::Reader::from_path(path).map_err(|e| PipelineError::GroundTruth {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let headers = rdr
+        .headers()
+        .map_err(|e| PipelineError::GroundTruth {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?
+        .clone();
+    let col = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h == name)
+            .ok_or_else(|| PipelineError::GroundTruth {
+                path: path.to_path_buf(),
+                message: format!("missing column `{name}` (expected user_id,is_abuser,actor_id)"),
+            })
+    };
+    let (cu, ca, cact) = (col("user_id")?, col("is_abuser")?, col("actor_id")?);
+    let mut out = HashMap::new();
+    for (line, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| PipelineError::GroundTruth {
+            path: path.to_path_buf(),
+            message: format!("line {}: {e}", line + 2),
+        })?;
+        if rec.get(ca) == Some("1") {
+            out.insert(
+                rec.get(cu).unwrap_or_default().to_string(),
+                rec.get(cact).unwrap_or_default().to_string(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Dedup, clustering, entity resolution.
+pub(crate) fn automation(
+    wh: &Warehouse,
+    s: &Scored,
+    q: &Queue,
+    cfg: &Config,
+    ground_truth: Option<&HashMap<String, String>>,
+    out: &mut Outputs,
+) -> Result<Automation, PipelineError> {
+    let a = &cfg.automation;
+    let dd = vigil_automate::dedup::dedup(
+        q.entries
+            .iter()
+            .zip(&q.recent_prompts)
+            .map(|(e, p)| (s.day[e.row].as_str(), p.as_str())),
+    );
+    let is_dup: Vec<bool> = dd.iter().map(|x| x.1).collect();
+    let dedup_t = extend(
+        "review_queue_dedup",
+        &q.batch,
+        vec![
+            (
+                "dedup_key",
+                Col::Str(dd.iter().map(|x| x.0.clone()).collect()),
+            ),
+            (
+                "is_dup",
+                Col::I64(is_dup.iter().map(|&d| i64::from(d)).collect()),
+            ),
+        ],
+    )?;
+    out.csv(&dedup_t)?;
+    let nondup: Vec<usize> = (0..is_dup.len()).filter(|&i| !is_dup[i]).collect();
+    let docs: Vec<&str> = nondup
+        .iter()
+        .map(|&i| q.recent_prompts[i].as_str())
+        .collect();
+    let clusters = vigil_automate::cluster::cluster_texts(
+        &docs,
+        a.min_cases_to_cluster,
+        a.max_clusters,
+        a.min_df,
+        a.max_features,
+        a.seed,
+    );
+    out.csv(&extend(
+        "clusters",
+        &take(&dedup_t.concat()?, &nondup)?,
+        vec![(
+            "cluster_id",
+            Col::I64(clusters.iter().map(|&c| c as i64).collect()),
+        )],
+    )?)?;
+
+    let keys = user_keys(wh)?;
+    let users: Vec<String> = keys.iter().map(|k| k.user_id.clone()).collect();
+    let res = er::resolve(&keys, a.er_mode, a.ip_max_fanout, a.max_key_fanout);
+    out.csv(&table(
+        "entity_resolution_edges",
+        vec![
+            (
+                "user_a",
+                Col::Str(res.edges.iter().map(|e| users[e.a].clone()).collect()),
+            ),
+            (
+                "user_b",
+                Col::Str(res.edges.iter().map(|e| users[e.b].clone()).collect()),
+            ),
+            (
+                "edge_type",
+                Col::Str(res.edges.iter().map(|e| e.edge_type.to_string()).collect()),
+            ),
+            (
+                "edge_key",
+                Col::Str(res.edges.iter().map(|e| e.key.clone()).collect()),
+            ),
+        ],
+    )?)?;
+    out.csv(&table(
+        "entity_resolution_components",
+        vec![
+            ("user_id", Col::Str(users.clone())),
+            (
+                "component_id",
+                Col::I64(res.component.iter().map(|&c| c as i64).collect()),
+            ),
+        ],
+    )?)?;
+    // per-user flag and peak risk for component risk
+    let index: HashMap<&str, usize> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| (u.as_str(), i))
+        .collect();
+    let mut flagged = vec![false; users.len()];
+    let mut max_risk = vec![0.0f64; users.len()];
+    for (r, u) in s.user.iter().enumerate() {
+        if let Some(&i) = index.get(u.as_str()) {
+            flagged[i] |= s.flags[r].any();
+            max_risk[i] = max_risk[i].max(s.risk[r]);
+        }
+    }
+    let risk = er::component_risk(&res, &flagged, &max_risk);
+    out.csv(&table(
+        "entity_resolution_component_risk",
+        vec![
+            (
+                "component_id",
+                Col::I64(risk.iter().map(|r| r.component_id as i64).collect()),
+            ),
+            (
+                "size",
+                Col::I64(risk.iter().map(|r| r.size as i64).collect()),
+            ),
+            (
+                "flagged_users",
+                Col::I64(risk.iter().map(|r| r.flagged_users as i64).collect()),
+            ),
+            (
+                "flagged_share",
+                Col::F64(risk.iter().map(|r| r.flagged_share).collect()),
+            ),
+            (
+                "max_risk",
+                Col::F64(risk.iter().map(|r| r.max_risk).collect()),
+            ),
+            (
+                "n_edges",
+                Col::I64(risk.iter().map(|r| r.n_edges as i64).collect()),
+            ),
+            (
+                "edge_types",
+                Col::Str(risk.iter().map(|r| r.edge_types.clone()).collect()),
+            ),
+        ],
+    )?)?;
+    let mut quality = Vec::new();
+    if let Some(gt) = ground_truth {
+        let labels: Vec<Option<String>> = users.iter().map(|u| gt.get(u).cloned()).collect();
+        for (name, mode) in [
+            ("notebook", ErMode::Notebook),
+            ("corroborated", ErMode::Corroborated),
+        ] {
+            let r = if mode == a.er_mode {
+                res.clone()
+            } else {
+                er::resolve(&keys, mode, a.ip_max_fanout, a.max_key_fanout)
+            };
+            quality.push((name.to_string(), er::evaluate(&r, &labels)));
+        }
+        let qv = |f: fn(&ErQuality) -> f64| Col::F64(quality.iter().map(|q| f(&q.1)).collect());
+        out.csv(&table(
+            "er_quality",
+            vec![
+                (
+                    "mode",
+                    Col::Str(quality.iter().map(|q| q.0.clone()).collect()),
+                ),
+                ("users", qv(|q| q.users as f64)),
+                ("linked_components", qv(|q| q.linked_components as f64)),
+                ("largest_component", qv(|q| q.largest_component as f64)),
+                ("largest_share", qv(|q| q.largest_share)),
+                ("mean_purity", qv(|q| q.mean_purity)),
+                ("abusers", qv(|q| q.abusers as f64)),
+                (
+                    "abusers_in_components_2_50",
+                    qv(|q| q.abusers_in_small_components as f64),
+                ),
+                ("ring_members", qv(|q| q.ring_members as f64)),
+                (
+                    "ring_members_in_pure_components",
+                    qv(|q| q.ring_members_in_pure_components),
+                ),
+            ],
+        )?)?;
+    }
+    Ok(Automation {
+        is_dup,
+        cluster_of_nondup: clusters,
+        resolution: res,
+        component_risk: risk,
+        quality,
+    })
+}
+
+/// One enforcement suggestion per queue case, in queue order.
+pub(crate) struct Actions {
+    pub action: Vec<String>,
+    pub reason: Vec<String>,
+}
+
+fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The first matching rule's action and reason for every row of `queue` (a table with the
+/// queue's columns plus `queue_pos`), in `queue_pos` order. The rules are SQL run by
+/// DataFusion, so a user's rule can use any column and any SQL function.
+pub fn suggest_actions(
+    wh: &Warehouse,
+    queue: &Table,
+    policy: &vigil_config::EnforcementConfig,
+) -> Result<(Vec<String>, Vec<String>), PipelineError> {
+    let mut registered = queue.clone();
+    registered.name = "review_queue".into();
+    wh.register(&registered)?;
+    let case = |pick: fn(&vigil_config::EnforcementRule) -> &str, default: &str| {
+        let mut c = String::from("CASE");
+        for r in &policy.rules {
+            c.push_str(&format!(" WHEN ({}) THEN {}", r.when, sql_str(pick(r))));
+        }
+        c.push_str(&format!(" ELSE {} END", sql_str(default)));
+        c
+    };
+    let sql = format!(
+        "SELECT queue_pos, {} AS suggested_action, {} AS reason_code FROM review_queue \
+         ORDER BY queue_pos",
+        case(|r| &r.action, &policy.default_action),
+        case(|r| &r.reason, &policy.default_reason)
+    );
+    let t = wh.query("enforcement rules", &sql)?;
+    Ok((
+        column_text(&t, "suggested_action")?,
+        column_text(&t, "reason_code")?,
+    ))
+}
+
+/// Evaluate the ordered policy over the queue (`enforcement_actions`).
+pub(crate) fn enforcement(
+    wh: &Warehouse,
+    s: &Scored,
+    q: &Queue,
+    cfg: &Config,
+    out: &mut Outputs,
+) -> Result<Actions, PipelineError> {
+    let n = q.entries.len();
+    let with_pos = extend(
+        "review_queue",
+        &q.batch,
+        vec![("queue_pos", Col::I64((0..n as i64).collect()))],
+    )?;
+    let (action, reason) = suggest_actions(wh, &with_pos, &cfg.enforcement)?;
+    // enforcement_actions.csv: by action, then risk descending (ties keep queue order)
+    let mut order: Vec<usize> = (0..n).collect();
+    let risk = |i: usize| s.risk[q.entries[i].row];
+    order.sort_by(|&a, &b| action[a].cmp(&action[b]).then(risk(b).total_cmp(&risk(a))));
+    let row = |i: usize| q.entries[i].row;
+    out.csv(&table(
+        "enforcement_actions",
+        vec![
+            (
+                "day",
+                Col::Str(order.iter().map(|&i| s.day[row(i)].clone()).collect()),
+            ),
+            (
+                "user_id",
+                Col::Str(order.iter().map(|&i| s.user[row(i)].clone()).collect()),
+            ),
+            (
+                "risk_score",
+                Col::F64(order.iter().map(|&i| risk(i)).collect()),
+            ),
+            (
+                "uncertainty",
+                Col::F64(order.iter().map(|&i| s.uncertainty[row(i)]).collect()),
+            ),
+            (
+                "suggested_action",
+                Col::Str(order.iter().map(|&i| action[i].clone()).collect()),
+            ),
+            (
+                "reason_code",
+                Col::Str(order.iter().map(|&i| reason[i].clone()).collect()),
+            ),
+        ],
+    )?)?;
+    Ok(Actions { action, reason })
+}
+
+/// The incident record (`incident_log.csv` and `incident_<id>.md`).
+pub(crate) fn incidents(
+    wh: &Warehouse,
+    alerts: &[Alert],
+    as_of_micros: Option<i64>,
+    out: &mut Outputs,
+) -> Result<Option<vigil_monitor::Incident>, PipelineError> {
+    let end_us = match as_of_micros {
+        Some(us) => us as f64,
+        None => {
+            let t = wh.query(
+                "data end",
+                "SELECT CAST(MAX(ts) AS BIGINT) AS end_us FROM events",
+            )?;
+            column_f64(&t, "end_us")?.first().copied().unwrap_or(0.0)
+        }
+    };
+    let as_of =
+        chrono::DateTime::from_timestamp_micros(if end_us.is_finite() { end_us as i64 } else { 0 })
+            .unwrap_or_default();
+    let inc = vigil_monitor::open_incident(alerts, as_of);
+    let list: Vec<&vigil_monitor::Incident> = inc.iter().collect();
+    let col = |f: fn(&vigil_monitor::Incident) -> &str| {
+        Col::Str(list.iter().map(|i| f(i).to_string()).collect())
+    };
+    out.csv(&table(
+        "incident_log",
+        vec![
+            ("incident_id", col(|i| &i.incident_id)),
+            ("created_ts", col(|i| &i.created_ts)),
+            ("severity", col(|i| &i.severity)),
+            ("summary", col(|i| &i.summary)),
+            ("status", col(|i| &i.status)),
+            ("retrospective_stub", col(|i| &i.retrospective_stub)),
+        ],
+    )?)?;
+    if let Some(i) = &inc {
+        out.text(
+            &format!("incident_{}.md", i.incident_id),
+            &vigil_monitor::incident_markdown(i, alerts),
+        )?;
+    }
+    Ok(inc)
+}

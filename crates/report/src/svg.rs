@@ -1,0 +1,253 @@
+//! Minimal SVG charts: bars, lines, histograms and x-y curves, drawn as plain shapes with
+//! axis ticks so the page needs no plotting library and no network.
+
+use crate::{Chart, ChartData};
+
+const W: f64 = 440.0;
+const H: f64 = 240.0;
+const L: f64 = 52.0; // left margin
+const R: f64 = 12.0;
+const T: f64 = 12.0;
+const B: f64 = 46.0;
+const COLORS: [&str; 4] = ["#2f6fde", "#e0563b", "#2a9d8f", "#8e6bbf"];
+
+fn fmt_tick(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", v / 1e3)
+    } else if a >= 100.0 || v == v.round() {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+struct Frame {
+    y_min: f64,
+    y_max: f64,
+}
+
+impl Frame {
+    fn y(&self, v: f64) -> f64 {
+        let span = (self.y_max - self.y_min).max(1e-12);
+        T + (H - T - B) * (1.0 - (v - self.y_min) / span)
+    }
+    fn axes(&self, out: &mut String) {
+        out.push_str(&format!(
+            "<line x1=\"{L}\" y1=\"{T}\" x2=\"{L}\" y2=\"{}\" stroke=\"#9aa5b1\"/>\
+             <line x1=\"{L}\" y1=\"{0}\" x2=\"{1}\" y2=\"{0}\" stroke=\"#9aa5b1\"/>",
+            H - B,
+            W - R
+        ));
+        for k in 0..=4 {
+            let v = self.y_min + (self.y_max - self.y_min) * f64::from(k) / 4.0;
+            let y = self.y(v);
+            out.push_str(&format!(
+                "<line x1=\"{}\" y1=\"{y:.1}\" x2=\"{L}\" y2=\"{y:.1}\" stroke=\"#9aa5b1\"/>\
+                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                L - 4.0,
+                L - 6.0,
+                y + 4.0,
+                fmt_tick(v)
+            ));
+        }
+    }
+}
+
+fn nice_max(v: f64) -> f64 {
+    if v <= 0.0 || !v.is_finite() {
+        return 1.0;
+    }
+    v * 1.05
+}
+
+fn x_labels(labels: &[String], xs: &[f64], out: &mut String) {
+    let every = (labels.len() / 8).max(1);
+    for (i, (l, x)) in labels.iter().zip(xs).enumerate() {
+        if i % every == 0 {
+            let short: String = l.chars().take(14).collect();
+            out.push_str(&format!(
+                "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {x:.1} {:.1})\">{}</text>",
+                H - B + 14.0,
+                H - B + 14.0,
+                esc(&short)
+            ));
+        }
+    }
+}
+
+fn bars(labels: &[String], values: &[f64], out: &mut String) {
+    let f = Frame {
+        y_min: 0.0,
+        y_max: nice_max(values.iter().copied().fold(0.0, f64::max)),
+    };
+    f.axes(out);
+    let n = values.len().max(1) as f64;
+    let slot = (W - L - R) / n;
+    let mut centers = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let x = L + slot * i as f64 + slot * 0.1;
+        let y = f.y(v.max(0.0));
+        out.push_str(&format!(
+            "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {}</title></rect>",
+            slot * 0.8,
+            (H - B - y).max(0.0),
+            COLORS[0],
+            esc(labels.get(i).map_or("", String::as_str)),
+            fmt_tick(*v)
+        ));
+        centers.push(x + slot * 0.4);
+    }
+    x_labels(labels, &centers, out);
+}
+
+fn legend(names: &[&str], out: &mut String) {
+    for (i, n) in names.iter().enumerate() {
+        let x = L + 8.0 + 150.0 * i as f64;
+        out.push_str(&format!(
+            "<rect x=\"{x:.1}\" y=\"{T}\" width=\"10\" height=\"10\" fill=\"{}\"/>\
+             <text x=\"{:.1}\" y=\"{:.1}\">{}</text>",
+            COLORS[i % COLORS.len()],
+            x + 14.0,
+            T + 9.0,
+            esc(n)
+        ));
+    }
+}
+
+fn lines(labels: &[String], series: &[(String, Vec<f64>)], out: &mut String) {
+    let max = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .fold(0.0, f64::max);
+    let f = Frame {
+        y_min: 0.0,
+        y_max: nice_max(max),
+    };
+    f.axes(out);
+    let n = labels.len().max(2) as f64 - 1.0;
+    let xs: Vec<f64> = (0..labels.len())
+        .map(|i| L + (W - L - R) * i as f64 / n)
+        .collect();
+    for (k, (_, vals)) in series.iter().enumerate() {
+        let pts: Vec<String> = vals
+            .iter()
+            .zip(&xs)
+            .map(|(v, x)| format!("{x:.1},{:.1}", f.y(*v)))
+            .collect();
+        out.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
+            COLORS[k % COLORS.len()],
+            pts.join(" ")
+        ));
+    }
+    x_labels(labels, &xs, out);
+    let names: Vec<&str> = series.iter().map(|s| s.0.as_str()).collect();
+    legend(&names, out);
+}
+
+fn curves(series: &[(String, Vec<(f64, f64)>)], x_title: &str, y_title: &str, out: &mut String) {
+    let f = Frame {
+        y_min: 0.0,
+        y_max: 1.0,
+    };
+    f.axes(out);
+    let x = |v: f64| L + (W - L - R) * v.clamp(0.0, 1.0);
+    for k in 0..=4 {
+        let v = f64::from(k) / 4.0;
+        out.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            x(v),
+            H - B + 14.0,
+            fmt_tick(v)
+        ));
+    }
+    for (k, (_, pts)) in series.iter().enumerate() {
+        let p: Vec<String> = pts
+            .iter()
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), f.y(*b)))
+            .collect();
+        out.push_str(&format!(
+            "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>",
+            COLORS[k % COLORS.len()],
+            p.join(" ")
+        ));
+    }
+    out.push_str(&format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\
+         <text x=\"12\" y=\"{:.1}\" transform=\"rotate(-90 12 {:.1})\" text-anchor=\"middle\">{}</text>",
+        (L + W - R) / 2.0,
+        H - 8.0,
+        esc(x_title),
+        (T + H - B) / 2.0,
+        (T + H - B) / 2.0,
+        esc(y_title)
+    ));
+    let names: Vec<&str> = series.iter().map(|s| s.0.as_str()).collect();
+    legend(&names, out);
+}
+
+/// Histogram bin counts of `values` over their range, with bin labels.
+pub fn histogram(values: &[f64], bins: usize) -> (Vec<String>, Vec<f64>) {
+    let bins = bins.max(1);
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if finite.is_empty() {
+        return (vec![], vec![]);
+    }
+    let width = ((hi - lo) / bins as f64).max(1e-12);
+    let mut counts = vec![0.0; bins];
+    for v in finite {
+        let b = (((v - lo) / width) as usize).min(bins - 1);
+        counts[b] += 1.0;
+    }
+    let labels = (0..bins).map(|b| fmt_tick(lo + width * b as f64)).collect();
+    (labels, counts)
+}
+
+/// One chart as an inline `<svg>` element.
+pub fn render(c: &Chart) -> String {
+    let mut body = String::new();
+    match &c.data {
+        ChartData::Bars { labels, values } => bars(labels, values, &mut body),
+        ChartData::Histogram { values, bins } => {
+            let (labels, counts) = histogram(values, *bins);
+            bars(&labels, &counts, &mut body);
+        }
+        ChartData::Lines { x_labels, series } => lines(x_labels, series, &mut body),
+        ChartData::Curves {
+            series,
+            x_title,
+            y_title,
+        } => curves(series, x_title, y_title, &mut body),
+    }
+    format!(
+        "<svg id=\"chart-{}\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{}\">{body}</svg>",
+        esc(&c.id),
+        esc(&c.title)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_counts_every_value() {
+        let (labels, counts) = histogram(&[0.0, 0.5, 1.0, 1.0], 4);
+        assert_eq!(labels.len(), 4);
+        assert_eq!(counts.iter().sum::<f64>(), 4.0);
+        assert_eq!(counts[3], 2.0);
+    }
+}
