@@ -221,7 +221,8 @@ pub struct ErQuality {
     pub abusers_in_small_components: usize,
     /// Ring members.
     pub ring_members: usize,
-    /// Share of ring members in components of two or more users with purity >= 0.9.
+    /// Share of ring members in components of two or more users with purity >= 0.9 whose
+    /// majority label is the member's own ring.
     pub ring_members_in_pure_components: f64,
 }
 
@@ -235,16 +236,20 @@ pub fn evaluate(res: &Resolution, label: &[Option<String>]) -> ErQuality {
         members[c].push(u);
     }
     let key = |u: usize| label.get(u).cloned().flatten().unwrap_or_default();
-    let purity: Vec<f64> = members
+    // purity and majority label of each component (ties: the smaller label)
+    let (purity, majority): (Vec<f64>, Vec<String>) = members
         .iter()
         .map(|m| {
-            let mut counts: HashMap<String, usize> = HashMap::new();
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
             for &u in m {
                 *counts.entry(key(u)).or_default() += 1;
             }
-            counts.values().copied().max().unwrap_or(0) as f64 / m.len().max(1) as f64
+            let (label, top) = counts.iter().fold((String::new(), 0), |best, (l, &c)| {
+                if c > best.1 { (l.clone(), c) } else { best }
+            });
+            (top as f64 / m.len().max(1) as f64, label)
         })
-        .collect();
+        .unzip();
     let linked: Vec<usize> = (0..n_comp).filter(|&c| members[c].len() >= 2).collect();
     let linked_users: usize = linked.iter().map(|&c| members[c].len()).sum();
     let is_abuser = |u: usize| label.get(u).is_some_and(Option::is_some);
@@ -280,7 +285,7 @@ pub fn evaluate(res: &Resolution, label: &[Option<String>]) -> ErQuality {
             (0..n)
                 .filter(|&u| {
                     let c = res.component[u];
-                    is_ring(u) && members[c].len() >= 2 && purity[c] >= 0.9
+                    is_ring(u) && members[c].len() >= 2 && purity[c] >= 0.9 && majority[c] == key(u)
                 })
                 .count() as f64
                 / ring_members as f64

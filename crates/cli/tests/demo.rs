@@ -1,4 +1,4 @@
-//! End to end: `vigil demo` on a small synthetic dataset writes every output of the spec, the
+//! End to end: `vigil demo` on a 200,000-event synthetic dataset with rings writes every output of the spec, the
 //! report renders in headless Chromium with every chart drawn and no console errors, and the
 //! review commands work the queue with a verifiable audit log.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -23,9 +23,9 @@ fn demo() -> &'static Path {
         let o = vigil(&[
             "demo",
             "--events",
-            "60000",
+            "200000",
             "--rings",
-            "4",
+            "8",
             "--out",
             out.to_str().unwrap(),
         ]);
@@ -76,7 +76,7 @@ fn demo_writes_every_output_of_the_spec() {
     }
     let eval = std::fs::read_to_string(out().join("model_eval.csv")).unwrap();
     assert!(eval.starts_with("model,threshold,test_precision,test_recall,test_f1,test_auc\n"));
-    assert_eq!(eval.lines().count(), 3);
+    assert_eq!(eval.lines().count(), 4);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out().join("run.json")).unwrap()).unwrap();
     assert_eq!(manifest["risk_model"], "gradient_boosting");
@@ -89,6 +89,64 @@ fn demo_writes_every_output_of_the_spec() {
             .to_string_lossy()
             .starts_with("incident_inc_")
     }));
+}
+
+fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .map(str::to_string)
+                .zip(rec.iter().map(str::to_string))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn stronger_model_beats_logistic_regression_on_auc_and_f1() {
+    let rows = csv_rows(&out().join("model_eval.csv"));
+    let get = |m: &str, c: &str| -> f64 {
+        rows.iter().find(|r| r["model"] == m).unwrap()[c]
+            .parse()
+            .unwrap()
+    };
+    for m in ["gradient_boosting", "gradient_boosting_user_split"] {
+        for metric in ["test_auc", "test_f1"] {
+            let (gb, lr) = (get(m, metric), get("logistic_regression", metric));
+            assert!(
+                gb > lr,
+                "{m} {metric} {gb} does not beat logistic regression {lr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn default_entity_resolution_gives_small_pure_components() {
+    let rows = csv_rows(&out().join("er_quality.csv"));
+    let row = |mode: &str| rows.iter().find(|r| r["mode"] == mode).unwrap();
+    let ours = row("corroborated");
+    let share: f64 = ours["largest_share"].parse().unwrap();
+    assert!(share <= 0.05, "largest component holds {share} of users");
+    let rings: f64 = ours["ring_members_in_pure_components"].parse().unwrap();
+    assert!(
+        rings >= 0.8,
+        "only {rings} of ring members in pure components"
+    );
+    assert!(ours["ring_members"].parse::<f64>().unwrap() > 0.0);
+    // the notebook's rules are measured too, and glue most users together
+    let nb_share: f64 = row("notebook")["largest_share"].parse().unwrap();
+    assert!(nb_share > 0.5, "notebook mode largest share {nb_share}");
+    // the component risk table covers every linked component
+    let risk = csv_rows(&out().join("entity_resolution_component_risk.csv"));
+    assert_eq!(
+        risk.len() as f64,
+        ours["linked_components"].parse::<f64>().unwrap()
+    );
 }
 
 fn chromium() -> PathBuf {

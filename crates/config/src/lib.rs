@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 mod stages;
 pub use stages::{
     ACTIONS, AutomationConfig, DetectionConfig, EnforcementConfig, EnforcementRule, ErMode,
-    ModelKind, ReviewConfig,
+    ModelKind, ReviewConfig, USER_CONTEXT_FEATURES,
 };
 
 /// Errors raised while reading a configuration file. Always the user's to fix.

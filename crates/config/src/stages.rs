@@ -6,6 +6,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Profile, USER_DAY_FEATURES};
 
+/// Columns of the `user_context` table (per-user history and identifier fanout).
+pub const USER_CONTEXT_FEATURES: [&str; 7] = [
+    "user_block_rate",
+    "user_warn_rate",
+    "user_days_active",
+    "user_events_per_day",
+    "ip_fanout",
+    "device_fanout",
+    "payment_fanout",
+];
+
 /// Which model's probability becomes `risk_score`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -23,8 +34,11 @@ pub struct DetectionConfig {
     /// The model whose probability becomes `risk_score` (both are always trained and
     /// reported in `model_eval.csv`).
     pub model: ModelKind,
-    /// Columns of `user_day_features` the models use, in order.
+    /// Columns of `user_day_features` the logistic regression uses, in order.
     pub features: Vec<String>,
+    /// Columns the gradient-boosted model uses: any of `user_day_features` and of
+    /// `user_context` (per-user history and identifier fanout, joined by user).
+    pub gbt_features: Vec<String>,
     /// Share of user-days held out for testing (stratified).
     pub test_size: f64,
     /// Seed of the stratified split (numpy `RandomState` semantics, so 42 gives the
@@ -66,6 +80,11 @@ impl DetectionConfig {
                 Profile::Notebook => ModelKind::Logistic,
             },
             features: USER_DAY_FEATURES.iter().map(|s| s.to_string()).collect(),
+            gbt_features: USER_DAY_FEATURES
+                .iter()
+                .chain(USER_CONTEXT_FEATURES.iter())
+                .map(|s| s.to_string())
+                .collect(),
             test_size: 0.25,
             seed: 42,
             logistic_c: 1.0,

@@ -121,11 +121,105 @@ fn test_pr(probs: &[f64], y: &[u8], split: &Split) -> Vec<PrPoint> {
     pr_curve(&ps, &ys, 200)
 }
 
-/// Train both models on a stratified split of labelled rows, evaluate them on the test
-/// split, and score every row with the configured model. `progress` hears each step's name.
-pub fn detect(
+/// At most `gbt_max_train_rows` of `rows`, as a stratified sample.
+fn cap_rows(rows: &[usize], y: &[u8], cfg: &DetectionConfig) -> Result<Vec<usize>, DetectError> {
+    if rows.len() <= cfg.gbt_max_train_rows {
+        return Ok(rows.to_vec());
+    }
+    let ys: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
+    let keep = cfg.gbt_max_train_rows as f64 / rows.len() as f64;
+    let sub = stratified_split(&ys, 1.0 - keep, cfg.seed)?;
+    Ok(sub.train.iter().map(|&k| rows[k]).collect())
+}
+
+fn select(x: &Features, rows: &[usize]) -> Features {
+    Features {
+        values: rows
+            .iter()
+            .flat_map(|&i| x.values[i * x.d..(i + 1) * x.d].iter().copied())
+            .collect(),
+        n: rows.len(),
+        d: x.d,
+    }
+}
+
+/// Fit on `rows`; the threshold is the F1 sweep over out-of-fold predictions (`folds[k]` is
+/// the fold of `rows[k]`), since a boosted model's own training predictions are too sure.
+fn fit_with_oof_threshold(
     x: &Features,
     y: &[u8],
+    rows: &[usize],
+    folds: &[usize],
+    params: GbtParams,
+    grid: &[f64],
+) -> Result<(Boosted, f64), DetectError> {
+    let k = folds.iter().copied().max().map_or(1, |m| m + 1);
+    let mut oof = vec![0.0; rows.len()];
+    for f in 0..k {
+        let fit_rows: Vec<usize> = (0..rows.len())
+            .filter(|&r| folds[r] != f)
+            .map(|r| rows[r])
+            .collect();
+        let held: Vec<usize> = (0..rows.len()).filter(|&r| folds[r] == f).collect();
+        let held_rows: Vec<usize> = held.iter().map(|&r| rows[r]).collect();
+        let model = Boosted::fit(x, y, &fit_rows, params)?;
+        for (r, p) in held.iter().zip(model.predict(&select(x, &held_rows))) {
+            oof[*r] = p;
+        }
+    }
+    let ys: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
+    let t = best_f1_threshold(&oof, &ys, grid);
+    Ok((Boosted::fit(x, y, rows, params)?, t))
+}
+
+/// The boosted model evaluated on a split by user (no user in both parts), so features that
+/// describe the account cannot simply recall its label from training rows.
+fn grouped_eval(
+    x: &Features,
+    y: &[u8],
+    groups: &[u32],
+    cfg: &DetectionConfig,
+    params: GbtParams,
+    grid: &[f64],
+) -> Result<ModelEval, DetectError> {
+    let n_groups = groups.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let mut group_y = vec![0u8; n_groups];
+    for (&g, &l) in groups.iter().zip(y) {
+        group_y[g as usize] = group_y[g as usize].max(l);
+    }
+    let gs = stratified_split(&group_y, cfg.test_size, cfg.seed)?;
+    let mut in_test = vec![false; n_groups];
+    gs.test.iter().for_each(|&g| in_test[g] = true);
+    let (test, train): (Vec<usize>, Vec<usize>) =
+        (0..y.len()).partition(|&i| in_test[groups[i] as usize]);
+    let train = cap_rows(&train, y, cfg)?;
+    let group_fold = split::stratified_folds(&group_y, 3, cfg.seed);
+    let folds: Vec<usize> = train
+        .iter()
+        .map(|&i| group_fold[groups[i] as usize])
+        .collect();
+    let (model, t) = fit_with_oof_threshold(x, y, &train, &folds, params, grid)?;
+    let probs = model.predict(&select(x, &test));
+    let ys: Vec<u8> = test.iter().map(|&i| y[i]).collect();
+    let (p, r, f) = precision_recall_f1(&probs, &ys, t);
+    Ok(ModelEval {
+        model: "gradient_boosting_user_split".into(),
+        threshold: (t * 1e10).round() / 1e10,
+        test_precision: p,
+        test_recall: r,
+        test_f1: f,
+        test_auc: roc_auc(&probs, &ys),
+    })
+}
+
+/// Train both models on a stratified split of labelled rows (`x` holds the logistic
+/// regression's features, `x_gbt` the boosted model's, row for row), evaluate them on the
+/// test split, and score every row with the configured model. `progress` hears each step.
+pub fn detect(
+    x: &Features,
+    x_gbt: &Features,
+    y: &[u8],
+    groups: Option<&[u32]>,
     cfg: &DetectionConfig,
     progress: &dyn Fn(&str),
 ) -> Result<Detection, DetectError> {
@@ -146,14 +240,6 @@ pub fn detect(
     let lr_t = best_f1_threshold(&train_p, &train_y, &grid);
 
     progress("gradient boosting");
-    // Cap the boosted model's training rows with a stratified sample of the training split.
-    let gbt_rows: Vec<usize> = if split.train.len() > cfg.gbt_max_train_rows {
-        let keep = cfg.gbt_max_train_rows as f64 / split.train.len() as f64;
-        let sub = stratified_split(&train_y, 1.0 - keep, cfg.seed)?;
-        sub.train.iter().map(|&k| split.train[k]).collect()
-    } else {
-        split.train.clone()
-    };
     let params = GbtParams {
         trees: cfg.gbt_trees,
         learning_rate: cfg.gbt_learning_rate,
@@ -161,39 +247,20 @@ pub fn detect(
         seed: u64::from(cfg.seed),
         balanced: cfg.balanced_class_weights,
     };
+    let gbt_rows = cap_rows(&split.train, y, cfg)?;
     let gbt_y: Vec<u8> = gbt_rows.iter().map(|&i| y[i]).collect();
     let folds = split::stratified_folds(&gbt_y, 3, cfg.seed);
-    let mut oof = vec![0.0; gbt_rows.len()];
-    for f in 0..3 {
-        let fit_rows: Vec<usize> = (0..gbt_rows.len())
-            .filter(|&k| folds[k] != f)
-            .map(|k| gbt_rows[k])
-            .collect();
-        let held: Vec<usize> = (0..gbt_rows.len()).filter(|&k| folds[k] == f).collect();
-        let model = Boosted::fit(x, y, &fit_rows, params)?;
-        let held_x = Features {
-            values: held
-                .iter()
-                .flat_map(|&k| {
-                    let i = gbt_rows[k];
-                    x.values[i * x.d..(i + 1) * x.d].iter().copied()
-                })
-                .collect(),
-            n: held.len(),
-            d: x.d,
-        };
-        for (k, p) in held.iter().zip(model.predict(&held_x)) {
-            oof[*k] = p;
-        }
-    }
-    let gbt_t = best_f1_threshold(&oof, &gbt_y, &grid);
-    let gbt = Boosted::fit(x, y, &gbt_rows, params)?;
-    let gbt_probs = gbt.predict(x);
+    let (gbt, gbt_t) = fit_with_oof_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
+    let gbt_probs = gbt.predict(x_gbt);
 
-    let evals = vec![
+    let mut evals = vec![
         evaluate("logistic_regression", &lr_probs, y, &split, lr_t),
         evaluate("gradient_boosting", &gbt_probs, y, &split, gbt_t),
     ];
+    if let Some(groups) = groups {
+        progress("gradient boosting on a user-grouped split");
+        evals.push(grouped_eval(x_gbt, y, groups, cfg, params, &grid)?);
+    }
     let pr_curves = vec![
         (
             "logistic_regression".to_string(),

@@ -48,6 +48,9 @@ pub enum PipelineError {
         /// What is wrong.
         message: String,
     },
+    /// User: a setting names something that does not exist.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// Internal: a bug (an Arrow table could not be assembled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -289,7 +292,9 @@ pub fn run(
         .as_deref()
         .map(protect::read_ground_truth)
         .transpose()?;
-    let scored = stages.run("detection", || protect::detection(&features, cfg, &mut out))?;
+    let scored = stages.run("detection", || {
+        protect::detection(&wh, &features, cfg, &mut out)
+    })?;
     let queue = stages.run("review_queue", || {
         protect::review_queue(&wh, &scored, cfg, &mut out)
     })?;

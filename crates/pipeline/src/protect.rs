@@ -35,8 +35,68 @@ fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
     Ok(column_f64(t, c)?)
 }
 
+/// Columns as a row-major matrix (non-finite values become 0).
+fn matrix(cols: &[Vec<f64>], n: usize) -> Features {
+    let mut values = vec![0.0; n * cols.len()];
+    for (j, col) in cols.iter().enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            values[i * cols.len() + j] = if v.is_finite() { *v } else { 0.0 };
+        }
+    }
+    Features {
+        values,
+        n,
+        d: cols.len(),
+    }
+}
+
+/// The boosted model's columns: user-day features as they are, `user_context` columns
+/// joined by user.
+fn gbt_columns(
+    wh: &Warehouse,
+    features: &Table,
+    names: &[String],
+) -> Result<Vec<Vec<f64>>, PipelineError> {
+    let has = |t: &Table, c: &str| t.schema.column_with_name(c).is_some();
+    let need_context = names.iter().any(|c| !has(features, c));
+    let context = if need_context {
+        Some(wh.build("user_context")?)
+    } else {
+        None
+    };
+    let users = column_text(features, "user_id")?;
+    let ctx_index: HashMap<String, usize> = match &context {
+        Some(t) => column_text(t, "user_id")?
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| (u, i))
+            .collect(),
+        None => HashMap::new(),
+    };
+    names
+        .iter()
+        .map(|c| {
+            if has(features, c) {
+                return f64_col(features, c);
+            }
+            let t = context.as_ref().filter(|t| has(t, c)).ok_or_else(|| {
+                PipelineError::Config(format!(
+                    "detection.gbt_features: `{c}` is neither a column of user_day_features \
+                     nor of user_context"
+                ))
+            })?;
+            let v = f64_col(t, c)?;
+            Ok(users
+                .iter()
+                .map(|u| ctx_index.get(u).map_or(0.0, |&i| v[i]))
+                .collect())
+        })
+        .collect()
+}
+
 /// Train, evaluate and score (`user_day_scored`, `model_eval`, `pr_curve`).
 pub(crate) fn detection(
+    wh: &Warehouse,
     features: &Table,
     cfg: &Config,
     out: &mut Outputs,
@@ -49,16 +109,17 @@ pub(crate) fn detection(
         .iter()
         .map(|f| f64_col(features, f))
         .collect::<Result<_, _>>()?;
-    let mut values = vec![0.0; n * cols.len()];
-    for (j, col) in cols.iter().enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            values[i * cols.len() + j] = if v.is_finite() { *v } else { 0.0 };
-        }
-    }
-    let x = Features {
-        values,
-        n,
-        d: cols.len(),
+    let x = matrix(&cols, n);
+    let x_gbt = matrix(&gbt_columns(wh, features, &d.gbt_features)?, n);
+    let groups: Vec<u32> = {
+        let mut ids: HashMap<String, u32> = HashMap::new();
+        column_text(features, "user_id")?
+            .into_iter()
+            .map(|u| {
+                let next = ids.len() as u32;
+                *ids.entry(u).or_insert(next)
+            })
+            .collect()
     };
     let y: Vec<u8> = f64_col(features, "is_abuse_gt")?
         .iter()
@@ -73,7 +134,9 @@ pub(crate) fn detection(
         d,
     );
     let (risk, threshold, model, detection) =
-        match vigil_detect::detect(&x, &y, d, &|step| tracing::info!("training {step}")) {
+        match vigil_detect::detect(&x, &x_gbt, &y, Some(&groups), d, &|step| {
+            tracing::info!("training {step}")
+        }) {
             Ok(det) => (
                 det.risk.clone(),
                 det.threshold,

@@ -301,7 +301,14 @@ fn gradient_boosting_is_reported_beside_logistic_regression() {
         ]
     );
     let models: Vec<&str> = rows.iter().map(|r| r["model"].as_str()).collect();
-    assert_eq!(models, ["logistic_regression", "gradient_boosting"]);
+    assert_eq!(
+        models,
+        [
+            "logistic_regression",
+            "gradient_boosting",
+            "gradient_boosting_user_split"
+        ]
+    );
     for r in &rows {
         let auc: f64 = r["test_auc"].parse().unwrap();
         assert!((0.5..=1.0).contains(&auc), "{r:?}");
