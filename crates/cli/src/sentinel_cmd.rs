@@ -1,5 +1,5 @@
-//! `vigil sentinel ...`: embed texts, build an index, score groups. A stable machine
-//! interface: JSONL in, JSONL out.
+//! `vigil sentinel ...`: embed texts, build an index, score groups, evaluate and sweep
+//! settings on labelled groups. A stable machine interface: JSONL in, JSONL out.
 
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -8,6 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use vigil_sentinel::encoder::MODEL_HELP;
+use vigil_sentinel::harness::{
+    EncodedGroups, EvalRow, Grid, LabeledGroup, compare_aggregators, run_grid_search, score_groups,
+};
 use vigil_sentinel::index::read_safetensors;
 use vigil_sentinel::{
     Aggregator, Encoder, Matrix, MiniLmEncoder, ScoreParams, Scorer, SentinelIndex,
@@ -20,6 +23,10 @@ pub enum SentinelCommand {
     Embed(EmbedArgs),
     /// Build an index from positive and negative example files.
     Build(BuildArgs),
+    /// Compare the six aggregators on labelled groups (JSONL {"group", "label", "texts"}).
+    Eval(EvalArgs),
+    /// Grid search over index size, ratio, top_k, min_score and aggregator on labelled groups.
+    Sweep(SweepArgs),
     /// Score groups of texts: JSONL lines {"group", "texts"} in, one result line per group out.
     Score(ScoreArgs),
 }
@@ -138,6 +145,221 @@ fn read_examples(path: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// How to print harness rows.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum RowFormat {
+    /// An aligned table of the main columns.
+    Table,
+    /// Every column as CSV.
+    Csv,
+    /// One JSON object per line, every column (NaN as null).
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Index directory.
+    #[arg(long)]
+    index: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
+    /// JSONL of {"group": "...", "label": 0|1, "texts": [...]} lines.
+    #[arg(long)]
+    groups: PathBuf,
+    /// Neighbours per observation.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// Observation scores below this become 0.
+    #[arg(long, default_value_t = 0.1)]
+    min_score: f64,
+    /// Leaderboard size for precision/recall@n [default: number of positive groups].
+    #[arg(long)]
+    top_n: Option<i64>,
+    /// Fixed decision threshold [default: the best-F1 threshold].
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: RowFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Index directory.
+    #[arg(long)]
+    index: PathBuf,
+    #[command(flatten)]
+    model: ModelArg,
+    /// JSONL of {"group": "...", "label": 0|1, "texts": [...]} lines.
+    #[arg(long)]
+    groups: PathBuf,
+    /// Index sizes (positives kept), comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    n_positive: Vec<usize>,
+    /// Negative-to-positive ratios, comma-separated [default: all negatives].
+    #[arg(long, value_delimiter = ',')]
+    ratios: Vec<f64>,
+    /// top_k values.
+    #[arg(long, value_delimiter = ',', default_value = "1,5,10")]
+    top_k: Vec<usize>,
+    /// min_score values.
+    #[arg(long, value_delimiter = ',', default_value = "0.0,0.1,0.2")]
+    min_score: Vec<f64>,
+    /// Seed of the index subsampling.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: RowFormat,
+}
+
+fn read_groups(path: &Path) -> Result<Vec<LabeledGroup>> {
+    let mut groups = Vec::new();
+    for (line, v) in read_jsonl(path)? {
+        let name = v["group"].as_str().map(str::to_string);
+        let label = v["label"].as_u64().filter(|l| *l <= 1);
+        let texts: Option<Vec<String>> = v["texts"]
+            .as_array()
+            .and_then(|t| t.iter().map(|x| x.as_str().map(str::to_string)).collect());
+        match (name, label, texts) {
+            (Some(name), Some(label), Some(observations)) => groups.push(LabeledGroup {
+                name,
+                label: label as u8,
+                observations,
+            }),
+            _ => bail!(
+                "{}:{line}: each line needs \"group\" (string), \"label\" (0 or 1) and \"texts\" (array of strings)",
+                path.display()
+            ),
+        }
+    }
+    Ok(groups)
+}
+
+fn encode_groups(enc: &MiniLmEncoder, groups: Vec<LabeledGroup>) -> Result<EncodedGroups> {
+    Ok(EncodedGroups::encode(groups, &mut |t| {
+        encode_all(enc, t).map_err(|e| vigil_sentinel::SentinelError::Internal(format!("{e:#}")))
+    })?)
+}
+
+/// Harness columns in the reference's order.
+const EVAL_COLUMNS: [&str; 28] = [
+    "aggregator",
+    "min_score_to_consider",
+    "n_groups",
+    "n_positive",
+    "roc_auc",
+    "top_n",
+    "precision_at_n",
+    "recall_at_n",
+    "avg_rank_positive",
+    "avg_rank_negative",
+    "rank_ratio",
+    "tp",
+    "fp",
+    "fn",
+    "tn",
+    "precision",
+    "recall",
+    "f1",
+    "false_positive_rate",
+    "decision_threshold",
+    "mean_separation",
+    "cohens_d",
+    "ks_statistic",
+    "top_k",
+    "index_n_positive",
+    "index_neg_to_pos_ratio",
+    "index_n_positive_actual",
+    "index_n_negative_actual",
+];
+const GRID_COLUMNS: [&str; 5] = [
+    "top_k",
+    "index_n_positive",
+    "index_neg_to_pos_ratio",
+    "index_n_positive_actual",
+    "index_n_negative_actual",
+];
+
+fn print_rows(rows: &[EvalRow], format: RowFormat) -> Result<()> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let values: Vec<serde_json::Value> = rows
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    let cell = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match format {
+        RowFormat::Json => {
+            for v in &values {
+                writeln!(out, "{v}")?;
+            }
+        }
+        RowFormat::Csv => {
+            let grid = rows.iter().any(|r| r.top_k.is_some());
+            let cols: Vec<&str> = EVAL_COLUMNS
+                .iter()
+                .copied()
+                .filter(|c| grid || !GRID_COLUMNS.contains(c))
+                .collect();
+            writeln!(out, "{}", cols.join(","))?;
+            for v in &values {
+                let line: Vec<String> = cols.iter().map(|c| cell(&v[*c])).collect();
+                writeln!(out, "{}", line.join(","))?;
+            }
+        }
+        RowFormat::Table => {
+            let grid = rows.iter().any(|r| r.top_k.is_some());
+            let mut cols = vec![
+                "aggregator",
+                "min_score_to_consider",
+                "roc_auc",
+                "precision_at_n",
+                "recall_at_n",
+                "f1",
+                "decision_threshold",
+                "cohens_d",
+                "ks_statistic",
+            ];
+            if grid {
+                cols.splice(
+                    0..0,
+                    [
+                        "index_n_positive_actual",
+                        "index_n_negative_actual",
+                        "top_k",
+                    ],
+                );
+            }
+            writeln!(
+                out,
+                "{}",
+                cols.iter()
+                    .map(|c| format!("{c:>12.12}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )?;
+            for v in &values {
+                let line: Vec<String> = cols
+                    .iter()
+                    .map(|c| match &v[*c] {
+                        serde_json::Value::Number(n) => {
+                            format!("{:>12.4}", n.as_f64().unwrap_or(f64::NAN))
+                        }
+                        other => format!("{:>12.12}", cell(other)),
+                    })
+                    .collect();
+                writeln!(out, "{}", line.join(" "))?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
@@ -228,6 +450,58 @@ pub fn run(cmd: SentinelCommand) -> Result<()> {
             );
         }
         SentinelCommand::Score(a) => score(a)?,
+        SentinelCommand::Eval(a) => {
+            let index = SentinelIndex::load(&a.index, None, None)?;
+            let enc = a.model.load()?;
+            check_dim(&index, &enc, &a.index)?;
+            let encoded = encode_groups(&enc, read_groups(&a.groups)?)?;
+            let scores = score_groups(&index, &encoded, a.top_k)?;
+            let rows = compare_aggregators(&scores, a.min_score, a.top_n, a.threshold);
+            print_rows(&rows, a.format)?;
+        }
+        SentinelCommand::Sweep(a) => {
+            let index = SentinelIndex::load(&a.index, None, None)?;
+            let enc = a.model.load()?;
+            check_dim(&index, &enc, &a.index)?;
+            let encoded = encode_groups(&enc, read_groups(&a.groups)?)?;
+            let grid = Grid {
+                n_positive_values: if a.n_positive.is_empty() {
+                    vec![None]
+                } else {
+                    a.n_positive.iter().map(|&n| Some(n)).collect()
+                },
+                neg_to_pos_ratios: if a.ratios.is_empty() {
+                    vec![None]
+                } else {
+                    a.ratios.iter().map(|&r| Some(r)).collect()
+                },
+                top_k_values: a.top_k.clone(),
+                min_score_values: a.min_score.clone(),
+                aggregators: Aggregator::ALL.to_vec(),
+                index_seed: Some(a.seed),
+            };
+            let total = grid.n_positive_values.len()
+                * grid.neg_to_pos_ratios.len()
+                * grid.top_k_values.len();
+            let pb = bar(total, "scoring");
+            let rows = run_grid_search(&index, &encoded, &grid, &|d, _| pb.set_position(d as u64))?;
+            pb.finish_and_clear();
+            print_rows(&rows, a.format)?;
+        }
+    }
+    Ok(())
+}
+
+/// An index built with another encoder cannot be searched with this one.
+fn check_dim(index: &SentinelIndex, enc: &MiniLmEncoder, path: &Path) -> Result<()> {
+    if index.dim() != enc.dim() {
+        bail!(
+            "index {} has {}-dimensional embeddings but the encoder makes {}-dimensional ones: \
+             rebuild the index with this model or pass the model it was built with",
+            path.display(),
+            index.dim(),
+            enc.dim()
+        );
     }
     Ok(())
 }

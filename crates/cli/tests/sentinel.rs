@@ -175,3 +175,78 @@ fn build_and_score_with_the_real_model() {
         "harmful {harmful} vs ordinary {ordinary}"
     );
 }
+
+#[test]
+fn eval_and_sweep_report_the_harness_rows() {
+    let sim: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("conformance/simulation.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let groups = dir.path().join("groups.jsonl");
+    let lines: Vec<String> = sim["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            serde_json::json!({"group": g["name"], "label": g["label"], "texts": g["observations"]})
+                .to_string()
+        })
+        .collect();
+    std::fs::write(&groups, lines.join("\n")).unwrap();
+    let index = shared().join("conformance/index_small");
+    let m = model();
+    let out = vigil(&[
+        "sentinel",
+        "eval",
+        "--index",
+        index.to_str().unwrap(),
+        "--model",
+        m.to_str().unwrap(),
+        "--groups",
+        groups.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = sim["compare_aggregators"][0]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), want.len());
+    for (o, w) in rows.iter().zip(want) {
+        assert_eq!(o["aggregator"], w["aggregator"]);
+        let (a, b) = (
+            o["roc_auc"].as_f64().unwrap(),
+            w["roc_auc"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-5, "{}: {a} vs {b}", w["aggregator"]);
+    }
+    let csv = vigil(&[
+        "sentinel",
+        "sweep",
+        "--index",
+        index.to_str().unwrap(),
+        "--model",
+        m.to_str().unwrap(),
+        "--groups",
+        groups.to_str().unwrap(),
+        "--n-positive",
+        "10,40",
+        "--ratios",
+        "2.5",
+        "--top-k",
+        "1",
+        "--min-score",
+        "0.1",
+        "--format",
+        "csv",
+    ]);
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("aggregator,min_score_to_consider,")
+            && header.ends_with("index_n_negative_actual")
+    );
+    assert_eq!(lines.count(), 2 * 6);
+}

@@ -8,9 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use rand::SeedableRng;
-use rand::seq::index::sample;
-use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -125,20 +122,8 @@ pub struct SentinelIndex {
     pub config: IndexConfig,
 }
 
-/// Seeds for the positive and negative draws, derived from one seed so that the negatives
-/// chosen do not depend on whether positives were subsampled.
-fn split_seeds(seed: u64) -> (u64, u64) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (rand::Rng::random(&mut rng), rand::Rng::random(&mut rng))
-}
-
-/// `k` of `n` row numbers, uniformly without replacement, kept in ascending order.
-pub fn choose_rows(n: usize, k: usize, seed: u64) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut rows = sample(&mut rng, n, k.min(n)).into_vec();
-    rows.sort_unstable();
-    rows
-}
+pub use crate::torch_rng::choose_rows;
+use crate::torch_rng::split_seeds;
 
 fn file_err(path: &Path, message: impl std::fmt::Display) -> SentinelError {
     SentinelError::Corrupt {
@@ -349,8 +334,11 @@ impl SentinelIndex {
                     "negative_to_positive_ratio {ratio} keeps no negatives; keeping all"
                 );
             } else if (keep as usize) < idx.negative.rows {
-                let (_, neg_seed) = split_seeds(seed.unwrap_or_else(rand::random));
-                let rows = choose_rows(idx.negative.rows, keep as usize, neg_seed);
+                let rows = choose_rows(
+                    idx.negative.rows,
+                    keep as usize,
+                    seed.unwrap_or_else(rand::random),
+                );
                 idx.negative = idx.negative.select(&rows);
                 idx.negative_corpus = idx
                     .negative_corpus
@@ -414,8 +402,7 @@ impl SentinelIndex {
             }
             let keep = ((positives.len() as f64 * r).floor() as usize).max(1);
             if keep < negatives.len() {
-                let (_, neg_seed) = split_seeds(seed.unwrap_or_else(rand::random));
-                let rows = choose_rows(negatives.len(), keep, neg_seed);
+                let rows = choose_rows(negatives.len(), keep, seed.unwrap_or_else(rand::random));
                 negatives = rows.iter().map(|&i| negatives[i].clone()).collect();
             }
         }

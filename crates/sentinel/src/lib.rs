@@ -11,8 +11,10 @@
 pub mod aggregate;
 #[cfg(feature = "encoder")]
 pub mod encoder;
+pub mod harness;
 pub mod index;
 pub mod score;
+pub mod torch_rng;
 
 use std::path::PathBuf;
 
