@@ -151,6 +151,8 @@ pub struct Scorer<'a> {
     index: &'a SentinelIndex,
     pos: Matrix,
     neg: Matrix,
+    pos_search: Option<SearchSide>,
+    neg_search: Option<SearchSide>,
 }
 
 #[derive(Clone, Copy)]
@@ -189,30 +191,38 @@ fn top_hits(sims: &[f32], k: usize, positive: bool, out: &mut Vec<Hit>) {
     }
 }
 
-/// `a · bᵀ` for every row of `a` against every row of `b`, written to `out` (`a.rows x b.rows`).
-fn similarities(a: &Matrix, b: &Matrix, out: &mut Vec<f32>) {
-    out.clear();
-    out.resize(a.rows * b.rows, 0.0);
-    let d = a.dim;
-    for i in 0..a.rows {
-        let q = &a.data[i * d..(i + 1) * d];
-        let dst = &mut out[i * b.rows..(i + 1) * b.rows];
-        for (j, slot) in dst.iter_mut().enumerate() {
-            let r = &b.data[j * d..(j + 1) * d];
-            let mut acc = [0.0f32; 8];
-            let mut qc = q.chunks_exact(8);
-            let mut rc = r.chunks_exact(8);
-            for (x, y) in (&mut qc).zip(&mut rc) {
-                for l in 0..8 {
-                    acc[l] += x[l] * y[l];
-                }
-            }
-            let mut s: f32 = acc.iter().sum();
-            for (x, y) in qc.remainder().iter().zip(rc.remainder()) {
-                s += x * y;
-            }
-            *slot = s;
+/// An index side prepared for search: its rows transposed into a `[dim, rows]` tensor, so
+/// a group's similarities are one blocked matrix multiply (`[n, dim] x [dim, rows]`).
+#[derive(Debug, Clone)]
+struct SearchSide {
+    t: candle_core::Tensor,
+    rows: usize,
+}
+
+fn mm_err(e: candle_core::Error) -> SentinelError {
+    SentinelError::Internal(format!("similarity search: {e}"))
+}
+
+impl SearchSide {
+    fn new(m: &Matrix) -> Result<Self, SentinelError> {
+        let t =
+            candle_core::Tensor::from_slice(&m.data, (m.rows, m.dim), &candle_core::Device::Cpu)
+                .and_then(|t| t.t())
+                .and_then(|t| t.contiguous())
+                .map_err(mm_err)?;
+        Ok(Self { t, rows: m.rows })
+    }
+
+    /// `q · rowsᵀ` for every query row, row-major (`q.rows x self.rows`).
+    fn similarities(&self, q: &Matrix) -> Result<Vec<f32>, SentinelError> {
+        if self.rows == 0 || q.rows == 0 {
+            return Ok(vec![0.0; q.rows * self.rows]);
         }
+        candle_core::Tensor::from_slice(&q.data, (q.rows, q.dim), &candle_core::Device::Cpu)
+            .and_then(|t| t.matmul(&self.t))
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(mm_err)
     }
 }
 
@@ -223,7 +233,17 @@ impl<'a> Scorer<'a> {
         let mut neg = index.negative.clone();
         pos.normalize_rows();
         neg.normalize_rows();
-        Self { index, pos, neg }
+        // Preparing the search cannot fail for well-formed matrices; if it ever does, the
+        // error surfaces on the first score call.
+        let pos_search = SearchSide::new(&pos).ok();
+        let neg_search = SearchSide::new(&neg).ok();
+        Self {
+            index,
+            pos,
+            neg,
+            pos_search,
+            neg_search,
+        }
     }
 
     fn neighbor_text(&self, hit: &Hit) -> serde_json::Value {
@@ -267,9 +287,13 @@ impl<'a> Scorer<'a> {
         }
         let mut q = embeddings.clone();
         q.normalize_rows();
-        let (mut ps, mut ns) = (Vec::new(), Vec::new());
-        similarities(&q, &self.pos, &mut ps);
-        similarities(&q, &self.neg, &mut ns);
+        fn side(s: &Option<SearchSide>) -> Result<&SearchSide, SentinelError> {
+            s.as_ref().ok_or_else(|| {
+                SentinelError::Internal("the index could not be prepared for search".into())
+            })
+        }
+        let ps = side(&self.pos_search)?.similarities(&q)?;
+        let ns = side(&self.neg_search)?.similarities(&q)?;
         let extra = usize::from(params.prevent_exact_match);
         let (mut ph, mut nh) = (Vec::new(), Vec::new());
         let mut merged: Vec<Hit> = Vec::new();

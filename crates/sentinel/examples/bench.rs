@@ -1,0 +1,111 @@
+//! Sentinel speed: `cargo run --release -p vigil-sentinel --example bench -- [scoring|encoding]`.
+//!
+//! scoring: an index of 1,000 positives and 5,000 negatives (random unit vectors, dim 384),
+//! groups of 50 messages, explanations on: messages/s, GFLOP/s of the search, latency per
+//! group (p50/p99); then one 50-message group against 100,000 negatives.
+//! encoding: the conformance texts (set VIGIL_SHARED, VIGIL_MODEL) encoded repeatedly:
+//! lines/s with the native MiniLM encoder.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use vigil_sentinel::{IndexConfig, Matrix, ScoreParams, Scorer, SentinelIndex};
+
+fn random_unit(rng: &mut impl Rng, rows: usize, dim: usize) -> Matrix {
+    let mut data: Vec<f32> = (0..rows * dim).map(|_| rng.random::<f32>() - 0.5).collect();
+    for r in data.chunks_mut(dim) {
+        let n = r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        r.iter_mut().for_each(|x| *x /= n);
+    }
+    Matrix { data, rows, dim }
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn scoring(neg_rows: usize, groups: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let dim = 384;
+    let pos = random_unit(&mut rng, 1000, dim);
+    let neg = random_unit(&mut rng, neg_rows, dim);
+    let index = SentinelIndex::new(pos, neg, None, None, IndexConfig::default())?;
+    let scorer = Scorer::new(&index);
+    let params = ScoreParams {
+        explain: true,
+        ..ScoreParams::default()
+    };
+    let texts: Vec<String> = (0..50).map(|i| format!("message {i}")).collect();
+    let queries: Vec<Matrix> = (0..groups)
+        .map(|_| random_unit(&mut rng, 50, dim))
+        .collect();
+    // warm up
+    scorer.score_group(&texts, &queries[0], &params)?;
+    let mut lat = Vec::with_capacity(groups);
+    let t = Instant::now();
+    for q in &queries {
+        let g = Instant::now();
+        let r = scorer.score_group(&texts, q, &params)?;
+        std::hint::black_box(r);
+        lat.push(g.elapsed().as_secs_f64() * 1e3);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let msgs = (groups * 50) as f64;
+    let flops = msgs * 2.0 * dim as f64 * (1000 + neg_rows) as f64;
+    println!(
+        "scoring: index 1000+{neg_rows}, {groups} groups of 50, explain on: {:.0} messages/s, {:.1} GFLOP/s, group latency p50 {:.2} ms p99 {:.2} ms",
+        msgs / secs,
+        flops / secs / 1e9,
+        percentile(&mut lat.clone(), 0.5),
+        percentile(&mut lat, 0.99)
+    );
+    Ok(())
+}
+
+#[cfg(feature = "encoder")]
+fn encoding() -> Result<(), Box<dyn std::error::Error>> {
+    use vigil_sentinel::{Encoder, MiniLmEncoder};
+    let shared = std::env::var("VIGIL_SHARED").unwrap_or_else(|_| "../shared".into());
+    let model = std::env::var("VIGIL_MODEL").unwrap_or_else(|_| "models/all-MiniLM-L6-v2".into());
+    let texts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!(
+        "{shared}/conformance/texts.json"
+    ))?)?;
+    let mut pool: Vec<String> = Vec::new();
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.clone()),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|x| collect(x, out)),
+            _ => {}
+        }
+    }
+    collect(&texts, &mut pool);
+    let lines: Vec<String> = pool.iter().cycle().take(2000).cloned().collect();
+    let enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    enc.encode(&lines[..64])?;
+    let t = Instant::now();
+    let m = enc.encode(&lines)?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "encoding: {} lines ({} distinct) in {secs:.2} s: {:.0} lines/s",
+        m.rows,
+        pool.len(),
+        m.rows as f64 / secs
+    );
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let what = std::env::args().nth(1).unwrap_or_else(|| "scoring".into());
+    match what.as_str() {
+        "scoring" => {
+            scoring(5000, 400)?;
+            scoring(100_000, 20)?;
+        }
+        #[cfg(feature = "encoder")]
+        "encoding" => encoding()?,
+        other => return Err(format!("unknown benchmark {other} (scoring or encoding)").into()),
+    }
+    Ok(())
+}
