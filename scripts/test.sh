@@ -14,4 +14,13 @@ export VIGIL_MODEL="${VIGIL_MODEL:-$(pwd)/models/all-MiniLM-L6-v2}"
 ./scripts/fetch-model.sh "$VIGIL_MODEL"
 # The report test renders report.html in headless Chromium (Debian package).
 ./scripts/fetch-chromium.sh
+# The Sentinel S3 tests start moto_server (PyPI moto[server]) on 127.0.0.1.
+if [ -z "${VIGIL_MOTO_SERVER:-}" ]; then
+  if [ ! -x .venv-test/bin/moto_server ]; then
+    echo "installing moto[server] (S3-compatible test server) into .venv-test..." >&2
+    python3 -m venv .venv-test
+    .venv-test/bin/pip install --quiet "moto[server]"
+  fi
+  export VIGIL_MOTO_SERVER="$(pwd)/.venv-test/bin/moto_server"
+fi
 cargo test --workspace --locked "$@"

@@ -70,9 +70,9 @@ pub struct BuildArgs {
     /// Ordinary examples: one per line, or JSONL with "text".
     #[arg(long)]
     negatives: PathBuf,
-    /// Output index directory.
+    /// Output index: a directory or s3://bucket/prefix.
     #[arg(long)]
-    out: PathBuf,
+    out: String,
     /// Keep at most floor(positives x R) negatives (chosen at random) before encoding.
     #[arg(long)]
     neg_to_pos_ratio: Option<f64>,
@@ -83,9 +83,10 @@ pub struct BuildArgs {
 
 #[derive(Args, Debug)]
 pub struct ScoreArgs {
-    /// Index directory.
+    /// Index: a directory or s3://bucket/prefix (AWS_* environment for credentials and
+    /// endpoint).
     #[arg(long)]
-    index: PathBuf,
+    index: String,
     #[command(flatten)]
     model: ModelArg,
     /// JSONL file of {"group": "...", "texts": [...]} lines.
@@ -158,9 +159,10 @@ pub enum RowFormat {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// Index directory.
+    /// Index: a directory or s3://bucket/prefix (AWS_* environment for credentials and
+    /// endpoint).
     #[arg(long)]
-    index: PathBuf,
+    index: String,
     #[command(flatten)]
     model: ModelArg,
     /// JSONL of {"group": "...", "label": 0|1, "texts": [...]} lines.
@@ -185,9 +187,10 @@ pub struct EvalArgs {
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    /// Index directory.
+    /// Index: a directory or s3://bucket/prefix (AWS_* environment for credentials and
+    /// endpoint).
     #[arg(long)]
-    index: PathBuf,
+    index: String,
     #[command(flatten)]
     model: ModelArg,
     /// JSONL of {"group": "...", "label": 0|1, "texts": [...]} lines.
@@ -441,28 +444,26 @@ pub fn run(cmd: SentinelCommand) -> Result<()> {
                     pb.set_position(d as u64)
                 })?;
             pb.finish_and_clear();
-            idx.save(&a.out)?;
+            idx.save_to(&a.out)?;
             eprintln!(
                 "index with {} positives and {} negatives saved to {}",
-                idx.positive.rows,
-                idx.negative.rows,
-                a.out.display()
+                idx.positive.rows, idx.negative.rows, a.out
             );
         }
         SentinelCommand::Score(a) => score(a)?,
         SentinelCommand::Eval(a) => {
-            let index = SentinelIndex::load(&a.index, None, None)?;
+            let index = SentinelIndex::load_from(&a.index, None, None)?;
             let enc = a.model.load()?;
-            check_dim(&index, &enc, &a.index)?;
+            check_dim(&index, &enc, Path::new(&a.index))?;
             let encoded = encode_groups(&enc, read_groups(&a.groups)?)?;
             let scores = score_groups(&index, &encoded, a.top_k)?;
             let rows = compare_aggregators(&scores, a.min_score, a.top_n, a.threshold);
             print_rows(&rows, a.format)?;
         }
         SentinelCommand::Sweep(a) => {
-            let index = SentinelIndex::load(&a.index, None, None)?;
+            let index = SentinelIndex::load_from(&a.index, None, None)?;
             let enc = a.model.load()?;
-            check_dim(&index, &enc, &a.index)?;
+            check_dim(&index, &enc, Path::new(&a.index))?;
             let encoded = encode_groups(&enc, read_groups(&a.groups)?)?;
             let grid = Grid {
                 n_positive_values: if a.n_positive.is_empty() {
@@ -515,7 +516,7 @@ fn score(a: ScoreArgs) -> Result<()> {
                 .with_context(|| format!("--load-ratio {r:?} is not a number or `none`"))?,
         ),
     };
-    let index = SentinelIndex::load(&a.index, ratio, a.seed)?;
+    let index = SentinelIndex::load_from(&a.index, ratio, a.seed)?;
     let params = ScoreParams {
         top_k: a.top_k,
         min_score_to_consider: a.min_score,

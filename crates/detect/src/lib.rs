@@ -5,7 +5,7 @@
 //! trees (Vigil's default). The transparent heuristic score of the spec is computed beside
 //! them. Thresholds come from an F1 sweep on training-side predictions: the logistic model
 //! uses its training predictions (as the spec); the boosted model, which fits its training
-//! rows too well for that, uses out-of-fold predictions on the training split.
+//! rows too well for that, uses a held-out quarter of the training split.
 
 pub mod metrics;
 pub mod models;
@@ -143,9 +143,10 @@ fn select(x: &Features, rows: &[usize]) -> Features {
     }
 }
 
-/// Fit on `rows`; the threshold is the F1 sweep over out-of-fold predictions (`folds[k]` is
-/// the fold of `rows[k]`), since a boosted model's own training predictions are too sure.
-fn fit_with_oof_threshold(
+/// Fit on `rows`; the threshold is the F1 sweep over predictions for a held-out quarter of
+/// them (`folds[k] == 0` marks the held-out `rows[k]`), since a boosted model's own training
+/// predictions are too sure of themselves to place a threshold.
+fn fit_with_holdout_threshold(
     x: &Features,
     y: &[u8],
     rows: &[usize],
@@ -153,22 +154,18 @@ fn fit_with_oof_threshold(
     params: GbtParams,
     grid: &[f64],
 ) -> Result<(Boosted, f64), DetectError> {
-    let k = folds.iter().copied().max().map_or(1, |m| m + 1);
-    let mut oof = vec![0.0; rows.len()];
-    for f in 0..k {
-        let fit_rows: Vec<usize> = (0..rows.len())
-            .filter(|&r| folds[r] != f)
-            .map(|r| rows[r])
-            .collect();
-        let held: Vec<usize> = (0..rows.len()).filter(|&r| folds[r] == f).collect();
-        let held_rows: Vec<usize> = held.iter().map(|&r| rows[r]).collect();
-        let model = Boosted::fit(x, y, &fit_rows, params)?;
-        for (r, p) in held.iter().zip(model.predict(&select(x, &held_rows))) {
-            oof[*r] = p;
-        }
-    }
-    let ys: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
-    let t = best_f1_threshold(&oof, &ys, grid);
+    let fit_rows: Vec<usize> = (0..rows.len())
+        .filter(|&r| folds[r] != 0)
+        .map(|r| rows[r])
+        .collect();
+    let held_rows: Vec<usize> = (0..rows.len())
+        .filter(|&r| folds[r] == 0)
+        .map(|r| rows[r])
+        .collect();
+    let model = Boosted::fit(x, y, &fit_rows, params)?;
+    let held_p = model.predict(&select(x, &held_rows));
+    let ys: Vec<u8> = held_rows.iter().map(|&i| y[i]).collect();
+    let t = best_f1_threshold(&held_p, &ys, grid);
     Ok((Boosted::fit(x, y, rows, params)?, t))
 }
 
@@ -193,12 +190,12 @@ fn grouped_eval(
     let (test, train): (Vec<usize>, Vec<usize>) =
         (0..y.len()).partition(|&i| in_test[groups[i] as usize]);
     let train = cap_rows(&train, y, cfg)?;
-    let group_fold = split::stratified_folds(&group_y, 3, cfg.seed);
+    let group_fold = split::stratified_folds(&group_y, 4, cfg.seed);
     let folds: Vec<usize> = train
         .iter()
         .map(|&i| group_fold[groups[i] as usize])
         .collect();
-    let (model, t) = fit_with_oof_threshold(x, y, &train, &folds, params, grid)?;
+    let (model, t) = fit_with_holdout_threshold(x, y, &train, &folds, params, grid)?;
     let probs = model.predict(&select(x, &test));
     let ys: Vec<u8> = test.iter().map(|&i| y[i]).collect();
     let (p, r, f) = precision_recall_f1(&probs, &ys, t);
@@ -249,8 +246,8 @@ pub fn detect(
     };
     let gbt_rows = cap_rows(&split.train, y, cfg)?;
     let gbt_y: Vec<u8> = gbt_rows.iter().map(|&i| y[i]).collect();
-    let folds = split::stratified_folds(&gbt_y, 3, cfg.seed);
-    let (gbt, gbt_t) = fit_with_oof_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
+    let folds = split::stratified_folds(&gbt_y, 4, cfg.seed);
+    let (gbt, gbt_t) = fit_with_holdout_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
     let gbt_probs = gbt.predict(x_gbt);
 
     let mut evals = vec![

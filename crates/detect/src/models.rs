@@ -6,6 +6,7 @@ use argmin::core::{CostFunction, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 use forust_ml::{GradientBooster, Matrix};
+use rayon::prelude::*;
 
 use crate::DetectError;
 
@@ -115,30 +116,36 @@ struct LogLoss<'a> {
     sw_sum: f64,
 }
 
-impl LogLoss<'_> {
-    fn margins(&self, p: &[f64]) -> impl Iterator<Item = f64> + '_ {
-        let (coef, b) = (p[..self.d].to_vec(), p[self.d]);
-        self.z
-            .chunks_exact(self.d)
-            .map(move |r| r.iter().zip(&coef).map(|(a, c)| a * c).sum::<f64>() + b)
-    }
-}
+/// Rows per parallel block of the loss and gradient sums.
+const BLOCK: usize = 16_384;
 
 impl CostFunction for LogLoss<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
-        let mut loss = 0.0;
-        for ((m, &y), &w) in self.margins(p).zip(self.y).zip(self.w) {
-            // log(1 + e^m) - y m, computed without overflow
-            let softplus = if m > 0.0 {
-                m + (-m).exp().ln_1p()
-            } else {
-                m.exp().ln_1p()
-            };
-            loss += w * (softplus - f64::from(y) * m);
-        }
-        let reg: f64 = p[..self.d].iter().map(|c| c * c).sum::<f64>() * 0.5 * self.inv_c;
+        let d = self.d;
+        let (coef, b) = (&p[..d], p[d]);
+        let loss: f64 = self
+            .z
+            .par_chunks(BLOCK * d)
+            .enumerate()
+            .map(|(blk, rows)| {
+                let mut loss = 0.0;
+                for (k, r) in rows.chunks_exact(d).enumerate() {
+                    let i = blk * BLOCK + k;
+                    let m = r.iter().zip(coef).map(|(a, c)| a * c).sum::<f64>() + b;
+                    // log(1 + e^m) - y m, computed without overflow
+                    let softplus = if m > 0.0 {
+                        m + (-m).exp().ln_1p()
+                    } else {
+                        m.exp().ln_1p()
+                    };
+                    loss += self.w[i] * (softplus - f64::from(self.y[i]) * m);
+                }
+                loss
+            })
+            .sum();
+        let reg: f64 = coef.iter().map(|c| c * c).sum::<f64>() * 0.5 * self.inv_c;
         Ok((loss + reg) / self.sw_sum)
     }
 }
@@ -148,19 +155,31 @@ impl Gradient for LogLoss<'_> {
     type Gradient = Vec<f64>;
     fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
         let d = self.d;
-        let mut g = vec![0.0; d + 1];
-        for (((m, &y), &w), r) in self
-            .margins(p)
-            .zip(self.y)
-            .zip(self.w)
-            .zip(self.z.chunks_exact(d))
-        {
-            let e = w * (sigmoid(m) - f64::from(y));
-            for (gj, xj) in g.iter_mut().zip(r) {
-                *gj += e * xj;
-            }
-            g[d] += e;
-        }
+        let (coef, b) = (&p[..d], p[d]);
+        let mut g = self
+            .z
+            .par_chunks(BLOCK * d)
+            .enumerate()
+            .map(|(blk, rows)| {
+                let mut g = vec![0.0; d + 1];
+                for (k, r) in rows.chunks_exact(d).enumerate() {
+                    let i = blk * BLOCK + k;
+                    let m = r.iter().zip(coef).map(|(a, c)| a * c).sum::<f64>() + b;
+                    let e = self.w[i] * (sigmoid(m) - f64::from(self.y[i]));
+                    for (gj, xj) in g.iter_mut().zip(r) {
+                        *gj += e * xj;
+                    }
+                    g[d] += e;
+                }
+                g
+            })
+            .reduce(
+                || vec![0.0; d + 1],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
         for j in 0..d {
             g[j] += p[j] * self.inv_c;
         }
@@ -195,7 +214,7 @@ impl Logistic {
             inv_c: 1.0 / c,
         };
         let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
-            .with_tolerance_grad(1e-10)
+            .with_tolerance_grad(1e-8)
             .and_then(|s| s.with_tolerance_cost(1e-14))
             .map_err(|e| DetectError::Model(e.to_string()))?;
         let result = Executor::new(problem, solver)
@@ -250,6 +269,7 @@ impl std::fmt::Debug for Boosted {
     }
 }
 
+/// The selected rows (all when `None`) as a column-major block.
 fn column_major(x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
     let n = rows.map_or(x.n, <[usize]>::len);
     let mut out = vec![0.0; n * x.d];
@@ -287,10 +307,19 @@ impl Boosted {
         Ok(Self(model))
     }
 
-    /// Probability of the positive class for every row of `x`.
+    /// Probability of the positive class for every row of `x` (in blocks, so the
+    /// column-major copy forust needs stays small).
     pub fn predict(&self, x: &Features) -> Vec<f64> {
-        let data = column_major(x, None);
-        let m = Matrix::new(&data, x.n, x.d);
-        self.0.predict(&m, true).into_iter().map(sigmoid).collect()
+        const ROWS: usize = 262_144;
+        let mut out = Vec::with_capacity(x.n);
+        let mut start = 0;
+        while start < x.n {
+            let rows: Vec<usize> = (start..(start + ROWS).min(x.n)).collect();
+            let data = column_major(x, Some(&rows));
+            let m = Matrix::new(&data, rows.len(), x.d);
+            out.extend(self.0.predict(&m, true).into_iter().map(sigmoid));
+            start += ROWS;
+        }
+        out
     }
 }

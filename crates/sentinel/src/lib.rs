@@ -14,6 +14,7 @@ pub mod encoder;
 pub mod harness;
 pub mod index;
 pub mod score;
+pub mod store;
 pub mod torch_rng;
 
 use std::path::PathBuf;
@@ -55,6 +56,9 @@ pub enum SentinelError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// Environment: object storage (S3) failed or is misconfigured.
+    #[error("object storage: {0}")]
+    Storage(String),
     /// Internal: a bug.
     #[error("internal error: {0}")]
     Internal(String),
