@@ -13,7 +13,7 @@ use vigil_sentinel::harness::{
 };
 use vigil_sentinel::index::read_safetensors;
 use vigil_sentinel::{
-    Aggregator, Encoder, Matrix, MiniLmEncoder, ScoreParams, Scorer, SentinelIndex,
+    Aggregator, CachedEncoder, Encoder, Matrix, MiniLmEncoder, ScoreParams, Scorer, SentinelIndex,
 };
 
 /// Sentinel subcommands.
@@ -543,8 +543,9 @@ fn score(a: ScoreArgs) -> Result<()> {
         Some(p) => Some(read_safetensors(p)?.into_iter().collect()),
         None => None,
     };
+    // Recent message embeddings are cached: the same text in many groups is encoded once.
     let encoder = if precomputed.is_none() {
-        Some(a.model.load()?)
+        Some(CachedEncoder::new(a.model.load()?, 100_000))
     } else {
         None
     };
@@ -592,5 +593,9 @@ fn score(a: ScoreArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     out.flush()?;
+    if let Some(enc) = &encoder {
+        let (hits, misses) = enc.stats();
+        tracing::info!("embedding cache: {hits} texts reused, {misses} encoded");
+    }
     Ok(())
 }

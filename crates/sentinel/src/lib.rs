@@ -10,6 +10,8 @@
 
 pub mod aggregate;
 #[cfg(feature = "encoder")]
+pub mod cache;
+#[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod harness;
 pub mod index;
@@ -20,6 +22,8 @@ pub mod torch_rng;
 use std::path::PathBuf;
 
 pub use aggregate::Aggregator;
+#[cfg(feature = "encoder")]
+pub use cache::CachedEncoder;
 #[cfg(feature = "encoder")]
 pub use encoder::{Encoder, MiniLmEncoder};
 pub use index::{IndexConfig, Matrix, SentinelIndex};
