@@ -72,9 +72,9 @@ enum Command {
         after_help = "Example:\n  vigil sql --out out/ \"SELECT user_id, n_events FROM core_users ORDER BY n_events DESC LIMIT 5\""
     )]
     Sql(SqlArgs),
-    /// Sentinel rare-harm detection: embed texts, build an index, score groups.
+    /// Sentinel rare-harm detection: embed texts, build an index, score groups, tune settings.
     #[command(
-        after_help = "Examples:\n  ./scripts/fetch-model.sh\n  vigil sentinel build --model models/all-MiniLM-L6-v2 --positives harmful.txt --negatives ordinary.txt --out my-index\n  vigil sentinel score --index my-index --model models/all-MiniLM-L6-v2 --input groups.jsonl --explain"
+        after_help = "Examples:\n  ./scripts/fetch-model.sh\n  vigil sentinel build --model models/all-MiniLM-L6-v2 --positives harmful.txt --negatives ordinary.txt --out my-index\n  vigil sentinel score --index my-index --model models/all-MiniLM-L6-v2 --input groups.jsonl --explain\n  vigil sentinel eval --index s3://bucket/my-index --groups labelled.jsonl\n  vigil sentinel sweep --index my-index --groups labelled.jsonl --n-positive 100,500 --ratios 1,5 --format csv"
     )]
     Sentinel {
         #[command(subcommand)]
