@@ -60,6 +60,9 @@ fn http(port: u16, request: &str) -> String {
 }
 
 fn start_moto() -> Moto {
+    // One server start at a time: picking a free port and binding it is racy between threads.
+    static START: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = START.lock().unwrap_or_else(|e| e.into_inner());
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -71,23 +74,32 @@ fn start_moto() -> Moto {
         .stderr(Stdio::null())
         .spawn()
         .expect("start moto_server");
-    let moto = Moto { child, port };
+    let mut moto = Moto { child, port };
+    // Ready when our own server answers the bucket creation (retried: the port may accept
+    // connections a moment before the application serves them).
     let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        assert!(
+            moto.child.try_wait().unwrap().is_none(),
+            "moto_server exited early (port {port} taken?)"
+        );
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let resp = http(
+                port,
+                &format!(
+                    "PUT /vigil-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                ),
+            );
+            if resp.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "moto_server did not start"
+            "moto_server on port {port} did not become ready"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // create the bucket (moto accepts unsigned requests)
-    let resp = http(
-        port,
-        &format!(
-            "PUT /vigil-test HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-    );
-    assert!(resp.starts_with("HTTP/1.1 200"), "create bucket: {resp}");
     moto
 }
 
