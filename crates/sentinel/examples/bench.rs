@@ -96,6 +96,14 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Peak resident memory of this process (Linux `VmHWM`), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let what = std::env::args().nth(1).unwrap_or_else(|| "scoring".into());
     match what.as_str() {
@@ -106,6 +114,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         #[cfg(feature = "encoder")]
         "encoding" => encoding()?,
         other => return Err(format!("unknown benchmark {other} (scoring or encoding)").into()),
+    }
+    if let Some(mb) = peak_rss_mb() {
+        println!("peak RSS: {mb:.0} MB");
     }
     Ok(())
 }
