@@ -310,7 +310,28 @@ fn check_csv_record(
         );
     }
     let mut fields: [&str; 16] = [""; 16];
+    // Fast path: validate the record's bytes once and slice the fields out of it. A field
+    // boundary inside a character (or any invalid byte) falls through to the per-field check,
+    // which names the field.
+    let mut all_ok = false;
+    if let Ok(whole) = std::str::from_utf8(rec.as_slice()) {
+        all_ok = true;
+        for (c, slot) in map.iter().enumerate() {
+            if let Some(i) = slot {
+                match rec.range(*i).and_then(|r| whole.get(r)) {
+                    Some(f) => fields[c] = f,
+                    None => {
+                        all_ok = false;
+                        break;
+                    }
+                }
+            }
+        }
+    }
     for (c, slot) in map.iter().enumerate() {
+        if all_ok {
+            break;
+        }
         if let Some(i) = slot {
             match std::str::from_utf8(rec.get(*i).unwrap_or_default()) {
                 Ok(s) => fields[c] = s,
@@ -506,6 +527,61 @@ fn read_parquet(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[derive(Default)]
+    struct Collect {
+        good: usize,
+        bad: Vec<String>,
+    }
+
+    impl RowSink for Collect {
+        fn good(&mut self, _row: &ValidRow<'_>) -> Result<(), EventsError> {
+            self.good += 1;
+            Ok(())
+        }
+        fn bad(&mut self, _line: u64, reason: String, _raw: String) -> Result<(), EventsError> {
+            self.bad.push(reason);
+            Ok(())
+        }
+    }
+
+    /// Regression: the record-at-once UTF-8 check must not accept a character split across
+    /// two fields (the whole record is valid UTF-8, each field is not).
+    #[test]
+    fn utf8_fast_path_rejects_a_character_split_between_fields() {
+        let map: [Option<usize>; 16] = std::array::from_fn(Some);
+        let mut fields: Vec<Vec<u8>> = vec![
+            b"e1".to_vec(),
+            b"2026-02-01T00:00:00Z".to_vec(),
+            b"u1".to_vec(),
+            b"1.2.3.4".to_vec(),
+            b"d1".to_vec(),
+            b"".to_vec(),
+            b"web".to_vec(),
+            b"chat".to_vec(),
+            b"chat".to_vec(),
+            b"hi".to_vec(),
+            b"1".to_vec(),
+            b"1".to_vec(),
+            b"1".to_vec(),
+            b"0".to_vec(),
+            b"0".to_vec(),
+            b"0".to_vec(),
+        ];
+        let good = csv::ByteRecord::from(fields.clone());
+        let mut sink = Collect::default();
+        check_csv_record(&good, 1, 16, &map, &Validator::default(), &mut sink).unwrap();
+        assert_eq!((sink.good, sink.bad.len()), (1, 0), "{:?}", sink.bad);
+        // "é" is C3 A9: put C3 at the end of the device id and A9 at the start of payment_id
+        fields[4] = b"d1\xC3".to_vec();
+        fields[5] = b"\xA9".to_vec();
+        let split = csv::ByteRecord::from(fields);
+        assert!(std::str::from_utf8(split.as_slice()).is_ok());
+        let mut sink = Collect::default();
+        check_csv_record(&split, 1, 16, &map, &Validator::default(), &mut sink).unwrap();
+        assert_eq!(sink.good, 0);
+        assert!(sink.bad[0].contains("not valid UTF-8"), "{:?}", sink.bad);
+    }
 
     #[test]
     fn format_detection_follows_extensions() {
