@@ -119,24 +119,33 @@ pub struct ScoreArgs {
     embeddings: Option<PathBuf>,
 }
 
-fn read_examples(path: &Path) -> Result<Vec<String>> {
+/// The non-blank lines of a file with their 1-based line numbers.
+fn non_blank_lines(path: &Path) -> Result<Vec<(usize, String)>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("{}:{}", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            out.push((i + 1, line));
         }
+    }
+    Ok(out)
+}
+
+fn parse_json_line(path: &Path, n: usize, line: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(line).with_context(|| format!("{}:{n}: invalid JSON", path.display()))
+}
+
+fn read_examples(path: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (n, line) in non_blank_lines(path)? {
         if line.trim_start().starts_with('{') {
-            let v: serde_json::Value = serde_json::from_str(&line)
-                .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
-            match v["text"].as_str() {
+            match parse_json_line(path, n, &line)?["text"].as_str() {
                 Some(t) => out.push(t.to_string()),
                 None => bail!(
-                    "{}:{}: a JSON line needs a \"text\" string",
-                    path.display(),
-                    i + 1
+                    "{}:{n}: a JSON line needs a \"text\" string",
+                    path.display()
                 ),
             }
         } else {
@@ -364,19 +373,10 @@ fn print_rows(rows: &[EvalRow], format: RowFormat) -> Result<()> {
 }
 
 fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v = serde_json::from_str(&line)
-            .with_context(|| format!("{}:{}: invalid JSON", path.display(), i + 1))?;
-        out.push((i + 1, v));
-    }
-    Ok(out)
+    non_blank_lines(path)?
+        .into_iter()
+        .map(|(n, line)| Ok((n, parse_json_line(path, n, &line)?)))
+        .collect()
 }
 
 fn bar(total: usize, what: &str) -> ProgressBar {
