@@ -16,6 +16,7 @@ pub mod encoder;
 pub mod harness;
 pub mod index;
 pub mod score;
+pub mod search;
 pub mod store;
 pub mod torch_rng;
 

@@ -1,7 +1,7 @@
 //! Contrastive scoring of observations against an index, and group affinity.
 //!
-//! For each observation: cosine similarity to every positive and negative row (one matrix
-//! product per group), the best `top_k` of each side, a merged walk that keeps the overall best
+//! For each observation: cosine similarity to every positive and negative row (an exact
+//! search over packed index panels, [`crate::search`]), the best `top_k` of each side, a merged walk that keeps the overall best
 //! `top_k` (optionally skipping an exact match at position 0), and the log-ratio of the mean
 //! exponentiated similarities. A group's affinity aggregates its distinct texts' scores.
 
@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::SentinelError;
 use crate::aggregate::Aggregator;
 use crate::index::{Matrix, SentinelIndex};
+use crate::search::{self, PackedSide};
 
 /// How a cosine similarity is rescaled before it enters the contrastive score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,8 +152,8 @@ pub struct Scorer<'a> {
     index: &'a SentinelIndex,
     pos: Matrix,
     neg: Matrix,
-    pos_search: Option<SearchSide>,
-    neg_search: Option<SearchSide>,
+    pos_search: PackedSide,
+    neg_search: PackedSide,
 }
 
 #[derive(Clone, Copy)]
@@ -162,68 +163,40 @@ struct Hit {
     positive: bool,
 }
 
-/// The `k` best (score, row) of one similarity row, best first; ties by row id.
-fn top_hits(sims: &[f32], k: usize, positive: bool, out: &mut Vec<Hit>) {
-    out.clear();
-    let k = k.min(sims.len());
-    if k == 0 {
-        return;
+/// `a · b` accumulated in f64 (eight independent partial sums, for instruction-level
+/// parallelism).
+fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for ((s, xi), yi) in acc.iter_mut().zip(x).zip(y) {
+            *s += f64::from(*xi) * f64::from(*yi);
+        }
     }
-    let better = |a: &Hit, b: &Hit| a.score > b.score || (a.score == b.score && a.row < b.row);
-    // Insertion into a small sorted buffer: k is tiny next to the row count, and this avoids
-    // sorting whole rows.
-    for (row, &score) in sims.iter().enumerate() {
-        let h = Hit {
-            score,
-            row,
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The search's hits with their similarity recomputed in f64 from the same f32 vectors, so
+/// a reported similarity carries no accumulation-order rounding (the kernel's f32 sums can
+/// differ in the last bits, and a contrastive log-ratio near zero amplifies that), re-ranked
+/// by the refined value.
+fn refined_hits(found: Vec<search::Hit>, positive: bool, side: &Matrix, q: &[f32]) -> Vec<Hit> {
+    let mut out: Vec<Hit> = found
+        .into_iter()
+        .map(|h| Hit {
+            score: dot_f64(side.row(h.row), q) as f32,
+            row: h.row,
             positive,
-        };
-        if out.len() == k {
-            if let Some(last) = out.last()
-                && !better(&h, last)
-            {
-                continue;
-            }
-            out.pop();
-        }
-        let pos = out.iter().position(|x| better(&h, x)).unwrap_or(out.len());
-        out.insert(pos, h);
-    }
-}
-
-/// An index side prepared for search: its rows transposed into a `[dim, rows]` tensor, so
-/// a group's similarities are one blocked matrix multiply (`[n, dim] x [dim, rows]`).
-#[derive(Debug, Clone)]
-struct SearchSide {
-    t: candle_core::Tensor,
-    rows: usize,
-}
-
-fn mm_err(e: candle_core::Error) -> SentinelError {
-    SentinelError::Internal(format!("similarity search: {e}"))
-}
-
-impl SearchSide {
-    fn new(m: &Matrix) -> Result<Self, SentinelError> {
-        let t =
-            candle_core::Tensor::from_slice(&m.data, (m.rows, m.dim), &candle_core::Device::Cpu)
-                .and_then(|t| t.t())
-                .and_then(|t| t.contiguous())
-                .map_err(mm_err)?;
-        Ok(Self { t, rows: m.rows })
-    }
-
-    /// `q · rowsᵀ` for every query row, row-major (`q.rows x self.rows`).
-    fn similarities(&self, q: &Matrix) -> Result<Vec<f32>, SentinelError> {
-        if self.rows == 0 || q.rows == 0 {
-            return Ok(vec![0.0; q.rows * self.rows]);
-        }
-        candle_core::Tensor::from_slice(&q.data, (q.rows, q.dim), &candle_core::Device::Cpu)
-            .and_then(|t| t.matmul(&self.t))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(mm_err)
-    }
+        })
+        .collect();
+    out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.row.cmp(&b.row)));
+    out
 }
 
 impl<'a> Scorer<'a> {
@@ -233,10 +206,8 @@ impl<'a> Scorer<'a> {
         let mut neg = index.negative.clone();
         pos.normalize_rows();
         neg.normalize_rows();
-        // Preparing the search cannot fail for well-formed matrices; if it ever does, the
-        // error surfaces on the first score call.
-        let pos_search = SearchSide::new(&pos).ok();
-        let neg_search = SearchSide::new(&neg).ok();
+        let pos_search = PackedSide::new(&pos);
+        let neg_search = PackedSide::new(&neg);
         Self {
             index,
             pos,
@@ -287,30 +258,24 @@ impl<'a> Scorer<'a> {
         }
         let mut q = embeddings.clone();
         q.normalize_rows();
-        fn side(s: &Option<SearchSide>) -> Result<&SearchSide, SentinelError> {
-            s.as_ref().ok_or_else(|| {
-                SentinelError::Internal("the index could not be prepared for search".into())
-            })
-        }
-        let ps = side(&self.pos_search)?.similarities(&q)?;
-        let ns = side(&self.neg_search)?.similarities(&q)?;
         let extra = usize::from(params.prevent_exact_match);
-        let (mut ph, mut nh) = (Vec::new(), Vec::new());
+        let mut found = search::top_k_many(
+            &[&self.pos_search, &self.neg_search],
+            &q,
+            params.top_k + extra,
+        );
+        let neg_found = found.pop().unwrap_or_default();
+        let pos_found = found.pop().unwrap_or_default();
         let mut merged: Vec<Hit> = Vec::new();
         let mut out = Vec::with_capacity(texts.len());
-        for (i, text) in texts.iter().enumerate() {
-            top_hits(
-                &ps[i * self.pos.rows..(i + 1) * self.pos.rows],
-                params.top_k + extra,
-                true,
-                &mut ph,
-            );
-            top_hits(
-                &ns[i * self.neg.rows..(i + 1) * self.neg.rows],
-                params.top_k + extra,
-                false,
-                &mut nh,
-            );
+        for (((text, pf), nf), qi) in texts
+            .iter()
+            .zip(pos_found)
+            .zip(neg_found)
+            .zip(q.data.chunks_exact(q.dim))
+        {
+            let ph = refined_hits(pf, true, &self.pos, qi);
+            let nh = refined_hits(nf, false, &self.neg, qi);
             merged.clear();
             merged.extend_from_slice(&ph);
             merged.extend_from_slice(&nh);
