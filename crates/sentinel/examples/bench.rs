@@ -82,7 +82,13 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
     }
     collect(&texts, &mut pool);
     let lines: Vec<String> = pool.iter().cycle().take(2000).cloned().collect();
-    let enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    let mut enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    if let Some(b) = std::env::var("VIGIL_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+    {
+        enc.batch_size = b;
+    }
     enc.encode(&lines[..64])?;
     let t = Instant::now();
     let m = enc.encode(&lines)?;

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use rayon::prelude::*;
+use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::SentinelError;
 use crate::index::Matrix;
@@ -32,6 +33,10 @@ pub struct MiniLmEncoder {
     device: Device,
     dim: usize,
     name: String,
+    pad_id: u32,
+    /// Most padded tokens per forward pass (bounds a batch of long texts: attention memory
+    /// grows with the square of the length).
+    pub max_batch_tokens: usize,
     /// Texts per forward pass (texts are sorted by length first, so padding stays small).
     pub batch_size: usize,
 }
@@ -89,10 +94,9 @@ impl MiniLmEncoder {
                 ..Default::default()
             }))
             .map_err(|e| model_err(&tok_path, e))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        // Padding is done per length bucket in `encode` (pad id from the shipped config).
+        let pad_id = tokenizer.get_padding().map_or(0, |p| p.pad_id);
+        tokenizer.with_padding(None);
         let device = Device::Cpu;
         let weights_path = dir.join("model.safetensors");
         let vb =
@@ -105,7 +109,11 @@ impl MiniLmEncoder {
             device,
             dim: config.hidden_size,
             name: dir.display().to_string(),
-            batch_size: 32,
+            pad_id,
+            // Measured on 2 cores with short chat lines: 32 texts 330 lines/s, 128 texts 478,
+            // 512 texts 352 (`cargo run --release -p vigil-sentinel --example bench -- encoding`).
+            batch_size: 128,
+            max_batch_tokens: 8192,
         })
     }
 
@@ -118,20 +126,21 @@ impl MiniLmEncoder {
         Ok(enc.get_ids().to_vec())
     }
 
-    fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, SentinelError> {
-        let encs = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| SentinelError::Internal(format!("tokenizer: {e}")))?;
+    /// One forward pass over tokenised texts, padded here to the batch's longest.
+    fn encode_batch(&self, encs: &[&Encoding]) -> Result<Vec<Vec<f32>>, SentinelError> {
         let n = encs.len();
-        let len = encs.first().map_or(0, |e| e.get_ids().len());
+        let len = encs.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(n * len);
         let mut mask = Vec::with_capacity(n * len);
         let mut types = Vec::with_capacity(n * len);
-        for e in &encs {
+        for e in encs {
+            let pad = len - e.get_ids().len();
             ids.extend_from_slice(e.get_ids());
+            ids.extend(std::iter::repeat_n(self.pad_id, pad));
             mask.extend_from_slice(e.get_attention_mask());
+            mask.extend(std::iter::repeat_n(0, pad));
             types.extend_from_slice(e.get_type_ids());
+            types.extend(std::iter::repeat_n(0, pad));
         }
         let t = |v: Vec<u32>| Tensor::from_vec(v, (n, len), &self.device).map_err(candle_err);
         let ids = t(ids)?;
@@ -180,15 +189,36 @@ impl Encoder for MiniLmEncoder {
     }
 
     fn encode(&self, texts: &[String]) -> Result<Matrix, SentinelError> {
-        // Length bucketing: encode in order of length so each batch pads little, then put the
-        // rows back in input order.
+        // Tokenise everything once, then bucket by token count so each batch pads little;
+        // batches run in parallel (the model's element-wise steps are single-threaded, so two
+        // batches in flight keep both cores busy), and rows go back in input order.
         let stripped: Vec<&str> = texts.iter().map(|t| t.trim()).collect();
+        let encs = self
+            .tokenizer
+            .encode_batch(stripped, true)
+            .map_err(|e| SentinelError::Internal(format!("tokenizer: {e}")))?;
         let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(stripped[i].len()));
+        order.sort_by_key(|&i| std::cmp::Reverse(encs[i].get_ids().len()));
+        let mut batches: Vec<&[usize]> = Vec::new();
+        let mut start = 0;
+        while start < order.len() {
+            // Longest first, so the batch's first text sets its padded length.
+            let longest = encs[order[start]].get_ids().len().max(1);
+            let fit = (self.max_batch_tokens / longest).clamp(1, self.batch_size.max(1));
+            let end = (start + fit).min(order.len());
+            batches.push(&order[start..end]);
+            start = end;
+        }
+        let done: Vec<Vec<Vec<f32>>> = batches
+            .par_iter()
+            .map(|chunk| {
+                let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encs[i]).collect();
+                self.encode_batch(&batch)
+            })
+            .collect::<Result<_, _>>()?;
         let mut rows: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(self.batch_size.max(1)) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| stripped[i]).collect();
-            for (&i, row) in chunk.iter().zip(self.encode_batch(&batch)?) {
+        for (chunk, batch_rows) in batches.iter().zip(done) {
+            for (&i, row) in chunk.iter().zip(batch_rows) {
                 rows[i] = row;
             }
         }
