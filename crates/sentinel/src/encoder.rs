@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
+
+use crate::bert::Bert;
 use rayon::prelude::*;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
@@ -28,7 +30,7 @@ pub const MODEL_HELP: &str = "get all-MiniLM-L6-v2 with `./scripts/fetch-model.s
 
 /// all-MiniLM-L6-v2 (or any BERT sentence-transformers model with mean pooling) on the CPU.
 pub struct MiniLmEncoder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
     device: Device,
     dim: usize,
@@ -102,7 +104,7 @@ impl MiniLmEncoder {
         let vb =
             VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &device)
                 .map_err(|e| model_err(&weights_path, e))?;
-        let model = BertModel::load(vb, &config).map_err(|e| model_err(&weights_path, e))?;
+        let model = Bert::load(vb, &config).map_err(|e| model_err(&weights_path, e))?;
         Ok(Self {
             model,
             tokenizer,
@@ -148,7 +150,7 @@ impl MiniLmEncoder {
         let types = t(types)?;
         let hidden = self
             .model
-            .forward(&ids, &types, Some(&mask))
+            .forward(&ids, &types, &mask)
             .map_err(candle_err)?;
         // Mean over the real tokens, then L2 normalisation.
         let m = mask

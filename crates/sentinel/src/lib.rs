@@ -10,6 +10,8 @@
 
 pub mod aggregate;
 #[cfg(feature = "encoder")]
+pub mod bert;
+#[cfg(feature = "encoder")]
 pub mod cache;
 #[cfg(feature = "encoder")]
 pub mod encoder;
