@@ -5,6 +5,7 @@
 //! group (p50/p99); then one 50-message group against 100,000 negatives.
 //! encoding: the conformance texts (set VIGIL_SHARED, VIGIL_MODEL) encoded repeatedly:
 //! lines/s with the native MiniLM encoder.
+//! e2e: 40 groups of 50 conformance lines, each encoded and scored (no embedding cache).
 
 use std::time::Instant;
 
@@ -63,9 +64,9 @@ fn scoring(neg_rows: usize, groups: usize) -> Result<(), Box<dyn std::error::Err
     Ok(())
 }
 
+/// The model directory and the distinct conformance texts (VIGIL_SHARED, VIGIL_MODEL).
 #[cfg(feature = "encoder")]
-fn encoding() -> Result<(), Box<dyn std::error::Error>> {
-    use vigil_sentinel::{Encoder, MiniLmEncoder};
+fn conformance_pool() -> Result<(String, Vec<String>), Box<dyn std::error::Error>> {
     let shared = std::env::var("VIGIL_SHARED").unwrap_or_else(|_| "../shared".into());
     let model = std::env::var("VIGIL_MODEL").unwrap_or_else(|_| "models/all-MiniLM-L6-v2".into());
     let texts: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(format!(
@@ -81,6 +82,13 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     collect(&texts, &mut pool);
+    Ok((model, pool))
+}
+
+#[cfg(feature = "encoder")]
+fn encoding() -> Result<(), Box<dyn std::error::Error>> {
+    use vigil_sentinel::{Encoder, MiniLmEncoder};
+    let (model, pool) = conformance_pool()?;
     let lines: Vec<String> = pool.iter().cycle().take(2000).cloned().collect();
     let mut enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
     if let Some(b) = std::env::var("VIGIL_BATCH")
@@ -102,6 +110,49 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// End to end as the reference's `calculate_rare_class_affinity` runs it: 40 groups of 50
+/// real lines, each group encoded (no cache) and scored against an index of 1,000 + 5,000.
+#[cfg(feature = "encoder")]
+fn end_to_end() -> Result<(), Box<dyn std::error::Error>> {
+    use vigil_sentinel::{Encoder, MiniLmEncoder};
+    let (model, pool) = conformance_pool()?;
+    let enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let pos = random_unit(&mut rng, 1000, enc.dim());
+    let neg = random_unit(&mut rng, 5000, enc.dim());
+    let index = SentinelIndex::new(pos, neg, None, None, IndexConfig::default())?;
+    let scorer = Scorer::new(&index);
+    let params = ScoreParams::default();
+    let groups: Vec<Vec<String>> = pool
+        .iter()
+        .cycle()
+        .skip(7)
+        .take(2000)
+        .cloned()
+        .collect::<Vec<_>>()
+        .chunks(50)
+        .map(<[String]>::to_vec)
+        .collect();
+    enc.encode(&groups[0])?;
+    let mut lat = Vec::new();
+    let t = Instant::now();
+    for g in &groups {
+        let s = Instant::now();
+        let emb = enc.encode(g)?;
+        std::hint::black_box(scorer.score_group(g, &emb, &params)?);
+        lat.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "end to end: {} groups of 50 encoded and scored: {:.0} messages/s, group latency p50 {:.1} ms p99 {:.1} ms",
+        groups.len(),
+        2000.0 / secs,
+        percentile(&mut lat.clone(), 0.5),
+        percentile(&mut lat, 0.99)
+    );
+    Ok(())
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), in MB.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -119,7 +170,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         #[cfg(feature = "encoder")]
         "encoding" => encoding()?,
-        other => return Err(format!("unknown benchmark {other} (scoring or encoding)").into()),
+        #[cfg(feature = "encoder")]
+        "e2e" => end_to_end()?,
+        other => {
+            return Err(format!("unknown benchmark {other} (scoring, encoding or e2e)").into());
+        }
     }
     if let Some(mb) = peak_rss_mb() {
         println!("peak RSS: {mb:.0} MB");

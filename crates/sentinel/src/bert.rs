@@ -90,34 +90,52 @@ impl Bert {
         })
     }
 
-    /// Hidden states `[batch, seq, hidden]` for token ids, token types and a 0/1 attention
-    /// mask (all `[batch, seq]`, u32).
-    pub fn forward(&self, ids: &Tensor, types: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let (b, s) = ids.dims2()?;
+    /// Hidden states `[tokens, hidden]` for sequences packed end to end without padding:
+    /// dense layers, layer norms and GELU are per token, so only attention needs the
+    /// sequence boundaries, and it runs once per run of equal-length neighbours (callers
+    /// sort by length so those runs are long). Equivalent to the padded, masked forward (a
+    /// masked logit's weight is exactly zero) without computing the padding.
+    pub fn forward_packed(&self, ids: &[&[u32]], types: &[&[u32]]) -> Result<Tensor> {
+        let device = candle_core::Device::Cpu;
         let (h, heads, hd) = (self.hidden, self.heads, self.head_dim);
-        let positions = Tensor::arange(0u32, s as u32, ids.device())?;
-        let x = (self.word.forward(&ids.flatten_all()?)?
-            + self.token_type.forward(&types.flatten_all()?)?)?
-        .reshape((b, s, h))?
-        .broadcast_add(&self.position.forward(&positions)?)?
-        .reshape((b * s, h))?;
+        let total: usize = ids.iter().map(|s| s.len()).sum();
+        let flat =
+            |v: &[&[u32]]| -> Result<Tensor> { Tensor::from_vec(v.concat(), total, &device) };
+        let positions: Vec<u32> = ids.iter().flat_map(|s| 0..s.len() as u32).collect();
+        let positions = Tensor::from_vec(positions, total, &device)?;
+        let x = ((self.word.forward(&flat(ids)?)? + self.token_type.forward(&flat(types)?)?)?
+            + self.position.forward(&positions)?)?;
         let mut x = self.norm.forward(&x)?;
-        // Additive mask: 0 for real tokens, the most negative float for padding.
-        let mask = mask.to_dtype(candle_core::DType::F32)?;
-        let mask = ((mask.ones_like()? - &mask)? * f64::from(f32::MIN))?.reshape((b, 1, 1, s))?;
+        // Runs of consecutive sequences with the same length: (first token, count, length).
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        let mut tok = 0;
+        for s in ids {
+            match runs.last_mut() {
+                Some((_, count, len)) if *len == s.len() => *count += 1,
+                _ => runs.push((tok, 1, s.len())),
+            }
+            tok += s.len();
+        }
         let scale = (hd as f64).sqrt();
         for layer in &self.layers {
-            let qkv = layer
-                .qkv
-                .forward(&x)?
-                .reshape((b, s, 3, heads, hd))?
-                .permute((2, 0, 3, 1, 4))?;
-            let q = qkv.get(0)?.contiguous()?;
-            let k = qkv.get(1)?.contiguous()?;
-            let v = qkv.get(2)?.contiguous()?;
-            let scores = (q.matmul(&k.t()?)? / scale)?.broadcast_add(&mask)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * s, h))?;
+            let qkv = layer.qkv.forward(&x)?;
+            let mut ctxs = Vec::with_capacity(runs.len());
+            for &(start, n, len) in &runs {
+                let part = qkv
+                    .narrow(0, start, n * len)?
+                    .reshape((n, len, 3, heads, hd))?
+                    .permute((2, 0, 3, 1, 4))?;
+                let q = part.get(0)?.contiguous()?;
+                let k = part.get(1)?.contiguous()?;
+                let v = part.get(2)?.contiguous()?;
+                let probs = candle_nn::ops::softmax_last_dim(&(q.matmul(&k.t()?)? / scale)?)?;
+                ctxs.push(probs.matmul(&v)?.transpose(1, 2)?.reshape((n * len, h))?);
+            }
+            let ctx = if ctxs.len() == 1 {
+                ctxs.swap_remove(0)
+            } else {
+                Tensor::cat(&ctxs, 0)?
+            };
             let attn = layer.attn_out.forward(&ctx)?;
             x = layer.attn_norm.forward(&(attn + &x)?)?;
             let inner = layer.intermediate.forward(&x)?;
@@ -129,7 +147,7 @@ impl Bert {
             let out = layer.output.forward(&inner)?;
             x = layer.out_norm.forward(&(out + &x)?)?;
         }
-        x.reshape((b, s, h))
+        Ok(x)
     }
 }
 
