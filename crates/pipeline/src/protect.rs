@@ -35,27 +35,30 @@ fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
     Ok(column_f64(t, c)?)
 }
 
-/// Columns as a row-major matrix (non-finite values become 0).
-fn matrix(cols: &[Vec<f64>], n: usize) -> Features {
-    let mut values = vec![0.0; n * cols.len()];
-    for (j, col) in cols.iter().enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            values[i * cols.len() + j] = if v.is_finite() { *v } else { 0.0 };
+/// Columns as a row-major matrix (non-finite values become 0). Filled row by row: one
+/// sequential write stream instead of a strided pass over the whole matrix per column.
+fn matrix(cols: &[&[f64]], n: usize) -> Features {
+    let d = cols.len();
+    let mut values = vec![0.0; n * d];
+    if d > 0 {
+        for (i, row) in values.chunks_exact_mut(d).enumerate() {
+            for (dst, col) in row.iter_mut().zip(cols) {
+                let v = col.get(i).copied().unwrap_or(0.0);
+                *dst = if v.is_finite() { v } else { 0.0 };
+            }
         }
     }
-    Features {
-        values,
-        n,
-        d: cols.len(),
-    }
+    Features { values, n, d }
 }
 
-/// The boosted model's columns: user-day features as they are, `user_context` columns
-/// joined by user.
+/// The boosted model's columns: user-day features as they are (taken from `have` when
+/// already read), `user_context` columns joined by user (`users`: each row's user id).
 fn gbt_columns(
     wh: &Warehouse,
     features: &Table,
     names: &[String],
+    have: &HashMap<&str, &[f64]>,
+    users: &[String],
 ) -> Result<Vec<Vec<f64>>, PipelineError> {
     let has = |t: &Table, c: &str| t.schema.column_with_name(c).is_some();
     let need_context = names.iter().any(|c| !has(features, c));
@@ -64,18 +67,27 @@ fn gbt_columns(
     } else {
         None
     };
-    let users = column_text(features, "user_id")?;
-    let ctx_index: HashMap<String, usize> = match &context {
-        Some(t) => column_text(t, "user_id")?
-            .into_iter()
-            .enumerate()
-            .map(|(i, u)| (u, i))
-            .collect(),
-        None => HashMap::new(),
+    // Each row's index in user_context, looked up once for all context columns.
+    let row_ctx: Vec<Option<usize>> = match &context {
+        Some(t) => {
+            let index: HashMap<String, usize> = column_text(t, "user_id")?
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| (u, i))
+                .collect();
+            users
+                .iter()
+                .map(|u| index.get(u.as_str()).copied())
+                .collect()
+        }
+        None => Vec::new(),
     };
     names
         .iter()
         .map(|c| {
+            if let Some(v) = have.get(c.as_str()) {
+                return Ok(v.to_vec());
+            }
             if has(features, c) {
                 return f64_col(features, c);
             }
@@ -86,10 +98,7 @@ fn gbt_columns(
                 ))
             })?;
             let v = f64_col(t, c)?;
-            Ok(users
-                .iter()
-                .map(|u| ctx_index.get(u).map_or(0.0, |&i| v[i]))
-                .collect())
+            Ok(row_ctx.iter().map(|r| r.map_or(0.0, |i| v[i])).collect())
         })
         .collect()
 }
@@ -102,6 +111,7 @@ pub(crate) fn detection(
     out: &mut Outputs,
 ) -> Result<Scored, PipelineError> {
     let d = &cfg.detection;
+    let started = std::time::Instant::now();
     let batch = features.concat()?;
     let n = batch.num_rows();
     let cols: Vec<Vec<f64>> = d
@@ -109,15 +119,38 @@ pub(crate) fn detection(
         .iter()
         .map(|f| f64_col(features, f))
         .collect::<Result<_, _>>()?;
-    let x = matrix(&cols, n);
-    let x_gbt = matrix(&gbt_columns(wh, features, &d.gbt_features)?, n);
+    tracing::debug!(
+        "feature columns read at {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let col_refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
+    let x = matrix(&col_refs, n);
+    let users = column_text(features, "user_id")?;
+    tracing::debug!(
+        "matrix and user ids at {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let have: HashMap<&str, &[f64]> = d
+        .features
+        .iter()
+        .map(String::as_str)
+        .zip(col_refs.iter().copied())
+        .collect();
+    let gbt_cols = gbt_columns(wh, features, &d.gbt_features, &have, &users)?;
+    let gbt_refs: Vec<&[f64]> = gbt_cols.iter().map(Vec::as_slice).collect();
+    let x_gbt = matrix(&gbt_refs, n);
+    drop(gbt_cols);
+    tracing::debug!(
+        "boosted features at {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let groups: Vec<u32> = {
-        let mut ids: HashMap<String, u32> = HashMap::new();
-        column_text(features, "user_id")?
-            .into_iter()
+        let mut ids: HashMap<&str, u32> = HashMap::new();
+        users
+            .iter()
             .map(|u| {
                 let next = ids.len() as u32;
-                *ids.entry(u).or_insert(next)
+                *ids.entry(u.as_str()).or_insert(next)
             })
             .collect()
     };
@@ -132,6 +165,10 @@ pub(crate) fn detection(
         &f64_col(features, "n_ips")?,
         &f64_col(features, "n_warned")?,
         d,
+    );
+    tracing::debug!(
+        "detection inputs ({n} user-days) ready in {:.2} s",
+        started.elapsed().as_secs_f64()
     );
     let (risk, threshold, model, detection) =
         match vigil_detect::detect(&x, &x_gbt, &y, Some(&groups), d, &|step| {
@@ -154,6 +191,10 @@ pub(crate) fn detection(
             }
             Err(e) => return Err(PipelineError::Detect(e)),
         };
+    tracing::debug!(
+        "models trained and evaluated at {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     let uncertainty: Vec<f64> = risk.iter().map(|&r| vigil_detect::uncertainty(r)).collect();
     let flags = (0..n)
         .map(|i| {
@@ -176,6 +217,10 @@ pub(crate) fn detection(
     )?;
     out.csv(&scored)?;
     out.parquet(&scored)?;
+    tracing::debug!(
+        "user_day_scored written at {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     if let Some(det) = &detection {
         let e = &det.evals;
         out.csv(&table(
@@ -227,7 +272,7 @@ pub(crate) fn detection(
     }
     Ok(Scored {
         day: column_text(features, "day")?,
-        user: column_text(features, "user_id")?,
+        user: users,
         batch: scored.concat()?,
         risk,
         uncertainty,
