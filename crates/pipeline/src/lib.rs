@@ -191,10 +191,23 @@ impl Outputs {
         self.written.push(name.to_string());
         Ok(())
     }
-    fn parquet(&mut self, t: &Table) -> Result<(), PipelineError> {
-        let name = format!("{}.parquet", t.name);
-        write_parquet(t, &self.dir.join(&name))?;
-        self.written.push(name);
+    /// CSV and Parquet twins written at the same time (each writer is single-threaded).
+    fn csv_and_parquet(&mut self, t: &Table) -> Result<(), PipelineError> {
+        let csv = format!("{}.csv", t.name);
+        let pq = format!("{}.parquet", t.name);
+        let dir = &self.dir;
+        let (csv_done, pq_done) = std::thread::scope(|s| {
+            let pq_thread = s.spawn(|| write_parquet(t, &dir.join(&pq)));
+            let csv_done = write_csv(t, &dir.join(&csv));
+            (csv_done, pq_thread.join())
+        });
+        csv_done?;
+        pq_done.map_err(|_| {
+            PipelineError::Internal(format!("the Parquet writer for {} panicked", t.name))
+        })??;
+        self.written.push(csv);
+        self.written.push(pq);
+        self.rows.insert(t.name.clone(), t.num_rows());
         Ok(())
     }
 }
@@ -255,8 +268,7 @@ pub fn run(
 
     stages.run("write_core_tables", || {
         for t in &core {
-            out.csv(t)?;
-            out.parquet(t)?;
+            out.csv_and_parquet(t)?;
         }
         let refs: Vec<&Table> = core.iter().collect();
         write_sqlite(&refs, &opts.out.join("sqlite.db"))?;
@@ -280,8 +292,7 @@ pub fn run(
 
     let features = stages.run("features", || {
         let f = wh.build("user_day_features")?;
-        out.csv(&f)?;
-        out.parquet(&f)?;
+        out.csv_and_parquet(&f)?;
         Ok(f)
     })?;
 

@@ -215,8 +215,7 @@ pub(crate) fn detection(
             ("uncertainty", Col::F64(uncertainty.clone())),
         ],
     )?;
-    out.csv(&scored)?;
-    out.parquet(&scored)?;
+    out.csv_and_parquet(&scored)?;
     tracing::debug!(
         "user_day_scored written at {:.2} s",
         started.elapsed().as_secs_f64()
