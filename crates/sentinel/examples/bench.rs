@@ -9,6 +9,10 @@
 
 use std::time::Instant;
 
+/// The allocator of the `vigil` binary, so these numbers match what the CLI runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use rand::{Rng, SeedableRng};
 use vigil_sentinel::{IndexConfig, Matrix, ScoreParams, Scorer, SentinelIndex};
 
@@ -116,7 +120,13 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
 fn end_to_end() -> Result<(), Box<dyn std::error::Error>> {
     use vigil_sentinel::{Encoder, MiniLmEncoder};
     let (model, pool) = conformance_pool()?;
-    let enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    let mut enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    if let Some(b) = std::env::var("VIGIL_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+    {
+        enc.batch_size = b;
+    }
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);
     let pos = random_unit(&mut rng, 1000, enc.dim());
     let neg = random_unit(&mut rng, 5000, enc.dim());
