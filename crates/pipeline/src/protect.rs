@@ -62,11 +62,17 @@ fn gbt_columns(
 ) -> Result<Vec<Vec<f64>>, PipelineError> {
     let has = |t: &Table, c: &str| t.schema.column_with_name(c).is_some();
     let need_context = names.iter().any(|c| !has(features, c));
+    let started = std::time::Instant::now();
     let context = if need_context {
+        wh.build("user_keys")?;
         Some(wh.build("user_context")?)
     } else {
         None
     };
+    tracing::debug!(
+        "user_keys and user_context built in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     // Each row's index in user_context, looked up once for all context columns.
     let row_ctx: Vec<Option<usize>> = match &context {
         Some(t) => {
@@ -82,6 +88,10 @@ fn gbt_columns(
         }
         None => Vec::new(),
     };
+    tracing::debug!(
+        "user-day rows mapped at {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     names
         .iter()
         .map(|c| {

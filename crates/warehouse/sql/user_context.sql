@@ -1,7 +1,8 @@
 -- user_context: per-user history and identifier fanout. The stronger model joins these to
 -- each user-day (abuse is a property of an account and its infrastructure, not of one day);
 -- the spec's logistic regression keeps to the twelve user-day features.
--- Fanout = how many users share the user's busiest IP, device or payment token.
+-- Fanout = how many users share the user's busiest IP, device or payment token, counted from
+-- user_keys (built first; its distinct pairs are the events' distinct pairs).
 WITH hist AS (
     SELECT user_id,
            SUM(n_events) AS events, SUM(n_chat) AS chats, SUM(n_blocked) AS blocked,
@@ -9,10 +10,10 @@ WITH hist AS (
     FROM core_user_day
     GROUP BY user_id
 ),
-ip_pairs AS (SELECT DISTINCT ip, user_id FROM events),
-dev_pairs AS (SELECT DISTINCT device_id, user_id FROM events),
+ip_pairs AS (SELECT DISTINCT ip, user_id FROM user_keys),
+dev_pairs AS (SELECT DISTINCT device_id, user_id FROM user_keys),
 pay_pairs AS (
-    SELECT DISTINCT payment_id, user_id FROM events
+    SELECT DISTINCT payment_id, user_id FROM user_keys
     WHERE payment_id IS NOT NULL AND payment_id <> ''
 ),
 ip_fan AS (SELECT ip, COUNT(*) AS fanout FROM ip_pairs GROUP BY ip),

@@ -53,7 +53,7 @@ pub enum WarehouseError {
 }
 
 /// The built-in SQL of each named table, in the order the pipeline builds them.
-pub const BUILTIN_SQL: [(&str, &str); 6] = [
+pub const BUILTIN_SQL: [(&str, &str); 7] = [
     ("core_users", include_str!("../sql/core_users.sql")),
     ("core_user_day", include_str!("../sql/core_user_day.sql")),
     (
@@ -68,6 +68,7 @@ pub const BUILTIN_SQL: [(&str, &str); 6] = [
         "user_day_features",
         include_str!("../sql/user_day_features.sql"),
     ),
+    ("user_keys", include_str!("../sql/user_keys.sql")),
     ("user_context", include_str!("../sql/user_context.sql")),
 ];
 
