@@ -114,6 +114,72 @@ struct LogLoss<'a> {
     d: usize,
     inv_c: f64,
     sw_sum: f64,
+    /// The last point evaluated with its cost and gradient: the line search asks for both at
+    /// the same point, and one pass over the rows yields both.
+    last: std::sync::Mutex<Option<Evaluated>>,
+}
+
+/// A point with its cost and gradient.
+type Evaluated = (Vec<f64>, f64, Vec<f64>);
+
+impl LogLoss<'_> {
+    /// Cost and gradient at `p` in one pass over the training rows (blocks in parallel,
+    /// block results summed in block order so the result does not depend on scheduling).
+    fn eval(&self, p: &[f64]) -> (f64, Vec<f64>) {
+        if let Ok(guard) = self.last.lock()
+            && let Some((q, cost, grad)) = guard.as_ref()
+            && q.as_slice() == p
+        {
+            return (*cost, grad.clone());
+        }
+        let d = self.d;
+        let (coef, b) = (&p[..d], p[d]);
+        let blocks: Vec<(f64, Vec<f64>)> = self
+            .z
+            .par_chunks(BLOCK * d)
+            .enumerate()
+            .map(|(blk, rows)| {
+                let mut loss = 0.0;
+                let mut g = vec![0.0; d + 1];
+                for (k, r) in rows.chunks_exact(d).enumerate() {
+                    let i = blk * BLOCK + k;
+                    let m = r.iter().zip(coef).map(|(a, c)| a * c).sum::<f64>() + b;
+                    // log(1 + e^m) - y m without overflow, and the sigmoid from the same exp.
+                    let (softplus, sig) = if m > 0.0 {
+                        let e = (-m).exp();
+                        (m + e.ln_1p(), 1.0 / (1.0 + e))
+                    } else {
+                        let e = m.exp();
+                        (e.ln_1p(), e / (1.0 + e))
+                    };
+                    let yi = f64::from(self.y[i]);
+                    loss += self.w[i] * (softplus - yi * m);
+                    let e = self.w[i] * (sig - yi);
+                    for (gj, xj) in g.iter_mut().zip(r) {
+                        *gj += e * xj;
+                    }
+                    g[d] += e;
+                }
+                (loss, g)
+            })
+            .collect();
+        let mut loss = 0.0;
+        let mut g = vec![0.0; d + 1];
+        for (l, bg) in &blocks {
+            loss += l;
+            g.iter_mut().zip(bg).for_each(|(x, y)| *x += y);
+        }
+        let reg: f64 = coef.iter().map(|c| c * c).sum::<f64>() * 0.5 * self.inv_c;
+        for j in 0..d {
+            g[j] += p[j] * self.inv_c;
+        }
+        g.iter_mut().for_each(|v| *v /= self.sw_sum);
+        let cost = (loss + reg) / self.sw_sum;
+        if let Ok(mut guard) = self.last.lock() {
+            *guard = Some((p.to_vec(), cost, g.clone()));
+        }
+        (cost, g)
+    }
 }
 
 /// Rows per parallel block of the loss and gradient sums.
@@ -123,30 +189,7 @@ impl CostFunction for LogLoss<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
-        let d = self.d;
-        let (coef, b) = (&p[..d], p[d]);
-        let loss: f64 = self
-            .z
-            .par_chunks(BLOCK * d)
-            .enumerate()
-            .map(|(blk, rows)| {
-                let mut loss = 0.0;
-                for (k, r) in rows.chunks_exact(d).enumerate() {
-                    let i = blk * BLOCK + k;
-                    let m = r.iter().zip(coef).map(|(a, c)| a * c).sum::<f64>() + b;
-                    // log(1 + e^m) - y m, computed without overflow
-                    let softplus = if m > 0.0 {
-                        m + (-m).exp().ln_1p()
-                    } else {
-                        m.exp().ln_1p()
-                    };
-                    loss += self.w[i] * (softplus - f64::from(self.y[i]) * m);
-                }
-                loss
-            })
-            .sum();
-        let reg: f64 = coef.iter().map(|c| c * c).sum::<f64>() * 0.5 * self.inv_c;
-        Ok((loss + reg) / self.sw_sum)
+        Ok(self.eval(p).0)
     }
 }
 
@@ -154,37 +197,7 @@ impl Gradient for LogLoss<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
-        let d = self.d;
-        let (coef, b) = (&p[..d], p[d]);
-        let mut g = self
-            .z
-            .par_chunks(BLOCK * d)
-            .enumerate()
-            .map(|(blk, rows)| {
-                let mut g = vec![0.0; d + 1];
-                for (k, r) in rows.chunks_exact(d).enumerate() {
-                    let i = blk * BLOCK + k;
-                    let m = r.iter().zip(coef).map(|(a, c)| a * c).sum::<f64>() + b;
-                    let e = self.w[i] * (sigmoid(m) - f64::from(self.y[i]));
-                    for (gj, xj) in g.iter_mut().zip(r) {
-                        *gj += e * xj;
-                    }
-                    g[d] += e;
-                }
-                g
-            })
-            .reduce(
-                || vec![0.0; d + 1],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
-        for j in 0..d {
-            g[j] += p[j] * self.inv_c;
-        }
-        g.iter_mut().for_each(|v| *v /= self.sw_sum);
-        Ok(g)
+        Ok(self.eval(p).1)
     }
 }
 
@@ -212,6 +225,7 @@ impl Logistic {
             w: &w,
             d,
             inv_c: 1.0 / c,
+            last: std::sync::Mutex::new(None),
         };
         let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
             .with_tolerance_grad(1e-8)
