@@ -2,6 +2,7 @@
 //! (dedup, clustering, entity resolution), enforcement and incidents. Each returns what the
 //! report needs and writes its tables through [`crate::Outputs`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
@@ -35,16 +36,20 @@ fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
     Ok(column_f64(t, c)?)
 }
 
-/// Columns as a row-major matrix (non-finite values become 0). Filled row by row: one
-/// sequential write stream instead of a strided pass over the whole matrix per column.
+/// Columns as a row-major matrix (non-finite values become 0). Filled in blocks of rows
+/// that stay in cache, each column read sequentially.
 fn matrix(cols: &[&[f64]], n: usize) -> Features {
+    const ROWS: usize = 4096;
     let d = cols.len();
     let mut values = vec![0.0; n * d];
     if d > 0 {
-        for (i, row) in values.chunks_exact_mut(d).enumerate() {
-            for (dst, col) in row.iter_mut().zip(cols) {
-                let v = col.get(i).copied().unwrap_or(0.0);
-                *dst = if v.is_finite() { v } else { 0.0 };
+        for (blk, block) in values.chunks_mut(ROWS * d).enumerate() {
+            let start = blk * ROWS;
+            for (j, col) in cols.iter().enumerate() {
+                let src = col.get(start..(start + ROWS).min(n)).unwrap_or(&[]);
+                for (row, &v) in block.chunks_exact_mut(d).zip(src) {
+                    row[j] = if v.is_finite() { v } else { 0.0 };
+                }
             }
         }
     }
@@ -53,13 +58,13 @@ fn matrix(cols: &[&[f64]], n: usize) -> Features {
 
 /// The boosted model's columns: user-day features as they are (taken from `have` when
 /// already read), `user_context` columns joined by user (`users`: each row's user id).
-fn gbt_columns(
+fn gbt_columns<'a>(
     wh: &Warehouse,
     features: &Table,
     names: &[String],
-    have: &HashMap<&str, &[f64]>,
+    have: &HashMap<&str, &'a [f64]>,
     users: &[String],
-) -> Result<Vec<Vec<f64>>, PipelineError> {
+) -> Result<Vec<Cow<'a, [f64]>>, PipelineError> {
     let has = |t: &Table, c: &str| t.schema.column_with_name(c).is_some();
     let need_context = names.iter().any(|c| !has(features, c));
     let started = std::time::Instant::now();
@@ -96,10 +101,10 @@ fn gbt_columns(
         .iter()
         .map(|c| {
             if let Some(v) = have.get(c.as_str()) {
-                return Ok(v.to_vec());
+                return Ok(Cow::Borrowed(*v));
             }
             if has(features, c) {
-                return f64_col(features, c);
+                return Ok(Cow::Owned(f64_col(features, c)?));
             }
             let t = context.as_ref().filter(|t| has(t, c)).ok_or_else(|| {
                 PipelineError::Config(format!(
@@ -108,7 +113,9 @@ fn gbt_columns(
                 ))
             })?;
             let v = f64_col(t, c)?;
-            Ok(row_ctx.iter().map(|r| r.map_or(0.0, |i| v[i])).collect())
+            Ok(Cow::Owned(
+                row_ctx.iter().map(|r| r.map_or(0.0, |i| v[i])).collect(),
+            ))
         })
         .collect()
 }
@@ -147,7 +154,11 @@ pub(crate) fn detection(
         .zip(col_refs.iter().copied())
         .collect();
     let gbt_cols = gbt_columns(wh, features, &d.gbt_features, &have, &users)?;
-    let gbt_refs: Vec<&[f64]> = gbt_cols.iter().map(Vec::as_slice).collect();
+    tracing::debug!(
+        "boosted columns at {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    let gbt_refs: Vec<&[f64]> = gbt_cols.iter().map(|c| c.as_ref()).collect();
     let x_gbt = matrix(&gbt_refs, n);
     drop(gbt_cols);
     tracing::debug!(
