@@ -13,6 +13,28 @@ mod sentinel_cmd;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Tell mimalloc never to hand freed pages back to the kernel (its default purges them after
+/// a delay). The encoder frees and reallocates the same few megabytes of activations per
+/// batch; purged, every reuse page-faults and the kernel zeroes the pages again: 366,000
+/// faults and ~25% of end-to-end Sentinel time (BENCHMARKS.md). An explicit
+/// `MIMALLOC_PURGE_DELAY` in the environment is left alone.
+pub(crate) fn keep_freed_pages() {
+    /// `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (not exported by the -sys crate).
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    /// Its v3 default, which confirms the index before anything is changed.
+    const DEFAULT_DELAY_MS: std::ffi::c_long = 1000;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: reads and sets one integer option of the allocator; no memory is passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libmimalloc_sys::mi_option_get(PURGE_DELAY) == DEFAULT_DELAY_MS {
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+        }
+    }
+}
+
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};

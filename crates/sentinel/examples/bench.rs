@@ -6,6 +6,7 @@
 //! encoding: the conformance texts (set VIGIL_SHARED, VIGIL_MODEL) encoded repeatedly:
 //! lines/s with the native MiniLM encoder.
 //! e2e: 40 groups of 50 conformance lines, each encoded and scored (no embedding cache).
+//! VIGIL_PRECISION=int16|int8 runs encoding and e2e in a fast mode.
 
 use std::time::Instant;
 
@@ -94,7 +95,7 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
     use vigil_sentinel::{Encoder, MiniLmEncoder};
     let (model, pool) = conformance_pool()?;
     let lines: Vec<String> = pool.iter().cycle().take(2000).cloned().collect();
-    let mut enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    let mut enc = MiniLmEncoder::load_with_precision(std::path::Path::new(&model), precision()?)?;
     if let Some(b) = std::env::var("VIGIL_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
@@ -106,12 +107,21 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
     let m = enc.encode(&lines)?;
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "encoding: {} lines ({} distinct) in {secs:.2} s: {:.0} lines/s",
+        "encoding ({}): {} lines ({} distinct) in {secs:.2} s: {:.0} lines/s",
+        enc.precision(),
         m.rows,
         pool.len(),
         m.rows as f64 / secs
     );
     Ok(())
+}
+
+/// The encoder's precision from VIGIL_PRECISION (f32, int16, int8; default f32).
+#[cfg(feature = "encoder")]
+fn precision() -> Result<vigil_sentinel::Precision, Box<dyn std::error::Error>> {
+    Ok(std::env::var("VIGIL_PRECISION")
+        .unwrap_or_else(|_| "f32".into())
+        .parse()?)
 }
 
 /// End to end as the reference's `calculate_rare_class_affinity` runs it: 40 groups of 50
@@ -120,7 +130,7 @@ fn encoding() -> Result<(), Box<dyn std::error::Error>> {
 fn end_to_end() -> Result<(), Box<dyn std::error::Error>> {
     use vigil_sentinel::{Encoder, MiniLmEncoder};
     let (model, pool) = conformance_pool()?;
-    let mut enc = MiniLmEncoder::load(std::path::Path::new(&model))?;
+    let mut enc = MiniLmEncoder::load_with_precision(std::path::Path::new(&model), precision()?)?;
     if let Some(b) = std::env::var("VIGIL_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
@@ -154,7 +164,8 @@ fn end_to_end() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "end to end: {} groups of 50 encoded and scored: {:.0} messages/s, group latency p50 {:.1} ms p99 {:.1} ms",
+        "end to end ({}): {} groups of 50 encoded and scored: {:.0} messages/s, group latency p50 {:.1} ms p99 {:.1} ms",
+        enc.precision(),
         groups.len(),
         2000.0 / secs,
         percentile(&mut lat.clone(), 0.5),
@@ -172,6 +183,18 @@ fn peak_rss_mb() -> Option<f64> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As the `vigil` binary does for `vigil sentinel`: mimalloc keeps freed pages
+    // (`mi_option_purge_delay`, index 15 in mimalloc v3, set to -1 unless the environment
+    // already sets MIMALLOC_PURGE_DELAY).
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: one integer allocator option; no memory is passed.
+        #[allow(unsafe_code)]
+        unsafe {
+            if libmimalloc_sys::mi_option_get(15) == 1000 {
+                libmimalloc_sys::mi_option_set(15, -1);
+            }
+        }
+    }
     let what = std::env::args().nth(1).unwrap_or_else(|| "scoring".into());
     match what.as_str() {
         "scoring" => {

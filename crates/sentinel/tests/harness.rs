@@ -14,7 +14,7 @@ use vigil_sentinel::harness::{
     group_affinity, run_grid_search, score_groups,
 };
 use vigil_sentinel::torch_rng::{TorchGenerator, split_seeds};
-use vigil_sentinel::{Aggregator, Encoder, MiniLmEncoder, SentinelIndex};
+use vigil_sentinel::{Aggregator, Encoder, MiniLmEncoder, Precision, SentinelIndex};
 
 fn shared() -> PathBuf {
     std::env::var_os("VIGIL_SHARED")
@@ -55,23 +55,79 @@ fn groups() -> Vec<LabeledGroup> {
         .collect()
 }
 
+fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("VIGIL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "model not found at {}: {MODEL_HELP}",
+        dir.display()
+    );
+    dir
+}
+
 /// The groups encoded once by the real model.
 fn encoded() -> &'static EncodedGroups {
     static E: OnceLock<EncodedGroups> = OnceLock::new();
     E.get_or_init(|| {
-        let dir = std::env::var_os("VIGIL_MODEL")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
-            });
-        assert!(
-            dir.join("model.safetensors").exists(),
-            "model not found at {}: {MODEL_HELP}",
-            dir.display()
-        );
-        let enc = MiniLmEncoder::load(&dir).unwrap();
+        let enc = MiniLmEncoder::load(&model_dir()).unwrap();
         EncodedGroups::encode(groups(), &mut |t| enc.encode(t)).unwrap()
     })
+}
+
+/// Group names ordered by affinity (highest first) for every aggregator, from scores.
+fn rankings(scores: &[GroupScores]) -> Vec<(Aggregator, Vec<(String, f64)>)> {
+    Aggregator::ALL
+        .iter()
+        .map(|&agg| {
+            let mut r: Vec<(String, f64)> = scores
+                .iter()
+                .map(|g| {
+                    (
+                        g.name.clone(),
+                        group_affinity(&g.observation_scores, agg, 0.1),
+                    )
+                })
+                .collect();
+            r.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            (agg, r)
+        })
+        .collect()
+}
+
+/// The int16 fast mode leaves the conformance groups' affinity ranking unchanged: the
+/// reference's 41 groups against `index_small` (top_k 5, min_score 0.1), every aggregator.
+/// Groups whose f32 affinities tie (within 1e-3: the zeros of groups with no observation over
+/// min_score) may trade places; nothing else may move. (int8 does move close neighbours,
+/// e.g. two groups 0.007 apart under the 90th-percentile aggregator: it is documented as the
+/// lossy mode.)
+#[test]
+fn int16_fast_mode_keeps_the_conformance_groups_affinity_ranking() {
+    let idx = index();
+    let exact = rankings(&score_groups(&idx, encoded(), 5).unwrap());
+    for precision in [Precision::Int16] {
+        let enc = MiniLmEncoder::load_with_precision(&model_dir(), precision).unwrap();
+        let fast = EncodedGroups::encode(groups(), &mut |t| enc.encode(t)).unwrap();
+        let ranked = rankings(&score_groups(&idx, &fast, 5).unwrap());
+        for ((agg, want), (_, got)) in exact.iter().zip(&ranked) {
+            let f32_of = |name: &str| {
+                want.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, a)| *a)
+                    .unwrap()
+            };
+            for (pos, ((wn, wa), (gn, _))) in want.iter().zip(got).enumerate() {
+                assert!(
+                    wn == gn || (wa - f32_of(gn)).abs() < 1e-3,
+                    "{precision} {agg:?}: rank {pos} is {gn} (f32 {}), f32 ranks {wn} ({wa}) there",
+                    f32_of(gn)
+                );
+            }
+        }
+    }
 }
 
 /// Floats within 1e-5 relative (with a 1e-6 floor for values near zero: our embeddings
