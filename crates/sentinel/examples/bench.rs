@@ -7,6 +7,7 @@
 //! lines/s with the native MiniLM encoder.
 //! e2e: 40 groups of 50 conformance lines, each encoded and scored (no embedding cache).
 //! VIGIL_PRECISION=int16|int8 runs encoding and e2e in a fast mode.
+//! matmul: the dense-layer multiply alone, f32 (candle) against the int16 and int8 kernels.
 
 use std::time::Instant;
 
@@ -174,6 +175,45 @@ fn end_to_end() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The dense layers' matrix multiply alone, MiniLM shapes (tokens x 384 -> 1536 and
+/// tokens x 1536 -> 384): f32 through candle against the int16 and int8 kernels, in
+/// GFLOP/s (2 x m x n x k per product), one thread and all threads.
+#[cfg(feature = "encoder")]
+fn matmul() -> Result<(), Box<dyn std::error::Error>> {
+    use candle_core::{Device, Tensor};
+    use vigil_sentinel::Precision;
+    use vigil_sentinel::quant::QuantWeights;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let m = 600;
+    for (k, n) in [(384, 1536), (1536, 384)] {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random::<f32>() - 0.5).collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|_| (rng.random::<f32>() - 0.5) * 0.1)
+            .collect();
+        let flops = 2.0 * (m * n * k) as f64;
+        let reps = 50;
+        let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu)?;
+        let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu)?.t()?;
+        let t = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(xt.matmul(&wt)?);
+        }
+        let f32_rate = flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
+        let mut line = format!("matmul {m}x{k} -> {n}: f32 (candle) {f32_rate:.0} GFLOP/s");
+        for p in [Precision::Int16, Precision::Int8] {
+            let q = QuantWeights::new(&w, n, k, p, None).ok_or("quantise")?;
+            let t = Instant::now();
+            for _ in 0..reps {
+                std::hint::black_box(q.matmul(&x, m));
+            }
+            let rate = flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
+            line.push_str(&format!(", {p} {rate:.0} GOP/s ({:.2}x)", rate / f32_rate));
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
 /// Peak resident memory of this process (Linux `VmHWM`), in MB.
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -205,8 +245,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "encoding" => encoding()?,
         #[cfg(feature = "encoder")]
         "e2e" => end_to_end()?,
+        #[cfg(feature = "encoder")]
+        "matmul" => matmul()?,
         other => {
-            return Err(format!("unknown benchmark {other} (scoring, encoding or e2e)").into());
+            return Err(
+                format!("unknown benchmark {other} (scoring, encoding, e2e or matmul)").into(),
+            );
         }
     }
     if let Some(mb) = peak_rss_mb() {

@@ -71,8 +71,10 @@ pub struct QuantWeights {
     n: usize,
     /// `k` split into groups of 2 (int16) or 4 (int8) values, one `i32` word each.
     groups: usize,
-    /// Panels of 16 columns (an even count), each `groups` words of 16 lanes: lane `c` of word
-    /// `g` packs column `c`'s quantised weights `g*per..(g+1)*per`.
+    /// Panels of 16 columns (an even count) in pairs, the pair's two words for each group
+    /// side by side (`[pair][group][2]`, one sequential stream per register tile): lane `c`
+    /// of panel `p`'s word for group `g` packs column `16p + c`'s quantised weights
+    /// `g*per..(g+1)*per`.
     packed: Vec<[i32; PANEL]>,
     /// Per column: the weight scale (0 for padding columns).
     scale: Vec<f32>,
@@ -174,7 +176,7 @@ impl QuantWeights {
         let mut packed = vec![[0i32; PANEL]; panels * groups];
         for p in 0..panels {
             for g in 0..groups {
-                let word = &mut packed[p * groups + g];
+                let word = &mut packed[((p / 2) * groups + g) * 2 + p % 2];
                 for (c, lane) in word.iter_mut().enumerate() {
                     let j = p * PANEL + c;
                     let vals = &q[j * groups * per + g * per..j * groups * per + (g + 1) * per];
@@ -294,10 +296,11 @@ impl QuantWeights {
         let (g, n) = (self.groups, self.n);
         for j in 0..n {
             let (p, c) = (j / PANEL, j % PANEL);
-            let col = &self.packed[p * g..(p + 1) * g];
+            let pair = &self.packed[(p / 2) * g * 2..(p / 2 + 1) * g * 2];
+            let col = pair.iter().skip(p % 2).step_by(2);
             for (i, (arow, &s_row)) in a.chunks_exact(g).zip(sa).take(rows).enumerate() {
                 let mut acc = 0i32;
-                for (&aw, bw) in arow.iter().zip(col) {
+                for (&aw, bw) in arow.iter().zip(col.clone()) {
                     let bw = bw[c];
                     if self.int8 {
                         for (ab, bb) in aw.to_le_bytes().into_iter().zip(bw.to_le_bytes()) {
@@ -425,52 +428,68 @@ mod x86 {
     /// `out[rows, n] = dequant(a · packedᵀ)` for `rows` packed activation rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn gemm(q: &QuantWeights, a: &[i32], sa: &[f32], rows: usize, out: &mut [f32]) {
+        // One tile's activations, transposed to k-major so the inner loop walks one pointer.
+        let mut at = vec![0i32; MR * q.groups];
         let mut r = 0;
         while r + MR <= rows {
-            tile::<MR>(q, a, sa, r, out);
+            tile::<MR>(q, a, sa, r, out, &mut at);
             r += MR;
         }
         match rows - r {
             0 => {}
-            1 => tile::<1>(q, a, sa, r, out),
-            2 => tile::<2>(q, a, sa, r, out),
-            3 => tile::<3>(q, a, sa, r, out),
-            4 => tile::<4>(q, a, sa, r, out),
-            5 => tile::<5>(q, a, sa, r, out),
-            6 => tile::<6>(q, a, sa, r, out),
-            7 => tile::<7>(q, a, sa, r, out),
-            8 => tile::<8>(q, a, sa, r, out),
-            9 => tile::<9>(q, a, sa, r, out),
-            10 => tile::<10>(q, a, sa, r, out),
-            _ => tile::<11>(q, a, sa, r, out),
+            1 => tile::<1>(q, a, sa, r, out, &mut at),
+            2 => tile::<2>(q, a, sa, r, out, &mut at),
+            3 => tile::<3>(q, a, sa, r, out, &mut at),
+            4 => tile::<4>(q, a, sa, r, out, &mut at),
+            5 => tile::<5>(q, a, sa, r, out, &mut at),
+            6 => tile::<6>(q, a, sa, r, out, &mut at),
+            7 => tile::<7>(q, a, sa, r, out, &mut at),
+            8 => tile::<8>(q, a, sa, r, out, &mut at),
+            9 => tile::<9>(q, a, sa, r, out, &mut at),
+            10 => tile::<10>(q, a, sa, r, out, &mut at),
+            _ => tile::<11>(q, a, sa, r, out, &mut at),
         }
     }
 
     /// Rows `r0..r0 + R` against every pair of column panels.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn tile<const R: usize>(q: &QuantWeights, a: &[i32], sa: &[f32], r0: usize, out: &mut [f32]) {
+    fn tile<const R: usize>(
+        q: &QuantWeights,
+        a: &[i32],
+        sa: &[f32],
+        r0: usize,
+        out: &mut [f32],
+        at: &mut [i32],
+    ) {
         let (g, n) = (q.groups, q.n);
-        let arows: [&[i32]; R] = std::array::from_fn(|r| &a[(r0 + r) * g..(r0 + r + 1) * g]);
+        let at = &mut at[..R * g];
+        for r in 0..R {
+            let row = &a[(r0 + r) * g..(r0 + r + 1) * g];
+            for (dst, &w) in at.chunks_exact_mut(R).zip(row) {
+                dst[r] = w;
+            }
+        }
+        let at = &*at;
         let pairs = q.packed.len() / (2 * g);
         for pair in 0..pairs {
-            let p0 = &q.packed[2 * pair * g..(2 * pair + 1) * g];
-            let p1 = &q.packed[(2 * pair + 1) * g..(2 * pair + 2) * g];
+            let words = &q.packed[2 * pair * g..2 * (pair + 1) * g];
             let mut acc = [[_mm512_setzero_si512(); 2]; R];
+            let steps = at.chunks_exact(R).zip(words.chunks_exact(2));
             if q.int8 {
-                for (k, (w0, w1)) in p0.iter().zip(p1).enumerate() {
-                    let (b0, b1): (__m512i, __m512i) = (cast(*w0), cast(*w1));
-                    for (a, arow) in acc.iter_mut().zip(&arows) {
-                        let av = _mm512_set1_epi32(arow[k]);
+                for (ak, w) in steps {
+                    let (b0, b1): (__m512i, __m512i) = (cast(w[0]), cast(w[1]));
+                    for (a, &x) in acc.iter_mut().zip(ak) {
+                        let av = _mm512_set1_epi32(x);
                         a[0] = _mm512_dpbusd_epi32(a[0], av, b0);
                         a[1] = _mm512_dpbusd_epi32(a[1], av, b1);
                     }
                 }
             } else {
-                for (k, (w0, w1)) in p0.iter().zip(p1).enumerate() {
-                    let (b0, b1): (__m512i, __m512i) = (cast(*w0), cast(*w1));
-                    for (a, arow) in acc.iter_mut().zip(&arows) {
-                        let av = _mm512_set1_epi32(arow[k]);
+                for (ak, w) in steps {
+                    let (b0, b1): (__m512i, __m512i) = (cast(w[0]), cast(w[1]));
+                    for (a, &x) in acc.iter_mut().zip(ak) {
+                        let av = _mm512_set1_epi32(x);
                         a[0] = _mm512_dpwssd_epi32(a[0], av, b0);
                         a[1] = _mm512_dpwssd_epi32(a[1], av, b1);
                     }
