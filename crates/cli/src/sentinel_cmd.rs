@@ -38,7 +38,7 @@ pub struct ModelArg {
     #[arg(long, env = "VIGIL_MODEL")]
     model: Option<PathBuf>,
     /// Arithmetic of the encoder's dense layers: f32 (exact; matches the reference), int16
-    /// (fast mode: ~1.4x end to end, near-lossless), int8 (fastest, lossy: cosine >= 0.99).
+    /// (fast mode: ~1.5x f32 end to end, near-lossless), int8 (fastest, lossy: cosine >= 0.99).
     #[arg(long, default_value = "f32")]
     precision: Precision,
 }

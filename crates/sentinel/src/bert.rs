@@ -24,6 +24,8 @@ struct Dense {
     w: Tensor,
     b: Tensor,
     q: Option<QuantWeights>,
+    /// The bias as a slice, for the quantised path's fused epilogue.
+    bias: Option<Vec<f32>>,
     /// While calibrating: the largest |input| seen per input channel.
     seen: Option<std::sync::Mutex<Vec<f32>>>,
 }
@@ -34,6 +36,7 @@ impl Dense {
             w: vb.get((out, inp), "weight")?,
             b: vb.get(out, "bias")?,
             q: None,
+            bias: None,
             seen: None,
         })
     }
@@ -45,6 +48,10 @@ impl Dense {
             .seen
             .take()
             .map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()));
+        self.bias = match precision {
+            Precision::F32 => None,
+            _ => Some(self.b.to_vec1::<f32>()?),
+        };
         self.q = if precision == Precision::F32 {
             None
         } else {
@@ -55,52 +62,125 @@ impl Dense {
         Ok(())
     }
 
-    /// `x·Wᵀ`.
+    /// `x·Wᵀ` in f32 (recording the input's range while calibrating).
     fn matmul(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(seen) = &self.seen {
             let m = x.abs()?.max(0)?.to_vec1::<f32>()?;
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
             seen.iter_mut().zip(m).for_each(|(s, v)| *s = s.max(v));
         }
-        match &self.q {
-            Some(q) => x.apply_op1_no_bwd(&QuantOp(q)),
-            None => x.matmul(&self.w.t()?),
-        }
+        x.matmul(&self.w.t()?)
     }
 
     /// `act(x·Wᵀ + b)`.
     fn forward(&self, x: &Tensor, act: Option<HiddenAct>) -> Result<Tensor> {
+        if let (Some(q), Some(bias)) = (&self.q, &self.bias) {
+            return x.apply_op1_no_bwd(&QuantFused { q, bias, act });
+        }
         self.matmul(x)?.apply_op2_no_bwd(&self.b, &Fused { act })
     }
 
     /// `x·Wᵀ + b + residual`.
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        if let (Some(q), Some(bias)) = (&self.q, &self.bias) {
+            let op = QuantFused { q, bias, act: None };
+            return x.apply_op2_no_bwd(residual, &op);
+        }
         self.matmul(x)?
             .apply_op3_no_bwd(&self.b, residual, &Fused { act: None })
     }
 }
 
-/// `x·Wᵀ` with quantised weights, as a candle op on a contiguous `[tokens, in]` tensor.
-struct QuantOp<'a>(&'a QuantWeights);
+/// `act(x·Wᵀ + b [+ residual])` with quantised weights: bias, residual and activation are
+/// applied to each block of output rows as the integer kernel finishes it.
+struct QuantFused<'a> {
+    q: &'a QuantWeights,
+    bias: &'a [f32],
+    act: Option<HiddenAct>,
+}
 
-impl CustomOp1 for QuantOp<'_> {
+impl QuantFused<'_> {
+    fn run(&self, s: &CpuStorage, l: &Layout, residual: Option<&[f32]>) -> Result<CpuStorage> {
+        let x = f32_input(s, l)?;
+        let (k, n) = (self.q.k(), self.q.n());
+        let dims = l.dims();
+        if dims.len() != 2 || dims[1] != k || self.bias.len() != n {
+            candle_core::bail!("quantised dense: expected [tokens, {k}], got {dims:?}")
+        }
+        let m = dims[0];
+        if residual.is_some_and(|r| r.len() != m * n) {
+            candle_core::bail!("quantised dense: residual shape")
+        }
+        let out = match self.act {
+            None => self.apply(x, m, residual, |v| v),
+            Some(HiddenAct::Gelu) => self.apply(x, m, residual, gelu),
+            Some(HiddenAct::GeluApproximate) => self.apply(x, m, residual, gelu_tanh),
+            Some(HiddenAct::Relu) => self.apply(x, m, residual, |v: f32| v.max(0.0)),
+        };
+        Ok(CpuStorage::F32(out))
+    }
+
+    fn apply(
+        &self,
+        x: &[f32],
+        m: usize,
+        residual: Option<&[f32]>,
+        act: impl Fn(f32) -> f32 + Sync,
+    ) -> Vec<f32> {
+        let n = self.q.n();
+        self.q.matmul_then(x, m, |i, row| match residual {
+            Some(r) => {
+                for ((o, &b), &z) in row.iter_mut().zip(self.bias).zip(&r[i * n..(i + 1) * n]) {
+                    *o = act(*o + b + z);
+                }
+            }
+            None => {
+                for (o, &b) in row.iter_mut().zip(self.bias) {
+                    *o = act(*o + b);
+                }
+            }
+        })
+    }
+}
+
+impl CustomOp1 for QuantFused<'_> {
     fn name(&self) -> &'static str {
-        "vigil-quant-matmul"
+        "vigil-quant-dense"
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_input(s, l)?;
-        let k = self.0.k();
-        let dims = l.dims();
-        if dims.len() != 2 || dims[1] != k {
-            candle_core::bail!("quantised matmul: expected [tokens, {k}], got {dims:?}")
-        }
-        let m = dims[0];
-        Ok((
-            CpuStorage::F32(self.0.matmul(x, m)),
-            Shape::from((m, self.0.n())),
-        ))
+        let out = self.run(s, l, None)?;
+        Ok((out, Shape::from((l.dims()[0], self.q.n()))))
     }
+}
+
+impl CustomOp2 for QuantFused<'_> {
+    fn name(&self) -> &'static str {
+        "vigil-quant-dense-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let residual = f32_input(s2, l2)?;
+        let out = self.run(s1, l1, Some(residual))?;
+        Ok((out, Shape::from((l1.dims()[0], self.q.n()))))
+    }
+}
+
+/// The exact (erf) GELU.
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// GELU's tanh approximation.
+fn gelu_tanh(x: f32) -> f32 {
+    let k = (2.0 / std::f32::consts::PI).sqrt();
+    0.5 * x * (1.0 + (k * (x + 0.044_715 * x * x * x)).tanh())
 }
 
 struct Layer {
@@ -136,6 +216,7 @@ fn fused_qkv(vb: &VarBuilder, hidden: usize, q_scale: f64) -> Result<Dense> {
         w: Tensor::cat(&[(q.w * q_scale)?, k.w, v.w], 0)?,
         b: Tensor::cat(&[(q.b * q_scale)?, k.b, v.b], 0)?,
         q: None,
+        bias: None,
         seen: None,
     })
 }
@@ -331,13 +412,8 @@ impl Fused {
         // One monomorphised, branch-free loop per activation.
         let out = match self.act {
             None => fused_rows(a, b, c, width, |x| x),
-            Some(HiddenAct::Gelu) => fused_rows(a, b, c, width, |x| {
-                0.5 * x * (1.0 + erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
-            }),
-            Some(HiddenAct::GeluApproximate) => fused_rows(a, b, c, width, |x| {
-                let k = (2.0 / std::f32::consts::PI).sqrt();
-                0.5 * x * (1.0 + (k * (x + 0.044_715 * x * x * x)).tanh())
-            }),
+            Some(HiddenAct::Gelu) => fused_rows(a, b, c, width, gelu),
+            Some(HiddenAct::GeluApproximate) => fused_rows(a, b, c, width, gelu_tanh),
             Some(HiddenAct::Relu) => fused_rows(a, b, c, width, |x| x.max(0.0)),
         };
         Ok(CpuStorage::F32(out))

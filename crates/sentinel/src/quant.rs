@@ -26,7 +26,7 @@ pub enum Precision {
     /// conformance cosine 0.99998; group rankings unchanged). The recommended fast mode.
     Int16,
     /// 8-bit weights and activations, smoothed per channel on built-in calibration texts:
-    /// fastest, and lossy (worst conformance cosine 0.994 on 3-token texts; close groups can
+    /// fastest, and lossy (worst conformance cosine 0.993 on 3-token texts; close groups can
     /// swap places in a ranking).
     Int8,
 }
@@ -261,6 +261,16 @@ impl QuantWeights {
 
     /// `x · Wᵀ` for `x` `[m, k]` row-major: `[m, n]` row-major `f32`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_then(x, m, |_, _| {})
+    }
+
+    /// [`QuantWeights::matmul`], then `epilogue(row index, output row)` on each output row
+    /// while its block is still in cache (bias, residual and activation without another pass
+    /// over memory).
+    pub fn matmul_then<F>(&self, x: &[f32], m: usize, epilogue: F) -> Vec<f32>
+    where
+        F: Fn(usize, &mut [f32]) + Sync,
+    {
         assert_eq!(x.len(), m * self.k, "quantised matmul: input shape");
         let vnni = vnni_available();
         let (words, scales) = self.quantise_rows(x, m, vnni);
@@ -275,18 +285,25 @@ impl QuantWeights {
                 let rows = o.len() / n;
                 let a = &words[r0 * self.groups..(r0 + rows) * self.groups];
                 let s = &scales[r0..r0 + rows];
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: `vnni_available` checked that the CPU has every feature
-                    // `x86::gemm` is compiled for; the function itself is safe Rust.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        x86::gemm(self, a, s, rows, o)
-                    };
-                    return;
+                let done = 'kernel: {
+                    #[cfg(target_arch = "x86_64")]
+                    if vnni {
+                        // SAFETY: `vnni_available` checked that the CPU has every feature
+                        // `x86::gemm` is compiled for; the function itself is safe Rust.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            x86::gemm(self, a, s, rows, o)
+                        };
+                        break 'kernel true;
+                    }
+                    false
+                };
+                if !done {
+                    self.gemm_portable(a, s, rows, o);
                 }
-                let _ = vnni;
-                self.gemm_portable(a, s, rows, o);
+                for (i, row) in o.chunks_exact_mut(n).enumerate() {
+                    epilogue(r0 + i, row);
+                }
             });
         out
     }
