@@ -174,6 +174,45 @@ fn build_and_score_with_the_real_model() {
         harmful > ordinary + 0.05,
         "harmful {harmful} vs ordinary {ordinary}"
     );
+
+    // The int16 fast mode scores the same groups to within 1e-3 of exact f32.
+    let score_args = |precision: &str| {
+        vec![
+            "sentinel".to_string(),
+            "score".into(),
+            "--index".into(),
+            index.to_str().unwrap().into(),
+            "--model".into(),
+            m.to_str().unwrap().into(),
+            "--input".into(),
+            dir.path().join("g.jsonl").to_str().unwrap().into(),
+            "--aggregator".into(),
+            "mean_of_positives".into(),
+            "--precision".into(),
+            precision.into(),
+        ]
+    };
+    let args = score_args("int16");
+    let fast = vigil(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    for (line, exact) in fast.lines().zip(&r) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (a, b) = (
+            v["affinity"].as_f64().unwrap(),
+            exact["affinity"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-3, "{}: int16 {a} vs f32 {b}", v["group"]);
+    }
+    let args = score_args("fp8");
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "an unknown precision must fail");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("expected f32, int16 or int8"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
