@@ -4,24 +4,11 @@
 #![cfg(feature = "encoder")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::model_dir;
 use std::path::{Path, PathBuf};
 
-use vigil_sentinel::encoder::MODEL_HELP;
 use vigil_sentinel::{Encoder, MiniLmEncoder, Precision};
-
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("VIGIL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "model not found at {}: {MODEL_HELP}",
-        dir.display()
-    );
-    dir
-}
 
 fn reference() -> serde_json::Value {
     let dir = std::env::var_os("VIGIL_SHARED")

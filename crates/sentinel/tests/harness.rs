@@ -4,11 +4,12 @@
 //! torch generator references that make our subsampling row-identical.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::model_dir;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use vigil_sentinel::encoder::MODEL_HELP;
 use vigil_sentinel::harness::{
     EncodedGroups, EvalRow, Grid, GroupScores, LabeledGroup, compare_aggregators, evaluate_groups,
     group_affinity, run_grid_search, score_groups,
@@ -53,20 +54,6 @@ fn groups() -> Vec<LabeledGroup> {
                 .collect(),
         })
         .collect()
-}
-
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("VIGIL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "model not found at {}: {MODEL_HELP}",
-        dir.display()
-    );
-    dir
 }
 
 /// The groups encoded once by the real model.
