@@ -167,9 +167,13 @@ impl Dataset {
         let final_path = self.events_dir().join(format!("{name}.parquet"));
         let tmp_path = self.events_dir().join(format!(".{name}.parquet.tmp"));
         let file = File::create(&tmp_path).map_err(io_err(&tmp_path))?;
+        // event_id and ts are (nearly) unique per row: a dictionary never pays for itself
+        // there, yet the writer would hash every value until its dictionary page overflows.
         let props = WriterProperties::builder()
             .set_compression(PqCompression::SNAPPY)
             .set_max_row_group_row_count(Some(1 << 20))
+            .set_column_dictionary_enabled("event_id".into(), false)
+            .set_column_dictionary_enabled("ts".into(), false)
             .build();
         let writer = ArrowWriter::try_new(file, event_schema(), Some(props)).map_err(|e| {
             EventsError::Io {
