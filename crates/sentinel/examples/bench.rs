@@ -204,7 +204,7 @@ fn matmul() -> Result<(), Box<dyn std::error::Error>> {
             let q = QuantWeights::new(&w, n, k, p, None).ok_or("quantise")?;
             let t = Instant::now();
             for _ in 0..reps {
-                std::hint::black_box(q.matmul(&x, m));
+                std::hint::black_box(q.matmul(&x, m)?);
             }
             let rate = flops * reps as f64 / t.elapsed().as_secs_f64() / 1e9;
             line.push_str(&format!(", {p} {rate:.0} GOP/s ({:.2}x)", rate / f32_rate));

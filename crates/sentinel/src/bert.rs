@@ -112,10 +112,10 @@ impl QuantFused<'_> {
             candle_core::bail!("quantised dense: residual shape")
         }
         let out = match self.act {
-            None => self.apply(x, m, residual, |v| v),
-            Some(HiddenAct::Gelu) => self.apply(x, m, residual, gelu),
-            Some(HiddenAct::GeluApproximate) => self.apply(x, m, residual, gelu_tanh),
-            Some(HiddenAct::Relu) => self.apply(x, m, residual, |v: f32| v.max(0.0)),
+            None => self.apply(x, m, residual, |v| v)?,
+            Some(HiddenAct::Gelu) => self.apply(x, m, residual, gelu)?,
+            Some(HiddenAct::GeluApproximate) => self.apply(x, m, residual, gelu_tanh)?,
+            Some(HiddenAct::Relu) => self.apply(x, m, residual, |v: f32| v.max(0.0))?,
         };
         Ok(CpuStorage::F32(out))
     }
@@ -126,20 +126,22 @@ impl QuantFused<'_> {
         m: usize,
         residual: Option<&[f32]>,
         act: impl Fn(f32) -> f32 + Sync,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let n = self.q.n();
-        self.q.matmul_then(x, m, |i, row| match residual {
-            Some(r) => {
-                for ((o, &b), &z) in row.iter_mut().zip(self.bias).zip(&r[i * n..(i + 1) * n]) {
-                    *o = act(*o + b + z);
+        self.q
+            .matmul_then(x, m, |i, row| match residual {
+                Some(r) => {
+                    for ((o, &b), &z) in row.iter_mut().zip(self.bias).zip(&r[i * n..(i + 1) * n]) {
+                        *o = act(*o + b + z);
+                    }
                 }
-            }
-            None => {
-                for (o, &b) in row.iter_mut().zip(self.bias) {
-                    *o = act(*o + b);
+                None => {
+                    for (o, &b) in row.iter_mut().zip(self.bias) {
+                        *o = act(*o + b);
+                    }
                 }
-            }
-        })
+            })
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
     }
 }
 

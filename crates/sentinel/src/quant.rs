@@ -16,6 +16,8 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
+use crate::SentinelError;
+
 /// Arithmetic of the encoder's dense layers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
@@ -260,18 +262,29 @@ impl QuantWeights {
     }
 
     /// `x · Wᵀ` for `x` `[m, k]` row-major: `[m, n]` row-major `f32`.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>, SentinelError> {
         self.matmul_then(x, m, |_, _| {})
     }
 
     /// [`QuantWeights::matmul`], then `epilogue(row index, output row)` on each output row
     /// while its block is still in cache (bias, residual and activation without another pass
     /// over memory).
-    pub fn matmul_then<F>(&self, x: &[f32], m: usize, epilogue: F) -> Vec<f32>
+    pub fn matmul_then<F>(
+        &self,
+        x: &[f32],
+        m: usize,
+        epilogue: F,
+    ) -> Result<Vec<f32>, SentinelError>
     where
         F: Fn(usize, &mut [f32]) + Sync,
     {
-        assert_eq!(x.len(), m * self.k, "quantised matmul: input shape");
+        if x.len() != m * self.k {
+            return Err(SentinelError::BadInput(format!(
+                "quantised matmul: {} values are not {m} rows of {}",
+                x.len(),
+                self.k
+            )));
+        }
         let vnni = vnni_available();
         let (words, scales) = self.quantise_rows(x, m, vnni);
         let n = self.n;
@@ -305,7 +318,7 @@ impl QuantWeights {
                     epilogue(r0 + i, row);
                 }
             });
-        out
+        Ok(out)
     }
 
     /// The same integers as the VNNI kernel, one column at a time.
@@ -574,7 +587,7 @@ mod tests {
         let x: Vec<f32> = (0..m * k).map(|_| lcg(&mut seed) * 4.0).collect();
         let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut seed) * 0.2).collect();
         let q = QuantWeights::new(&w, n, k, precision, None).expect("quantisable");
-        let got = q.matmul(&x, m);
+        let got = q.matmul(&x, m).expect("shape");
         let want = reference(&x, &w, m, n, k);
         let scale = want.iter().fold(0f32, |a, &v| a.max(v.abs()));
         for (g, e) in got.iter().zip(&want) {
@@ -609,7 +622,7 @@ mod tests {
         let w = vec![1.0f32; n * k];
         let q = QuantWeights::new(&w, n, k, Precision::Int16, None).expect("quantisable");
         let x = vec![-3.0f32; k];
-        let got = q.matmul(&x, 1);
+        let got = q.matmul(&x, 1).expect("shape");
         for v in got {
             assert!((v - (-3.0 * k as f32)).abs() < 1e-3 * 3.0 * k as f32, "{v}");
         }
@@ -635,7 +648,7 @@ mod tests {
         }
         let want = reference(&x, &w, m, n, k);
         let err = |q: &QuantWeights| {
-            let got = q.matmul(&x, m);
+            let got = q.matmul(&x, m).expect("shape");
             got.iter()
                 .zip(&want)
                 .map(|(g, e)| (g - e).abs())
