@@ -132,17 +132,6 @@ fn cap_rows(rows: &[usize], y: &[u8], cfg: &DetectionConfig) -> Result<Vec<usize
     Ok(sub.train.iter().map(|&k| rows[k]).collect())
 }
 
-fn select(x: &Features, rows: &[usize]) -> Features {
-    Features {
-        values: rows
-            .iter()
-            .flat_map(|&i| x.values[i * x.d..(i + 1) * x.d].iter().copied())
-            .collect(),
-        n: rows.len(),
-        d: x.d,
-    }
-}
-
 /// Fit on `rows`; the threshold is the F1 sweep over predictions for a held-out quarter of
 /// them (`folds[k] == 0` marks the held-out `rows[k]`), since a boosted model's own training
 /// predictions are too sure of themselves to place a threshold.
@@ -163,7 +152,7 @@ fn fit_with_holdout_threshold(
         .map(|r| rows[r])
         .collect();
     let model = Boosted::fit(x, y, &fit_rows, params)?;
-    let held_p = model.predict(&select(x, &held_rows));
+    let held_p = model.predict_rows(x, &held_rows);
     let ys: Vec<u8> = held_rows.iter().map(|&i| y[i]).collect();
     let t = best_f1_threshold(&held_p, &ys, grid);
     Ok((Boosted::fit(x, y, rows, params)?, t))
@@ -196,7 +185,7 @@ fn grouped_eval(
         .map(|&i| group_fold[groups[i] as usize])
         .collect();
     let (model, t) = fit_with_holdout_threshold(x, y, &train, &folds, params, grid)?;
-    let probs = model.predict(&select(x, &test));
+    let probs = model.predict_rows(x, &test);
     let ys: Vec<u8> = test.iter().map(|&i| y[i]).collect();
     let (p, r, f) = precision_recall_f1(&probs, &ys, t);
     Ok(ModelEval {

@@ -5,25 +5,75 @@
 use argmin::core::{CostFunction, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
+use std::borrow::Cow;
+
 use forust_ml::{GradientBooster, Matrix};
 use rayon::prelude::*;
 
 use crate::DetectError;
 
-/// Row-major feature rows.
+/// Feature columns of equal length, column by column: the pipeline reads features from
+/// Arrow one column at a time and forust reads them the same way, so no row-major copy of
+/// every user-day is ever made. Non-finite values read as 0.
 #[derive(Debug, Clone)]
-pub struct Features {
-    /// `n * d` values, row after row.
-    pub values: Vec<f64>,
-    /// Number of rows.
-    pub n: usize,
-    /// Number of features.
-    pub d: usize,
+pub struct Features<'a> {
+    cols: Vec<Cow<'a, [f64]>>,
+    n: usize,
 }
 
-impl Features {
-    fn row(&self, i: usize) -> &[f64] {
-        &self.values[i * self.d..(i + 1) * self.d]
+impl<'a> Features<'a> {
+    /// Columns as given (borrowed ones are copied only if they hold a non-finite value).
+    /// Errors when the columns differ in length.
+    pub fn new(cols: Vec<Cow<'a, [f64]>>) -> Result<Self, DetectError> {
+        let n = cols.first().map_or(0, |c| c.len());
+        if let Some(c) = cols.iter().find(|c| c.len() != n) {
+            return Err(DetectError::Model(format!(
+                "feature columns differ in length ({} and {n} rows)",
+                c.len()
+            )));
+        }
+        let cols = cols
+            .into_iter()
+            .map(|c| {
+                if c.iter().all(|v| v.is_finite()) {
+                    c
+                } else {
+                    let mut v = c.into_owned();
+                    v.iter_mut()
+                        .filter(|v| !v.is_finite())
+                        .for_each(|v| *v = 0.0);
+                    Cow::Owned(v)
+                }
+            })
+            .collect();
+        Ok(Self { cols, n })
+    }
+
+    /// Number of rows.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Number of features.
+    pub fn d(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// Column `j`.
+    pub fn col(&self, j: usize) -> &[f64] {
+        &self.cols[j]
+    }
+
+    /// Rows `rows` (all rows `start..start + len` when `rows` is `None`) as one column-major
+    /// block in `out`, the layout forust's `Matrix` reads.
+    fn gather(&self, rows: Option<&[usize]>, start: usize, len: usize, out: &mut Vec<f64>) {
+        out.clear();
+        for c in &self.cols {
+            match rows {
+                Some(r) => out.extend(r[start..start + len].iter().map(|&i| c[i])),
+                None => out.extend_from_slice(&c[start..start + len]),
+            }
+        }
     }
 }
 
@@ -65,35 +115,17 @@ pub struct Standardizer {
 
 impl Standardizer {
     fn fit(x: &Features, rows: &[usize]) -> Self {
-        let d = x.d;
         let n = rows.len().max(1) as f64;
-        let mut mean = vec![0.0; d];
-        for &i in rows {
-            for (m, v) in mean.iter_mut().zip(x.row(i)) {
-                *m += v;
-            }
+        let (mut mean, mut scale) = (Vec::with_capacity(x.d()), Vec::with_capacity(x.d()));
+        for j in 0..x.d() {
+            let c = x.col(j);
+            let m = rows.iter().fold(0.0, |s, &i| s + c[i]) / n;
+            let var = rows.iter().fold(0.0, |s, &i| s + (c[i] - m) * (c[i] - m));
+            let sd = (var / n).sqrt();
+            mean.push(m);
+            scale.push(if sd > 0.0 { sd } else { 1.0 });
         }
-        mean.iter_mut().for_each(|m| *m /= n);
-        let mut var = vec![0.0; d];
-        for &i in rows {
-            for ((s, v), m) in var.iter_mut().zip(x.row(i)).zip(&mean) {
-                *s += (v - m) * (v - m);
-            }
-        }
-        let scale = var
-            .iter()
-            .map(|s| {
-                let sd = (s / n).sqrt();
-                if sd > 0.0 { sd } else { 1.0 }
-            })
-            .collect();
         Self { mean, scale }
-    }
-
-    fn apply(&self, row: &[f64], out: &mut [f64]) {
-        for (j, o) in out.iter_mut().enumerate() {
-            *o = (row[j] - self.mean[j]) / self.scale[j];
-        }
     }
 }
 
@@ -211,10 +243,14 @@ impl Logistic {
         balanced: bool,
     ) -> Result<Self, DetectError> {
         let scaler = Standardizer::fit(x, rows);
-        let d = x.d;
+        let d = x.d();
+        // Standardised training rows, row-major: the loss reads one row at a time.
         let mut z = vec![0.0; rows.len() * d];
-        for (k, &i) in rows.iter().enumerate() {
-            scaler.apply(x.row(i), &mut z[k * d..(k + 1) * d]);
+        for j in 0..d {
+            let (c, m, s) = (x.col(j), scaler.mean[j], scaler.scale[j]);
+            for (zr, &i) in z.chunks_exact_mut(d).zip(rows) {
+                zr[j] = (c[i] - m) / s;
+            }
         }
         let ys: Vec<u8> = rows.iter().map(|&i| u8::from(y[i] != 0)).collect();
         let w = class_weights(&ys, balanced);
@@ -246,16 +282,17 @@ impl Logistic {
         })
     }
 
-    /// Probability of the positive class for every row of `x`.
+    /// Probability of the positive class for every row of `x` (column by column, each
+    /// row's terms added in feature order).
     pub fn predict(&self, x: &Features) -> Vec<f64> {
-        let mut z = vec![0.0; x.d];
-        (0..x.n)
-            .map(|i| {
-                self.scaler.apply(x.row(i), &mut z);
-                let m: f64 = z.iter().zip(&self.coef).map(|(a, c)| a * c).sum::<f64>();
-                sigmoid(m + self.intercept)
-            })
-            .collect()
+        let mut m = vec![0.0; x.n()];
+        for (j, c) in self.coef.iter().enumerate() {
+            let (mean, scale) = (self.scaler.mean[j], self.scaler.scale[j]);
+            for (mi, v) in m.iter_mut().zip(x.col(j)) {
+                *mi += (v - mean) / scale * c;
+            }
+        }
+        m.into_iter().map(|m| sigmoid(m + self.intercept)).collect()
     }
 }
 
@@ -283,19 +320,6 @@ impl std::fmt::Debug for Boosted {
     }
 }
 
-/// The selected rows (all when `None`) as a column-major block.
-fn column_major(x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
-    let n = rows.map_or(x.n, <[usize]>::len);
-    let mut out = vec![0.0; n * x.d];
-    for k in 0..n {
-        let i = rows.map_or(k, |r| r[k]);
-        for (j, v) in x.row(i).iter().enumerate() {
-            out[j * n + k] = *v;
-        }
-    }
-    out
-}
-
 impl Boosted {
     /// Fit on `rows` of `x`.
     pub fn fit(
@@ -304,8 +328,9 @@ impl Boosted {
         rows: &[usize],
         params: GbtParams,
     ) -> Result<Self, DetectError> {
-        let data = column_major(x, Some(rows));
-        let m = Matrix::new(&data, rows.len(), x.d);
+        let mut data = Vec::with_capacity(rows.len() * x.d());
+        x.gather(Some(rows), 0, rows.len(), &mut data);
+        let m = Matrix::new(&data, rows.len(), x.d());
         let ys: Vec<u8> = rows.iter().map(|&i| u8::from(y[i] != 0)).collect();
         let yf: Vec<f64> = ys.iter().map(|&l| f64::from(l)).collect();
         let w = class_weights(&ys, params.balanced);
@@ -321,18 +346,30 @@ impl Boosted {
         Ok(Self(model))
     }
 
-    /// Probability of the positive class for every row of `x` (in blocks, so the
-    /// column-major copy forust needs stays small).
+    /// Probability of the positive class for every row of `x`.
     pub fn predict(&self, x: &Features) -> Vec<f64> {
-        const ROWS: usize = 262_144;
-        let mut out = Vec::with_capacity(x.n);
+        self.predict_blocks(x, None)
+    }
+
+    /// Probability of the positive class for rows `rows` of `x`, in that order.
+    pub fn predict_rows(&self, x: &Features, rows: &[usize]) -> Vec<f64> {
+        self.predict_blocks(x, Some(rows))
+    }
+
+    /// Predictions in blocks of rows, each copied into one reused column-major buffer, so
+    /// the copy forust needs stays small and its pages stay mapped.
+    fn predict_blocks(&self, x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
+        const ROWS: usize = 131_072;
+        let n = rows.map_or(x.n(), <[usize]>::len);
+        let mut out = Vec::with_capacity(n);
+        let mut data = Vec::with_capacity(ROWS.min(n) * x.d());
         let mut start = 0;
-        while start < x.n {
-            let rows: Vec<usize> = (start..(start + ROWS).min(x.n)).collect();
-            let data = column_major(x, Some(&rows));
-            let m = Matrix::new(&data, rows.len(), x.d);
+        while start < n {
+            let len = ROWS.min(n - start);
+            x.gather(rows, start, len, &mut data);
+            let m = Matrix::new(&data, len, x.d());
             out.extend(self.0.predict(&m, true).into_iter().map(sigmoid));
-            start += ROWS;
+            start += len;
         }
         out
     }

@@ -36,26 +36,6 @@ fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
     Ok(column_f64(t, c)?)
 }
 
-/// Columns as a row-major matrix (non-finite values become 0). Filled in blocks of rows
-/// that stay in cache, each column read sequentially.
-fn matrix(cols: &[&[f64]], n: usize) -> Features {
-    const ROWS: usize = 4096;
-    let d = cols.len();
-    let mut values = vec![0.0; n * d];
-    if d > 0 {
-        for (blk, block) in values.chunks_mut(ROWS * d).enumerate() {
-            let start = blk * ROWS;
-            for (j, col) in cols.iter().enumerate() {
-                let src = col.get(start..(start + ROWS).min(n)).unwrap_or(&[]);
-                for (row, &v) in block.chunks_exact_mut(d).zip(src) {
-                    row[j] = if v.is_finite() { v } else { 0.0 };
-                }
-            }
-        }
-    }
-    Features { values, n, d }
-}
-
 /// The boosted model's columns: user-day features as they are (taken from `have` when
 /// already read), `user_context` columns joined by user (`users`: each row's user id).
 fn gbt_columns<'a>(
@@ -141,28 +121,18 @@ pub(crate) fn detection(
         started.elapsed().as_secs_f64()
     );
     let col_refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-    let x = matrix(&col_refs, n);
+    let x = Features::new(col_refs.iter().map(|&c| Cow::Borrowed(c)).collect())?;
     let users = column_text(features, "user_id")?;
-    tracing::debug!(
-        "matrix and user ids at {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
+    tracing::debug!("user ids at {:.2} s", started.elapsed().as_secs_f64());
     let have: HashMap<&str, &[f64]> = d
         .features
         .iter()
         .map(String::as_str)
         .zip(col_refs.iter().copied())
         .collect();
-    let gbt_cols = gbt_columns(wh, features, &d.gbt_features, &have, &users)?;
+    let x_gbt = Features::new(gbt_columns(wh, features, &d.gbt_features, &have, &users)?)?;
     tracing::debug!(
         "boosted columns at {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
-    let gbt_refs: Vec<&[f64]> = gbt_cols.iter().map(|c| c.as_ref()).collect();
-    let x_gbt = matrix(&gbt_refs, n);
-    drop(gbt_cols);
-    tracing::debug!(
-        "boosted features at {:.2} s",
         started.elapsed().as_secs_f64()
     );
     let groups: Vec<u32> = {

@@ -232,9 +232,15 @@ impl Warehouse {
 
     /// Build a named table from its SQL and register it for later queries.
     pub fn build(&self, name: &str) -> Result<Table, WarehouseError> {
+        let started = std::time::Instant::now();
         let sql = self.sql_for(name)?;
         let table = self.query(name, &sql)?;
         self.register(&table)?;
+        tracing::debug!(
+            "{name}: {} rows in {:.2} s",
+            table.num_rows(),
+            started.elapsed().as_secs_f64()
+        );
         Ok(table)
     }
 
