@@ -121,7 +121,10 @@ pub struct RunManifest {
     pub events_in_dataset: usize,
     /// Rows of each output table.
     pub row_counts: BTreeMap<String, usize>,
-    /// Seconds per stage, in run order.
+    /// Seconds per stage, in run order. The big table files are written by a background
+    /// thread while later stages run: `finish_writes` is the wait for it at the end, and
+    /// the last entry, `background_writes`, the seconds that thread was busy (overlapping
+    /// the stages before it).
     pub stage_seconds: Vec<(String, f64)>,
     /// Files written, relative to the output directory.
     pub outputs: Vec<String>,
@@ -169,6 +172,89 @@ struct Outputs {
     dir: PathBuf,
     written: Vec<String>,
     rows: BTreeMap<String, usize>,
+    background: Background,
+}
+
+/// A file-writing job run off the stage thread.
+type Job = Box<dyn FnOnce() -> Result<(), PipelineError> + Send>;
+
+/// The big table files (CSV, Parquet, SQLite) are written on one background thread while
+/// the later stages compute: each writer is single-threaded, and the stages after them
+/// leave part of a core idle. Jobs run in the order given; the first error is kept and
+/// reported by [`Background::finish`], and later jobs are skipped.
+struct Background {
+    tx: Option<std::sync::mpsc::Sender<Job>>,
+    handle: Option<std::thread::JoinHandle<(f64, Result<(), PipelineError>)>>,
+}
+
+impl Background {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let handle = std::thread::Builder::new()
+            .name("vigil-writer".into())
+            .spawn(move || {
+                let (mut busy, mut result) = (0.0, Ok(()));
+                for job in rx {
+                    if result.is_ok() {
+                        let t = Instant::now();
+                        result = job();
+                        busy += t.elapsed().as_secs_f64();
+                    }
+                }
+                (busy, result)
+            })
+            .ok();
+        Self {
+            tx: handle.as_ref().map(|_| tx),
+            handle,
+        }
+    }
+
+    /// Queue `job`, or run it here when no writer thread could be started.
+    fn submit(&self, job: Job) -> Result<(), PipelineError> {
+        match &self.tx {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => Ok(()),
+                Err(std::sync::mpsc::SendError(job)) => job(),
+            },
+            None => job(),
+        }
+    }
+
+    /// Wait for every queued job; the seconds the writer was busy, or the first error.
+    fn finish(&mut self) -> Result<f64, PipelineError> {
+        self.tx = None;
+        match self.handle.take().map(std::thread::JoinHandle::join) {
+            None => Ok(0.0),
+            Some(Ok((busy, result))) => result.map(|()| busy),
+            Some(Err(_)) => Err(PipelineError::Internal(
+                "the background file writer panicked".into(),
+            )),
+        }
+    }
+}
+
+impl Drop for Background {
+    /// A run that stops early still lets queued files finish (each lands atomically).
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
+/// CSV and Parquet twins written at the same time (each writer is single-threaded).
+fn write_twins(t: &Table, dir: &Path) -> Result<(), PipelineError> {
+    let csv = dir.join(format!("{}.csv", t.name));
+    let pq = dir.join(format!("{}.parquet", t.name));
+    let (csv_done, pq_done) = std::thread::scope(|s| {
+        let pq_thread = s.spawn(|| write_parquet(t, &pq));
+        let csv_done = write_csv(t, &csv);
+        (csv_done, pq_thread.join())
+    });
+    csv_done?;
+    pq_done.map_err(|_| {
+        PipelineError::Internal(format!("the Parquet writer for {} panicked", t.name))
+    })??;
+    Ok(())
 }
 
 impl Outputs {
@@ -191,23 +277,25 @@ impl Outputs {
         self.written.push(name.to_string());
         Ok(())
     }
-    /// CSV and Parquet twins written at the same time (each writer is single-threaded).
+    /// CSV and Parquet twins of `t`, written in the background (the table's batches are
+    /// shared, not copied).
     fn csv_and_parquet(&mut self, t: &Table) -> Result<(), PipelineError> {
-        let csv = format!("{}.csv", t.name);
-        let pq = format!("{}.parquet", t.name);
-        let dir = &self.dir;
-        let (csv_done, pq_done) = std::thread::scope(|s| {
-            let pq_thread = s.spawn(|| write_parquet(t, &dir.join(&pq)));
-            let csv_done = write_csv(t, &dir.join(&csv));
-            (csv_done, pq_thread.join())
-        });
-        csv_done?;
-        pq_done.map_err(|_| {
-            PipelineError::Internal(format!("the Parquet writer for {} panicked", t.name))
-        })??;
-        self.written.push(csv);
-        self.written.push(pq);
+        let (table, dir) = (t.clone(), self.dir.clone());
+        self.background
+            .submit(Box::new(move || write_twins(&table, &dir)))?;
+        self.written.push(format!("{}.csv", t.name));
+        self.written.push(format!("{}.parquet", t.name));
         self.rows.insert(t.name.clone(), t.num_rows());
+        Ok(())
+    }
+    /// The SQLite twin of `tables` (`name` in the output directory), in the background.
+    fn sqlite(&mut self, tables: &[Table], name: &str) -> Result<(), PipelineError> {
+        let (tables, path) = (tables.to_vec(), self.dir.join(name));
+        self.background.submit(Box::new(move || {
+            let refs: Vec<&Table> = tables.iter().collect();
+            Ok(write_sqlite(&refs, &path)?)
+        }))?;
+        self.written.push(name.to_string());
         Ok(())
     }
 }
@@ -233,6 +321,7 @@ pub fn run(
         dir: opts.out.clone(),
         written: Vec::new(),
         rows: BTreeMap::new(),
+        background: Background::start(),
     };
 
     let inputs = stages.run("ingest", || {
@@ -260,8 +349,11 @@ pub fn run(
         .unwrap_or(0.0) as usize;
 
     let core = stages.run("core_tables", || {
-        let users = wh.build("core_users")?;
+        // core_users and core_day_metrics read core_user_day and user_keys (the distinct
+        // identifier combinations, also used by detection) instead of rescanning the events.
         let user_day = wh.build("core_user_day")?;
+        wh.build("user_keys")?;
+        let users = wh.build("core_users")?;
         let day = wh.build("core_day_metrics")?;
         Ok([users, user_day, day])
     })?;
@@ -270,10 +362,7 @@ pub fn run(
         for t in &core {
             out.csv_and_parquet(t)?;
         }
-        let refs: Vec<&Table> = core.iter().collect();
-        write_sqlite(&refs, &opts.out.join("sqlite.db"))?;
-        out.written.push("sqlite.db".into());
-        Ok(())
+        out.sqlite(&core, "sqlite.db")
     })?;
 
     let (alerts, metrics) = stages.run("monitoring", || {
@@ -407,6 +496,10 @@ pub fn run(
         out.text("report.html", &vigil_report::render_html(&report))?;
         Ok(())
     })?;
+
+    // The files queued for the background writer land before the manifest names them.
+    let busy = stages.run("finish_writes", || out.background.finish())?;
+    stages.seconds.push(("background_writes".into(), busy));
 
     let manifest = RunManifest {
         vigil_version: env!("CARGO_PKG_VERSION").to_string(),

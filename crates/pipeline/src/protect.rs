@@ -49,7 +49,9 @@ fn gbt_columns<'a>(
     let need_context = names.iter().any(|c| !has(features, c));
     let started = std::time::Instant::now();
     let context = if need_context {
-        wh.build("user_keys")?;
+        if !wh.table_names().iter().any(|t| t == "user_keys") {
+            wh.build("user_keys")?;
+        }
         Some(wh.build("user_context")?)
     } else {
         None
