@@ -224,6 +224,7 @@ pub fn detect(
     let train_p: Vec<f64> = split.train.iter().map(|&i| lr_probs[i]).collect();
     let train_y: Vec<u8> = split.train.iter().map(|&i| y[i]).collect();
     let lr_t = best_f1_threshold(&train_p, &train_y, &grid);
+    tracing::debug!("logistic regression fitted, scored and thresholded");
 
     progress("gradient boosting");
     let params = GbtParams {

@@ -149,6 +149,8 @@ struct LogLoss<'a> {
     /// The last point evaluated with its cost and gradient: the line search asks for both at
     /// the same point, and one pass over the rows yields both.
     last: std::sync::Mutex<Option<Evaluated>>,
+    /// Passes over the rows so far (for the debug log).
+    passes: std::sync::atomic::AtomicUsize,
 }
 
 /// A point with its cost and gradient.
@@ -164,6 +166,8 @@ impl LogLoss<'_> {
         {
             return (*cost, grad.clone());
         }
+        self.passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let d = self.d;
         let (coef, b) = (&p[..d], p[d]);
         let blocks: Vec<(f64, Vec<f64>)> = self
@@ -262,15 +266,28 @@ impl Logistic {
             d,
             inv_c: 1.0 / c,
             last: std::sync::Mutex::new(None),
+            passes: std::sync::atomic::AtomicUsize::new(0),
         };
         let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
             .with_tolerance_grad(1e-8)
             .and_then(|s| s.with_tolerance_cost(1e-14))
             .map_err(|e| DetectError::Model(e.to_string()))?;
+        let solve_started = std::time::Instant::now();
         let result = Executor::new(problem, solver)
             .configure(|s| s.param(vec![0.0; d + 1]).max_iters(1000))
             .run()
             .map_err(|e| DetectError::Model(format!("logistic regression: {e}")))?;
+        tracing::debug!(
+            "logistic regression: {} rows, {} iterations, {} loss passes, {:.2} s",
+            rows.len(),
+            result.state().get_iter(),
+            result
+                .problem
+                .problem
+                .as_ref()
+                .map_or(0, |p| p.passes.load(std::sync::atomic::Ordering::Relaxed)),
+            solve_started.elapsed().as_secs_f64()
+        );
         let p =
             result.state().get_best_param().cloned().ok_or_else(|| {
                 DetectError::Model("logistic regression found no solution".into())

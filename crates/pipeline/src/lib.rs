@@ -429,8 +429,8 @@ pub fn run(
                 .collect();
                 vigil_review::Case {
                     review_id: protect::review_id(k),
-                    day: scored.day[e.row].clone(),
-                    user_id: scored.user[e.row].clone(),
+                    day: scored.day.get(e.row).to_string(),
+                    user_id: scored.user.get(e.row).to_string(),
                     risk_score: scored.risk[e.row],
                     uncertainty: scored.uncertainty[e.row],
                     priority: e.priority,

@@ -14,14 +14,15 @@ use vigil_monitor::{Alert, column_f64, column_text};
 use vigil_review::{Flags, QueueEntry};
 use vigil_warehouse::{Table, Warehouse};
 
-use crate::tables::{Col, extend, table, take};
+use crate::tables::{Col, Strings, extend, extend_table, table, take};
 use crate::{Outputs, PipelineError};
 
 /// Every user-day with its model risk and the inputs of the queue.
 pub(crate) struct Scored {
-    pub batch: RecordBatch,
-    pub day: Vec<String>,
-    pub user: Vec<String>,
+    /// `user_day_scored`: the features with `risk_score` and `uncertainty`.
+    pub table: Table,
+    pub day: Strings,
+    pub user: Strings,
     pub risk: Vec<f64>,
     pub uncertainty: Vec<f64>,
     pub heuristic: Vec<f64>,
@@ -37,13 +38,15 @@ fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
 }
 
 /// The boosted model's columns: user-day features as they are (taken from `have` when
-/// already read), `user_context` columns joined by user (`users`: each row's user id).
+/// already read), `user_context` columns joined by user (`groups`: each row's user number,
+/// `ids`: user id -> number).
 fn gbt_columns<'a>(
     wh: &Warehouse,
     features: &Table,
     names: &[String],
     have: &HashMap<&str, &'a [f64]>,
-    users: &[String],
+    groups: &[u32],
+    ids: &UserIds<'_>,
 ) -> Result<Vec<Cow<'a, [f64]>>, PipelineError> {
     let has = |t: &Table, c: &str| t.schema.column_with_name(c).is_some();
     let need_context = names.iter().any(|c| !has(features, c));
@@ -60,18 +63,16 @@ fn gbt_columns<'a>(
         "user_keys and user_context built in {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    // Each row's index in user_context, looked up once for all context columns.
+    // Each row's index in user_context: one lookup per user, not per row.
     let row_ctx: Vec<Option<usize>> = match &context {
         Some(t) => {
-            let index: HashMap<String, usize> = column_text(t, "user_id")?
-                .into_iter()
-                .enumerate()
-                .map(|(i, u)| (u, i))
-                .collect();
-            users
-                .iter()
-                .map(|u| index.get(u.as_str()).copied())
-                .collect()
+            let mut ctx_of = vec![None; ids.len()];
+            for (i, u) in Strings::read(t, "user_id")?.iter().enumerate() {
+                if let Some(&g) = ids.get(u) {
+                    ctx_of[g as usize] = Some(i);
+                }
+            }
+            groups.iter().map(|&g| ctx_of[g as usize]).collect()
         }
         None => Vec::new(),
     };
@@ -102,6 +103,22 @@ fn gbt_columns<'a>(
         .collect()
 }
 
+/// User id -> dense user number, hashed with foldhash (millions of lookups per run).
+type UserIds<'a> = std::collections::HashMap<&'a str, u32, foldhash::fast::RandomState>;
+
+/// Each row's user as a dense number (first appearance order), and the map that numbers them.
+fn number_users(users: &Strings) -> (Vec<u32>, UserIds<'_>) {
+    let mut ids = UserIds::default();
+    let groups = users
+        .iter()
+        .map(|u| {
+            let next = ids.len() as u32;
+            *ids.entry(u).or_insert(next)
+        })
+        .collect();
+    (groups, ids)
+}
+
 /// Train, evaluate and score (`user_day_scored`, `model_eval`, `pr_curve`).
 pub(crate) fn detection(
     wh: &Warehouse,
@@ -111,8 +128,7 @@ pub(crate) fn detection(
 ) -> Result<Scored, PipelineError> {
     let d = &cfg.detection;
     let started = std::time::Instant::now();
-    let batch = features.concat()?;
-    let n = batch.num_rows();
+    let n = features.num_rows();
     let cols: Vec<Vec<f64>> = d
         .features
         .iter()
@@ -124,7 +140,8 @@ pub(crate) fn detection(
     );
     let col_refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
     let x = Features::new(col_refs.iter().map(|&c| Cow::Borrowed(c)).collect())?;
-    let users = column_text(features, "user_id")?;
+    let users = Strings::read(features, "user_id")?;
+    let (groups, ids) = number_users(&users);
     tracing::debug!("user ids at {:.2} s", started.elapsed().as_secs_f64());
     let have: HashMap<&str, &[f64]> = d
         .features
@@ -132,21 +149,19 @@ pub(crate) fn detection(
         .map(String::as_str)
         .zip(col_refs.iter().copied())
         .collect();
-    let x_gbt = Features::new(gbt_columns(wh, features, &d.gbt_features, &have, &users)?)?;
+    let x_gbt = Features::new(gbt_columns(
+        wh,
+        features,
+        &d.gbt_features,
+        &have,
+        &groups,
+        &ids,
+    )?)?;
+    drop(ids);
     tracing::debug!(
         "boosted columns at {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    let groups: Vec<u32> = {
-        let mut ids: HashMap<&str, u32> = HashMap::new();
-        users
-            .iter()
-            .map(|u| {
-                let next = ids.len() as u32;
-                *ids.entry(u.as_str()).or_insert(next)
-            })
-            .collect()
-    };
     let y: Vec<u8> = f64_col(features, "is_abuse_gt")?
         .iter()
         .map(|v| u8::from(*v >= 0.5))
@@ -200,12 +215,12 @@ pub(crate) fn detection(
             )
         })
         .collect();
-    let scored = extend(
+    let scored = extend_table(
         "user_day_scored",
-        &batch,
+        features,
         vec![
-            ("risk_score", Col::F64(risk.clone())),
-            ("uncertainty", Col::F64(uncertainty.clone())),
+            ("risk_score", risk.clone()),
+            ("uncertainty", uncertainty.clone()),
         ],
     )?;
     out.csv_and_parquet(&scored)?;
@@ -263,9 +278,9 @@ pub(crate) fn detection(
         )?)?;
     }
     Ok(Scored {
-        day: column_text(features, "day")?,
+        day: Strings::read(features, "day")?,
         user: users,
-        batch: scored.concat()?,
+        table: scored,
         risk,
         uncertainty,
         heuristic,
@@ -349,7 +364,7 @@ pub(crate) fn review_queue(
     );
     let keys: Vec<(String, String)> = entries
         .iter()
-        .map(|e| (s.day[e.row].clone(), s.user[e.row].clone()))
+        .map(|e| (s.day.get(e.row).to_string(), s.user.get(e.row).to_string()))
         .collect();
     let prompts = recent_prompts(wh, &keys, cfg.review.recent_prompts)?;
     let rows: Vec<usize> = entries.iter().map(|e| e.row).collect();
@@ -357,7 +372,7 @@ pub(crate) fn review_queue(
         |f: fn(&Flags) -> bool| Col::I64(entries.iter().map(|e| i64::from(f(&e.flags))).collect());
     let q = extend(
         "review_queue",
-        &take(&s.batch, &rows)?,
+        &take(&s.table, &rows)?,
         vec![
             (
                 "heuristic_score",
@@ -424,9 +439,17 @@ pub(crate) struct Automation {
 }
 
 fn user_keys(wh: &Warehouse) -> Result<Vec<UserKeys>, PipelineError> {
+    // The core-tables stage registers user_keys (this same DISTINCT over the events);
+    // scan the events only when it is missing.
+    let registered = wh.table_names().iter().any(|t| t == "user_keys");
+    let from = if registered {
+        "user_keys"
+    } else {
+        "(SELECT DISTINCT user_id, ip, device_id, payment_id FROM events) AS k"
+    };
     let t = wh.query(
         "entity_keys",
-        "SELECT DISTINCT user_id, ip, device_id, payment_id FROM events",
+        &format!("SELECT user_id, ip, device_id, payment_id FROM {from}"),
     )?;
     let (u, ip, dev, pay) = (
         column_text(&t, "user_id")?,
@@ -508,7 +531,7 @@ pub(crate) fn automation(
         q.entries
             .iter()
             .zip(&q.recent_prompts)
-            .map(|(e, p)| (s.day[e.row].as_str(), p.as_str())),
+            .map(|(e, p)| (s.day.get(e.row), p.as_str())),
     );
     let is_dup: Vec<bool> = dd.iter().map(|x| x.1).collect();
     let dedup_t = extend(
@@ -541,16 +564,19 @@ pub(crate) fn automation(
     );
     out.csv(&extend(
         "clusters",
-        &take(&dedup_t.concat()?, &nondup)?,
+        &take(&dedup_t, &nondup)?,
         vec![(
             "cluster_id",
             Col::I64(clusters.iter().map(|&c| c as i64).collect()),
         )],
     )?)?;
 
+    tracing::debug!("dedup and clusters done");
     let keys = user_keys(wh)?;
+    tracing::debug!("entity keys of {} users read", keys.len());
     let users: Vec<String> = keys.iter().map(|k| k.user_id.clone()).collect();
     let res = er::resolve(&keys, a.er_mode, a.ip_max_fanout, a.max_key_fanout);
+    tracing::debug!("entities resolved: {} edges", res.edges.len());
     out.csv(&table(
         "entity_resolution_edges",
         vec![
@@ -591,7 +617,7 @@ pub(crate) fn automation(
     let mut flagged = vec![false; users.len()];
     let mut max_risk = vec![0.0f64; users.len()];
     for (r, u) in s.user.iter().enumerate() {
-        if let Some(&i) = index.get(u.as_str()) {
+        if let Some(&i) = index.get(u) {
             flagged[i] |= s.flags[r].any();
             max_risk[i] = max_risk[i].max(s.risk[r]);
         }
@@ -746,11 +772,21 @@ pub(crate) fn enforcement(
         vec![
             (
                 "day",
-                Col::Str(order.iter().map(|&i| s.day[row(i)].clone()).collect()),
+                Col::Str(
+                    order
+                        .iter()
+                        .map(|&i| s.day.get(row(i)).to_string())
+                        .collect(),
+                ),
             ),
             (
                 "user_id",
-                Col::Str(order.iter().map(|&i| s.user[row(i)].clone()).collect()),
+                Col::Str(
+                    order
+                        .iter()
+                        .map(|&i| s.user.get(row(i)).to_string())
+                        .collect(),
+                ),
             ),
             (
                 "risk_score",

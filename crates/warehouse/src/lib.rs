@@ -218,7 +218,8 @@ impl Warehouse {
 
     /// Run a query and collect its rows.
     pub fn query(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
-        self.rt.block_on(async {
+        let started = std::time::Instant::now();
+        let t = self.rt.block_on(async {
             let df = self.ctx.sql(sql).await.map_err(sql_err(context))?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await.map_err(sql_err(context))?;
@@ -227,7 +228,12 @@ impl Warehouse {
                 schema,
                 batches,
             })
-        })
+        });
+        tracing::trace!(
+            "query {context} in {:.3} s",
+            started.elapsed().as_secs_f64()
+        );
+        t
     }
 
     /// Build a named table from its SQL and register it for later queries.
