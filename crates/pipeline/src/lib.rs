@@ -352,6 +352,11 @@ pub fn run(
         // core_users and core_day_metrics read core_user_day and user_keys (the distinct
         // identifier combinations, also used by detection) instead of rescanning the events.
         let user_day = wh.build("core_user_day")?;
+        // Sorted by (day, user_id) as its SQL orders it: user_day_features, which keeps that
+        // order, then needs no sort of its own.
+        if !wh.register_sorted(&user_day, &["day", "user_id"])? {
+            tracing::debug!("core_user_day is not sorted by (day, user_id)");
+        }
         wh.build("user_keys")?;
         let users = wh.build("core_users")?;
         let day = wh.build("core_day_metrics")?;

@@ -95,6 +95,8 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
         })
     };
     let int = |x: f64| format!("{}", x as i64);
+    // The data counts come from the core tables (already built from every stored event)
+    // rather than from more scans of the events.
     add(
         "Data",
         "Total events",
@@ -103,36 +105,36 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
     add(
         "Data",
         "Unique users",
-        int(scalar(
-            wh,
-            "SELECT COUNT(DISTINCT user_id) AS v FROM events",
-        )?),
+        int(scalar(wh, "SELECT COUNT(*) AS v FROM core_users")?),
     );
     add("Data", "Days covered", int(i.day_metrics.num_rows() as f64));
     add(
         "Data",
         "Chat events",
-        int(scalar(
-            wh,
-            "SELECT COUNT(*) AS v FROM events WHERE event_type = 'chat'",
-        )?),
+        int(scalar(wh, "SELECT SUM(n_chat) AS v FROM core_day_metrics")?),
     );
     add(
         "Data",
         "Blocks (events)",
-        int(scalar(wh, "SELECT SUM(blocked) AS v FROM events")?),
+        int(scalar(
+            wh,
+            "SELECT SUM(n_blocked) AS v FROM core_day_metrics",
+        )?),
     );
     add(
         "Data",
         "Warnings (events)",
-        int(scalar(wh, "SELECT SUM(warned) AS v FROM events")?),
+        int(scalar(
+            wh,
+            "SELECT SUM(n_warned) AS v FROM core_day_metrics",
+        )?),
     );
     add(
         "Data",
         "GT abuse users (synthetic)",
         int(scalar(
             wh,
-            "SELECT COUNT(DISTINCT user_id) AS v FROM events WHERE is_abuse_gt = 1",
+            "SELECT COUNT(DISTINCT user_id) AS v FROM core_user_day WHERE is_abuse_gt = 1",
         )?),
     );
     let br = column_f64(i.monitoring, "block_rate")?;
@@ -309,8 +311,8 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
             .map(|&k| {
                 let r = q.entries[k].row;
                 vec![
-                    s.day[r].clone(),
-                    s.user[r].clone(),
+                    s.day.get(r).to_string(),
+                    s.user.get(r).to_string(),
                     r4(s.risk[r]),
                     r4(s.uncertainty[r]),
                     f(&s.n_chat, r),

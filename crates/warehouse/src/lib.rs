@@ -149,6 +149,61 @@ fn format_fixed_udf() -> datafusion::logical_expr::ScalarUDF {
     )
 }
 
+/// Whether consecutive rows of `table` (across batches) never decrease in `columns`
+/// (ascending, nulls last); false when a column is missing or cannot be compared.
+fn is_sorted_by(table: &Table, columns: &[&str]) -> bool {
+    use arrow::compute::SortOptions;
+    let opts = SortOptions {
+        descending: false,
+        nulls_first: false,
+    };
+    let cols = |b: &RecordBatch| -> Option<Vec<ArrayRef>> {
+        columns
+            .iter()
+            .map(|c| b.column_by_name(c).cloned())
+            .collect()
+    };
+    // Compare row `i` of `a` with row `j` of `b`, column by column.
+    let in_order = |a: &[ArrayRef], i: usize, b: &[ArrayRef], j: usize| -> Option<bool> {
+        for (x, y) in a.iter().zip(b) {
+            let cmp = arrow::array::make_comparator(x.as_ref(), y.as_ref(), opts).ok()?;
+            match cmp(i, j) {
+                std::cmp::Ordering::Less => return Some(true),
+                std::cmp::Ordering::Greater => return Some(false),
+                std::cmp::Ordering::Equal => {}
+            }
+        }
+        Some(true)
+    };
+    let mut prev: Option<(Vec<ArrayRef>, usize)> = None;
+    for b in table.batches.iter().filter(|b| b.num_rows() > 0) {
+        let Some(c) = cols(b) else { return false };
+        if let Some((p, last)) = &prev
+            && in_order(p, *last, &c, 0) != Some(true)
+        {
+            return false;
+        }
+        let comparators: Option<Vec<_>> = c
+            .iter()
+            .map(|a| arrow::array::make_comparator(a.as_ref(), a.as_ref(), opts).ok())
+            .collect();
+        let Some(comparators) = comparators else {
+            return false;
+        };
+        for i in 1..b.num_rows() {
+            for cmp in &comparators {
+                match cmp(i - 1, i) {
+                    std::cmp::Ordering::Less => break,
+                    std::cmp::Ordering::Greater => return false,
+                    std::cmp::Ordering::Equal => {}
+                }
+            }
+        }
+        prev = Some((c, b.num_rows() - 1));
+    }
+    true
+}
+
 impl Warehouse {
     /// A session reading events from `data_dir/events/*.parquet`. `sql_dir` optionally holds
     /// replacement `.sql` files for the built-in tables.
@@ -159,7 +214,10 @@ impl Warehouse {
             .map_err(WarehouseError::Runtime)?;
         let config = SessionConfig::new()
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .with_batch_size(64 * 1024);
+            .with_batch_size(64 * 1024)
+            // A table registered as sorted (see `register_sorted`) keeps its order rather
+            // than being split across partitions and sorted again.
+            .set_bool("datafusion.optimizer.prefer_existing_sort", true);
         let ctx = SessionContext::new_with_config(config);
         ctx.register_udf(format_fixed_udf());
         let wh = Self {
@@ -259,6 +317,47 @@ impl Warehouse {
             .register_table(table.name.as_str(), Arc::new(mem))
             .map_err(sql_err(&table.name))?;
         Ok(())
+    }
+
+    /// Register `table` as [`Warehouse::register`] does and, when its rows are in ascending
+    /// order of `columns` (checked here, so an edited SQL file without that ORDER BY cannot
+    /// make later results come out misordered), tell the planner so: queries that sort by
+    /// those columns again then skip the sort. Returns whether the order was declared.
+    pub fn register_sorted(&self, table: &Table, columns: &[&str]) -> Result<bool, WarehouseError> {
+        let sorted = is_sorted_by(table, columns);
+        if !sorted {
+            self.register(table)?;
+            return Ok(false);
+        }
+        let order = columns
+            .iter()
+            .map(|c| datafusion::prelude::col(*c).sort(true, false))
+            .collect();
+        // Contiguous runs of batches, one per partition, each in order: the planner merges
+        // them instead of sorting (a single partition would be split up and lose its order).
+        let parts = self
+            .ctx
+            .copied_config()
+            .target_partitions()
+            .clamp(1, table.batches.len().max(1));
+        let per = table.batches.len().div_ceil(parts).max(1);
+        let partitions: Vec<Vec<RecordBatch>> = if table.batches.is_empty() {
+            vec![vec![]]
+        } else {
+            table
+                .batches
+                .chunks(per)
+                .map(<[RecordBatch]>::to_vec)
+                .collect()
+        };
+        let mem = MemTable::try_new(table.schema.clone(), partitions)
+            .map_err(sql_err(&table.name))?
+            .with_sort_order(vec![order]);
+        let _ = self.ctx.deregister_table(table.name.as_str());
+        self.ctx
+            .register_table(table.name.as_str(), Arc::new(mem))
+            .map_err(sql_err(&table.name))?;
+        Ok(true)
     }
 
     /// Register a Parquet file as a table.
