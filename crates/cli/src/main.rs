@@ -16,9 +16,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Tell mimalloc never to hand freed pages back to the kernel (its default purges them after
 /// a delay). The encoder frees and reallocates the same few megabytes of activations per
 /// batch; purged, every reuse page-faults and the kernel zeroes the pages again: 366,000
-/// faults and ~25% of end-to-end Sentinel time (BENCHMARKS.md); ingest saves ~15% CPU.
-/// Not used by `vigil run`, where it would keep freed column buffers past the 4 GB budget.
-/// An explicit `MIMALLOC_PURGE_DELAY` in the environment is left alone.
+/// faults and ~25% of end-to-end Sentinel time (BENCHMARKS.md); ingest saves ~15% CPU; the
+/// 10M-event `vigil run` ~18% wall time for ~15% more peak memory (2.68 GB, BENCHMARKS.md).
+/// Set for every command. An explicit `MIMALLOC_PURGE_DELAY` in the environment (for example
+/// `1000`, mimalloc's default, to trade that time back for memory) is left alone.
 pub(crate) fn keep_freed_pages() {
     /// `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (not exported by the -sys crate).
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
@@ -567,14 +568,10 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    keep_freed_pages();
     let result = match cli.command {
         Command::Generate(a) => cmd_generate(a),
-        Command::Ingest(a) => {
-            // Ingest streams bounded batches through the same few buffers (peak ~0.5 GB at
-            // 10M events), so keeping freed pages costs little and saves the page faults.
-            keep_freed_pages();
-            cmd_ingest(a)
-        }
+        Command::Ingest(a) => cmd_ingest(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Run(a) => cmd_run(a),
         Command::Review { cmd } => review_cmd::run(cmd),

@@ -418,7 +418,6 @@ fn encode_all(enc: &MiniLmEncoder, texts: &[String]) -> Result<Matrix> {
 
 /// Run a sentinel subcommand.
 pub fn run(cmd: SentinelCommand) -> Result<()> {
-    crate::keep_freed_pages();
     match cmd {
         SentinelCommand::Embed(a) => {
             let enc = a.model.load()?;

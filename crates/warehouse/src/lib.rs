@@ -383,3 +383,67 @@ impl Warehouse {
         names
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn table(parts: &[&[(&str, i64)]]) -> Table {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let batches = parts
+            .iter()
+            .map(|rows| {
+                let k = StringArray::from_iter_values(rows.iter().map(|r| r.0));
+                let v = Int64Array::from_iter_values(rows.iter().map(|r| r.1));
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)]).unwrap()
+            })
+            .collect();
+        Table {
+            name: "t".into(),
+            schema,
+            batches,
+        }
+    }
+
+    fn keys(wh: &Warehouse) -> Vec<String> {
+        let t = wh.query("q", "SELECT k, v FROM t ORDER BY k, v").unwrap();
+        let mut out = Vec::new();
+        for b in &t.batches {
+            let k = b.column(0).as_string_view_opt().map_or_else(
+                || {
+                    let s = b.column(0).as_string::<i32>();
+                    (0..s.len())
+                        .map(|i| s.value(i).to_string())
+                        .collect::<Vec<_>>()
+                },
+                |s| (0..s.len()).map(|i| s.value(i).to_string()).collect(),
+            );
+            out.extend(k);
+        }
+        out
+    }
+
+    #[test]
+    fn register_sorted_declares_an_order_only_when_the_rows_have_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open(dir.path(), None).unwrap();
+        // In order within each batch but not across the boundary (c > b): must not be
+        // declared, or the ORDER BY below would be skipped and come back misordered.
+        let across = table(&[&[("a", 1), ("c", 2)], &[("b", 3), ("d", 4)]]);
+        assert!(!wh.register_sorted(&across, &["k", "v"]).unwrap());
+        assert_eq!(keys(&wh), ["a", "b", "c", "d"]);
+        // Equal first keys fall back to the second column.
+        let ties = table(&[&[("a", 2), ("a", 1)]]);
+        assert!(!wh.register_sorted(&ties, &["k", "v"]).unwrap());
+        let sorted = table(&[&[("a", 1), ("a", 2), ("b", 0)], &[("b", 5)], &[("c", 1)]]);
+        assert!(wh.register_sorted(&sorted, &["k", "v"]).unwrap());
+        assert_eq!(keys(&wh), ["a", "a", "b", "b", "c"]);
+        assert!(!wh.register_sorted(&sorted, &["no_such_column"]).unwrap());
+    }
+}
