@@ -61,7 +61,8 @@ pub struct DetectionConfig {
     /// Gradient boosting: maximum tree depth.
     pub gbt_max_depth: usize,
     /// Gradient boosting trains on at most this many rows (a stratified sample of the
-    /// training split) so 10M-event runs stay fast; the logistic model always uses all.
+    /// training split, with a third as many more held out to place its threshold) so
+    /// 10M-event runs stay fast; the logistic model always uses all.
     pub gbt_max_train_rows: usize,
     /// Heuristic score weights for n_chat/50, block_rate/0.10, n_ips/3, n_warned/5.
     pub heuristic_weights: [f64; 4],

@@ -121,20 +121,29 @@ fn test_pr(probs: &[f64], y: &[u8], split: &Split) -> Vec<PrPoint> {
     pr_curve(&ps, &ys, 200)
 }
 
-/// At most `gbt_max_train_rows` of `rows`, as a stratified sample.
-fn cap_rows(rows: &[usize], y: &[u8], cfg: &DetectionConfig) -> Result<Vec<usize>, DetectError> {
-    if rows.len() <= cfg.gbt_max_train_rows {
+/// At most `max` of `rows`, as a stratified sample.
+fn cap_rows(rows: &[usize], y: &[u8], max: usize, seed: u32) -> Result<Vec<usize>, DetectError> {
+    if rows.len() <= max {
         return Ok(rows.to_vec());
     }
     let ys: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
-    let keep = cfg.gbt_max_train_rows as f64 / rows.len() as f64;
-    let sub = stratified_split(&ys, 1.0 - keep, cfg.seed)?;
+    let keep = max as f64 / rows.len() as f64;
+    let sub = stratified_split(&ys, 1.0 - keep, seed)?;
     Ok(sub.train.iter().map(|&k| rows[k]).collect())
 }
 
-/// Fit on `rows`; the threshold is the F1 sweep over predictions for a held-out quarter of
-/// them (`folds[k] == 0` marks the held-out `rows[k]`), since a boosted model's own training
-/// predictions are too sure of themselves to place a threshold.
+/// The boosted model's share of `rows`: a stratified sample of at most
+/// `gbt_max_train_rows * 4 / 3`, to be split 3:1 into fit and threshold rows.
+fn gbt_sample(rows: &[usize], y: &[u8], cfg: &DetectionConfig) -> Result<Vec<usize>, DetectError> {
+    let max = cfg.gbt_max_train_rows.saturating_mul(4) / 3;
+    cap_rows(rows, y, max.max(cfg.gbt_max_train_rows), cfg.seed)
+}
+
+/// Fit on the `rows` outside fold 0 (`folds[k] == 0` marks a held-out `rows[k]`) and place
+/// the threshold by the F1 sweep over the model's predictions for the held-out quarter: a
+/// boosted model's own training predictions are too sure of themselves to place one. The
+/// model returned is the one whose predictions placed the threshold, not a refit on every
+/// row (a refit doubled the training time and its threshold came from another model).
 fn fit_with_holdout_threshold(
     x: &Features,
     y: &[u8],
@@ -143,19 +152,14 @@ fn fit_with_holdout_threshold(
     params: GbtParams,
     grid: &[f64],
 ) -> Result<(Boosted, f64), DetectError> {
-    let fit_rows: Vec<usize> = (0..rows.len())
-        .filter(|&r| folds[r] != 0)
-        .map(|r| rows[r])
-        .collect();
-    let held_rows: Vec<usize> = (0..rows.len())
-        .filter(|&r| folds[r] == 0)
-        .map(|r| rows[r])
-        .collect();
+    let (held_rows, fit_rows): (Vec<usize>, Vec<usize>) =
+        (0..rows.len()).partition(|&r| folds[r] == 0);
+    let fit_rows: Vec<usize> = fit_rows.into_iter().map(|r| rows[r]).collect();
+    let held_rows: Vec<usize> = held_rows.into_iter().map(|r| rows[r]).collect();
     let model = Boosted::fit(x, y, &fit_rows, params)?;
     let held_p = model.predict_rows(x, &held_rows);
     let ys: Vec<u8> = held_rows.iter().map(|&i| y[i]).collect();
-    let t = best_f1_threshold(&held_p, &ys, grid);
-    Ok((Boosted::fit(x, y, rows, params)?, t))
+    Ok((model, best_f1_threshold(&held_p, &ys, grid)))
 }
 
 /// The boosted model evaluated on a split by user (no user in both parts), so features that
@@ -178,7 +182,7 @@ fn grouped_eval(
     gs.test.iter().for_each(|&g| in_test[g] = true);
     let (test, train): (Vec<usize>, Vec<usize>) =
         (0..y.len()).partition(|&i| in_test[groups[i] as usize]);
-    let train = cap_rows(&train, y, cfg)?;
+    let train = gbt_sample(&train, y, cfg)?;
     let group_fold = split::stratified_folds(&group_y, 4, cfg.seed);
     let folds: Vec<usize> = train
         .iter()
@@ -234,7 +238,7 @@ pub fn detect(
         seed: u64::from(cfg.seed),
         balanced: cfg.balanced_class_weights,
     };
-    let gbt_rows = cap_rows(&split.train, y, cfg)?;
+    let gbt_rows = gbt_sample(&split.train, y, cfg)?;
     let gbt_y: Vec<u8> = gbt_rows.iter().map(|&i| y[i]).collect();
     let folds = split::stratified_folds(&gbt_y, 4, cfg.seed);
     let (gbt, gbt_t) = fit_with_holdout_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
