@@ -452,6 +452,42 @@ fn run_writes_every_output_and_sees_the_injected_incident_and_drift() {
 }
 
 #[test]
+fn a_failed_background_write_fails_the_run_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        "2000",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    // A directory where core_users.csv belongs: the background writer cannot rename its
+    // temporary file into place.
+    let out = dir.path().join("o");
+    std::fs::create_dir_all(out.join("core_users.csv")).unwrap();
+    let o = vigil(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("core_users.csv"), "{err}");
+    // No manifest claims outputs that were not written, and no temporary file is left.
+    assert!(!out.join("run.json").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
 fn a_bad_alert_rule_names_itself() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.csv");

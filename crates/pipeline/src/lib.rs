@@ -185,11 +185,16 @@ type Job = Box<dyn FnOnce() -> Result<(), PipelineError> + Send>;
 struct Background {
     tx: Option<std::sync::mpsc::Sender<Job>>,
     handle: Option<std::thread::JoinHandle<(f64, Result<(), PipelineError>)>>,
+    /// Set by the writer when a job fails, so the stages stop at their next write instead
+    /// of computing outputs that will not be written.
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Background {
     fn start() -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = failed.clone();
         let handle = std::thread::Builder::new()
             .name("vigil-writer".into())
             .spawn(move || {
@@ -199,6 +204,9 @@ impl Background {
                         let t = Instant::now();
                         result = job();
                         busy += t.elapsed().as_secs_f64();
+                        if result.is_err() {
+                            flag.store(true, std::sync::atomic::Ordering::Release);
+                        }
                     }
                 }
                 (busy, result)
@@ -207,11 +215,16 @@ impl Background {
         Self {
             tx: handle.as_ref().map(|_| tx),
             handle,
+            failed,
         }
     }
 
-    /// Queue `job`, or run it here when no writer thread could be started.
-    fn submit(&self, job: Job) -> Result<(), PipelineError> {
+    /// Queue `job`, or run it here when no writer thread could be started. An earlier
+    /// job's failure is returned here, stopping the run at its next write.
+    fn submit(&mut self, job: Job) -> Result<(), PipelineError> {
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            self.finish()?;
+        }
         match &self.tx {
             Some(tx) => match tx.send(job) {
                 Ok(()) => Ok(()),

@@ -30,15 +30,30 @@ fn werr(path: &Path) -> impl Fn(String) -> WarehouseError + '_ {
     }
 }
 
-fn commit(tmp: &Path, path: &Path) -> Result<(), WarehouseError> {
-    std::fs::rename(tmp, path).map_err(|e| werr(path)(e.to_string()))
+/// Fill the temporary file beside `path` with `fill`, then rename it into place. On any
+/// error the temporary file is removed: a failed write leaves neither a partial output nor
+/// a stray temporary file, and an existing output stays as it was.
+fn atomically(
+    path: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), WarehouseError>,
+) -> Result<(), WarehouseError> {
+    let tmp = tmp_path(path);
+    let result = fill(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| werr(path)(e.to_string())));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Write a table as Parquet (zstd-compressed).
 pub fn write_parquet(table: &Table, path: &Path) -> Result<(), WarehouseError> {
-    let tmp = tmp_path(path);
+    atomically(path, |tmp| fill_parquet(table, path, tmp))
+}
+
+fn fill_parquet(table: &Table, path: &Path, tmp: &Path) -> Result<(), WarehouseError> {
     let e = werr(path);
-    let file = File::create(&tmp).map_err(|x| e(x.to_string()))?;
+    let file = File::create(tmp).map_err(|x| e(x.to_string()))?;
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .build();
@@ -48,14 +63,17 @@ pub fn write_parquet(table: &Table, path: &Path) -> Result<(), WarehouseError> {
         w.write(b).map_err(|x| e(x.to_string()))?;
     }
     w.close().map_err(|x| e(x.to_string()))?;
-    commit(&tmp, path)
+    Ok(())
 }
 
 /// Write a table as CSV with a header line.
 pub fn write_csv(table: &Table, path: &Path) -> Result<(), WarehouseError> {
-    let tmp = tmp_path(path);
+    atomically(path, |tmp| fill_csv(table, path, tmp))
+}
+
+fn fill_csv(table: &Table, path: &Path, tmp: &Path) -> Result<(), WarehouseError> {
     let e = werr(path);
-    let file = File::create(&tmp).map_err(|x| e(x.to_string()))?;
+    let file = File::create(tmp).map_err(|x| e(x.to_string()))?;
     let mut w = arrow::csv::WriterBuilder::new()
         .with_header(true)
         .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.6fZ".to_string())
@@ -68,8 +86,12 @@ pub fn write_csv(table: &Table, path: &Path) -> Result<(), WarehouseError> {
     for b in &table.batches {
         w.write(b).map_err(|x| e(x.to_string()))?;
     }
-    drop(w);
-    commit(&tmp, path)
+    // Flush explicitly: dropping the buffer would swallow a failed last write (a full disk)
+    // and commit a truncated file.
+    w.into_inner()
+        .into_inner()
+        .map_err(|x| e(x.error().to_string()))?;
+    Ok(())
 }
 
 fn sqlite_type(dt: &DataType) -> &'static str {
@@ -91,10 +113,13 @@ fn sqlite_type(dt: &DataType) -> &'static str {
 /// Write tables into a new SQLite database at `path` (replacing any previous file), one SQL
 /// table per [`Table`], in one transaction.
 pub fn write_sqlite(tables: &[&Table], path: &Path) -> Result<(), WarehouseError> {
-    let tmp = tmp_path(path);
+    let _ = std::fs::remove_file(tmp_path(path));
+    atomically(path, |tmp| fill_sqlite(tables, path, tmp))
+}
+
+fn fill_sqlite(tables: &[&Table], path: &Path, tmp: &Path) -> Result<(), WarehouseError> {
     let e = werr(path);
-    let _ = std::fs::remove_file(&tmp);
-    let mut conn = rusqlite::Connection::open(&tmp).map_err(|x| e(x.to_string()))?;
+    let mut conn = rusqlite::Connection::open(tmp).map_err(|x| e(x.to_string()))?;
     conn.execute_batch("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;")
         .map_err(|x| e(x.to_string()))?;
     let tx = conn.transaction().map_err(|x| e(x.to_string()))?;
@@ -156,8 +181,8 @@ pub fn write_sqlite(tables: &[&Table], path: &Path) -> Result<(), WarehouseError
         }
     }
     tx.commit().map_err(|x| e(x.to_string()))?;
-    drop(conn);
-    commit(&tmp, path)
+    conn.close().map_err(|(_, x)| e(x.to_string()))?;
+    Ok(())
 }
 
 /// Timestamps as RFC 3339 text in UTC with microseconds (`2026-02-01T05:26:54.143876Z`).
