@@ -32,5 +32,14 @@ for stage, s in m["stage_seconds"]:
     print(f"| {n} | {stage} | {s:.2f} | {n/s:.0f} | |")
 PY
   echo "| $n | run without ingest (wall) | $rs | $(awk -v n="$n" -v s="$rs" 'BEGIN{printf "%.0f", n/s}') | $((rm_/1024)) |"
+  # The one command a user runs: ingest included, into a fresh data directory.
+  /usr/bin/time -f '%e %M' -o "$d/full.time" "$bin" run --input "$d/events.csv" --out "$d/full" 2>/dev/null
+  read -r fs fm < "$d/full.time"
+  echo "| $n | run --input (one command, wall) | $fs | $(awk -v n="$n" -v s="$fs" 'BEGIN{printf "%.0f", n/s}') | $((fm/1024)) |"
+  whole=$(awk -v g="$gs" -v f="$fs" 'BEGIN{printf "%.2f", g+f}')
+  # The notebook's whole run (generation included) at 2M: 171 s (shared/parity/BASELINES.md).
+  ratio=""
+  [ "$n" = 2000000 ] && ratio=" (notebook 171 s: $(awk -v w="$whole" 'BEGIN{printf "%.1fx", 171/w}'))"
+  echo "| $n | whole job: generate + run --input$ratio | $whole | $(awk -v n="$n" -v s="$whole" 'BEGIN{printf "%.0f", n/s}') | |"
   rm -rf "$d"
 done
