@@ -1,9 +1,11 @@
 //! Ingestion: one input file -> validated events appended to the dataset, bad rows to
 //! quarantine, duplicates (by `event_id`) skipped and counted.
 //!
-//! Parsing and validation run on the calling thread while a second thread encodes Parquet, so
-//! the two halves of the work overlap on a 2-core machine. Memory is bounded by a couple of
-//! batches plus the set of known event keys (16 bytes per stored event).
+//! Parsing and validation run on the calling thread while a second thread drops duplicate
+//! event ids and encodes Parquet, so the two halves of the work overlap on a 2-core machine
+//! (the duplicate check sits with the writer because parsing is the busier half). Memory is
+//! bounded by a couple of batches plus the set of known event keys (16 bytes per stored
+//! event).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
@@ -11,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
+use arrow::array::{AsArray, BooleanArray};
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
@@ -66,8 +69,7 @@ pub struct IngestSummary {
     pub seconds: f64,
 }
 
-struct Sink<'a> {
-    known: &'a mut KeySet,
+struct Sink {
     builder: EventBatchBuilder,
     batch_rows: usize,
     tx: Option<SyncSender<RecordBatch>>,
@@ -78,10 +80,9 @@ struct Sink<'a> {
     rows_read: u64,
     accepted: u64,
     quarantined: u64,
-    duplicates: u64,
 }
 
-impl Sink<'_> {
+impl Sink {
     fn flush_batch(&mut self) -> Result<(), EventsError> {
         if self.builder.is_empty() {
             return Ok(());
@@ -96,13 +97,9 @@ impl Sink<'_> {
     }
 }
 
-impl RowSink for Sink<'_> {
+impl RowSink for Sink {
     fn good(&mut self, row: &ValidRow<'_>) -> Result<(), EventsError> {
         self.rows_read += 1;
-        if !self.known.insert(event_key(row.event_id)) {
-            self.duplicates += 1;
-            return Ok(());
-        }
         self.builder.append(row);
         self.accepted += 1;
         if self.builder.len() >= self.batch_rows {
@@ -130,6 +127,33 @@ impl RowSink for Sink<'_> {
         let path = self.quarantine_path.clone();
         writeln!(self.quarantine, "{record}").map_err(|source| EventsError::Io { path, source })
     }
+}
+
+/// The rows of `batch` whose `event_id` is new to `known` (which gains them), in order, and
+/// how many were dropped as duplicates. A batch without duplicates is passed through as is.
+fn drop_duplicates(
+    known: &mut KeySet,
+    batch: RecordBatch,
+) -> Result<(RecordBatch, u64), EventsError> {
+    let ids = batch
+        .column_by_name("event_id")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| {
+            EventsError::Arrow(arrow::error::ArrowError::SchemaError(
+                "event batch without a text event_id column".into(),
+            ))
+        })?;
+    let keep: Vec<bool> = ids
+        .iter()
+        .map(|id| known.insert(event_key(id.unwrap_or_default())))
+        .collect();
+    let dropped = keep.iter().filter(|k| !**k).count() as u64;
+    if dropped == 0 {
+        return Ok((batch, 0));
+    }
+    let kept = arrow::compute::filter_record_batch(&batch, &BooleanArray::from(keep))
+        .map_err(EventsError::Arrow)?;
+    Ok((kept, dropped))
 }
 
 fn append_file(from: &Path, to: &Path) -> Result<(), EventsError> {
@@ -179,7 +203,6 @@ pub fn ingest_file(
     let part = ds.new_part()?;
     let (tx, rx) = sync_channel::<RecordBatch>(2);
     let mut sink = Sink {
-        known,
         builder: EventBatchBuilder::with_capacity(opts.batch_rows.min(1 << 20)),
         batch_rows: opts.batch_rows.max(1),
         tx: Some(tx),
@@ -190,15 +213,18 @@ pub fn ingest_file(
         rows_read: 0,
         accepted: 0,
         quarantined: 0,
-        duplicates: 0,
     };
     let (read_result, write_result) = std::thread::scope(|s| {
-        let writer = s.spawn(move || -> Result<PartWriter, EventsError> {
-            let mut part = part;
+        let writer = s.spawn(move || -> Result<(PartWriter, u64), EventsError> {
+            let (mut part, mut duplicates) = (part, 0);
             for batch in rx {
-                part.write(&batch)?;
+                let (batch, dropped) = drop_duplicates(known, batch)?;
+                duplicates += dropped;
+                if batch.num_rows() > 0 {
+                    part.write(&batch)?;
+                }
             }
-            Ok(part)
+            Ok((part, duplicates))
         });
         let mut r = read_rows(
             path,
@@ -218,8 +244,8 @@ pub fn ingest_file(
     let cleanup = || {
         let _ = std::fs::remove_file(&q_tmp);
     };
-    let part = match (read_result, write_result) {
-        (Ok(()), Ok(part)) => part,
+    let (part, duplicates) = match (read_result, write_result) {
+        (Ok(()), Ok(done)) => done,
         (Err(EventsError::WriterStopped), Err(e)) | (Err(e), _) | (Ok(()), Err(e)) => {
             cleanup();
             return Err(e);
@@ -230,9 +256,10 @@ pub fn ingest_file(
         rows_read,
         accepted,
         quarantined,
-        duplicates,
         ..
     } = sink;
+    // The parser counted every valid row; the writer dropped the duplicates among them.
+    let accepted = accepted.saturating_sub(duplicates);
     quarantine
         .into_inner()
         .map_err(|e| EventsError::Io {
@@ -278,4 +305,51 @@ pub fn ingest_file(
     let line = serde_json::to_string(&summary).unwrap_or_default();
     writeln!(f, "{line}").map_err(|source| EventsError::Io { path: log, source })?;
     Ok(summary)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    fn batch(ids: &[&str]) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_id", DataType::Utf8, false),
+            Field::new("row", DataType::Int64, false),
+        ]));
+        let rows = Int64Array::from_iter_values(0..ids.len() as i64);
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(ids.to_vec())), Arc::new(rows)],
+        )
+        .unwrap()
+    }
+
+    fn rows(b: &RecordBatch) -> Vec<i64> {
+        b.column(1)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .values()
+            .to_vec()
+    }
+
+    #[test]
+    fn the_writer_keeps_the_first_occurrence_of_each_event_id() {
+        let mut known = KeySet::default();
+        known.insert(event_key("stored"));
+        // Within a batch, across batches, and against events already stored.
+        let (kept, dropped) =
+            drop_duplicates(&mut known, batch(&["a", "b", "a", "stored", "c"])).unwrap();
+        assert_eq!((rows(&kept), dropped), (vec![0, 1, 4], 2));
+        let (kept, dropped) = drop_duplicates(&mut known, batch(&["c", "d", "b"])).unwrap();
+        assert_eq!((rows(&kept), dropped), (vec![1], 2));
+        // A batch without duplicates passes through whole.
+        let (kept, dropped) = drop_duplicates(&mut known, batch(&["e", "f"])).unwrap();
+        assert_eq!((rows(&kept), dropped), (vec![0, 1], 0));
+        assert_eq!(known.len(), 7);
+    }
 }
