@@ -398,6 +398,9 @@ impl Config {
         if d.features.is_empty() {
             return bad("detection.features", "must name at least one feature");
         }
+        if d.gbt_features.is_empty() {
+            return bad("detection.gbt_features", "must name at least one feature");
+        }
         if !(d.threshold_step > 0.0 && d.threshold_start <= d.threshold_end) {
             return bad(
                 "detection.threshold_step",
@@ -488,6 +491,10 @@ mod tests {
     fn nonsense_values_are_rejected() {
         let err = Config::from_toml_str("[drift]\nbins = 1\n", Path::new("v.toml")).unwrap_err();
         assert!(err.to_string().contains("drift.bins"));
+        // The boosted model needs a column too (an empty list left it with no rows to score).
+        let err = Config::from_toml_str("[detection]\ngbt_features = []\n", Path::new("v.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("detection.gbt_features"));
         let err = Config::from_toml_str("profile = \"fast\"\n", Path::new("v.toml")).unwrap_err();
         assert!(err.to_string().contains("fast"));
     }

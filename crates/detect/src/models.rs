@@ -22,10 +22,12 @@ pub struct Features<'a> {
 }
 
 impl<'a> Features<'a> {
-    /// Columns as given (borrowed ones are copied only if they hold a non-finite value).
-    /// Errors when the columns differ in length.
-    pub fn new(cols: Vec<Cow<'a, [f64]>>) -> Result<Self, DetectError> {
-        let n = cols.first().map_or(0, |c| c.len());
+    /// `n` rows of the columns as given (borrowed ones are copied only if they hold a
+    /// non-finite value). Errors when there is no column or one is not `n` long.
+    pub fn new(n: usize, cols: Vec<Cow<'a, [f64]>>) -> Result<Self, DetectError> {
+        if cols.is_empty() {
+            return Err(DetectError::Model("no feature columns".into()));
+        }
         if let Some(c) = cols.iter().find(|c| c.len() != n) {
             return Err(DetectError::Model(format!(
                 "feature columns differ in length ({} and {n} rows)",

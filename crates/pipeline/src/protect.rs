@@ -139,7 +139,7 @@ pub(crate) fn detection(
         started.elapsed().as_secs_f64()
     );
     let col_refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-    let x = Features::new(col_refs.iter().map(|&c| Cow::Borrowed(c)).collect())?;
+    let x = Features::new(n, col_refs.iter().map(|&c| Cow::Borrowed(c)).collect())?;
     let users = Strings::read(features, "user_id")?;
     let (groups, ids) = number_users(&users);
     tracing::debug!("user ids at {:.2} s", started.elapsed().as_secs_f64());
@@ -149,14 +149,8 @@ pub(crate) fn detection(
         .map(String::as_str)
         .zip(col_refs.iter().copied())
         .collect();
-    let x_gbt = Features::new(gbt_columns(
-        wh,
-        features,
-        &d.gbt_features,
-        &have,
-        &groups,
-        &ids,
-    )?)?;
+    let gbt_cols = gbt_columns(wh, features, &d.gbt_features, &have, &groups, &ids)?;
+    let x_gbt = Features::new(n, gbt_cols)?;
     drop(ids);
     tracing::debug!(
         "boosted columns at {:.2} s",
