@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn vigil(args: &[&str]) -> Output {
@@ -451,8 +451,8 @@ fn run_writes_every_output_and_sees_the_injected_incident_and_drift() {
     assert!(ring_users.lines().nth(1).unwrap().parse::<u64>().unwrap() >= 3);
 }
 
-#[test]
-fn a_failed_background_write_fails_the_run_and_names_the_file() {
+/// A temporary directory holding 2,000 generated events as `events.csv`.
+fn small_generated_input() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.csv");
     ok(&[
@@ -462,6 +462,12 @@ fn a_failed_background_write_fails_the_run_and_names_the_file() {
         "--out",
         input.to_str().unwrap(),
     ]);
+    (dir, input)
+}
+
+#[test]
+fn a_failed_background_write_fails_the_run_and_names_the_file() {
+    let (dir, input) = small_generated_input();
     // A directory where core_users.csv belongs: the background writer cannot rename its
     // temporary file into place.
     let out = dir.path().join("o");
@@ -489,15 +495,7 @@ fn a_failed_background_write_fails_the_run_and_names_the_file() {
 
 #[test]
 fn a_bad_alert_rule_names_itself() {
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("events.csv");
-    ok(&[
-        "generate",
-        "--events",
-        "2000",
-        "--out",
-        input.to_str().unwrap(),
-    ]);
+    let (dir, input) = small_generated_input();
     let cfg = dir.path().join("vigil.toml");
     std::fs::write(
         &cfg,
