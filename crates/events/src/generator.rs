@@ -3,8 +3,10 @@
 //!
 //! Output is streamed in time order without holding all events: the window is cut into
 //! chunks, each chunk's event count is drawn from the exact multinomial (sequential
-//! binomials), and each chunk is generated and sorted on its own. The same seed, end time and
-//! settings give byte-identical files.
+//! binomials), and each chunk is generated and sorted on its own. One thread draws the chunks
+//! from the single seeded random stream while another turns them into rows and writes them,
+//! so the random draws, and therefore the files, do not depend on the threads: the same seed,
+//! end time and settings give byte-identical files.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -195,6 +197,241 @@ enum Sink {
     Parquet(Box<(ArrowWriter<File>, EventBatchBuilder)>),
 }
 
+/// The three prompt lists, indexed by a sampled event's prompt kind.
+const PROMPTS: [&[&str]; 3] = [&BENIGN_PROMPTS, &SPAM_PROMPTS, &EVASION_PROMPTS];
+
+/// One sampled event, before any text is made of it.
+#[derive(Debug, Clone, Copy)]
+struct Sampled {
+    ts: i64,
+    user: u32,
+    event_type: u8,
+    surface: u8,
+    product: u8,
+    /// (list in [`PROMPTS`], index in it) for chats.
+    prompt: Option<(u8, u8)>,
+    blocked: i8,
+    warned: i8,
+    tokens_in: i64,
+    tokens_out: i64,
+    latency_ms: i64,
+}
+
+/// Draws the events, chunk by chunk in time order, from the one seeded random stream.
+struct Sampler<'a> {
+    cfg: &'a GeneratorConfig,
+    users: &'a [User],
+    cum_abuser: [f64; 7],
+    cum_benign: [f64; 7],
+    /// Token and latency distributions: `[chat, other]`.
+    tokens_in: [Normal<f64>; 2],
+    tokens_out: [Normal<f64>; 2],
+    latency: [Normal<f64>; 2],
+}
+
+impl Sampler<'_> {
+    /// Send every chunk to `tx`; stops early when the receiver is gone (a write failed).
+    fn run(&self, rng: &mut ChaCha8Rng, tx: &std::sync::mpsc::SyncSender<Vec<Sampled>>) {
+        let cfg = self.cfg;
+        let window = i64::from(cfg.days) * 86_400_000_000;
+        let start = cfg.end_micros - window;
+        let n_chunks = (cfg.events / 50_000).clamp(1, 100_000) as i64;
+        let chunk_len = window / n_chunks;
+        let mut remaining = cfg.events;
+        let mut buf: Vec<(i64, u32)> = Vec::new();
+        for c in 0..n_chunks {
+            let c_start = start + c * chunk_len;
+            let c_end = if c == n_chunks - 1 {
+                cfg.end_micros
+            } else {
+                c_start + chunk_len
+            };
+            let share = (c_end - c_start) as f64 / (cfg.end_micros - c_start) as f64;
+            let k = if c == n_chunks - 1 || remaining == 0 {
+                remaining
+            } else {
+                Binomial::new(remaining, share.clamp(0.0, 1.0))
+                    .map(|b| b.sample(rng))
+                    .unwrap_or(0)
+            };
+            remaining -= k;
+            buf.clear();
+            for _ in 0..k {
+                let ts = rng.random_range(c_start..c_end);
+                let user = rng.random_range(0..self.users.len()) as u32;
+                buf.push((ts, user));
+            }
+            buf.sort_unstable();
+            let chunk: Vec<Sampled> = buf.iter().map(|&(ts, u)| self.event(rng, ts, u)).collect();
+            if tx.send(chunk).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The notebook's per-event draws, in its order.
+    fn event(&self, rng: &mut ChaCha8Rng, ts: i64, uid: u32) -> Sampled {
+        let cfg = self.cfg;
+        let first_day =
+            (cfg.end_micros - i64::from(cfg.days) * 86_400_000_000).div_euclid(86_400_000_000);
+        let drift_from_day = (cfg.end_micros - 1).div_euclid(86_400_000_000) - 2;
+        let u = &self.users[uid as usize];
+        let et = pick(
+            if u.abuser {
+                &self.cum_abuser
+            } else {
+                &self.cum_benign
+            },
+            rng.random(),
+        );
+        let surface = rng.random_range(0..SURFACES.len()) as u8;
+        let product = rng.random_range(0..PRODUCTS.len()) as u8;
+        let is_chat = et == CHAT;
+        let (mut blocked, mut warned) = (0i8, 0i8);
+        let mut prompt = None;
+        if is_chat {
+            if u.abuser && rng.random::<f64>() < 0.55 {
+                if rng.random::<f64>() < 0.7 {
+                    prompt = Some((1, rng.random_range(0..SPAM_PROMPTS.len()) as u8));
+                    if rng.random::<f64>() < 0.25 {
+                        warned = 1;
+                    }
+                } else {
+                    prompt = Some((2, rng.random_range(0..EVASION_PROMPTS.len()) as u8));
+                    if rng.random::<f64>() < 0.6 {
+                        blocked = 1;
+                    } else if rng.random::<f64>() < 0.5 {
+                        warned = 1;
+                    }
+                }
+            } else {
+                prompt = Some((0, rng.random_range(0..BENIGN_PROMPTS.len()) as u8));
+            }
+        }
+        if et == POLICY_BLOCK {
+            blocked = 1;
+        }
+        if et == WARNING {
+            warned = 1;
+        }
+        let day = ts.div_euclid(86_400_000_000);
+        if is_chat
+            && cfg
+                .incident_day
+                .is_some_and(|k| day == first_day + i64::from(k))
+        {
+            // The incident: a burst of blocked chats across all users on one day.
+            if rng.random::<f64>() < 0.12 {
+                blocked = 1;
+            }
+        }
+        let which = usize::from(!is_chat);
+        let mut tin = self.tokens_in[which].sample(rng);
+        let mut tout = self.tokens_out[which].sample(rng);
+        let mut lat = self.latency[which].sample(rng);
+        if cfg.drift && is_chat && day >= drift_from_day {
+            tin *= 1.6;
+            tout *= 1.5;
+            lat += 350.0;
+        }
+        Sampled {
+            ts,
+            user: uid,
+            event_type: et as u8,
+            surface,
+            product,
+            prompt,
+            blocked,
+            warned,
+            tokens_in: tin.max(1.0) as i64,
+            tokens_out: tout.max(1.0) as i64,
+            latency_ms: lat.max(5.0) as i64,
+        }
+    }
+}
+
+/// The formatted `YYYY-MM-DD` of the last day seen, so a chunk's rows (sorted by time)
+/// compute their calendar date once per day.
+#[derive(Default)]
+struct Clock {
+    day: Option<i64>,
+    date: [u8; 10],
+}
+
+/// Append `v` as exactly `width` decimal digits (zero-padded; `v` fits).
+fn push_digits(out: &mut Vec<u8>, v: i64, width: usize) {
+    let mut d = [b'0'; 20];
+    let mut v = v.unsigned_abs();
+    for slot in d[..width].iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend_from_slice(&d[..width]);
+}
+
+/// One CSV row (the columns of [`COLUMNS`], newline-terminated) without `format!`.
+fn csv_row(
+    out: &mut Vec<u8>,
+    index: u64,
+    e: &Sampled,
+    abuser: bool,
+    clock: &mut Clock,
+    user_fields: &[Vec<u8>],
+    quoted: &[Vec<String>],
+) {
+    let mut num = itoa::Buffer::new();
+    out.extend_from_slice(b"e_");
+    push_digits(out, index as i64, 9);
+    out.push(b',');
+    let secs = e.ts.div_euclid(1_000_000);
+    let day = secs.div_euclid(86_400);
+    if clock.day != Some(day) {
+        let (y, m, d) = civil_from_days(day);
+        let mut date = Vec::with_capacity(10);
+        push_digits(&mut date, y, 4);
+        date.push(b'-');
+        push_digits(&mut date, m, 2);
+        date.push(b'-');
+        push_digits(&mut date, d, 2);
+        clock.date.copy_from_slice(&date);
+        clock.day = Some(day);
+    }
+    out.extend_from_slice(&clock.date);
+    let sod = secs.rem_euclid(86_400);
+    out.push(b'T');
+    push_digits(out, sod / 3600, 2);
+    out.push(b':');
+    push_digits(out, (sod / 60) % 60, 2);
+    out.push(b':');
+    push_digits(out, sod % 60, 2);
+    out.push(b'.');
+    push_digits(out, e.ts.rem_euclid(1_000_000), 6);
+    out.extend_from_slice(b"Z,");
+    out.extend_from_slice(&user_fields[e.user as usize]);
+    for text in [
+        SURFACES[usize::from(e.surface)],
+        PRODUCTS[usize::from(e.product)],
+        EVENT_TYPES[usize::from(e.event_type)],
+    ] {
+        out.extend_from_slice(text.as_bytes());
+        out.push(b',');
+    }
+    if let Some((k, i)) = e.prompt {
+        out.extend_from_slice(quoted[usize::from(k)][usize::from(i)].as_bytes());
+    }
+    out.push(b',');
+    for v in [e.tokens_in, e.tokens_out, e.latency_ms] {
+        out.extend_from_slice(num.format(v).as_bytes());
+        out.push(b',');
+    }
+    out.extend_from_slice(num.format(e.blocked).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(num.format(e.warned).as_bytes());
+    out.push(b',');
+    out.push(b'0' + u8::from(abuser));
+    out.push(b'\n');
+}
+
 /// Generate events to `out` (`.csv` or `.parquet`) and `ground_truth.csv` beside it.
 /// `progress` is called with the number of events written so far.
 pub fn generate(
@@ -264,187 +501,107 @@ pub fn generate(
     };
 
     let user_ids: Vec<String> = (0..users.len()).map(|i| format!("u_{i:05}")).collect();
-    let quoted: Vec<Vec<String>> = [&BENIGN_PROMPTS[..], &SPAM_PROMPTS[..], &EVASION_PROMPTS[..]]
+    // The columns a user fixes (user_id, ip, device_id, payment_id) as one CSV fragment.
+    let user_fields: Vec<Vec<u8>> = users
+        .iter()
+        .zip(&user_ids)
+        .map(|(u, id)| {
+            format!(
+                "{id},{},{},{},",
+                u.ip,
+                u.device,
+                u.payment.as_deref().unwrap_or("")
+            )
+            .into_bytes()
+        })
+        .collect();
+    let quoted: Vec<Vec<String>> = PROMPTS
         .iter()
         .map(|l| l.iter().map(|p| csv_quote(p)).collect())
         .collect();
-    let cum_abuser = cumulative(&ABUSER_P);
-    let cum_benign = cumulative(&BENIGN_P);
     let normal = |m: f64, s: f64| {
         Normal::new(m, s).map_err(|e| EventsError::BadInput {
             path: out.to_path_buf(),
             message: e.to_string(),
         })
     };
-    let (tin_chat, tin_other) = (normal(220.0, 80.0)?, normal(30.0, 80.0)?);
-    let (tout_chat, tout_other) = (normal(260.0, 120.0)?, normal(20.0, 120.0)?);
-    let (lat_chat, lat_other) = (normal(900.0, 300.0)?, normal(180.0, 90.0)?);
+    let sampler = Sampler {
+        cfg,
+        users: &users,
+        cum_abuser: cumulative(&ABUSER_P),
+        cum_benign: cumulative(&BENIGN_P),
+        tokens_in: [normal(220.0, 80.0)?, normal(30.0, 80.0)?],
+        tokens_out: [normal(260.0, 120.0)?, normal(20.0, 120.0)?],
+        latency: [normal(900.0, 300.0)?, normal(180.0, 90.0)?],
+    };
 
-    let window = i64::from(cfg.days) * 86_400_000_000;
-    let start = cfg.end_micros - window;
-    let first_day = start.div_euclid(86_400_000_000);
-    let last_day = (cfg.end_micros - 1).div_euclid(86_400_000_000);
-    let drift_from_day = last_day - 2;
-    let n_chunks = (cfg.events / 50_000).clamp(1, 100_000) as i64;
-    let chunk_len = window / n_chunks;
-    let mut remaining = cfg.events;
+    // Sampling (one random stream, in order) runs on its own thread; this thread turns each
+    // chunk into rows and writes it, so the two halves of the work overlap.
     let mut written: u64 = 0;
-    let mut buf: Vec<(i64, u32)> = Vec::new();
-    let mut line = String::with_capacity(256);
-    for c in 0..n_chunks {
-        let c_start = start + c * chunk_len;
-        let c_end = if c == n_chunks - 1 {
-            cfg.end_micros
-        } else {
-            c_start + chunk_len
-        };
-        let share = (c_end - c_start) as f64 / (cfg.end_micros - c_start) as f64;
-        let k = if c == n_chunks - 1 || remaining == 0 {
-            remaining
-        } else {
-            Binomial::new(remaining, share.clamp(0.0, 1.0))
-                .map(|b| b.sample(&mut rng))
-                .unwrap_or(0)
-        };
-        remaining -= k;
-        buf.clear();
-        for _ in 0..k {
-            let ts = rng.random_range(c_start..c_end);
-            let user = rng.random_range(0..users.len()) as u32;
-            buf.push((ts, user));
-        }
-        buf.sort_unstable();
-        for &(ts, uid) in &buf {
-            let u = &users[uid as usize];
-            let et = pick(
-                if u.abuser { &cum_abuser } else { &cum_benign },
-                rng.random(),
-            );
-            let surface = SURFACES[rng.random_range(0..4)];
-            let product = PRODUCTS[rng.random_range(0..4)];
-            let is_chat = et == CHAT;
-            let (mut blocked, mut warned) = (0i8, 0i8);
-            let mut prompt: (usize, usize) = (usize::MAX, 0);
-            if is_chat {
-                if u.abuser && rng.random::<f64>() < 0.55 {
-                    if rng.random::<f64>() < 0.7 {
-                        prompt = (1, rng.random_range(0..SPAM_PROMPTS.len()));
-                        if rng.random::<f64>() < 0.25 {
-                            warned = 1;
-                        }
-                    } else {
-                        prompt = (2, rng.random_range(0..EVASION_PROMPTS.len()));
-                        if rng.random::<f64>() < 0.6 {
-                            blocked = 1;
-                        } else if rng.random::<f64>() < 0.5 {
-                            warned = 1;
-                        }
-                    }
-                } else {
-                    prompt = (0, rng.random_range(0..BENIGN_PROMPTS.len()));
-                }
-            }
-            if et == POLICY_BLOCK {
-                blocked = 1;
-            }
-            if et == WARNING {
-                warned = 1;
-            }
-            let day = ts.div_euclid(86_400_000_000);
-            if is_chat
-                && cfg
-                    .incident_day
-                    .is_some_and(|k| day == first_day + i64::from(k))
-            {
-                // The incident: a burst of blocked chats across all users on one day.
-                if rng.random::<f64>() < 0.12 {
-                    blocked = 1;
-                }
-            }
-            let (tin_d, tout_d, lat_d) = if is_chat {
-                (&tin_chat, &tout_chat, &lat_chat)
-            } else {
-                (&tin_other, &tout_other, &lat_other)
-            };
-            let mut tin = tin_d.sample(&mut rng);
-            let mut tout = tout_d.sample(&mut rng);
-            let mut lat = lat_d.sample(&mut rng);
-            if cfg.drift && is_chat && day >= drift_from_day {
-                tin *= 1.6;
-                tout *= 1.5;
-                lat += 350.0;
-            }
-            let tokens_in = tin.max(1.0) as i64;
-            let tokens_out = tout.max(1.0) as i64;
-            let latency_ms = lat.max(5.0) as i64;
-            written += 1;
-            let event_id = format!("e_{:09}", written - 1);
-            let prompt_text = match prompt.0 {
-                0 => BENIGN_PROMPTS[prompt.1],
-                1 => SPAM_PROMPTS[prompt.1],
-                2 => EVASION_PROMPTS[prompt.1],
-                _ => "",
-            };
+    let mut text: Vec<u8> = Vec::with_capacity(1 << 22);
+    std::thread::scope(|scope| -> Result<(), EventsError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Sampled>>(4);
+        scope.spawn(move || sampler.run(&mut rng, &tx));
+        for chunk in rx {
             match &mut sink {
                 Sink::Csv(w) => {
-                    use std::fmt::Write as _;
-                    line.clear();
-                    let secs = ts.div_euclid(1_000_000);
-                    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-                    let sod = secs.rem_euclid(86_400);
-                    let _ = writeln!(
-                        line,
-                        "{event_id},{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z,{},{},{},{},{surface},{product},{},{},{tokens_in},{tokens_out},{latency_ms},{blocked},{warned},{}",
-                        sod / 3600,
-                        (sod / 60) % 60,
-                        sod % 60,
-                        ts.rem_euclid(1_000_000),
-                        user_ids[uid as usize],
-                        u.ip,
-                        u.device,
-                        u.payment.as_deref().unwrap_or(""),
-                        EVENT_TYPES[et],
-                        if prompt.0 == usize::MAX {
-                            ""
-                        } else {
-                            &quoted[prompt.0][prompt.1]
-                        },
-                        u8::from(u.abuser),
-                    );
-                    w.write_all(line.as_bytes()).map_err(io(out))?;
+                    text.clear();
+                    let mut clock = Clock::default();
+                    for e in &chunk {
+                        let abuser = users[e.user as usize].abuser;
+                        csv_row(
+                            &mut text,
+                            written,
+                            e,
+                            abuser,
+                            &mut clock,
+                            &user_fields,
+                            &quoted,
+                        );
+                        written += 1;
+                    }
+                    w.write_all(&text).map_err(io(out))?;
                 }
                 Sink::Parquet(pw) => {
                     let (w, b) = &mut **pw;
-                    b.append(&ValidRow {
-                        event_id: &event_id,
-                        ts,
-                        user_id: &user_ids[uid as usize],
-                        ip: &u.ip,
-                        device_id: &u.device,
-                        payment_id: u.payment.as_deref(),
-                        surface,
-                        product,
-                        event_type: EVENT_TYPES[et],
-                        prompt: prompt_text,
-                        tokens_in,
-                        tokens_out,
-                        latency_ms,
-                        blocked,
-                        warned,
-                        is_abuse_gt: Some(i8::from(u.abuser)),
-                    });
-                    if b.len() >= 65_536 {
-                        let batch = b.finish().map_err(EventsError::Arrow)?;
-                        w.write(&batch).map_err(|e| EventsError::Io {
-                            path: out.to_path_buf(),
-                            source: std::io::Error::other(e),
-                        })?;
+                    for e in &chunk {
+                        let u = &users[e.user as usize];
+                        let event_id = format!("e_{written:09}");
+                        written += 1;
+                        b.append(&ValidRow {
+                            event_id: &event_id,
+                            ts: e.ts,
+                            user_id: &user_ids[e.user as usize],
+                            ip: &u.ip,
+                            device_id: &u.device,
+                            payment_id: u.payment.as_deref(),
+                            surface: SURFACES[usize::from(e.surface)],
+                            product: PRODUCTS[usize::from(e.product)],
+                            event_type: EVENT_TYPES[usize::from(e.event_type)],
+                            prompt: e
+                                .prompt
+                                .map_or("", |(k, i)| PROMPTS[usize::from(k)][usize::from(i)]),
+                            tokens_in: e.tokens_in,
+                            tokens_out: e.tokens_out,
+                            latency_ms: e.latency_ms,
+                            blocked: e.blocked,
+                            warned: e.warned,
+                            is_abuse_gt: Some(i8::from(u.abuser)),
+                        });
+                        if b.len() >= 65_536 {
+                            let batch = b.finish().map_err(EventsError::Arrow)?;
+                            w.write(&batch).map_err(|e| EventsError::Io {
+                                path: out.to_path_buf(),
+                                source: std::io::Error::other(e),
+                            })?;
+                        }
                     }
                 }
             }
+            progress(written);
         }
-        progress(written);
-    }
+        Ok(())
+    })?;
     match sink {
         Sink::Csv(mut w) => w.flush().map_err(io(out))?,
         Sink::Parquet(pw) => {
