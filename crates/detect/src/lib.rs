@@ -216,21 +216,6 @@ pub fn detect(
     let split = stratified_split(y, cfg.test_size, cfg.seed)?;
     let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
 
-    progress("logistic regression");
-    let lr = Logistic::fit(
-        x,
-        y,
-        &split.train,
-        cfg.logistic_c,
-        cfg.balanced_class_weights,
-    )?;
-    let lr_probs = lr.predict(x);
-    let train_p: Vec<f64> = split.train.iter().map(|&i| lr_probs[i]).collect();
-    let train_y: Vec<u8> = split.train.iter().map(|&i| y[i]).collect();
-    let lr_t = best_f1_threshold(&train_p, &train_y, &grid);
-    tracing::debug!("logistic regression fitted, scored and thresholded");
-
-    progress("gradient boosting");
     let params = GbtParams {
         trees: cfg.gbt_trees,
         learning_rate: cfg.gbt_learning_rate,
@@ -238,20 +223,49 @@ pub fn detect(
         seed: u64::from(cfg.seed),
         balanced: cfg.balanced_class_weights,
     };
-    let gbt_rows = gbt_sample(&split.train, y, cfg)?;
-    let gbt_y: Vec<u8> = gbt_rows.iter().map(|&i| y[i]).collect();
-    let folds = split::stratified_folds(&gbt_y, 4, cfg.seed);
-    let (gbt, gbt_t) = fit_with_holdout_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
-    let gbt_probs = gbt.predict(x_gbt);
+    // The three fits are independent; each is parallel inside but has serial stretches
+    // (line searches, tree bookkeeping, threshold sweeps), so they run side by side.
+    progress("logistic regression");
+    progress("gradient boosting");
+    if groups.is_some() {
+        progress("gradient boosting on a user-grouped split");
+    }
+    let logistic = || -> Result<_, DetectError> {
+        let lr = Logistic::fit(
+            x,
+            y,
+            &split.train,
+            cfg.logistic_c,
+            cfg.balanced_class_weights,
+        )?;
+        let lr_probs = lr.predict(x);
+        let train_p: Vec<f64> = split.train.iter().map(|&i| lr_probs[i]).collect();
+        let train_y: Vec<u8> = split.train.iter().map(|&i| y[i]).collect();
+        let lr_t = best_f1_threshold(&train_p, &train_y, &grid);
+        tracing::debug!("logistic regression fitted, scored and thresholded");
+        Ok((lr_probs, lr_t))
+    };
+    let boosted = || -> Result<_, DetectError> {
+        let gbt_rows = gbt_sample(&split.train, y, cfg)?;
+        let gbt_y: Vec<u8> = gbt_rows.iter().map(|&i| y[i]).collect();
+        let folds = split::stratified_folds(&gbt_y, 4, cfg.seed);
+        let (gbt, gbt_t) = fit_with_holdout_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
+        tracing::debug!("gradient boosting fitted and thresholded");
+        Ok((gbt.predict(x_gbt), gbt_t))
+    };
+    let grouped = || {
+        groups
+            .map(|g| grouped_eval(x_gbt, y, g, cfg, params, &grid))
+            .transpose()
+    };
+    let (lr, (gbt, grouped)) = rayon::join(logistic, || rayon::join(boosted, grouped));
+    let ((lr_probs, lr_t), (gbt_probs, gbt_t)) = (lr?, gbt?);
 
     let mut evals = vec![
         evaluate("logistic_regression", &lr_probs, y, &split, lr_t),
         evaluate("gradient_boosting", &gbt_probs, y, &split, gbt_t),
     ];
-    if let Some(groups) = groups {
-        progress("gradient boosting on a user-grouped split");
-        evals.push(grouped_eval(x_gbt, y, groups, cfg, params, &grid)?);
-    }
+    evals.extend(grouped?);
     let pr_curves = vec![
         (
             "logistic_regression".to_string(),
