@@ -14,9 +14,16 @@ WITH days AS (
     GROUP BY day
 ),
 latency AS (
-    SELECT CAST(ts AS DATE) AS day, AVG(CAST(latency_ms AS DOUBLE)) AS latency_ms_avg
-    FROM events
-    GROUP BY CAST(ts AS DATE)
+    SELECT day, AVG(CAST(latency_ms AS DOUBLE)) AS latency_ms_avg
+    FROM (
+        -- The UTC day of `ts` as in core_user_day.sql (CAST(ts AS DATE) without a time-zone
+        -- lookup per event).
+        SELECT
+            CAST(CAST((CAST(ts AS BIGINT) - ((CAST(ts AS BIGINT) % 86400000000) + 86400000000) % 86400000000) / 86400000000 AS INT) AS DATE) AS day,
+            latency_ms
+        FROM events
+    ) AS e
+    GROUP BY day
 )
 SELECT d.day, d.n_events, d.n_chat, d.n_active_users, d.n_blocked, d.n_warned, l.latency_ms_avg
 FROM days AS d

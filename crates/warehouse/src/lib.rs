@@ -446,4 +446,59 @@ mod tests {
         assert_eq!(keys(&wh), ["a", "a", "b", "b", "c"]);
         assert!(!wh.register_sorted(&sorted, &["no_such_column"]).unwrap());
     }
+
+    /// The core tables compute the UTC day with integer arithmetic instead of
+    /// `CAST(ts AS DATE)`; this pins it to the calendar around midnight, before 1970 included.
+    #[test]
+    fn utc_day_arithmetic_matches_the_calendar_before_and_after_1970() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("ev.csv");
+        let times = [
+            "1969-12-31T00:00:00Z",
+            "1969-12-31T23:59:59.999999Z",
+            "1970-01-01T00:00:00Z",
+            "2026-02-14T23:59:59.999999Z",
+            "2026-02-15T00:00:00.000001+01:00",
+            "2026-02-15T00:00:00Z",
+        ];
+        let mut text = vigil_events::COLUMNS.join(",") + "\n";
+        for (i, t) in times.iter().enumerate() {
+            text += &format!("e_{i},{t},u_1,203.0.113.1,dev_1,,web,chat,chat,hi,1,2,{i},0,0,0\n");
+        }
+        std::fs::write(&csv, text).unwrap();
+        let data = dir.path().join("data");
+        let ds = vigil_events::Dataset::open(&data).unwrap();
+        let mut known = ds.known_event_keys().unwrap();
+        let opts = vigil_events::IngestOptions::default();
+        vigil_events::ingest_file(&ds, &mut known, &csv, &opts, &|_| {}).unwrap();
+        let wh = Warehouse::open(&data, None).unwrap();
+        let days = |t: &Table, count: &str| -> Vec<(String, i64)> {
+            let mut out = Vec::new();
+            for b in &t.batches {
+                let d = arrow::compute::cast(b.column_by_name("day").unwrap(), &DataType::Utf8)
+                    .unwrap();
+                let n = arrow::compute::cast(b.column_by_name(count).unwrap(), &DataType::Int64)
+                    .unwrap();
+                let (d, n) = (d.as_string::<i32>(), n.as_primitive::<Int64Type>());
+                out.extend((0..b.num_rows()).map(|i| (d.value(i).to_string(), n.value(i))));
+            }
+            out
+        };
+        let expected: Vec<(String, i64)> = [
+            ("1969-12-31", 2),
+            ("1970-01-01", 1),
+            ("2026-02-14", 2),
+            ("2026-02-15", 1),
+        ]
+        .iter()
+        .map(|(d, n)| (d.to_string(), *n))
+        .collect();
+        let user_day = wh.build("core_user_day").unwrap();
+        assert_eq!(days(&user_day, "n_events"), expected);
+        wh.build("user_keys").unwrap();
+        assert_eq!(
+            days(&wh.build("core_day_metrics").unwrap(), "n_events"),
+            expected
+        );
+    }
 }
