@@ -337,36 +337,59 @@ fn fill_sqlite(tables: &[&Table], path: &Path, tmp: &Path) -> Result<(), Warehou
                 };
                 let arr = if matches!(f.data_type(), DataType::Timestamp(_, _)) {
                     format_timestamps(col)
+                } else if let Some(days) = col.as_primitive_opt::<arrow::datatypes::Date32Type>() {
+                    format_dates(days).map_err(|x| e(x.to_string()))?
                 } else {
                     arrow::compute::cast(col, &target).map_err(|x| e(x.to_string()))?
                 };
                 converted.push(arr);
             }
+            // Values are bound in place (no per-cell allocation).
             for r in 0..batch.num_rows() {
-                let mut values: Vec<rusqlite::types::Value> = Vec::with_capacity(fields.len());
-                for arr in &converted {
-                    use rusqlite::types::Value as V;
-                    let v = if arr.is_null(r) {
-                        V::Null
+                for (k, arr) in converted.iter().enumerate() {
+                    let bound = if arr.is_null(r) {
+                        stmt.raw_bind_parameter(k + 1, rusqlite::types::Null)
                     } else {
                         match arr.data_type() {
-                            DataType::Int64 => V::Integer(arr.as_primitive::<Int64Type>().value(r)),
-                            DataType::Float64 => {
-                                V::Real(arr.as_primitive::<Float64Type>().value(r))
-                            }
-                            _ => V::Text(arr.as_string::<i32>().value(r).to_string()),
+                            DataType::Int64 => stmt.raw_bind_parameter(
+                                k + 1,
+                                arr.as_primitive::<Int64Type>().value(r),
+                            ),
+                            DataType::Float64 => stmt.raw_bind_parameter(
+                                k + 1,
+                                arr.as_primitive::<Float64Type>().value(r),
+                            ),
+                            _ => stmt.raw_bind_parameter(k + 1, arr.as_string::<i32>().value(r)),
                         }
                     };
-                    values.push(v);
+                    bound.map_err(|x| e(x.to_string()))?;
                 }
-                stmt.execute(rusqlite::params_from_iter(values))
-                    .map_err(|x| e(x.to_string()))?;
+                stmt.raw_execute().map_err(|x| e(x.to_string()))?;
             }
         }
     }
     tx.commit().map_err(|x| e(x.to_string()))?;
     conn.close().map_err(|(_, x)| e(x.to_string()))?;
     Ok(())
+}
+
+/// Dates as `YYYY-MM-DD` text (Arrow's own text for years outside 0-9999), what a cast to
+/// text gives, without a calendar conversion through chrono per value.
+fn format_dates(
+    days: &arrow::array::Date32Array,
+) -> Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    if days.iter().flatten().any(|d| ymd(d).is_none()) {
+        return arrow::compute::cast(days, &DataType::Utf8);
+    }
+    let mut out = arrow::array::StringBuilder::with_capacity(days.len(), days.len() * 10);
+    for d in days {
+        match d.and_then(ymd) {
+            // ASCII digits and dashes only.
+            Some(text) => out.append_value(std::str::from_utf8(&text).unwrap_or_default()),
+            None => out.append_null(),
+        }
+    }
+    Ok(std::sync::Arc::new(out.finish()))
 }
 
 /// Timestamps as RFC 3339 text in UTC with microseconds (`2026-02-01T05:26:54.143876Z`).
@@ -585,5 +608,111 @@ mod tests {
             batches: vec![],
         };
         assert_eq!(ours(&empty), b"only\n");
+    }
+
+    /// (day, n, x, s, the SQLite types of day, n and x).
+    type SqliteRow = (
+        Option<String>,
+        Option<i64>,
+        Option<f64>,
+        Option<String>,
+        String,
+    );
+
+    #[test]
+    fn sqlite_cells_keep_their_types_and_arrow_text_for_dates() {
+        let t = table(vec![
+            (
+                "day",
+                Arc::new(Date32Array::from(vec![
+                    Some(20_499),
+                    None,
+                    Some(-719_529),
+                    Some(0),
+                ])) as ArrayRef,
+            ),
+            (
+                "n",
+                Arc::new(Int64Array::from(vec![
+                    Some(1),
+                    Some(-2),
+                    None,
+                    Some(i64::MAX),
+                ])),
+            ),
+            (
+                "x",
+                Arc::new(Float64Array::from(vec![
+                    Some(0.5),
+                    None,
+                    Some(-1e300),
+                    Some(2.0),
+                ])),
+            ),
+            (
+                "s",
+                Arc::new(StringArray::from(vec![
+                    Some("a,b"),
+                    Some(""),
+                    None,
+                    Some("ü"),
+                ])),
+            ),
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        write_sqlite(&[&t], &path).unwrap();
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT day, n, x, s, typeof(day), typeof(n), typeof(x) FROM t ORDER BY rowid")
+            .unwrap();
+        let rows: Vec<SqliteRow> = stmt
+            .query_map([], |r| {
+                let types: Vec<String> = (4..7).map(|k| r.get::<_, String>(k).unwrap()).collect();
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, types.join(" ")))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let arrow_days =
+            arrow::compute::cast(&t.batches[0].column(0).clone(), &DataType::Utf8).unwrap();
+        assert_eq!(
+            arrow_days.as_string::<i32>().value(2),
+            rows[2].0.as_deref().unwrap(),
+            "a year outside 0-9999 keeps Arrow's text"
+        );
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    Some("2026-02-15".into()),
+                    Some(1),
+                    Some(0.5),
+                    Some("a,b".into()),
+                    "text integer real".into()
+                ),
+                (
+                    None,
+                    Some(-2),
+                    None,
+                    Some("".into()),
+                    "null integer null".into()
+                ),
+                (
+                    rows[2].0.clone(),
+                    None,
+                    Some(-1e300),
+                    None,
+                    "text null real".into()
+                ),
+                (
+                    Some("1970-01-01".into()),
+                    Some(i64::MAX),
+                    Some(2.0),
+                    Some("ü".into()),
+                    "text integer real".into()
+                ),
+            ]
+        );
     }
 }
