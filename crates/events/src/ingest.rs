@@ -2,8 +2,11 @@
 //! quarantine, duplicates (by `event_id`) skipped and counted.
 //!
 //! Parsing and validation run on the calling thread while a second thread drops duplicate
-//! event ids and encodes Parquet, so the two halves of the work overlap on a 2-core machine
-//! (the duplicate check sits with the writer because parsing is the busier half). Memory is
+//! event ids and encodes Parquet, so the two halves of the work overlap on a 2-core machine.
+//! The parsing side computes each row's event key while the id's bytes are in its cache and
+//! sends the keys with the batch; the writer only inserts them into the key set (reading
+//! every id again on its own core missed the cache, and at 10M events made the writer the
+//! slower half). Memory is
 //! bounded by a couple of batches plus the set of known event keys (16 bytes per stored
 //! event).
 
@@ -13,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::time::Instant;
 
-use arrow::array::{AsArray, BooleanArray};
+use arrow::array::BooleanArray;
 use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
@@ -72,7 +75,10 @@ pub struct IngestSummary {
 struct Sink {
     builder: EventBatchBuilder,
     batch_rows: usize,
-    tx: Option<SyncSender<RecordBatch>>,
+    tx: Option<SyncSender<(RecordBatch, Vec<u128>)>>,
+    /// The event keys of the rows in `builder`, computed here while each id is in cache (on
+    /// the writer's core the first read of every id missed it).
+    keys: Vec<u128>,
     quarantine: BufWriter<File>,
     quarantine_path: PathBuf,
     source: String,
@@ -88,7 +94,8 @@ impl Sink {
             return Ok(());
         }
         let batch = self.builder.finish().map_err(EventsError::Arrow)?;
-        let sent = self.tx.as_ref().map(|tx| tx.send(batch));
+        let keys = std::mem::replace(&mut self.keys, Vec::with_capacity(self.batch_rows));
+        let sent = self.tx.as_ref().map(|tx| tx.send((batch, keys)));
         match sent {
             Some(Ok(())) => Ok(()),
             // The writer thread stopped: its own error is reported when it is joined.
@@ -100,6 +107,7 @@ impl Sink {
 impl RowSink for Sink {
     fn good(&mut self, row: &ValidRow<'_>) -> Result<(), EventsError> {
         self.rows_read += 1;
+        self.keys.push(event_key(row.event_id));
         self.builder.append(row);
         self.accepted += 1;
         if self.builder.len() >= self.batch_rows {
@@ -129,24 +137,24 @@ impl RowSink for Sink {
     }
 }
 
-/// The rows of `batch` whose `event_id` is new to `known` (which gains them), in order, and
-/// how many were dropped as duplicates. A batch without duplicates is passed through as is.
+/// The rows of `batch` whose event key (`keys`, one per row: [`event_key`] of its
+/// `event_id`) is new to `known` (which gains them), in order, and how many were dropped as
+/// duplicates. A batch without duplicates is passed through as is.
 fn drop_duplicates(
     known: &mut KeySet,
     batch: RecordBatch,
+    keys: &[u128],
 ) -> Result<(RecordBatch, u64), EventsError> {
-    let ids = batch
-        .column_by_name("event_id")
-        .and_then(|c| c.as_string_opt::<i32>())
-        .ok_or_else(|| {
-            EventsError::Arrow(arrow::error::ArrowError::SchemaError(
-                "event batch without a text event_id column".into(),
-            ))
-        })?;
-    let keep: Vec<bool> = ids
-        .iter()
-        .map(|id| known.insert(event_key(id.unwrap_or_default())))
-        .collect();
+    if keys.len() != batch.num_rows() {
+        return Err(EventsError::Arrow(
+            arrow::error::ArrowError::InvalidArgumentError(format!(
+                "{} event keys for a batch of {} rows",
+                keys.len(),
+                batch.num_rows()
+            )),
+        ));
+    }
+    let keep: Vec<bool> = keys.iter().map(|&k| known.insert(k)).collect();
     let dropped = keep.iter().filter(|k| !**k).count() as u64;
     if dropped == 0 {
         return Ok((batch, 0));
@@ -201,11 +209,12 @@ pub fn ingest_file(
         source,
     })?;
     let part = ds.new_part()?;
-    let (tx, rx) = sync_channel::<RecordBatch>(2);
+    let (tx, rx) = sync_channel::<(RecordBatch, Vec<u128>)>(2);
     let mut sink = Sink {
         builder: EventBatchBuilder::with_capacity(opts.batch_rows.min(1 << 20)),
         batch_rows: opts.batch_rows.max(1),
         tx: Some(tx),
+        keys: Vec::with_capacity(opts.batch_rows.min(1 << 20)),
         quarantine: BufWriter::new(q_file),
         quarantine_path: q_tmp.clone(),
         source: source.clone(),
@@ -217,8 +226,8 @@ pub fn ingest_file(
     let (read_result, write_result) = std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(PartWriter, u64), EventsError> {
             let (mut part, mut duplicates) = (part, 0);
-            for batch in rx {
-                let (batch, dropped) = drop_duplicates(known, batch)?;
+            for (batch, keys) in rx {
+                let (batch, dropped) = drop_duplicates(known, batch, &keys)?;
                 duplicates += dropped;
                 if batch.num_rows() > 0 {
                     part.write(&batch)?;
@@ -312,7 +321,7 @@ pub fn ingest_file(
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{AsArray, Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
 
     use super::*;
@@ -330,6 +339,11 @@ mod tests {
         .unwrap()
     }
 
+    fn drop(known: &mut KeySet, ids: &[&str]) -> (RecordBatch, u64) {
+        let keys: Vec<u128> = ids.iter().map(|id| event_key(id)).collect();
+        drop_duplicates(known, batch(ids), &keys).unwrap()
+    }
+
     fn rows(b: &RecordBatch) -> Vec<i64> {
         b.column(1)
             .as_primitive::<arrow::datatypes::Int64Type>()
@@ -342,14 +356,15 @@ mod tests {
         let mut known = KeySet::default();
         known.insert(event_key("stored"));
         // Within a batch, across batches, and against events already stored.
-        let (kept, dropped) =
-            drop_duplicates(&mut known, batch(&["a", "b", "a", "stored", "c"])).unwrap();
+        let (kept, dropped) = drop(&mut known, &["a", "b", "a", "stored", "c"]);
         assert_eq!((rows(&kept), dropped), (vec![0, 1, 4], 2));
-        let (kept, dropped) = drop_duplicates(&mut known, batch(&["c", "d", "b"])).unwrap();
+        let (kept, dropped) = drop(&mut known, &["c", "d", "b"]);
         assert_eq!((rows(&kept), dropped), (vec![1], 2));
         // A batch without duplicates passes through whole.
-        let (kept, dropped) = drop_duplicates(&mut known, batch(&["e", "f"])).unwrap();
+        let (kept, dropped) = drop(&mut known, &["e", "f"]);
         assert_eq!((rows(&kept), dropped), (vec![0, 1], 0));
         assert_eq!(known.len(), 7);
+        // Keys that do not match the batch are an error, not a silent misalignment.
+        assert!(drop_duplicates(&mut known, batch(&["g"]), &[]).is_err());
     }
 }
