@@ -21,7 +21,7 @@ use rand_distr::{Binomial, Distribution, Normal};
 
 use crate::EventsError;
 use crate::schema::{COLUMNS, EVENT_TYPES, event_schema};
-use crate::timestamp::civil_from_days;
+use crate::timestamp::date_text;
 use crate::validate::{EventBatchBuilder, ValidRow};
 
 /// The notebook's benign prompts.
@@ -386,14 +386,8 @@ fn csv_row(
     let secs = e.ts.div_euclid(1_000_000);
     let day = secs.div_euclid(86_400);
     if clock.day != Some(day) {
-        let (y, m, d) = civil_from_days(day);
-        let mut date = Vec::with_capacity(10);
-        push_digits(&mut date, y, 4);
-        date.push(b'-');
-        push_digits(&mut date, m, 2);
-        date.push(b'-');
-        push_digits(&mut date, d, 2);
-        clock.date.copy_from_slice(&date);
+        // The window lies within years 0-9999 (`generate` checks it before any row).
+        clock.date = date_text(day).unwrap_or(*b"0000-00-00");
         clock.day = Some(day);
     }
     out.extend_from_slice(&clock.date);
@@ -449,6 +443,18 @@ pub fn generate(
         return Err(EventsError::BadInput {
             path: out.to_path_buf(),
             message: format!("--abuse-rate must be in [0, 1], got {}", cfg.abuse_rate),
+        });
+    }
+    let first_day =
+        (cfg.end_micros - i64::from(cfg.days) * 86_400_000_000).div_euclid(86_400_000_000);
+    let last_day = (cfg.end_micros - 1).div_euclid(86_400_000_000);
+    if crate::timestamp::date_text(first_day).is_none()
+        || crate::timestamp::date_text(last_day).is_none()
+    {
+        return Err(EventsError::BadInput {
+            path: out.to_path_buf(),
+            message: "the generated window (--end minus --days) must lie within years 0 to 9999"
+                .into(),
         });
     }
     let io = |path: &Path| {
@@ -628,4 +634,33 @@ pub fn generate(
         out: out.to_path_buf(),
         ground_truth: gt_path,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_outside_four_digit_years_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("events.csv");
+        // 0000-01-02T00:00:00Z minus 14 days reaches into year -1.
+        let cfg = GeneratorConfig {
+            events: 10,
+            end_micros: -62_167_132_800_000_000,
+            ..GeneratorConfig::default()
+        };
+        let err = generate(&cfg, &out, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("years 0 to 9999"), "{err}");
+        assert!(!out.exists());
+        // The same window ending a month later is accepted.
+        let cfg = GeneratorConfig {
+            end_micros: cfg.end_micros + 31 * 86_400_000_000,
+            ..cfg
+        };
+        generate(&cfg, &out, &|_| {}).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.lines().nth(1).unwrap().contains(",0000-01-"), "{text}");
+    }
 }

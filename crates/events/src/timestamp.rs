@@ -150,6 +150,24 @@ pub fn format_rfc3339_micros(micros: i64) -> String {
     )
 }
 
+/// `YYYY-MM-DD` of a day count since 1970-01-01 for years 0 to 9999; `None` outside,
+/// where no four-digit text exists (the CSV/SQLite writers and the generator share it).
+pub fn date_text(days: i64) -> Option<[u8; 10]> {
+    let (y, m, d) = civil_from_days(days);
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let mut s = [b'-'; 10];
+    for (start, v, width) in [(0, y, 4), (5, m, 2), (8, d, 2)] {
+        let mut v = v;
+        for slot in s[start..start + width].iter_mut().rev() {
+            *slot = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    Some(s)
+}
+
 /// Proleptic Gregorian date of a day count since 1970-01-01.
 pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
@@ -168,6 +186,23 @@ pub fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_text_is_the_calendar_date_and_refuses_years_without_four_digits() {
+        for days in [-719_528_i64, -1, 0, 19_000, 20_499, 2_932_896] {
+            let chrono_text = (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+                + chrono::Duration::days(days))
+            .format("%Y-%m-%d")
+            .to_string();
+            assert_eq!(
+                date_text(days).map(|t| t.to_vec()),
+                Some(chrono_text.into_bytes()),
+                "{days}"
+            );
+        }
+        assert_eq!(date_text(-719_529), None); // 31 Dec of year -1
+        assert_eq!(date_text(2_932_897), None); // 1 Jan 10000
+    }
 
     fn chrono_micros(s: &str) -> i64 {
         chrono::DateTime::parse_from_rfc3339(s)

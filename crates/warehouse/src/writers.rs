@@ -255,24 +255,10 @@ fn csv_rows(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), arrow::error::
     Ok(())
 }
 
-/// `YYYY-MM-DD` of a day number (days since 1970-01-01) for years 0 to 9999, where Arrow
-/// writes exactly that; `None` outside, where its text differs (signs, wider years).
+/// `YYYY-MM-DD` of a day number for years 0 to 9999, where Arrow writes exactly that;
+/// `None` outside, where its text differs (signs, wider years).
 fn ymd(days: i32) -> Option<[u8; 10]> {
-    let (y, m, d) = vigil_events::timestamp::civil_from_days(i64::from(days));
-    if !(0..=9999).contains(&y) {
-        return None;
-    }
-    let mut s = [0u8; 10];
-    for (slot, (v, w)) in [(0, (y, 4)), (5, (m, 2)), (8, (d, 2))] {
-        let mut v = v;
-        for k in (0..w).rev() {
-            s[slot + k] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    }
-    s[4] = b'-';
-    s[7] = b'-';
-    Some(s)
+    vigil_events::timestamp::date_text(i64::from(days))
 }
 
 /// Timestamps with a time zone are written as UTC with microseconds.
