@@ -424,18 +424,12 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
         Chart {
             id: "risk_hist".into(),
             title: "Risk score distribution (all user-days)".into(),
-            data: ChartData::Histogram {
-                values: s.risk.clone(),
-                bins: 30,
-            },
+            data: ChartData::histogram(&s.risk, 30),
         },
         Chart {
             id: "uncertainty_hist".into(),
             title: "Uncertainty distribution".into(),
-            data: ChartData::Histogram {
-                values: s.uncertainty.clone(),
-                bins: 30,
-            },
+            data: ChartData::histogram(&s.uncertainty, 30),
         },
     ];
     if let Some(det) = &s.detection {
@@ -461,10 +455,7 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
     charts.push(Chart {
         id: "queue_risk_hist".into(),
         title: "Review queue risk distribution".into(),
-        data: ChartData::Histogram {
-            values: queue_risk,
-            bins: 20,
-        },
+        data: ChartData::histogram(&queue_risk, 20),
     });
     charts.push(Chart {
         id: "cluster_sizes".into(),

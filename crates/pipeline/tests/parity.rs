@@ -568,3 +568,26 @@ fn executive_summary_matches_where_the_model_does_not_enter() {
             .contains("\"Largest component size\"")
     );
 }
+
+/// summary.json once carried every user-day's risk score and uncertainty as raw chart
+/// values (36 MB of a 53 MB file at 2M events); it now carries each histogram's bins.
+#[test]
+fn summary_json_keeps_histogram_bins_not_every_score() {
+    let (_, scored) = read_csv(&outputs().join("user_day_scored.csv"));
+    let text = std::fs::read_to_string(outputs().join("summary.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let charts = json["charts"].as_array().unwrap();
+    for id in ["risk_hist", "uncertainty_hist"] {
+        let data = &charts.iter().find(|c| c["id"] == id).unwrap()["data"];
+        assert!(data.get("values").is_none(), "{id} holds the raw sample");
+        let counts: Vec<f64> = data["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(counts.len(), 30, "{id}");
+        assert_eq!(data["edges"].as_array().unwrap().len(), 31, "{id}");
+        assert_eq!(counts.iter().sum::<f64>(), scored.len() as f64, "{id}");
+    }
+}

@@ -37,12 +37,16 @@ pub enum ChartData {
         /// Named series, each as long as `x_labels`.
         series: Vec<(String, Vec<f64>)>,
     },
-    /// A histogram of values over `[min, max]` in `bins` bins.
+    /// A histogram: a sample's count per equal-width bin over its finite range, built by
+    /// [`ChartData::histogram`] (the sample itself is not kept: a run scores a million
+    /// user-days, and `summary.json` carries the bins, not the scores).
     Histogram {
-        /// The sample.
-        values: Vec<f64>,
-        /// Number of bins.
-        bins: usize,
+        /// Each bin's left edge, as shown under its bar.
+        labels: Vec<String>,
+        /// The bins' edges: each bin's left edge, then the last bin's right edge.
+        edges: Vec<f64>,
+        /// Values per bin.
+        counts: Vec<f64>,
     },
     /// Curves of (x, y) points, e.g. precision-recall.
     Curves {
@@ -53,6 +57,24 @@ pub enum ChartData {
         /// Y-axis title.
         y_title: String,
     },
+}
+
+impl ChartData {
+    /// The histogram of `values` (non-finite ones left out) in `bins` equal-width bins
+    /// between the smallest and largest; no bins for an empty sample.
+    pub fn histogram(values: &[f64], bins: usize) -> Self {
+        let (edges, counts) = svg::histogram(values, bins);
+        let labels = edges
+            .iter()
+            .take(counts.len())
+            .map(|&e| svg::fmt_tick(e))
+            .collect();
+        ChartData::Histogram {
+            labels,
+            edges,
+            counts,
+        }
+    }
 }
 
 /// One chart.
@@ -233,10 +255,7 @@ mod tests {
                 Chart {
                     id: "hist".into(),
                     title: "Hist".into(),
-                    data: ChartData::Histogram {
-                        values: vec![0.1, 0.2, 0.9],
-                        bins: 5,
-                    },
+                    data: ChartData::histogram(&[0.1, 0.2, 0.9], 5),
                 },
             ],
         }

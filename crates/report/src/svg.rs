@@ -11,7 +11,8 @@ const T: f64 = 12.0;
 const B: f64 = 46.0;
 const COLORS: [&str; 4] = ["#2f6fde", "#e0563b", "#2a9d8f", "#8e6bbf"];
 
-fn fmt_tick(v: f64) -> String {
+/// A short axis label for `v` (3 significant figures at most, k and M for large values).
+pub fn fmt_tick(v: f64) -> String {
     let a = v.abs();
     if a >= 1e6 {
         format!("{:.1}M", v / 1e6)
@@ -197,23 +198,24 @@ fn curves(series: &[(String, Vec<(f64, f64)>)], x_title: &str, y_title: &str, ou
     legend(&names, out);
 }
 
-/// Histogram bin counts of `values` over their range, with bin labels.
-pub fn histogram(values: &[f64], bins: usize) -> (Vec<String>, Vec<f64>) {
+/// Edges (`bins + 1`) and counts (`bins`) of the finite `values` in equal-width bins over
+/// their range; both empty when no value is finite.
+pub fn histogram(values: &[f64], bins: usize) -> (Vec<f64>, Vec<f64>) {
     let bins = bins.max(1);
-    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if finite.is_empty() {
+    let finite = || values.iter().copied().filter(|v| v.is_finite());
+    let lo = finite().fold(f64::INFINITY, f64::min);
+    let hi = finite().fold(f64::NEG_INFINITY, f64::max);
+    if lo > hi {
         return (vec![], vec![]);
     }
     let width = ((hi - lo) / bins as f64).max(1e-12);
     let mut counts = vec![0.0; bins];
-    for v in finite {
+    for v in finite() {
         let b = (((v - lo) / width) as usize).min(bins - 1);
         counts[b] += 1.0;
     }
-    let labels = (0..bins).map(|b| fmt_tick(lo + width * b as f64)).collect();
-    (labels, counts)
+    let edges = (0..=bins).map(|b| lo + width * b as f64).collect();
+    (edges, counts)
 }
 
 /// One chart as an inline `<svg>` element.
@@ -221,10 +223,7 @@ pub fn render(c: &Chart) -> String {
     let mut body = String::new();
     match &c.data {
         ChartData::Bars { labels, values } => bars(labels, values, &mut body),
-        ChartData::Histogram { values, bins } => {
-            let (labels, counts) = histogram(values, *bins);
-            bars(&labels, &counts, &mut body);
-        }
+        ChartData::Histogram { labels, counts, .. } => bars(labels, counts, &mut body),
         ChartData::Lines { x_labels, series } => lines(x_labels, series, &mut body),
         ChartData::Curves {
             series,
@@ -245,9 +244,9 @@ mod tests {
 
     #[test]
     fn histogram_counts_every_value() {
-        let (labels, counts) = histogram(&[0.0, 0.5, 1.0, 1.0], 4);
-        assert_eq!(labels.len(), 4);
-        assert_eq!(counts.iter().sum::<f64>(), 4.0);
-        assert_eq!(counts[3], 2.0);
+        let (edges, counts) = histogram(&[0.0, 0.5, 1.0, 1.0, f64::NAN], 4);
+        assert_eq!(edges, [0.0, 0.25, 0.5, 0.75, 1.0]);
+        assert_eq!(counts, [1.0, 0.0, 1.0, 2.0]);
+        assert_eq!(histogram(&[f64::NAN], 4), (vec![], vec![]));
     }
 }
