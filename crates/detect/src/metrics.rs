@@ -30,7 +30,49 @@ pub fn threshold_grid(start: f64, end: f64, step: f64) -> Vec<f64> {
 }
 
 /// The first threshold of the grid with the best F1 (ties keep the lower threshold).
+/// One pass over the scores for an ascending grid: each score is counted at the number of
+/// thresholds it reaches, and the counts summed from the top give every threshold's
+/// confusion counts (the same integers as [`precision_recall_f1`] at each threshold).
 pub fn best_f1_threshold(scores: &[f64], y: &[u8], grid: &[f64]) -> f64 {
+    let first = grid.first().copied().unwrap_or(0.5);
+    if !grid.is_sorted() {
+        return best_f1_threshold_per_threshold(scores, y, grid);
+    }
+    // reached[k]: (positives, negatives) among scores with exactly k thresholds <= score.
+    let mut reached = vec![(0u64, 0u64); grid.len() + 1];
+    for (&s, &l) in scores.iter().zip(y) {
+        let k = grid.partition_point(|&t| s >= t);
+        if l != 0 {
+            reached[k].0 += 1;
+        } else {
+            reached[k].1 += 1;
+        }
+    }
+    let total_pos: u64 = reached.iter().map(|r| r.0).sum();
+    // Predicted positive at grid[i]: scores reaching more than i thresholds.
+    let (mut tp, mut fp) = (0u64, 0u64);
+    let mut f1 = vec![0.0; grid.len()];
+    for i in (0..grid.len()).rev() {
+        tp += reached[i + 1].0;
+        fp += reached[i + 1].1;
+        let denominator = 2 * tp + fp + (total_pos - tp);
+        f1[i] = if denominator == 0 {
+            0.0
+        } else {
+            (2 * tp) as f64 / denominator as f64
+        };
+    }
+    let mut best = (f64::NEG_INFINITY, first);
+    for (&t, &f) in grid.iter().zip(&f1) {
+        if f > best.0 {
+            best = (f, t);
+        }
+    }
+    best.1
+}
+
+/// [`best_f1_threshold`] for a grid in any order: one pass per threshold.
+fn best_f1_threshold_per_threshold(scores: &[f64], y: &[u8], grid: &[f64]) -> f64 {
     let mut best = (f64::NEG_INFINITY, grid.first().copied().unwrap_or(0.5));
     for &t in grid {
         let f1 = precision_recall_f1(scores, y, t).2;
@@ -136,6 +178,41 @@ mod tests {
         // every threshold above 0.2 and up to 0.85 separates perfectly: the first one wins
         let t = best_f1_threshold(&[0.1, 0.2, 0.85, 0.95], &[0, 0, 1, 1], &grid);
         assert!((t - 0.21).abs() < 1e-9, "{t}");
+    }
+
+    #[test]
+    fn one_pass_f1_sweep_picks_what_a_pass_per_threshold_picks() {
+        let grid = threshold_grid(0.1, 0.9, 0.01);
+        let mut state = 88_172_645_463_325_252_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..50 {
+            let n = 1 + (next() % 400) as usize;
+            let scores: Vec<f64> = (0..n)
+                .map(|_| match next() % 10 {
+                    // scores exactly on a threshold, outside the grid, and NaN
+                    0 => grid[(next() % 81) as usize],
+                    1 => f64::NAN,
+                    2 => 1.5,
+                    _ => (next() % 1000) as f64 / 1000.0,
+                })
+                .collect();
+            let y: Vec<u8> = scores
+                .iter()
+                .map(|s| u8::from(next() % 100 < (s.max(0.0) * 60.0) as u64 + 5))
+                .collect();
+            let fast = best_f1_threshold(&scores, &y, &grid);
+            let slow = best_f1_threshold_per_threshold(&scores, &y, &grid);
+            assert_eq!(fast.to_bits(), slow.to_bits(), "round {round}");
+        }
+        // all-negative labels: every F1 is 0 and the first threshold is kept
+        assert_eq!(best_f1_threshold(&[0.3, 0.7], &[0, 0], &grid), grid[0]);
+        // a grid out of order is still answered
+        assert_eq!(best_f1_threshold(&[0.2, 0.8], &[0, 1], &[0.9, 0.5]), 0.5);
     }
 
     #[test]

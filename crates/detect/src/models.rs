@@ -118,16 +118,20 @@ pub struct Standardizer {
 }
 
 impl Standardizer {
-    fn fit(x: &Features, rows: &[usize]) -> Self {
-        let n = rows.len().max(1) as f64;
-        let (mut mean, mut scale) = (Vec::with_capacity(x.d()), Vec::with_capacity(x.d()));
-        for j in 0..x.d() {
-            let c = x.col(j);
-            let m = rows.iter().fold(0.0, |s, &i| s + c[i]) / n;
-            let var = rows.iter().fold(0.0, |s, &i| s + (c[i] - m) * (c[i] - m));
-            let sd = (var / n).sqrt();
+    /// Standardise `z` in place (`d` columns of `n` values, column-major) and keep the means
+    /// and deviations it used (a zero deviation becomes 1).
+    fn fit_transform(z: &mut [f64], n: usize, d: usize) -> Self {
+        let count = n.max(1) as f64;
+        let (mut mean, mut scale) = (Vec::with_capacity(d), Vec::with_capacity(d));
+        for j in 0..d {
+            let col = &mut z[j * n..(j + 1) * n];
+            let m = col.iter().sum::<f64>() / count;
+            let var = col.iter().map(|v| (v - m) * (v - m)).sum::<f64>();
+            let sd = (var / count).sqrt();
+            let s = if sd > 0.0 { sd } else { 1.0 };
+            col.iter_mut().for_each(|v| *v = (*v - m) / s);
             mean.push(m);
-            scale.push(if sd > 0.0 { sd } else { 1.0 });
+            scale.push(s);
         }
         Self { mean, scale }
     }
@@ -357,14 +361,18 @@ impl Logistic {
         c: f64,
         balanced: bool,
     ) -> Result<Self, DetectError> {
-        let scaler = Standardizer::fit(x, rows);
         let d = x.d();
+        // The training rows in file order (a split lists them shuffled): the same fit, read
+        // from memory in order rather than at random.
+        let mut rows = rows.to_vec();
+        rows.sort_unstable();
         // Standardised training rows, column by column (the sums below run down columns).
         let mut z = Vec::with_capacity(rows.len() * d);
         for j in 0..d {
-            let (c, m, s) = (x.col(j), scaler.mean[j], scaler.scale[j]);
-            z.extend(rows.iter().map(|&i| (c[i] - m) / s));
+            let c = x.col(j);
+            z.extend(rows.iter().map(|&i| c[i]));
         }
+        let scaler = Standardizer::fit_transform(&mut z, rows.len(), d);
         let ys: Vec<u8> = rows.iter().map(|&i| u8::from(y[i] != 0)).collect();
         let w = class_weights(&ys, balanced);
         let problem = LogLoss {
