@@ -448,12 +448,144 @@ pub struct GbtParams {
     pub balanced: bool,
 }
 
-/// A fitted gradient-boosted tree ensemble.
-pub struct Boosted(GradientBooster);
+/// A fitted gradient-boosted tree ensemble: forust's model and the same trees laid out
+/// for fast scoring.
+pub struct Boosted {
+    model: GradientBooster,
+    forest: Forest,
+}
 
 impl std::fmt::Debug for Boosted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Boosted").finish_non_exhaustive()
+    }
+}
+
+/// One node of [`Forest`]; a leaf points to itself, so a walk of fixed length stays on it.
+#[derive(Debug, Clone, Copy)]
+struct FlatNode {
+    feature: usize,
+    value: f64,
+    left: u32,
+    right: u32,
+    missing: u32,
+    weight: f32,
+}
+
+/// forust's trees in one array, walked level by level over a chunk of rows at a time: every
+/// row of the chunk takes one step per level (no branch on leaves, independent rows side by
+/// side), and each row's tree values are added in tree order from the base score, as
+/// forust's own `predict` adds them, so the margins are the same to the bit.
+#[derive(Debug)]
+struct Forest {
+    base: f64,
+    missing: f64,
+    nodes: Vec<FlatNode>,
+    /// Each tree's root in `nodes` and the number of steps to its deepest leaf.
+    trees: Vec<(u32, usize)>,
+}
+
+impl Forest {
+    fn new(model: &GradientBooster, d: usize) -> Result<Self, DetectError> {
+        let bad = |why: &str| DetectError::Model(format!("gradient boosting: {why}"));
+        let used = model.prediction_iteration.unwrap_or(model.trees.len());
+        let mut nodes = Vec::new();
+        let mut trees = Vec::with_capacity(used);
+        for tree in model.trees.iter().take(used) {
+            let offset = nodes.len();
+            let at = |k: usize| {
+                u32::try_from(offset + k)
+                    .ok()
+                    .filter(|_| k < tree.nodes.len())
+                    .ok_or_else(|| bad("a tree node points outside its tree"))
+            };
+            for (k, n) in tree.nodes.iter().enumerate() {
+                nodes.push(if n.is_leaf {
+                    let me = at(k)?;
+                    FlatNode {
+                        feature: 0,
+                        value: 0.0,
+                        left: me,
+                        right: me,
+                        missing: me,
+                        weight: n.weight_value,
+                    }
+                } else {
+                    if n.split_feature >= d {
+                        return Err(bad("a split on a feature the data does not have"));
+                    }
+                    FlatNode {
+                        feature: n.split_feature,
+                        value: n.split_value,
+                        left: at(n.left_child)?,
+                        right: at(n.right_child)?,
+                        missing: at(n.missing_node)?,
+                        weight: n.weight_value,
+                    }
+                });
+            }
+            if tree.nodes.is_empty() {
+                return Err(bad("an empty tree"));
+            }
+            // Steps from the root to the deepest leaf (a walk bounded by the node count).
+            let mut depth = 0;
+            let mut stack = vec![(0usize, 0usize)];
+            while let Some((k, steps)) = stack.pop() {
+                let n = &tree.nodes[k];
+                if n.is_leaf {
+                    depth = depth.max(steps);
+                } else if steps < tree.nodes.len() {
+                    for c in [n.left_child, n.right_child, n.missing_node] {
+                        if c < tree.nodes.len() {
+                            stack.push((c, steps + 1));
+                        }
+                    }
+                } else {
+                    return Err(bad("a tree with a cycle"));
+                }
+            }
+            trees.push((at(0)?, depth));
+        }
+        Ok(Self {
+            base: model.base_score,
+            missing: model.missing,
+            nodes,
+            trees,
+        })
+    }
+
+    /// Margins (log-odds) of the rows held in `cols` (one slice per feature, all as long as
+    /// `out`) into `out`.
+    fn margins(&self, cols: &[&[f64]], out: &mut [f64]) {
+        let missing_is_nan = self.missing.is_nan();
+        let is_missing = |v: f64| {
+            if missing_is_nan {
+                v.is_nan()
+            } else {
+                v == self.missing
+            }
+        };
+        out.fill(self.base);
+        let mut at = vec![0u32; out.len()];
+        for &(root, depth) in &self.trees {
+            at.fill(root);
+            for _ in 0..depth {
+                for (row, k) in at.iter_mut().enumerate() {
+                    let n = &self.nodes[*k as usize];
+                    let v = cols[n.feature][row];
+                    *k = if is_missing(v) {
+                        n.missing
+                    } else if v < n.value {
+                        n.left
+                    } else {
+                        n.right
+                    };
+                }
+            }
+            for (o, k) in out.iter_mut().zip(&at) {
+                *o += f64::from(self.nodes[*k as usize].weight);
+            }
+        }
     }
 }
 
@@ -480,34 +612,50 @@ impl Boosted {
         model
             .fit(&m, &yf, &w, None)
             .map_err(|e| DetectError::Model(format!("gradient boosting: {e}")))?;
-        Ok(Self(model))
+        let forest = Forest::new(&model, x.d())?;
+        Ok(Self { model, forest })
+    }
+
+    /// The fitted forust model (for feature importance or export).
+    pub fn model(&self) -> &GradientBooster {
+        &self.model
     }
 
     /// Probability of the positive class for every row of `x`.
     pub fn predict(&self, x: &Features) -> Vec<f64> {
-        self.predict_blocks(x, None)
+        self.predict_chunks(x, None)
     }
 
     /// Probability of the positive class for rows `rows` of `x`, in that order.
     pub fn predict_rows(&self, x: &Features, rows: &[usize]) -> Vec<f64> {
-        self.predict_blocks(x, Some(rows))
+        self.predict_chunks(x, Some(rows))
     }
 
-    /// Predictions in blocks of rows, each copied into one reused column-major buffer, so
-    /// the copy forust needs stays small and its pages stay mapped.
-    fn predict_blocks(&self, x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
-        const ROWS: usize = 131_072;
+    /// Predictions in parallel chunks of rows: read from the columns in place for all rows,
+    /// or gathered into a small column-major buffer per chunk for a subset.
+    fn predict_chunks(&self, x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
+        const CHUNK: usize = 4_096;
         let n = rows.map_or(x.n(), <[usize]>::len);
-        let mut out = Vec::with_capacity(n);
-        let mut data = Vec::with_capacity(ROWS.min(n) * x.d());
-        let mut start = 0;
-        while start < n {
-            let len = ROWS.min(n - start);
-            x.gather(rows, start, len, &mut data);
-            let m = Matrix::new(&data, len, x.d());
-            out.extend(self.0.predict(&m, true).into_iter().map(sigmoid));
-            start += len;
-        }
+        let mut out = vec![0.0; n];
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let (start, len) = (c * CHUNK, chunk.len());
+                match rows {
+                    None => {
+                        let cols: Vec<&[f64]> =
+                            (0..x.d()).map(|j| &x.col(j)[start..start + len]).collect();
+                        self.forest.margins(&cols, chunk);
+                    }
+                    Some(r) => {
+                        let mut data = Vec::with_capacity(len * x.d());
+                        x.gather(Some(r), start, len, &mut data);
+                        let cols: Vec<&[f64]> = data.chunks_exact(len).collect();
+                        self.forest.margins(&cols, chunk);
+                    }
+                }
+                chunk.iter_mut().for_each(|v| *v = sigmoid(*v));
+            });
         out
     }
 }
@@ -581,6 +729,48 @@ mod tests {
             "{:?}",
             lr.coef
         );
+    }
+
+    #[test]
+    fn flat_forest_gives_forusts_own_margins_to_the_bit() {
+        let n = 9_000; // more than two chunks of rows
+        let (cols, y) = rows(n);
+        let x = Features::new(
+            n,
+            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
+        )
+        .unwrap();
+        let train: Vec<usize> = (0..n).filter(|i| i % 4 != 0).collect();
+        let params = GbtParams {
+            trees: 25,
+            learning_rate: 0.3,
+            max_depth: 5,
+            seed: 7,
+            balanced: true,
+        };
+        let gbt = Boosted::fit(&x, &y, &train, params).unwrap();
+        // Rows as stored, some with a missing (NaN) value forust routes on its own branch.
+        let mut data: Vec<f64> = cols.iter().flatten().copied().collect();
+        for k in (0..n).step_by(7) {
+            data[(k % 3) * n + k] = f64::NAN;
+        }
+        let m = Matrix::new(&data, n, cols.len());
+        let theirs = gbt.model().predict(&m, false);
+        let slices: Vec<&[f64]> = data.chunks_exact(n).collect();
+        let mut ours = vec![0.0; n];
+        gbt.forest.margins(&slices, &mut ours);
+        for (k, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "row {k}: {a} vs {b}");
+        }
+        // The public paths: every row, and a subset in a given order, across chunk edges.
+        let all = gbt.predict(&x);
+        assert_eq!(all.len(), n);
+        let subset: Vec<usize> = (0..n).rev().step_by(2).collect();
+        let some = gbt.predict_rows(&x, &subset);
+        for (p, &i) in some.iter().zip(&subset) {
+            assert_eq!(p.to_bits(), all[i].to_bits());
+        }
+        assert!(all.iter().all(|p| (0.0..=1.0).contains(p)));
     }
 
     #[test]
