@@ -312,6 +312,10 @@ impl Hessian for LogLoss<'_> {
 /// ~1e-13 at a million rows).
 const GRADIENT_TOLERANCE: f64 = 1e-10;
 
+/// Newton steps before the fit gives up on the tolerance (about six reach it on the
+/// pipeline's features; each step is one pass over the training rows).
+const MAX_NEWTON_STEPS: u64 = 50;
+
 /// The Newton state: parameters, gradient and Hessian (argmin's `Vec` backend).
 type NewtonState = IterState<Vec<f64>, Vec<f64>, (), Vec<Vec<f64>>, (), f64>;
 
@@ -394,7 +398,7 @@ impl Logistic {
         };
         let solve_started = std::time::Instant::now();
         let result = Executor::new(problem, solver)
-            .configure(|s| s.param(vec![0.0; d + 1]).max_iters(30))
+            .configure(|s| s.param(vec![0.0; d + 1]).max_iters(MAX_NEWTON_STEPS))
             .run()
             .map_err(|e| DetectError::Model(format!("logistic regression: {e}")))?;
         tracing::debug!(
@@ -408,6 +412,21 @@ impl Logistic {
                 .map_or(0, |p| p.passes.load(std::sync::atomic::Ordering::Relaxed)),
             solve_started.elapsed().as_secs_f64()
         );
+        let converged = matches!(
+            result.state().get_termination_status(),
+            TerminationStatus::Terminated(TerminationReason::SolverConverged)
+        );
+        if !converged {
+            let norm = result
+                .state()
+                .get_gradient()
+                .map_or(f64::NAN, |g| g.iter().map(|v| v * v).sum::<f64>().sqrt());
+            tracing::warn!(
+                "logistic regression stopped after {MAX_NEWTON_STEPS} steps with the gradient's \
+                 norm at {norm:.1e}, above {GRADIENT_TOLERANCE:.0e}: the best coefficients \
+                 found are used (nearly separable classes with a large `logistic_c`?)"
+            );
+        }
         let p =
             result.state().get_best_param().cloned().ok_or_else(|| {
                 DetectError::Model("logistic regression found no solution".into())
