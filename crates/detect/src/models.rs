@@ -1,6 +1,6 @@
 //! The two models: logistic regression exactly as the spec (standardised features, L2 with
-//! `C`, balanced class weights, solved by argmin's Newton-CG to a tight tolerance) and
-//! gradient-boosted trees (forust, the XGBoost algorithm in Rust).
+//! `C`, balanced class weights, solved by argmin's trust-region Newton method to a tight
+//! tolerance) and gradient-boosted trees (forust, the XGBoost algorithm in Rust).
 
 use argmin::core::{
     CostFunction, Executor, Gradient, Hessian, IterState, KV, Problem, Solver, State,
