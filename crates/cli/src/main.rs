@@ -250,7 +250,8 @@ struct SqlArgs {
     /// Data directory holding the events [default: OUT/data, else vigil-data].
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Output directory of a run: its Parquet tables are queryable by name.
+    /// Output directory of a run: its tables (Parquet, and the CSV outputs without a Parquet
+    /// twin, such as monitoring_metrics or alerts) are queryable by file name.
     #[arg(long)]
     out: Option<PathBuf>,
     /// How to print the result.
@@ -498,12 +499,26 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
     if let Some(out) = &a.out {
         let entries = std::fs::read_dir(out)
             .with_context(|| format!("cannot read output directory {}", out.display()))?;
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.extension().is_some_and(|x| x == "parquet")
-                && let Some(stem) = p.file_stem().and_then(|s| s.to_str())
+        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        files.sort();
+        // Every Parquet output, then each CSV output without a Parquet twin (monitoring
+        // metrics, alerts, drift, the review queue, ...), so every table a run writes can be
+        // queried by its file name.
+        for ext in ["parquet", "csv"] {
+            for p in files
+                .iter()
+                .filter(|p| p.extension().is_some_and(|x| x == ext))
             {
-                wh.register_parquet_file(stem, &p)?;
+                let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
+                    continue;
+                };
+                if ext == "parquet" {
+                    wh.register_parquet_file(stem, p)?;
+                } else if !p.with_extension("parquet").exists()
+                    && let Err(e) = wh.register_csv_file(stem, p)
+                {
+                    tracing::warn!("{} is not queryable: {e}", p.display());
+                }
             }
         }
     }

@@ -449,6 +449,31 @@ fn run_writes_every_output_and_sees_the_injected_incident_and_drift() {
         "SELECT COUNT(DISTINCT user_id) AS n FROM events WHERE payment_id LIKE 'pay_ring_%'",
     ]);
     assert!(ring_users.lines().nth(1).unwrap().parse::<u64>().unwrap() >= 3);
+    // CSV-only outputs are tables too: the example `vigil --help` shows.
+    let worst = ok(&[
+        "sql",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT day, block_rate FROM monitoring_metrics ORDER BY block_rate DESC LIMIT 3",
+    ]);
+    let worst: Vec<&str> = worst.lines().collect();
+    assert_eq!(worst[0], "day,block_rate", "{worst:?}");
+    assert_eq!(worst.len(), 4, "{worst:?}");
+    assert!(
+        worst[1].starts_with("2026-02-19,"),
+        "the incident day first: {worst:?}"
+    );
+    let alerts = ok(&[
+        "sql",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT COUNT(*) AS n FROM alerts WHERE alert_type = 'spike_block_rate'",
+    ]);
+    assert_ne!(alerts.lines().nth(1), Some("0"), "{alerts}");
 }
 
 /// A temporary directory holding 2,000 generated events as `events.csv`.

@@ -15,7 +15,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 
 pub use writers::{write_csv, write_parquet, write_sqlite};
 
@@ -367,6 +367,18 @@ impl Warehouse {
             .block_on(
                 self.ctx
                     .register_parquet(name, &p, ParquetReadOptions::default()),
+            )
+            .map_err(sql_err(name))
+    }
+
+    /// Register a CSV file with a header line as a table (column types inferred from its
+    /// first rows), for outputs that have no Parquet twin.
+    pub fn register_csv_file(&self, name: &str, path: &Path) -> Result<(), WarehouseError> {
+        let p = path.display().to_string();
+        self.rt
+            .block_on(
+                self.ctx
+                    .register_csv(name, &p, CsvReadOptions::new().has_header(true)),
             )
             .map_err(sql_err(name))
     }
