@@ -526,9 +526,19 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
         .query("query", &a.query)
         .with_context(|| format!("tables available: {}", wh.table_names().join(", ")))?;
     let mut stdout = std::io::stdout().lock();
+    // An empty result still shows its columns (the header line, the table's top row).
+    let empty = [arrow::record_batch::RecordBatch::new_empty(
+        t.schema.clone(),
+    )];
+    let batches = if t.batches.is_empty() {
+        &empty[..]
+    } else {
+        &t.batches[..]
+    };
     match a.format {
         OutFormat::Table => {
-            let s = arrow::util::pretty::pretty_format_batches(&t.batches)?;
+            let s =
+                arrow::util::pretty::pretty_format_batches_with_schema(t.schema.clone(), batches)?;
             use std::io::Write;
             writeln!(stdout, "{s}")?;
         }
@@ -536,7 +546,7 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
             let mut w = arrow::csv::WriterBuilder::new()
                 .with_header(true)
                 .build(stdout);
-            for b in &t.batches {
+            for b in batches {
                 w.write(b)?;
             }
         }

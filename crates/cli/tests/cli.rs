@@ -474,6 +474,16 @@ fn run_writes_every_output_and_sees_the_injected_incident_and_drift() {
         "SELECT COUNT(*) AS n FROM alerts WHERE alert_type = 'spike_block_rate'",
     ]);
     assert_ne!(alerts.lines().nth(1), Some("0"), "{alerts}");
+    // An empty result still names its columns.
+    let none = ok(&[
+        "sql",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT user_id, n_devices FROM core_users WHERE n_devices > 1000000",
+    ]);
+    assert_eq!(none, "user_id,n_devices\n");
 }
 
 /// A temporary directory holding 2,000 generated events as `events.csv`.
