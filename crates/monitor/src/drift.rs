@@ -128,8 +128,13 @@ fn histogram_share(values: &[f64], edges: &[f64]) -> Vec<f64> {
 
 /// PSI between a reference and a current sample.
 pub fn psi(reference: &[f64], current: &[f64], bins: usize) -> f64 {
-    let mut r: Vec<f64> = reference.iter().copied().filter(|v| !v.is_nan()).collect();
+    let r: Vec<f64> = reference.iter().copied().filter(|v| !v.is_nan()).collect();
     let c: Vec<f64> = current.iter().copied().filter(|v| !v.is_nan()).collect();
+    psi_of_numbers(r, &c, bins)
+}
+
+/// [`psi`] of samples already without NaN (the reference is reordered in place).
+fn psi_of_numbers(mut r: Vec<f64>, c: &[f64], bins: usize) -> f64 {
     if r.is_empty() || c.is_empty() {
         return 0.0;
     }
@@ -143,7 +148,7 @@ pub fn psi(reference: &[f64], current: &[f64], bins: usize) -> f64 {
         return 0.0;
     }
     let e = histogram_share(&r, &edges);
-    let a = histogram_share(&c, &edges);
+    let a = histogram_share(c, &edges);
     a.iter().zip(&e).map(|(a, e)| (a - e) * (a / e).ln()).sum()
 }
 
@@ -157,9 +162,13 @@ pub fn drift_table(
     bins: usize,
     flag_threshold: f64,
 ) -> Vec<FeatureDrift> {
-    let mut unique: Vec<i32> = days.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
+    // A handful of distinct days among millions of rows: a set, not a sort of every row.
+    let unique: Vec<i32> = days
+        .iter()
+        .copied()
+        .collect::<std::collections::BTreeSet<i32>>()
+        .into_iter()
+        .collect();
     if unique.len() < min_days || unique.len() <= recent_days {
         return Vec::new();
     }
@@ -167,11 +176,19 @@ pub fn drift_table(
     let mut out: Vec<FeatureDrift> = columns
         .par_iter()
         .map(|(name, values)| {
-            let (mut r, mut c) = (Vec::new(), Vec::new());
-            for (d, v) in days.iter().zip(values) {
-                if *d >= cutoff { c.push(*v) } else { r.push(*v) }
+            // Split into reference and recent days, leaving NaN out as `psi` does.
+            let (mut r, mut c) = (Vec::with_capacity(values.len()), Vec::new());
+            for (d, &v) in days.iter().zip(values) {
+                if v.is_nan() {
+                    continue;
+                }
+                if *d >= cutoff {
+                    c.push(v);
+                } else {
+                    r.push(v);
+                }
             }
-            let p = psi(&r, &c, bins);
+            let p = psi_of_numbers(r, &c, bins);
             FeatureDrift {
                 feature: name.clone(),
                 psi: p,
