@@ -139,7 +139,7 @@ fn psi_of_numbers(mut r: Vec<f64>, c: &[f64], bins: usize) -> f64 {
         return 0.0;
     }
     let constant = |s: &[f64]| s.iter().all(|v| *v == s[0]);
-    if constant(&r) && constant(&c) {
+    if constant(&r) && constant(c) {
         return 0.0;
     }
     let mut edges = quantiles_linear(&mut r, &linspace01(bins));
