@@ -561,6 +561,22 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
     Ok(())
 }
 
+/// The error and its causes joined by ": ", leaving out a cause whose text the message
+/// already carries (library errors name their source in their own text).
+fn error_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<EventsError>() {
@@ -632,7 +648,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::from(exit_code(&e))
         }
     }

@@ -224,6 +224,27 @@ fn a_missing_column_is_a_clear_error() {
     );
 }
 
+/// The error for a missing input once read "cannot open x.csv: no such file: no such file":
+/// the library error names its cause and the binary printed the cause again.
+#[test]
+fn a_missing_input_names_the_file_and_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.csv");
+    let o = vigil(&[
+        "ingest",
+        missing.to_str().unwrap(),
+        "--data",
+        dir.path().join("d").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("cannot open") && stderr.contains("nope.csv"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("no such file").count(), 1, "{stderr}");
+}
+
 #[test]
 fn generation_is_deterministic_per_seed_and_end() {
     let dir = tempfile::tempdir().unwrap();
