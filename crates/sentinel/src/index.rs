@@ -354,6 +354,13 @@ impl SentinelIndex {
         negative_to_positive_ratio: Option<f64>,
         seed: Option<u64>,
     ) -> Result<Self, SentinelError> {
+        if !dir.join(CONFIG_FILE).is_file() {
+            return Err(SentinelError::BadInput(format!(
+                "no Sentinel index at {}: {CONFIG_FILE} is not there (build one with \
+                 `vigil sentinel build`, or give an s3:// location)",
+                dir.display()
+            )));
+        }
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read(&path).map_err(|source| SentinelError::Io { path, source })
@@ -470,5 +477,21 @@ impl SentinelIndex {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loading_a_directory_without_an_index_says_so_and_how_to_make_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SentinelIndex::load(&dir.path().join("nowhere"), None, None).unwrap_err();
+        assert!(matches!(err, SentinelError::BadInput(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("no Sentinel index at"), "{text}");
+        assert!(text.contains("vigil sentinel build"), "{text}");
     }
 }
