@@ -445,12 +445,12 @@ pub fn generate(
             message: format!("--abuse-rate must be in [0, 1], got {}", cfg.abuse_rate),
         });
     }
-    let first_day =
-        (cfg.end_micros - i64::from(cfg.days) * 86_400_000_000).div_euclid(86_400_000_000);
-    let last_day = (cfg.end_micros - 1).div_euclid(86_400_000_000);
-    if crate::timestamp::date_text(first_day).is_none()
-        || crate::timestamp::date_text(last_day).is_none()
-    {
+    // Checked: `--days` is the user's, and a window past i64 microseconds must not wrap.
+    let start = i64::from(cfg.days)
+        .checked_mul(86_400_000_000)
+        .and_then(|w| cfg.end_micros.checked_sub(w));
+    let in_range = |micros: i64| date_text(micros.div_euclid(86_400_000_000)).is_some();
+    if !start.is_some_and(in_range) || !in_range(cfg.end_micros.saturating_sub(1)) {
         return Err(EventsError::BadInput {
             path: out.to_path_buf(),
             message: "the generated window (--end minus --days) must lie within years 0 to 9999"
@@ -661,6 +661,13 @@ mod tests {
         };
         generate(&cfg, &out, &|_| {}).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
+        // A window longer than i64 microseconds can hold is refused, not wrapped.
+        let huge = GeneratorConfig {
+            days: u32::MAX,
+            ..cfg.clone()
+        };
+        let err = generate(&huge, &dir.path().join("huge.csv"), &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("years 0 to 9999"), "{err}");
         assert!(text.lines().nth(1).unwrap().contains(",0000-01-"), "{text}");
     }
 }
