@@ -310,9 +310,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let cfg = GeneratorConfig {
         events: a.events,
-        users: a
-            .users
-            .unwrap_or_else(|| ((a.events * 3 / 100) as usize).max(1)),
+        users: a.users.unwrap_or_else(|| {
+            usize::try_from(a.events.saturating_mul(3) / 100).map_or(usize::MAX, |u| u.max(1))
+        }),
         days: a.days,
         abuse_rate: a.abuse_rate,
         seed: a.seed,

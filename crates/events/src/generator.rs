@@ -24,6 +24,9 @@ use crate::schema::{COLUMNS, EVENT_TYPES, event_schema};
 use crate::timestamp::date_text;
 use crate::validate::{EventBatchBuilder, ValidRow};
 
+/// The most users `generate` makes (each is held in memory with its identifiers).
+pub const MAX_USERS: usize = 100_000_000;
+
 /// The notebook's benign prompts.
 pub const BENIGN_PROMPTS: [&str; 7] = [
     "Summarize this article in simple terms.",
@@ -164,6 +167,14 @@ fn make_users(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> Vec<User> {
     } else {
         0
     };
+    if cfg.rings > ring_members {
+        tracing::warn!(
+            "--rings {} asked for, but the {n_abusers} abuser(s) among {n} users form only {} \
+             ring(s) (raise --users or --abuse-rate)",
+            cfg.rings,
+            ring_members.min(cfg.rings)
+        );
+    }
     for (i, &u) in abusers.iter().enumerate() {
         let user = &mut users[u];
         user.abuser = true;
@@ -445,6 +456,16 @@ pub fn generate(
             message: format!("--abuse-rate must be in [0, 1], got {}", cfg.abuse_rate),
         });
     }
+    if cfg.users > MAX_USERS {
+        return Err(EventsError::BadInput {
+            path: out.to_path_buf(),
+            message: format!(
+                "{} users is more than the generator holds in memory (at most {MAX_USERS}; \
+                 without --users it takes 3 per 100 events)",
+                cfg.users
+            ),
+        });
+    }
     // Checked: `--days` is the user's, and a window past i64 microseconds must not wrap.
     let start = i64::from(cfg.days)
         .checked_mul(86_400_000_000)
@@ -456,6 +477,21 @@ pub fn generate(
             message: "the generated window (--end minus --days) must lie within years 0 to 9999"
                 .into(),
         });
+    }
+    if let (Some(k), Some(start)) = (cfg.incident_day, start) {
+        // Calendar dates the window touches: `days + 1` when it does not start at midnight.
+        let dates =
+            (cfg.end_micros - 1).div_euclid(86_400_000_000) - start.div_euclid(86_400_000_000) + 1;
+        if i64::from(k) >= dates {
+            return Err(EventsError::BadInput {
+                path: out.to_path_buf(),
+                message: format!(
+                    "--incident-day {k} is outside the window: its {dates} calendar dates are \
+                     days 0 to {}",
+                    dates - 1
+                ),
+            });
+        }
     }
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -669,5 +705,34 @@ mod tests {
         let err = generate(&huge, &dir.path().join("huge.csv"), &|_| {}).unwrap_err();
         assert!(err.to_string().contains("years 0 to 9999"), "{err}");
         assert!(text.lines().nth(1).unwrap().contains(",0000-01-"), "{text}");
+    }
+
+    #[test]
+    fn an_incident_day_outside_the_window_or_too_many_users_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("events.csv");
+        // 14 days ending at midnight: calendar days 0 to 13.
+        let cfg = GeneratorConfig {
+            events: 100,
+            end_micros: 1_771_113_600_000_000, // 2026-02-15T00:00:00Z
+            ..GeneratorConfig::default()
+        };
+        let late = GeneratorConfig {
+            incident_day: Some(14),
+            ..cfg.clone()
+        };
+        let err = generate(&late, &out, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("days 0 to 13"), "{err}");
+        let last = GeneratorConfig {
+            incident_day: Some(13),
+            ..cfg.clone()
+        };
+        generate(&last, &out, &|_| {}).unwrap();
+        let crowd = GeneratorConfig {
+            users: MAX_USERS + 1,
+            ..cfg
+        };
+        let err = generate(&crowd, &out, &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("at most 100000000"), "{err}");
     }
 }
