@@ -407,6 +407,12 @@ impl Config {
                 "the sweep needs a positive step and start <= end",
             );
         }
+        if (d.threshold_end - d.threshold_start) / d.threshold_step > 1_000_000.0 {
+            return bad(
+                "detection.threshold_step",
+                "the sweep would try more than a million thresholds",
+            );
+        }
         if d.logistic_c.is_nan() || d.logistic_c <= 0.0 {
             return bad("detection.logistic_c", "must be positive");
         }
@@ -497,6 +503,13 @@ mod tests {
         assert!(err.to_string().contains("detection.gbt_features"));
         let err = Config::from_toml_str("profile = \"fast\"\n", Path::new("v.toml")).unwrap_err();
         assert!(err.to_string().contains("fast"));
+        // A step so small the sweep's grid could not be allocated.
+        let err = Config::from_toml_str(
+            "[detection]\nthreshold_step = 1e-300\n",
+            Path::new("v.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("million thresholds"), "{err}");
     }
 
     #[test]
