@@ -246,7 +246,7 @@ pub struct DriftConfig {
     pub recent_days: usize,
     /// PSI is computed only with at least this many days of data.
     pub min_days: usize,
-    /// Number of quantile bins of the reference (edges at 0, 1/bins, ..., 1).
+    /// Number of quantile bins of the reference (edges at 0, 1/bins, ..., 1); 2 to 10,000.
     pub bins: usize,
     /// `drift_flag` is 1 when PSI is above this.
     pub flag_threshold: f64,
@@ -382,8 +382,8 @@ impl Config {
         if rz.z.is_nan() || rz.z <= 0.0 {
             return bad("monitoring.robust_z.z", "must be positive");
         }
-        if self.drift.bins < 2 {
-            return bad("drift.bins", "must be at least 2");
+        if !(2..=10_000).contains(&self.drift.bins) {
+            return bad("drift.bins", "must be from 2 to 10000");
         }
         if self.drift.recent_days == 0 {
             return bad("drift.recent_days", "must be at least 1");
@@ -510,6 +510,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("million thresholds"), "{err}");
+        // Four billion PSI bins ran the machine out of memory.
+        let err =
+            Config::from_toml_str("[drift]\nbins = 4000000000\n", Path::new("v.toml")).unwrap_err();
+        assert!(err.to_string().contains("drift.bins"), "{err}");
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub struct DetectionConfig {
     pub threshold_start: f64,
     /// Last threshold of the F1 sweep (inclusive).
     pub threshold_end: f64,
-    /// Step of the F1 sweep.
+    /// Step of the F1 sweep (at most a million thresholds between start and end).
     pub threshold_step: f64,
     /// Gradient boosting: number of trees.
     pub gbt_trees: usize,
