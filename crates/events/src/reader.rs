@@ -156,12 +156,13 @@ fn map_columns(path: &Path, names: &[String]) -> Result<[Option<usize>; 16], Eve
             Some(_) => {
                 return Err(EventsError::BadInput {
                     path: path.to_path_buf(),
-                    message: format!("column `{name}` appears twice in the header"),
+                    message: format!("column {name:?} appears twice in the header"),
                 });
             }
+            // `{:?}`: a header of binary junk must not write control bytes to the terminal.
             None => tracing::warn!(
                 file = %path.display(),
-                "ignoring column `{name}`: not part of the event schema"
+                "ignoring column {name:?}: not part of the event schema"
             ),
         }
     }
