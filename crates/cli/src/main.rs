@@ -522,9 +522,18 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
             }
         }
     }
-    let t = wh
-        .query("query", &a.query)
-        .with_context(|| format!("tables available: {}", wh.table_names().join(", ")))?;
+    let t = match wh.query("query", &a.query) {
+        Ok(t) => t,
+        Err(e) => {
+            // A missing table is answered with the ones there are.
+            let hint = if e.to_string().contains("not found") {
+                format!("tables available: {}", wh.table_names().join(", "))
+            } else {
+                "the query failed".into()
+            };
+            return Err(anyhow::Error::new(e).context(BadQuery(hint)));
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     // An empty result still shows its columns (the header line, the table's top row).
     let empty = [arrow::record_batch::RecordBatch::new_empty(
@@ -577,7 +586,20 @@ fn error_text(err: &anyhow::Error) -> String {
     out
 }
 
+/// A `vigil sql` query that DataFusion refused: the user's argument, so exit code 2.
+#[derive(Debug)]
+struct BadQuery(String);
+
+impl std::fmt::Display for BadQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<BadQuery>().is_some() {
+        return 2;
+    }
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<EventsError>() {
             return match e {

@@ -246,6 +246,34 @@ fn a_missing_input_names_the_file_and_its_cause_once() {
 }
 
 #[test]
+fn a_bad_query_is_the_users_error_and_a_missing_table_lists_the_tables() {
+    let (dir, input) = small_generated_input();
+    let data = dir.path().join("d");
+    ok(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let o = vigil(&["sql", "--data", data.to_str().unwrap(), "SELEC 1"]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("the query failed") && stderr.contains("SELEC"),
+        "{stderr}"
+    );
+    let o = vigil(&[
+        "sql",
+        "--data",
+        data.to_str().unwrap(),
+        "SELECT * FROM nope",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("tables available: events"), "{stderr}");
+}
+
+#[test]
 fn generation_is_deterministic_per_seed_and_end() {
     let dir = tempfile::tempdir().unwrap();
     let gen_to = |name: &str, seed: &str| {
