@@ -23,6 +23,18 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `vigil sql --out OUT --format csv QUERY`, its standard output.
+fn sql_csv(out: &Path, query: &str) -> String {
+    ok(&[
+        "sql",
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "csv",
+        query,
+    ])
+}
+
 fn count_events(data: &Path) -> u64 {
     let out = ok(&[
         "sql",
@@ -480,33 +492,21 @@ fn run_writes_every_output_and_sees_the_injected_incident_and_drift() {
         "{drift}"
     );
     // The dataset is queryable together with the run's tables.
-    let top = ok(&[
-        "sql",
-        "--out",
-        out.to_str().unwrap(),
-        "--format",
-        "csv",
+    let top = sql_csv(
+        &out,
         "SELECT COUNT(*) AS n FROM core_users WHERE n_payments >= 1",
-    ]);
+    );
     assert!(top.lines().nth(1).unwrap().parse::<u64>().unwrap() > 1000);
-    let ring_users = ok(&[
-        "sql",
-        "--out",
-        out.to_str().unwrap(),
-        "--format",
-        "csv",
+    let ring_users = sql_csv(
+        &out,
         "SELECT COUNT(DISTINCT user_id) AS n FROM events WHERE payment_id LIKE 'pay_ring_%'",
-    ]);
+    );
     assert!(ring_users.lines().nth(1).unwrap().parse::<u64>().unwrap() >= 3);
     // CSV-only outputs are tables too: the example `vigil --help` shows.
-    let worst = ok(&[
-        "sql",
-        "--out",
-        out.to_str().unwrap(),
-        "--format",
-        "csv",
+    let worst = sql_csv(
+        &out,
         "SELECT day, block_rate FROM monitoring_metrics ORDER BY block_rate DESC LIMIT 3",
-    ]);
+    );
     let worst: Vec<&str> = worst.lines().collect();
     assert_eq!(worst[0], "day,block_rate", "{worst:?}");
     assert_eq!(worst.len(), 4, "{worst:?}");
@@ -514,24 +514,16 @@ fn run_writes_every_output_and_sees_the_injected_incident_and_drift() {
         worst[1].starts_with("2026-02-19,"),
         "the incident day first: {worst:?}"
     );
-    let alerts = ok(&[
-        "sql",
-        "--out",
-        out.to_str().unwrap(),
-        "--format",
-        "csv",
+    let alerts = sql_csv(
+        &out,
         "SELECT COUNT(*) AS n FROM alerts WHERE alert_type = 'spike_block_rate'",
-    ]);
+    );
     assert_ne!(alerts.lines().nth(1), Some("0"), "{alerts}");
     // An empty result still names its columns.
-    let none = ok(&[
-        "sql",
-        "--out",
-        out.to_str().unwrap(),
-        "--format",
-        "csv",
+    let none = sql_csv(
+        &out,
         "SELECT user_id, n_devices FROM core_users WHERE n_devices > 1000000",
-    ]);
+    );
     assert_eq!(none, "user_id,n_devices\n");
 }
 
