@@ -68,10 +68,11 @@ Examples:
   vigil demo
   vigil generate --events 1000000 --seed 7 --out events.csv
   vigil run --input events.csv --out out/
+  vigil score --model out/model --input today.csv --out today/
   vigil ingest more.jsonl.gz --data out/data
   vigil sql --out out/ \"SELECT day, block_rate FROM monitoring_metrics ORDER BY block_rate DESC LIMIT 3\"
   vigil review list --out out/
-  vigil review decide --out out/ rev_000000 --decision block --reason spam --reviewer alice
+  vigil review decide --out out/ u_00042@2026-02-10 --decision block --reason spam --reviewer alice
   vigil config --profile notebook > vigil.toml";
 
 /// Vigil: a Trust & Safety pipeline from raw product events to detection, review, enforcement
@@ -107,9 +108,15 @@ enum Command {
         after_help = "Examples:\n  vigil run --input events.csv --out out/\n  vigil run --input events.csv --out out/ --profile notebook\n  vigil run --input gen/events.csv --ground-truth gen/ground_truth.csv --out out/ --config vigil.toml"
     )]
     Run(RunArgs),
+    /// Apply a saved model bundle (`OUT/model` of a `vigil run`) to events without refitting:
+    /// features, risk, review queue, enforcement suggestions and the report.
+    #[command(
+        after_help = "Examples:\n  vigil run --input last_week.csv --out trained/\n  vigil score --model trained/model --input today.csv --out today/\n  vigil score --model trained/model --data vigil-data --out scored/"
+    )]
+    Score(ScoreArgs),
     /// Work the review queue of a run: list, show, decide, verify the audit log.
     #[command(
-        after_help = "Examples:\n  vigil review list --out out/ --undecided\n  vigil review show --out out/ rev_000003\n  vigil review decide --out out/ rev_000003 --decision rate_limit --reason policy_evasion --reviewer alice --notes \"asked to bypass filters\"\n  vigil review verify --out out/"
+        after_help = "Examples:\n  vigil review list --out out/ --undecided\n  vigil review show --out out/ u_00042@2026-02-10\n  vigil review decide --out out/ u_00042@2026-02-10 --decision rate_limit --reason policy_evasion --reviewer alice --notes \"asked to bypass filters\"\n  vigil review verify --out out/"
     )]
     Review {
         #[command(subcommand)]
@@ -216,6 +223,41 @@ struct RunArgs {
     #[command(flatten)]
     opts: InputOpts,
 }
+
+#[derive(Args, Debug)]
+struct ScoreArgs {
+    /// The model bundle: the `model/` directory a `vigil run` wrote.
+    #[arg(long)]
+    model: PathBuf,
+    /// Event files to ingest and score (repeatable).
+    #[arg(long = "input", num_args = 1..)]
+    inputs: Vec<PathBuf>,
+    /// Output directory (not the run that trained the bundle).
+    #[arg(long)]
+    out: PathBuf,
+    /// Data directory of stored events to score [default: OUT/data].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Ground truth (user_id,is_abuser,actor_id) to score entity resolution against.
+    #[arg(long)]
+    ground_truth: Option<PathBuf>,
+    /// Input format, strictness, and a configuration for the stages the bundle does not fix
+    /// (monitoring, drift, automation) [default: the bundle's own].
+    #[command(flatten)]
+    opts: InputOpts,
+}
+
+/// A command-line argument that makes no sense: the user's to fix, exit code 2.
+#[derive(Debug)]
+struct BadArgument(String);
+
+impl std::fmt::Display for BadArgument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadArgument {}
 
 #[derive(Args, Debug)]
 struct DemoArgs {
@@ -417,6 +459,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
 fn cmd_run(a: RunArgs) -> Result<()> {
     let cfg = load_config(&a.opts)?;
     let opts = RunOptions {
+        models: vigil_pipeline::Models::Fit,
         inputs: a.inputs.clone(),
         out: a.out.clone(),
         data: a.data.clone(),
@@ -425,6 +468,61 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         ground_truth: a.ground_truth.clone(),
         as_of_micros: None,
     };
+    run_stages(&opts)
+}
+
+fn cmd_score(a: ScoreArgs) -> Result<()> {
+    if a.inputs.is_empty() && a.data.is_none() {
+        return Err(BadArgument(
+            "nothing to score: give event files with --input, or stored events with --data".into(),
+        )
+        .into());
+    }
+    let same_dir = |p: &Path, q: &Path| match (p.canonicalize(), q.canonicalize()) {
+        (Ok(p), Ok(q)) => p == q,
+        _ => false,
+    };
+    if a.model.parent().is_some_and(|p| same_dir(p, &a.out)) {
+        return Err(BadArgument(format!(
+            "--out {} is the run that trained the bundle: scoring there would replace its \
+             outputs and review queue; choose another --out",
+            a.out.display()
+        ))
+        .into());
+    }
+    let bundle = vigil_pipeline::ModelBundle::load(&a.model)?;
+    let cfg = if a.opts.config.is_some() || a.opts.profile.is_some() {
+        load_config(&a.opts)?
+    } else {
+        bundle.manifest.config.clone()
+    };
+    eprintln!(
+        "model bundle {}: {} trained by Vigil {} on {} user-days ({} to {})",
+        a.model.display(),
+        bundle.manifest.risk_model,
+        bundle.manifest.vigil_version,
+        bundle.manifest.training.user_days,
+        bundle.manifest.training.first_day,
+        bundle.manifest.training.last_day
+    );
+    let opts = RunOptions {
+        models: vigil_pipeline::Models::Apply {
+            bundle: Box::new(bundle),
+            dir: a.model.clone(),
+        },
+        inputs: a.inputs.clone(),
+        out: a.out.clone(),
+        data: a.data.clone(),
+        ingest: ingest_options(&a.opts, &cfg),
+        config: cfg,
+        ground_truth: a.ground_truth.clone(),
+        as_of_micros: None,
+    };
+    run_stages(&opts)
+}
+
+/// Run the pipeline with a spinner per stage and print what it did.
+fn run_stages(opts: &RunOptions) -> Result<()> {
     let bar = std::cell::RefCell::new(None::<ProgressBar>);
     let progress = |p: Progress<'_>| match p {
         Progress::StageStart(name) => {
@@ -457,7 +555,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
             eprintln!("  {name:<18} {secs:>8.2}s");
         }
     };
-    let m = vigil_pipeline::run(&opts, &progress)?;
+    let m = vigil_pipeline::run(opts, &progress)?;
     for s in &m.inputs {
         print_ingest(s, &Path::new(&m.data_dir).join("quarantine.jsonl"));
     }
@@ -481,10 +579,16 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         "risk model: {}; {} case(s) in the review queue (vigil review list --out {}); {} incident(s)",
         m.risk_model,
         m.queue_size,
-        a.out.display(),
+        opts.out.display(),
         m.incidents
     );
-    eprintln!("outputs in {} (manifest: run.json)", a.out.display());
+    if m.command == "run" {
+        eprintln!(
+            "model bundle: {} (apply it to new events with vigil score --model {})",
+            m.model_bundle, m.model_bundle
+        );
+    }
+    eprintln!("outputs in {} (manifest: run.json)", opts.out.display());
     eprintln!("report: {}", m.report);
     Ok(())
 }
@@ -586,6 +690,19 @@ fn error_text(err: &anyhow::Error) -> String {
     out
 }
 
+/// Whether the error is a write to a pipe whose reader has gone (`| head`).
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || c.downcast_ref::<arrow::error::ArrowError>()
+                .is_some_and(|e| {
+                    matches!(e, arrow::error::ArrowError::IoError(_, io)
+                    if io.kind() == std::io::ErrorKind::BrokenPipe)
+                })
+    })
+}
+
 /// A `vigil sql` query that DataFusion refused: the user's argument, so exit code 2.
 #[derive(Debug)]
 struct BadQuery(String);
@@ -596,11 +713,38 @@ impl std::fmt::Display for BadQuery {
     }
 }
 
+/// Exit code of a model-bundle error: a damaged bundle is bad data (3), a missing or
+/// mismatched one the user's argument (2), an I/O failure the environment's (1).
+fn bundle_exit_code(e: &vigil_pipeline::BundleError) -> u8 {
+    use vigil_pipeline::BundleError as B;
+    match e {
+        B::Corrupt { .. } => 3,
+        B::NotABundle { .. } | B::Version { .. } | B::FeatureSet { .. } => 2,
+        B::Io { .. } => 1,
+    }
+}
+
 fn exit_code(err: &anyhow::Error) -> u8 {
-    if err.downcast_ref::<BadQuery>().is_some() {
+    if err.downcast_ref::<BadQuery>().is_some() || err.downcast_ref::<BadArgument>().is_some() {
         return 2;
     }
     for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<vigil_pipeline::BundleError>() {
+            return bundle_exit_code(e);
+        }
+        match cause.downcast_ref::<PipelineError>() {
+            Some(PipelineError::Bundle(e)) => return bundle_exit_code(e),
+            Some(
+                PipelineError::Config(_)
+                | PipelineError::EnforcementRules { .. }
+                | PipelineError::Monitor(
+                    vigil_monitor::MonitorError::Rule { .. }
+                    | vigil_monitor::MonitorError::RuleText { .. }
+                    | vigil_monitor::MonitorError::Column { .. },
+                ),
+            ) => return 2,
+            _ => {}
+        }
         if let Some(e) = cause.downcast_ref::<EventsError>() {
             return match e {
                 EventsError::BadRow { .. } | EventsError::BadInput { .. } => 3,
@@ -659,16 +803,24 @@ fn main() -> ExitCode {
         Command::Ingest(a) => cmd_ingest(a),
         Command::Demo(a) => cmd_demo(a),
         Command::Run(a) => cmd_run(a),
+        Command::Score(a) => cmd_score(a),
         Command::Review { cmd } => review_cmd::run(cmd),
         Command::Sql(a) => cmd_sql(a),
         Command::Sentinel { cmd } => sentinel_cmd::run(cmd),
         Command::Config { profile } => profile
             .parse::<Profile>()
-            .map(|p| print!("{}", Config::for_profile(p).to_toml()))
-            .map_err(Into::into),
+            .map_err(anyhow::Error::from)
+            .and_then(|p| {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                out.write_all(Config::for_profile(p).to_toml().as_bytes())?;
+                Ok(out.flush()?)
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `vigil sql ... | head`: the reader has all it wanted; not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
             ExitCode::from(exit_code(&e))

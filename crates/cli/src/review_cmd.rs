@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use anyhow::Result;
 use clap::Subcommand;
 use vigil_review::{Decision, ReviewStore};
@@ -29,7 +31,7 @@ pub enum ReviewCommand {
         /// Output directory of a run.
         #[arg(long)]
         out: PathBuf,
-        /// The case id (rev_000000, ...).
+        /// The case id: USER@DAY, as `vigil review list` shows it (the same in every run).
         review_id: String,
     },
     /// Record a decision (appended to the hash-chained audit log).
@@ -37,7 +39,7 @@ pub enum ReviewCommand {
         /// Output directory of a run.
         #[arg(long)]
         out: PathBuf,
-        /// The case id.
+        /// The case id (USER@DAY).
         review_id: String,
         /// allow, warn, rate_limit, block or escalate.
         #[arg(long)]
@@ -72,8 +74,10 @@ fn store(out: &std::path::Path) -> Result<ReviewStore> {
     Ok(ReviewStore::open(&out.join("review.db"))?)
 }
 
-/// Run one review subcommand.
+/// Run one review subcommand. Output goes to standard output; a write failure is an error
+/// (a closed pipe is ended quietly by the binary).
 pub fn run(cmd: ReviewCommand) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
     match cmd {
         ReviewCommand::List {
             out,
@@ -83,23 +87,24 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
         } => {
             let s = store(&out)?;
             let rows = s.list(offset, limit, undecided)?;
-            println!(
-                "{:<11} {:<10} {:<8} {:>6} {:>8} {:<11} {:<10} recent prompts",
-                "case", "day", "user", "risk", "priority", "suggested", "decision"
-            );
+            writeln!(
+                stdout,
+                "{:>5} {:<24} {:>6} {:>8} {:<11} {:<10} recent prompts",
+                "#", "case", "risk", "priority", "suggested", "decision"
+            )?;
             for (c, d) in &rows {
                 let prompts: String = c.recent_prompts.chars().take(60).collect();
-                println!(
-                    "{:<11} {:<10} {:<8} {:>6.3} {:>8.3} {:<11} {:<10} {}",
+                writeln!(
+                    stdout,
+                    "{:>5} {:<24} {:>6.3} {:>8.3} {:<11} {:<10} {}",
+                    c.queue_pos.map_or_else(|| "-".into(), |p| p.to_string()),
                     c.review_id,
-                    c.day,
-                    c.user_id,
                     c.risk_score,
                     c.priority,
                     c.suggested_action,
                     d.as_deref().unwrap_or("-"),
                     prompts
-                );
+                )?;
             }
             eprintln!(
                 "{} of {} cases (offset {offset}); next page: --offset {}",
@@ -110,23 +115,34 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
         }
         ReviewCommand::Show { out, review_id } => {
             let (c, history) = store(&out)?.show(&review_id)?;
-            println!("case:        {}", c.review_id);
-            println!("user-day:    {} on {}", c.user_id, c.day);
-            println!(
+            writeln!(
+                stdout,
+                "case:        {}{}",
+                c.review_id,
+                c.queue_pos.map_or_else(
+                    || " (not in the latest queue)".into(),
+                    |p| format!(" (#{p} in the queue)")
+                )
+            )?;
+            writeln!(stdout, "user-day:    {} on {}", c.user_id, c.day)?;
+            writeln!(
+                stdout,
                 "risk:        {:.4} (uncertainty {:.4})",
                 c.risk_score, c.uncertainty
-            );
-            println!("priority:    {:.4}; flags: {}", c.priority, c.flags);
-            println!(
+            )?;
+            writeln!(stdout, "priority:    {:.4}; flags: {}", c.priority, c.flags)?;
+            writeln!(
+                stdout,
                 "suggested:   {} ({})",
                 c.suggested_action, c.suggested_reason
-            );
-            println!("prompts:     {}", c.recent_prompts);
+            )?;
+            writeln!(stdout, "prompts:     {}", c.recent_prompts)?;
             if history.is_empty() {
-                println!("decisions:   none yet");
+                writeln!(stdout, "decisions:   none yet")?;
             }
             for h in history {
-                println!(
+                writeln!(
+                    stdout,
                     "decision #{}: {} ({}) by {} at {}{}",
                     h.seq,
                     h.decision,
@@ -138,7 +154,7 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
                     } else {
                         format!(" — {}", h.notes)
                     }
-                );
+                )?;
             }
         }
         ReviewCommand::Decide {
@@ -161,17 +177,30 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
                 },
                 &ts,
             )?;
-            println!(
+            let said = writeln!(
+                stdout,
                 "recorded #{}: {} -> {} ({}) by {}; hash {}",
                 rec.seq, rec.review_id, rec.decision, rec.reason_code, rec.reviewer, rec.hash
-            );
+            )
+            .and_then(|()| stdout.flush());
+            if let Err(e) = said {
+                // The decision is committed: say so, so nobody retries and records it twice.
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    eprintln!(
+                        "the decision WAS recorded as #{} ({}); only printing this \
+                         confirmation failed: do not decide again",
+                        rec.seq, rec.review_id
+                    );
+                }
+                return Err(anyhow::Error::new(e).context("writing the confirmation"));
+            }
         }
         ReviewCommand::Verify { out } => {
             let v = store(&out)?.verify()?;
             if let Some((seq, why)) = v.first_broken {
                 return Err(BrokenChain { seq, why }.into());
             }
-            println!("audit log intact: {} record(s) verified", v.records);
+            writeln!(stdout, "audit log intact: {} record(s) verified", v.records)?;
         }
     }
     Ok(())

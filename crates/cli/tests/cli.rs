@@ -587,10 +587,70 @@ fn a_bad_alert_rule_names_itself() {
         "--config",
         cfg.to_str().unwrap(),
     ]);
-    assert!(!o.status.success());
+    // The configuration's fault: exit 2, as the README says.
+    assert_eq!(o.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         stderr.contains("broken_rule") && stderr.contains("no_such_column"),
         "{stderr}"
     );
+}
+
+#[test]
+fn writing_to_a_closed_pipe_ends_quietly_and_to_a_full_disk_fails_without_a_panic() {
+    // `vigil config | head -0`: the reader is gone before vigil writes.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("config")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // `vigil config > /dev/full`: an error exit that says why, not a panic (exit 101).
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("config")
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked") && err.contains("error:"), "{err}");
+}
+
+#[test]
+fn an_enforcement_rule_that_closes_the_generated_case_is_refused_not_injected() {
+    let (dir, input) = small_generated_input();
+    let cfg = dir.path().join("vigil.toml");
+    std::fs::write(
+        &cfg,
+        "[[enforcement.rules]]\naction = \"block\"\nreason = \"spam\"\n\
+         when = \"false) THEN 'allow' WHEN (true) THEN 'nuke_account' WHEN (true\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("o");
+    let o = vigil(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("enforcement.rules[0]") && err.contains("not one SQL expression"),
+        "{err}"
+    );
+    // Refused before anything ran: no outputs, no action invented.
+    assert!(!out.join("enforcement_actions.csv").exists());
 }

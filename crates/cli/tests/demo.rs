@@ -240,7 +240,23 @@ fn review_commands_decide_and_verify_the_audit_chain() {
     let list = vigil(&["review", "list", "--out", dir, "--limit", "3"]);
     assert!(list.status.success());
     let text = String::from_utf8_lossy(&list.stdout);
-    assert!(text.contains("rev_000000") && text.contains("rev_000002"));
+    // Case ids are the user-day (USER@DAY), in queue order 0, 1, 2.
+    let ids: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 3, "{text}");
+    let queue = std::fs::read_to_string(o.join("audit_log_template.csv")).unwrap();
+    for (k, id) in ids.iter().enumerate() {
+        let (user, day) = id.rsplit_once('@').unwrap();
+        assert!(day.len() == 10 && user.starts_with("u_"), "{id}");
+        let row = queue.lines().nth(k + 1).unwrap();
+        assert!(
+            row.starts_with(&format!("{day},{user},")) && row.contains(id),
+            "{row}"
+        );
+    }
     let decide = |id: &str, decision: &str, reason: &str| {
         vigil(&[
             "review",
@@ -258,20 +274,16 @@ fn review_commands_decide_and_verify_the_audit_chain() {
             "checked",
         ])
     };
-    assert!(decide("rev_000001", "block", "spam").status.success());
-    assert!(
-        decide("rev_000002", "warn", "policy_evasion")
-            .status
-            .success()
-    );
+    assert!(decide(&ids[1], "block", "spam").status.success());
+    assert!(decide(&ids[2], "warn", "policy_evasion").status.success());
     // invalid input: clear error, exit 2, nothing written
-    let bad = decide("rev_000001", "nuke", "spam");
+    let bad = decide(&ids[1], "nuke", "spam");
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid decision `nuke`"));
-    let unknown = decide("rev_999999", "block", "spam");
+    let unknown = decide("u_nobody@2026-01-01", "block", "spam");
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown case"));
-    let show = vigil(&["review", "show", "--out", dir, "rev_000001"]);
+    let show = vigil(&["review", "show", "--out", dir, &ids[1]]);
     assert!(String::from_utf8_lossy(&show.stdout).contains("block (spam) by alice"));
     let verify = vigil(&["review", "verify", "--out", dir]);
     assert!(

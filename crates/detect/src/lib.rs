@@ -11,11 +11,11 @@ pub mod metrics;
 pub mod models;
 pub mod split;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vigil_config::{DetectionConfig, ModelKind};
 
 pub use metrics::{PrPoint, best_f1_threshold, pr_curve, precision_recall_f1, roc_auc};
-pub use models::{Boosted, Features, GbtParams, Logistic};
+pub use models::{Boosted, Features, Forest, GbtParams, Logistic, Standardizer};
 pub use split::{Split, stratified_split};
 
 /// Errors of the detection stage.
@@ -38,7 +38,7 @@ pub enum DetectError {
 }
 
 /// Test-set evaluation of one model (`model_eval.csv`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelEval {
     /// `logistic_regression` or `gradient_boosting`.
     pub model: String,
@@ -55,7 +55,7 @@ pub struct ModelEval {
 }
 
 /// Everything detection produces.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Detection {
     /// Probability of the configured model for every row.
     pub risk: Vec<f64>,
@@ -69,6 +69,10 @@ pub struct Detection {
     pub pr_curves: Vec<(String, Vec<PrPoint>)>,
     /// The split used.
     pub split: Split,
+    /// The fitted logistic regression and its threshold.
+    pub logistic: (Logistic, f64),
+    /// The fitted boosted model and its threshold.
+    pub boosted: (Boosted, f64),
 }
 
 /// `1 - 2 |risk - 0.5|`: 1 at a coin flip, 0 at certainty.
@@ -77,7 +81,8 @@ pub fn uncertainty(risk: f64) -> f64 {
 }
 
 /// The spec's heuristic score: weighted clipped terms of n_chat, block_rate, n_ips and
-/// n_warned, divided by its maximum over all rows (plus 1e-9).
+/// n_warned, divided by its maximum over all rows (plus 1e-9): the notebook's batch
+/// behaviour, [`Heuristic::fit`] then [`Heuristic::apply`] over the same rows.
 pub fn heuristic_scores(
     n_chat: &[f64],
     block_rate: &[f64],
@@ -85,20 +90,101 @@ pub fn heuristic_scores(
     n_warned: &[f64],
     cfg: &DetectionConfig,
 ) -> Vec<f64> {
-    let [w0, w1, w2, w3] = cfg.heuristic_weights;
-    let [s0, s1, s2, s3] = cfg.heuristic_scales;
-    let c = |v: f64| v.clamp(0.0, cfg.heuristic_clip);
-    let raw: Vec<f64> = (0..n_chat.len())
-        .map(|i| {
-            w0 * c(n_chat[i] / s0)
-                + w1 * c(block_rate[i] / s1)
-                + w2 * c(n_ips[i] / s2)
-                + w3 * c(n_warned[i] / s3)
-        })
-        .collect();
-    let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let denom = if max.is_finite() { max + 1e-9 } else { 1.0 };
-    raw.into_iter().map(|v| v / denom).collect()
+    let h = Heuristic::fit(cfg, Normalise::Batch, [n_chat, block_rate, n_ips, n_warned]);
+    h.apply([n_chat, block_rate, n_ips, n_warned])
+}
+
+/// How the heuristic's raw score is brought to [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Normalise {
+    /// Divide by the largest raw score of the rows scored together: the notebook's rule, where
+    /// one row's score depends on the batch around it.
+    Batch,
+    /// Divide by the largest raw score of the training rows, frozen at fit time (capped at 1),
+    /// so a row scores the same alone or among ten million.
+    Frozen,
+}
+
+/// The heuristic score as a fitted artifact: weights, scales and clip from the config, and
+/// the normaliser (frozen at fit time, or the batch's own maximum).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heuristic {
+    /// Weights of the n_chat, block_rate, n_ips and n_warned terms.
+    pub weights: [f64; 4],
+    /// Each term is `clip(value / scale, 0, clip)`.
+    pub scales: [f64; 4],
+    /// Upper clip of each term.
+    pub clip: f64,
+    /// The divisor frozen at fit time (the training maximum plus 1e-9); `None` for the
+    /// notebook's batch rule.
+    pub frozen_divisor: Option<f64>,
+}
+
+impl Heuristic {
+    /// Raw (unnormalised) scores of the rows given as `[n_chat, block_rate, n_ips, n_warned]`.
+    fn raw(&self, cols: [&[f64]; 4]) -> Vec<f64> {
+        let [w0, w1, w2, w3] = self.weights;
+        let [s0, s1, s2, s3] = self.scales;
+        let c = |v: f64| v.clamp(0.0, self.clip);
+        let [n_chat, block_rate, n_ips, n_warned] = cols;
+        (0..n_chat.len())
+            .map(|i| {
+                w0 * c(n_chat[i] / s0)
+                    + w1 * c(block_rate[i] / s1)
+                    + w2 * c(n_ips[i] / s2)
+                    + w3 * c(n_warned[i] / s3)
+            })
+            .collect()
+    }
+
+    /// The divisor of a set of raw scores: their maximum plus 1e-9 (1 when there is none).
+    fn divisor(raw: &[f64]) -> f64 {
+        let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if max.is_finite() { max + 1e-9 } else { 1.0 }
+    }
+
+    /// Fit on the training rows `[n_chat, block_rate, n_ips, n_warned]`.
+    pub fn fit(cfg: &DetectionConfig, normalise: Normalise, history: [&[f64]; 4]) -> Self {
+        let mut h = Self {
+            weights: cfg.heuristic_weights,
+            scales: cfg.heuristic_scales,
+            clip: cfg.heuristic_clip,
+            frozen_divisor: None,
+        };
+        if normalise == Normalise::Frozen {
+            h.frozen_divisor = Some(Self::divisor(&h.raw(history)));
+        }
+        h
+    }
+
+    /// Normalised scores of `rows` (`[n_chat, block_rate, n_ips, n_warned]`).
+    pub fn apply(&self, rows: [&[f64]; 4]) -> Vec<f64> {
+        let raw = self.raw(rows);
+        match self.frozen_divisor {
+            Some(d) => raw.into_iter().map(|v| (v / d).min(1.0)).collect(),
+            None => {
+                let d = Self::divisor(&raw);
+                raw.into_iter().map(|v| v / d).collect()
+            }
+        }
+    }
+
+    /// Refuse a loaded artifact holding a non-positive scale or divisor, or a number that
+    /// is not finite.
+    pub fn check(&self) -> Result<(), DetectError> {
+        let numbers = self.weights.iter().chain(&self.scales).chain([&self.clip]);
+        let ok = numbers.clone().all(|v| v.is_finite())
+            && self.scales.iter().all(|&s| s > 0.0)
+            && self.frozen_divisor.is_none_or(|d| d.is_finite() && d > 0.0);
+        if ok {
+            Ok(())
+        } else {
+            Err(DetectError::Model(
+                "heuristic: a weight, scale, clip or divisor is not a finite positive number"
+                    .into(),
+            ))
+        }
+    }
 }
 
 fn evaluate(name: &str, probs: &[f64], y: &[u8], split: &Split, threshold: f64) -> ModelEval {
@@ -243,7 +329,7 @@ pub fn detect(
         let train_y: Vec<u8> = split.train.iter().map(|&i| y[i]).collect();
         let lr_t = best_f1_threshold(&train_p, &train_y, &grid);
         tracing::debug!("logistic regression fitted, scored and thresholded");
-        Ok((lr_probs, lr_t))
+        Ok((lr, lr_probs, lr_t))
     };
     let boosted = || -> Result<_, DetectError> {
         let gbt_rows = gbt_sample(&split.train, y, cfg)?;
@@ -251,7 +337,8 @@ pub fn detect(
         let folds = split::stratified_folds(&gbt_y, 4, cfg.seed);
         let (gbt, gbt_t) = fit_with_holdout_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
         tracing::debug!("gradient boosting fitted and thresholded");
-        Ok((gbt.predict(x_gbt), gbt_t))
+        let probs = gbt.predict(x_gbt);
+        Ok((gbt, probs, gbt_t))
     };
     let grouped = || {
         groups
@@ -259,7 +346,7 @@ pub fn detect(
             .transpose()
     };
     let (lr, (gbt, grouped)) = rayon::join(logistic, || rayon::join(boosted, grouped));
-    let ((lr_probs, lr_t), (gbt_probs, gbt_t)) = (lr?, gbt?);
+    let ((lr, lr_probs, lr_t), (gbt, gbt_probs, gbt_t)) = (lr?, gbt?);
 
     let mut evals = vec![
         evaluate("logistic_regression", &lr_probs, y, &split, lr_t),
@@ -287,5 +374,69 @@ pub fn detect(
         evals,
         pr_curves,
         split,
+        logistic: (lr, lr_t),
+        boosted: (gbt, gbt_t),
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> [Vec<f64>; 4] {
+        [
+            vec![0.0, 12.0, 80.0, 3.0, 40.0],
+            vec![0.0, 0.05, 0.4, 0.0, 0.2],
+            vec![1.0, 1.0, 6.0, 2.0, 3.0],
+            vec![0.0, 1.0, 9.0, 0.0, 2.0],
+        ]
+    }
+
+    fn refs(c: &[Vec<f64>; 4]) -> [&[f64]; 4] {
+        [&c[0], &c[1], &c[2], &c[3]]
+    }
+
+    #[test]
+    fn frozen_heuristic_scores_a_row_alone_as_in_its_training_batch() {
+        let cfg = DetectionConfig::default();
+        let c = inputs();
+        let frozen = Heuristic::fit(&cfg, Normalise::Frozen, refs(&c));
+        let batch = heuristic_scores(&c[0], &c[1], &c[2], &c[3], &cfg);
+        // On the rows it was fitted on, frozen and batch normalising agree to the bit.
+        let all = frozen.apply(refs(&c));
+        assert!(
+            all.iter()
+                .zip(&batch)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        // The spec's formula, written out for row 1: 0.35*12/50 + 0.35*0.05/0.10 + 0.15/3
+        // + 0.15/5, over the largest raw score (row 2: 0.35*1.6 + 0.35*3 + 0.15*2 + 0.15*1.8).
+        let (raw1, max) = (
+            0.35 * 0.24 + 0.35 * 0.5 + 0.15 / 3.0 + 0.15 * 0.2,
+            0.35 * 1.6 + 0.35 * 3.0 + 0.15 * 2.0 + 0.15 * 1.8,
+        );
+        assert!((all[1] - raw1 / (max + 1e-9)).abs() < 1e-12);
+        // One row alone: frozen gives the same score, the batch rule does not (it is 1).
+        let one: [Vec<f64>; 4] = std::array::from_fn(|k| vec![c[k][1]]);
+        assert_eq!(frozen.apply(refs(&one))[0].to_bits(), all[1].to_bits());
+        let alone = heuristic_scores(&one[0], &one[1], &one[2], &one[3], &cfg);
+        assert!((alone[0] - 1.0).abs() < 1e-6);
+        // A row above the training maximum is capped at 1.
+        let big: [Vec<f64>; 4] = [vec![500.0], vec![1.0], vec![50.0], vec![50.0]];
+        assert_eq!(frozen.apply(refs(&big))[0], 1.0);
+    }
+
+    #[test]
+    fn a_loaded_heuristic_with_a_bad_number_is_refused() {
+        let cfg = DetectionConfig::default();
+        let c = inputs();
+        let mut h = Heuristic::fit(&cfg, Normalise::Frozen, refs(&c));
+        h.check().unwrap();
+        h.scales[2] = 0.0;
+        assert!(h.check().is_err());
+        let mut h = Heuristic::fit(&cfg, Normalise::Frozen, refs(&c));
+        h.frozen_divisor = Some(-1.0);
+        assert!(h.check().is_err());
+    }
 }

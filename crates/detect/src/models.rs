@@ -12,6 +12,8 @@ use std::borrow::Cow;
 use forust_ml::{GradientBooster, Matrix};
 use rayon::prelude::*;
 
+use serde::{Deserialize, Serialize};
+
 use crate::DetectError;
 
 /// Feature columns of equal length, column by column: the pipeline reads features from
@@ -111,7 +113,7 @@ fn sigmoid(z: f64) -> f64 {
 
 /// Mean and population standard deviation per feature of the training rows (a zero
 /// deviation is replaced by 1, as scikit-learn's `StandardScaler`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Standardizer {
     mean: Vec<f64>,
     scale: Vec<f64>,
@@ -137,10 +139,11 @@ impl Standardizer {
     }
 }
 
-/// A fitted logistic regression.
-#[derive(Debug, Clone)]
+/// A fitted logistic regression: the artifact `vigil run` saves and `vigil score` applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Logistic {
-    scaler: Standardizer,
+    /// The training split's means and deviations.
+    pub scaler: Standardizer,
     /// Coefficients on the standardised features.
     pub coef: Vec<f64>,
     /// The intercept.
@@ -438,6 +441,31 @@ impl Logistic {
         })
     }
 
+    /// Refuse a loaded model that does not fit `d` features or holds a non-finite number.
+    pub fn check(&self, d: usize) -> Result<(), DetectError> {
+        let s = &self.scaler;
+        if self.coef.len() != d || s.mean.len() != d || s.scale.len() != d {
+            return Err(DetectError::Model(format!(
+                "logistic regression: {} coefficients, {} means and {} scales for {d} features",
+                self.coef.len(),
+                s.mean.len(),
+                s.scale.len()
+            )));
+        }
+        let all = self.coef.iter().chain(&s.mean).chain(&s.scale);
+        if !self.intercept.is_finite() || all.clone().any(|v| !v.is_finite()) {
+            return Err(DetectError::Model(
+                "logistic regression: a coefficient, mean or scale is not a finite number".into(),
+            ));
+        }
+        if s.scale.contains(&0.0) {
+            return Err(DetectError::Model(
+                "logistic regression: a zero scale".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Probability of the positive class for every row of `x` (column by column, each
     /// row's terms added in feature order).
     pub fn predict(&self, x: &Features) -> Vec<f64> {
@@ -468,7 +496,7 @@ pub struct GbtParams {
 }
 
 /// A fitted gradient-boosted tree ensemble: forust's model and the same trees laid out
-/// for fast scoring.
+/// for fast scoring ([`Forest`], the artifact that is saved and applied).
 pub struct Boosted {
     model: GradientBooster,
     forest: Forest,
@@ -481,7 +509,7 @@ impl std::fmt::Debug for Boosted {
 }
 
 /// One node of [`Forest`]; a leaf points to itself, so a walk of fixed length stays on it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct FlatNode {
     feature: usize,
     value: f64,
@@ -495,9 +523,12 @@ struct FlatNode {
 /// row of the chunk takes one step per level (no branch on leaves, independent rows side by
 /// side), and each row's tree values are added in tree order from the base score, as
 /// forust's own `predict` adds them, so the margins are the same to the bit.
-#[derive(Debug)]
-struct Forest {
+/// Saved in the model bundle and applied by `vigil score`: the trees are the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forest {
     base: f64,
+    /// forust's missing-value marker; `None` for NaN (JSON has no NaN).
+    #[serde(with = "nan_as_none")]
     missing: f64,
     nodes: Vec<FlatNode>,
     /// Each tree's root in `nodes` and the number of steps to its deepest leaf.
@@ -573,6 +604,78 @@ impl Forest {
         })
     }
 
+    /// Refuse a loaded forest that could index outside itself or its `d` features, or holds
+    /// a non-finite number (a corrupted or hand-edited file).
+    pub fn check(&self, d: usize) -> Result<(), DetectError> {
+        let bad = |why: String| Err(DetectError::Model(format!("gradient boosting: {why}")));
+        let n = self.nodes.len();
+        if !self.base.is_finite() {
+            return bad("the base score is not a finite number".into());
+        }
+        for (k, node) in self.nodes.iter().enumerate() {
+            let leaf = node.left as usize == k && node.right as usize == k;
+            if [node.left, node.right, node.missing]
+                .iter()
+                .any(|&c| c as usize >= n)
+            {
+                return bad(format!("node {k} points outside the forest"));
+            }
+            if !leaf && node.feature >= d {
+                return bad(format!(
+                    "node {k} splits on feature {} of {d}",
+                    node.feature
+                ));
+            }
+            if !node.weight.is_finite() || (!leaf && node.value.is_nan()) {
+                return bad(format!("node {k} holds a number that is not finite"));
+            }
+        }
+        if let Some((root, depth)) = self.trees.iter().find(|t| t.0 as usize >= n || t.1 > n) {
+            return bad(format!(
+                "a tree rooted at {root} with depth {depth} in {n} nodes"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Trees in the forest.
+    pub fn n_trees(&self) -> usize {
+        self.trees.len()
+    }
+
+    /// Probability of the positive class for every row of `x`.
+    pub fn predict(&self, x: &Features) -> Vec<f64> {
+        self.predict_chunks(x, None)
+    }
+
+    /// Predictions in parallel chunks of rows: read from the columns in place for all rows,
+    /// or gathered into a small column-major buffer per chunk for a subset.
+    fn predict_chunks(&self, x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
+        const CHUNK: usize = 4_096;
+        let n = rows.map_or(x.n(), <[usize]>::len);
+        let mut out = vec![0.0; n];
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let (start, len) = (c * CHUNK, chunk.len());
+                match rows {
+                    None => {
+                        let cols: Vec<&[f64]> =
+                            (0..x.d()).map(|j| &x.col(j)[start..start + len]).collect();
+                        self.margins(&cols, chunk);
+                    }
+                    Some(r) => {
+                        let mut data = Vec::with_capacity(len * x.d());
+                        x.gather(Some(r), start, len, &mut data);
+                        let cols: Vec<&[f64]> = data.chunks_exact(len).collect();
+                        self.margins(&cols, chunk);
+                    }
+                }
+                chunk.iter_mut().for_each(|v| *v = sigmoid(*v));
+            });
+        out
+    }
+
     /// Margins (log-odds) of the rows held in `cols` (one slice per feature, all as long as
     /// `out`) into `out`.
     fn margins(&self, cols: &[&[f64]], out: &mut [f64]) {
@@ -640,42 +743,33 @@ impl Boosted {
         &self.model
     }
 
+    /// The trees laid out flat: the saved artifact.
+    pub fn forest(&self) -> &Forest {
+        &self.forest
+    }
+
     /// Probability of the positive class for every row of `x`.
     pub fn predict(&self, x: &Features) -> Vec<f64> {
-        self.predict_chunks(x, None)
+        self.forest.predict(x)
     }
 
     /// Probability of the positive class for rows `rows` of `x`, in that order.
     pub fn predict_rows(&self, x: &Features, rows: &[usize]) -> Vec<f64> {
-        self.predict_chunks(x, Some(rows))
+        self.forest.predict_chunks(x, Some(rows))
+    }
+}
+
+/// forust marks missing values with NaN by default, which JSON cannot hold: NaN is written
+/// as `null`.
+mod nan_as_none {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        (!v.is_nan()).then_some(*v).serialize(s)
     }
 
-    /// Predictions in parallel chunks of rows: read from the columns in place for all rows,
-    /// or gathered into a small column-major buffer per chunk for a subset.
-    fn predict_chunks(&self, x: &Features, rows: Option<&[usize]>) -> Vec<f64> {
-        const CHUNK: usize = 4_096;
-        let n = rows.map_or(x.n(), <[usize]>::len);
-        let mut out = vec![0.0; n];
-        out.par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, chunk)| {
-                let (start, len) = (c * CHUNK, chunk.len());
-                match rows {
-                    None => {
-                        let cols: Vec<&[f64]> =
-                            (0..x.d()).map(|j| &x.col(j)[start..start + len]).collect();
-                        self.forest.margins(&cols, chunk);
-                    }
-                    Some(r) => {
-                        let mut data = Vec::with_capacity(len * x.d());
-                        x.gather(Some(r), start, len, &mut data);
-                        let cols: Vec<&[f64]> = data.chunks_exact(len).collect();
-                        self.forest.margins(&cols, chunk);
-                    }
-                }
-                chunk.iter_mut().for_each(|v| *v = sigmoid(*v));
-            });
-        out
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
     }
 }
 
@@ -748,6 +842,72 @@ mod tests {
             "{:?}",
             lr.coef
         );
+    }
+
+    #[test]
+    fn saved_models_score_every_row_to_the_bit_after_a_json_round_trip() {
+        let n = 5_000;
+        let (cols, y) = rows(n);
+        let x = Features::new(
+            n,
+            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
+        )
+        .unwrap();
+        let train: Vec<usize> = (0..n).filter(|i| i % 4 != 0).collect();
+        let params = GbtParams {
+            trees: 20,
+            learning_rate: 0.3,
+            max_depth: 4,
+            seed: 3,
+            balanced: true,
+        };
+        let gbt = Boosted::fit(&x, &y, &train, params).unwrap();
+        let text = serde_json::to_string(gbt.forest()).unwrap();
+        let loaded: Forest = serde_json::from_str(&text).unwrap();
+        loaded.check(x.d()).unwrap();
+        let (a, b) = (gbt.predict(&x), loaded.predict(&x));
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+        // forust's NaN missing marker survives JSON (which has no NaN).
+        assert!(loaded.missing.is_nan() && text.contains("\"missing\":null"));
+
+        let lr = Logistic::fit(&x, &y, &train, 1.0, true).unwrap();
+        let loaded: Logistic = serde_json::from_str(&serde_json::to_string(&lr).unwrap()).unwrap();
+        loaded.check(x.d()).unwrap();
+        let (a, b) = (lr.predict(&x), loaded.predict(&x));
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+
+    #[test]
+    fn corrupted_models_are_refused_by_check() {
+        let n = 2_000;
+        let (cols, y) = rows(n);
+        let x = Features::new(
+            n,
+            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
+        )
+        .unwrap();
+        let rows_all: Vec<usize> = (0..n).collect();
+        let params = GbtParams {
+            trees: 5,
+            learning_rate: 0.3,
+            max_depth: 3,
+            seed: 3,
+            balanced: false,
+        };
+        let gbt = Boosted::fit(&x, &y, &rows_all, params).unwrap();
+        // Fewer features than the trees split on, a link out of the forest, a NaN weight.
+        assert!(gbt.forest().check(0).is_err());
+        let mut f = gbt.forest().clone();
+        let last = f.nodes.len() as u32;
+        f.nodes[0].left = last;
+        assert!(f.check(x.d()).is_err());
+        let mut f = gbt.forest().clone();
+        f.nodes[0].weight = f32::NAN;
+        assert!(f.check(x.d()).is_err());
+        let mut lr = Logistic::fit(&x, &y, &rows_all, 1.0, true).unwrap();
+        assert!(lr.check(x.d() + 1).is_err());
+        lr.coef[1] = f64::INFINITY;
+        assert!(lr.check(x.d()).is_err());
     }
 
     #[test]

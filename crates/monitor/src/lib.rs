@@ -30,6 +30,16 @@ pub enum MonitorError {
         /// The SQL error.
         source: WarehouseError,
     },
+    /// User: an alert rule's `when` or `details` is not one SQL expression.
+    #[error("alert rule `{rule}`: `{key}` is not one SQL expression: {message}")]
+    RuleText {
+        /// The rule's name.
+        rule: String,
+        /// `when` or `details`.
+        key: String,
+        /// What the parser said.
+        message: String,
+    },
     /// User: a configured column does not exist or is not numeric.
     #[error("column `{column}` of `{table}`: {message}")]
     Column {
@@ -107,11 +117,19 @@ pub fn evaluate_alerts(
 ) -> Result<Vec<Alert>, MonitorError> {
     let mut alerts: Vec<(String, usize, Alert)> = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
+        // Each text is parsed as one expression, never pasted into the query as written.
+        let expr = |what: &str, text: &str| {
+            vigil_warehouse::parse_expression(text).map_err(|message| MonitorError::RuleText {
+                rule: rule.name.clone(),
+                key: what.to_string(),
+                message,
+            })
+        };
         let sql = format!(
             "SELECT CAST(day AS VARCHAR) AS day, CAST(({details}) AS VARCHAR) AS details \
              FROM monitoring_metrics WHERE ({when}) ORDER BY day",
-            details = rule.details,
-            when = rule.when
+            details = expr("details", &rule.details)?,
+            when = expr("when", &rule.when)?
         );
         let t = wh
             .query(&rule.name, &sql)

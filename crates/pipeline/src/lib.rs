@@ -6,10 +6,12 @@
 //! record batches through the warehouse; files are written only at the edges, each
 //! atomically.
 
+pub mod bundle;
 mod protect;
 mod summary;
 mod tables;
 
+pub use bundle::{BundleError, ModelBundle, apply_batch};
 pub use protect::suggest_actions;
 
 use std::collections::BTreeMap;
@@ -51,6 +53,15 @@ pub enum PipelineError {
     /// User: a setting names something that does not exist.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// User: the enforcement policy's rules do not run over the queue's columns.
+    #[error("enforcement rules: {source}")]
+    EnforcementRules {
+        /// The SQL error.
+        source: WarehouseError,
+    },
+    /// A model bundle could not be used or written.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
     /// Internal: a bug (an Arrow table could not be assembled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,9 +75,27 @@ pub enum PipelineError {
     },
 }
 
+/// Where detection's models come from.
+#[derive(Debug, Clone, Default)]
+pub enum Models {
+    /// Fit them on this run's data and save the bundle to `OUT/model` (`vigil run`).
+    #[default]
+    Fit,
+    /// Apply a saved bundle without refitting (`vigil score`). Its detection, review and
+    /// enforcement settings replace the configuration's.
+    Apply {
+        /// The loaded bundle.
+        bundle: Box<ModelBundle>,
+        /// Where it was loaded from.
+        dir: PathBuf,
+    },
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// Fit the models, or apply a saved bundle.
+    pub models: Models,
     /// Event files to ingest first (may be empty to rerun on stored data).
     pub inputs: Vec<PathBuf>,
     /// Output directory.
@@ -107,6 +136,10 @@ pub enum Progress<'a> {
 pub struct RunManifest {
     /// Vigil's version.
     pub vigil_version: String,
+    /// `run` (models fitted, bundle written to `model/`) or `score` (a saved bundle applied).
+    pub command: String,
+    /// The model bundle written (`run`) or applied (`score`).
+    pub model_bundle: String,
     /// The configuration profile.
     pub profile: String,
     /// When the run started (UTC, RFC 3339).
@@ -313,19 +346,57 @@ impl Outputs {
     }
 }
 
+/// Refuse, before anything runs, a rule text that is not one SQL expression (each names its
+/// key): alert `when`/`details`, enforcement `when`.
+fn check_rule_texts(cfg: &Config) -> Result<(), PipelineError> {
+    let check = |key: String, text: &str| {
+        vigil_warehouse::parse_expression(text)
+            .map(|_| ())
+            .map_err(|e| PipelineError::Config(format!("{key} is not one SQL expression: {e}")))
+    };
+    for a in &cfg.monitoring.alerts {
+        check(format!("monitoring.alerts `{}`: `when`", a.name), &a.when)?;
+        check(
+            format!("monitoring.alerts `{}`: `details`", a.name),
+            &a.details,
+        )?;
+    }
+    for (i, r) in cfg.enforcement.rules.iter().enumerate() {
+        check(
+            format!("enforcement.rules[{i}] (action {}): `when`", r.action),
+            &r.when,
+        )?;
+    }
+    Ok(())
+}
+
 /// Run every stage built so far. `progress` receives stage and ingest progress.
 pub fn run(
     opts: &RunOptions,
     progress: &dyn Fn(Progress<'_>),
 ) -> Result<RunManifest, PipelineError> {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    check_rule_texts(&opts.config)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PipelineError::Io { path, source }
     };
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
     let data_dir = opts.data.clone().unwrap_or_else(|| opts.out.join("data"));
-    let cfg = &opts.config;
+    // Applying a bundle: its frozen stages (features and models, review flags and priority,
+    // the enforcement policy) replace the configuration's.
+    let applied_cfg;
+    let cfg = match &opts.models {
+        Models::Fit => &opts.config,
+        Models::Apply { bundle, .. } => {
+            let mut c = opts.config.clone();
+            c.detection = bundle.manifest.config.detection.clone();
+            c.review = bundle.manifest.review.clone();
+            c.enforcement = bundle.manifest.enforcement.clone();
+            applied_cfg = c;
+            &applied_cfg
+        }
+    };
     let mut stages = Stages {
         seconds: Vec::new(),
         progress,
@@ -414,8 +485,12 @@ pub fn run(
         .as_deref()
         .map(protect::read_ground_truth)
         .transpose()?;
-    let scored = stages.run("detection", || {
-        protect::detection(&wh, &features, cfg, &mut out)
+    let with = match &opts.models {
+        Models::Fit => protect::DetectWith::Fit,
+        Models::Apply { bundle, dir } => protect::DetectWith::Apply(bundle, dir),
+    };
+    let (scored, fitted) = stages.run("detection", || {
+        protect::detection(&wh, &features, cfg, with, events_in_dataset, &mut out)
     })?;
     let queue = stages.run("review_queue", || {
         protect::review_queue(&wh, &scored, cfg, &mut out)
@@ -446,7 +521,8 @@ pub fn run(
                 .map(|x| x.1)
                 .collect();
                 vigil_review::Case {
-                    review_id: protect::review_id(k),
+                    review_id: vigil_review::case_id(scored.user.get(e.row), scored.day.get(e.row)),
+                    queue_pos: Some(k),
                     day: scored.day.get(e.row).to_string(),
                     user_id: scored.user.get(e.row).to_string(),
                     risk_score: scored.risk[e.row],
@@ -460,7 +536,7 @@ pub fn run(
             })
             .collect();
         let mut store = vigil_review::ReviewStore::create(&opts.out.join("review.db"))?;
-        store.replace_cases(&cases)?;
+        store.upsert_cases(&cases)?;
         out.written.push("review.db".into());
         Ok(())
     })?;
@@ -515,12 +591,34 @@ pub fn run(
         Ok(())
     })?;
 
+    let bundle_dir = match &opts.models {
+        Models::Fit => opts.out.join("model"),
+        Models::Apply { dir, .. } => dir.clone(),
+    };
+    if let Some(bundle) = &fitted {
+        stages.run("model_bundle", || {
+            bundle.save(&bundle_dir)?;
+            for f in ["manifest.json", "trees.json", "model_card.md"] {
+                if bundle_dir.join(f).exists() {
+                    out.written.push(format!("model/{f}"));
+                }
+            }
+            Ok(())
+        })?;
+    }
+
     // The files queued for the background writer land before the manifest names them.
     let busy = stages.run("finish_writes", || out.background.finish())?;
     stages.seconds.push(("background_writes".into(), busy));
 
     let manifest = RunManifest {
         vigil_version: env!("CARGO_PKG_VERSION").to_string(),
+        command: match opts.models {
+            Models::Fit => "run",
+            Models::Apply { .. } => "score",
+        }
+        .into(),
+        model_bundle: bundle_dir.display().to_string(),
         profile: format!("{:?}", cfg.profile).to_lowercase(),
         started_at,
         data_dir: data_dir.display().to_string(),

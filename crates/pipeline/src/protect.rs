@@ -119,18 +119,85 @@ fn number_users(users: &Strings) -> (Vec<u32>, UserIds<'_>) {
     (groups, ids)
 }
 
-/// Train, evaluate and score (`user_day_scored`, `model_eval`, `pr_curve`).
+/// How detection gets its model.
+pub(crate) enum DetectWith<'b> {
+    /// Fit every model on these rows (`vigil run`); the fitted bundle is returned.
+    Fit,
+    /// Apply a saved bundle (`vigil score`): no refit.
+    Apply(&'b crate::bundle::ModelBundle, &'b Path),
+}
+
+/// The training-data summary of a bundle.
+fn training_summary(
+    features: &Table,
+    users: usize,
+    y: &[u8],
+    events: usize,
+) -> Result<crate::bundle::TrainingSummary, PipelineError> {
+    let days = Strings::read(features, "day")?;
+    let (mut first, mut last) = (None::<&str>, None::<&str>);
+    for d in days.iter() {
+        first = Some(first.map_or(d, |f| f.min(d)));
+        last = Some(last.map_or(d, |l| l.max(d)));
+    }
+    Ok(crate::bundle::TrainingSummary {
+        events,
+        user_days: y.len(),
+        users,
+        abusive_share: if y.is_empty() {
+            0.0
+        } else {
+            y.iter().filter(|&&l| l != 0).count() as f64 / y.len() as f64
+        },
+        first_day: first.unwrap_or_default().to_string(),
+        last_day: last.unwrap_or_default().to_string(),
+    })
+}
+
+/// Train, evaluate and score (`user_day_scored`, `model_eval`, `pr_curve`), or apply a saved
+/// bundle (`user_day_scored`). Both score through [`crate::bundle::ModelBundle::apply`]'s
+/// artifacts; fitting returns the bundle it scored with.
 pub(crate) fn detection(
     wh: &Warehouse,
     features: &Table,
     cfg: &Config,
+    with: DetectWith<'_>,
+    events: usize,
     out: &mut Outputs,
-) -> Result<Scored, PipelineError> {
+) -> Result<(Scored, Option<crate::bundle::ModelBundle>), PipelineError> {
     let d = &cfg.detection;
     let started = std::time::Instant::now();
     let n = features.num_rows();
-    let cols: Vec<Vec<f64>> = d
-        .features
+    // The feature lists: the config's when fitting, the bundle's when applying.
+    let (lr_features, gbt_features) = match &with {
+        DetectWith::Fit => (d.features.clone(), d.gbt_features.clone()),
+        DetectWith::Apply(b, dir) => {
+            let mut available: Vec<String> = features
+                .schema
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect();
+            available.extend(
+                vigil_config::USER_CONTEXT_FEATURES
+                    .iter()
+                    .map(|s| s.to_string()),
+            );
+            crate::bundle::check_features(b, dir, &available)?;
+            let m = &b.manifest;
+            (
+                m.logistic
+                    .as_ref()
+                    .map(|l| l.features.clone())
+                    .unwrap_or_default(),
+                m.boosted
+                    .as_ref()
+                    .map(|g| g.features.clone())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    let cols: Vec<Vec<f64>> = lr_features
         .iter()
         .map(|f| f64_col(features, f))
         .collect::<Result<_, _>>()?;
@@ -139,76 +206,138 @@ pub(crate) fn detection(
         started.elapsed().as_secs_f64()
     );
     let col_refs: Vec<&[f64]> = cols.iter().map(Vec::as_slice).collect();
-    let x = Features::new(n, col_refs.iter().map(|&c| Cow::Borrowed(c)).collect())?;
+    let x = (!col_refs.is_empty())
+        .then(|| Features::new(n, col_refs.iter().map(|&c| Cow::Borrowed(c)).collect()))
+        .transpose()?;
     let users = Strings::read(features, "user_id")?;
     let (groups, ids) = number_users(&users);
+    let n_users = ids.len();
     tracing::debug!("user ids at {:.2} s", started.elapsed().as_secs_f64());
-    let have: HashMap<&str, &[f64]> = d
-        .features
+    let have: HashMap<&str, &[f64]> = lr_features
         .iter()
         .map(String::as_str)
         .zip(col_refs.iter().copied())
         .collect();
-    let gbt_cols = gbt_columns(wh, features, &d.gbt_features, &have, &groups, &ids)?;
-    let x_gbt = Features::new(n, gbt_cols)?;
+    let x_gbt = if gbt_features.is_empty() {
+        None
+    } else {
+        let gbt_cols = gbt_columns(wh, features, &gbt_features, &have, &groups, &ids)?;
+        Some(Features::new(n, gbt_cols)?)
+    };
     drop(ids);
     tracing::debug!(
         "boosted columns at {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    let y: Vec<u8> = f64_col(features, "is_abuse_gt")?
-        .iter()
-        .map(|v| u8::from(*v >= 0.5))
-        .collect();
     let n_chat = f64_col(features, "n_chat")?;
-    let heuristic = vigil_detect::heuristic_scores(
-        &n_chat,
-        &f64_col(features, "block_rate")?,
-        &f64_col(features, "n_ips")?,
-        &f64_col(features, "n_warned")?,
-        d,
-    );
-    tracing::debug!(
-        "detection inputs ({n} user-days) ready in {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
-    let (risk, threshold, model, detection) =
-        match vigil_detect::detect(&x, &x_gbt, &y, Some(&groups), d, &|step| {
-            tracing::info!("training {step}")
-        }) {
-            Ok(det) => (
-                det.risk.clone(),
-                det.threshold,
-                det.model.clone(),
-                Some(det),
-            ),
-            Err(e @ DetectError::NotEnoughLabels { .. }) => {
-                tracing::warn!("{e}; risk_score falls back to the heuristic score");
-                (
-                    heuristic.clone(),
-                    f64::INFINITY,
-                    "heuristic".to_string(),
-                    None,
-                )
-            }
-            Err(e) => return Err(PipelineError::Detect(e)),
-        };
-    tracing::debug!(
-        "models trained and evaluated at {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
-    let uncertainty: Vec<f64> = risk.iter().map(|&r| vigil_detect::uncertainty(r)).collect();
-    let flags = (0..n)
-        .map(|i| {
-            vigil_review::queue::flags(
-                risk[i],
-                uncertainty[i],
-                heuristic[i],
-                threshold,
-                &cfg.review,
-            )
-        })
-        .collect();
+    let heuristic_inputs = [
+        f64_col(features, "block_rate")?,
+        f64_col(features, "n_ips")?,
+        f64_col(features, "n_warned")?,
+    ];
+    let h_cols = [
+        n_chat.as_slice(),
+        &heuristic_inputs[0],
+        &heuristic_inputs[1],
+        &heuristic_inputs[2],
+    ];
+    let (applied, detection, bundle, threshold, model) = match with {
+        DetectWith::Apply(b, _) => (
+            b.apply(x.as_ref(), x_gbt.as_ref(), h_cols)?,
+            None,
+            None,
+            b.threshold(),
+            b.manifest.risk_model.clone(),
+        ),
+        DetectWith::Fit => {
+            let (x, x_gbt) = match (&x, &x_gbt) {
+                (Some(x), Some(g)) => (x, g),
+                _ => {
+                    return Err(PipelineError::Config(
+                        "detection.features and detection.gbt_features must each name a \
+                         feature"
+                            .into(),
+                    ));
+                }
+            };
+            let y: Vec<u8> = f64_col(features, "is_abuse_gt")?
+                .iter()
+                .map(|v| u8::from(*v >= 0.5))
+                .collect();
+            // The default profile freezes the heuristic's normaliser at fit time; the
+            // notebook profile keeps the notebook's divide-by-this-batch's-maximum.
+            let normalise = match cfg.profile {
+                vigil_config::Profile::Notebook => vigil_detect::Normalise::Batch,
+                vigil_config::Profile::Default => vigil_detect::Normalise::Frozen,
+            };
+            let heuristic = vigil_detect::Heuristic::fit(d, normalise, h_cols);
+            tracing::debug!(
+                "detection inputs ({n} user-days) ready in {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
+            let fitted = match vigil_detect::detect(x, x_gbt, &y, Some(&groups), d, &|step| {
+                tracing::info!("training {step}")
+            }) {
+                Ok(det) => Some(det),
+                Err(e @ DetectError::NotEnoughLabels { .. }) => {
+                    tracing::warn!("{e}; risk_score falls back to the heuristic score");
+                    None
+                }
+                Err(e) => return Err(PipelineError::Detect(e)),
+            };
+            let manifest = crate::bundle::Manifest {
+                format: crate::bundle::FORMAT.into(),
+                format_version: crate::bundle::FORMAT_VERSION,
+                vigil_version: env!("CARGO_PKG_VERSION").into(),
+                created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                profile: format!("{:?}", cfg.profile).to_lowercase(),
+                risk_model: fitted
+                    .as_ref()
+                    .map_or_else(|| "heuristic".to_string(), |f| f.model.clone()),
+                threshold: fitted.as_ref().map(|f| f.threshold),
+                heuristic,
+                logistic: fitted.as_ref().map(|f| crate::bundle::LogisticStage {
+                    features: lr_features.clone(),
+                    model: f.logistic.0.clone(),
+                    threshold: f.logistic.1,
+                }),
+                boosted: fitted.as_ref().map(|f| crate::bundle::BoostedStage {
+                    features: gbt_features.clone(),
+                    threshold: f.boosted.1,
+                    trees: f.boosted.0.forest().n_trees(),
+                }),
+                review: cfg.review.clone(),
+                enforcement: cfg.enforcement.clone(),
+                config: cfg.clone(),
+                training: training_summary(features, n_users, &y, events)?,
+                evaluation: fitted.as_ref().map(|f| f.evals.clone()).unwrap_or_default(),
+                files: BTreeMap::new(),
+            };
+            let bundle = crate::bundle::ModelBundle {
+                forest: fitted.as_ref().map(|f| f.boosted.0.forest().clone()),
+                manifest,
+            };
+            // The fitted models already scored every row for their evaluation, with the
+            // artifacts' own predict: those are the risks, and the bundle adds the rest.
+            let heuristic = bundle.manifest.heuristic.apply(h_cols);
+            let applied = match &fitted {
+                Some(f) => bundle.finish(heuristic, f.risk.clone()),
+                None => {
+                    let risk = heuristic.clone();
+                    bundle.finish(heuristic, risk)
+                }
+            };
+            let (t, model) = (bundle.threshold(), bundle.manifest.risk_model.clone());
+            (applied, fitted, Some(bundle), t, model)
+        }
+    };
+    tracing::debug!("models applied at {:.2} s", started.elapsed().as_secs_f64());
+    let crate::bundle::Applied {
+        heuristic,
+        risk,
+        uncertainty,
+        flags,
+    } = applied;
     let scored = extend_table(
         "user_day_scored",
         features,
@@ -271,19 +400,22 @@ pub(crate) fn detection(
             ],
         )?)?;
     }
-    Ok(Scored {
-        day: Strings::read(features, "day")?,
-        user: users,
-        table: scored,
-        risk,
-        uncertainty,
-        heuristic,
-        n_chat,
-        flags,
-        threshold,
-        model,
-        detection,
-    })
+    Ok((
+        Scored {
+            day: Strings::read(features, "day")?,
+            user: users,
+            table: scored,
+            risk,
+            uncertainty,
+            heuristic,
+            n_chat,
+            flags,
+            threshold,
+            model,
+            detection,
+        },
+        bundle,
+    ))
 }
 
 /// The review queue with its enrichment.
@@ -310,14 +442,7 @@ fn recent_prompts(
         ],
     )?;
     wh.register(&key_table)?;
-    let t = wh.query(
-        "recent_prompts",
-        "SELECT k.day, e.user_id, e.prompt FROM events e \
-         JOIN queue_keys k ON e.user_id = k.user_id \
-              AND CAST(CAST(e.ts AS DATE) AS VARCHAR) = k.day \
-         WHERE e.event_type = 'chat' AND e.prompt IS NOT NULL AND e.prompt <> '' \
-         ORDER BY e.ts, e.event_id",
-    )?;
+    let t = wh.build("queue_prompts")?;
     let (days, users, prompts) = (
         column_text(&t, "day")?,
         column_text(&t, "user_id")?,
@@ -403,7 +528,14 @@ pub(crate) fn review_queue(
                 Col::F64(rows.iter().map(|&r| s.uncertainty[r]).collect()),
             ),
             ("recent_prompts", Col::Str(prompts.clone())),
-            ("review_id", Col::Str((0..n).map(review_id).collect())),
+            (
+                "review_id",
+                Col::Str(
+                    keys.iter()
+                        .map(|(day, user)| vigil_review::case_id(user, day))
+                        .collect(),
+                ),
+            ),
             ("reviewer", empty()),
             ("decision", empty()),
             ("reason_code", empty()),
@@ -418,11 +550,6 @@ pub(crate) fn review_queue(
     })
 }
 
-/// `rev_000000`, ... in queue order.
-pub(crate) fn review_id(i: usize) -> String {
-    format!("rev_{i:06}")
-}
-
 /// Results of the automation stage.
 pub(crate) struct Automation {
     pub is_dup: Vec<bool>,
@@ -433,17 +560,13 @@ pub(crate) struct Automation {
 }
 
 fn user_keys(wh: &Warehouse) -> Result<Vec<UserKeys>, PipelineError> {
-    // The core-tables stage registers user_keys (this same DISTINCT over the events);
-    // scan the events only when it is missing.
-    let registered = wh.table_names().iter().any(|t| t == "user_keys");
-    let from = if registered {
-        "user_keys"
-    } else {
-        "(SELECT DISTINCT user_id, ip, device_id, payment_id FROM events) AS k"
-    };
+    // The core-tables stage registers user_keys; build it only when it is missing.
+    if !wh.table_names().iter().any(|t| t == "user_keys") {
+        wh.build("user_keys")?;
+    }
     let t = wh.query(
         "entity_keys",
-        &format!("SELECT user_id, ip, device_id, payment_id FROM {from}"),
+        "SELECT user_id, ip, device_id, payment_id FROM user_keys",
     )?;
     let (u, ip, dev, pay) = (
         column_text(&t, "user_id")?,
@@ -720,10 +843,25 @@ pub fn suggest_actions(
     let mut registered = queue.clone();
     registered.name = "review_queue".into();
     wh.register(&registered)?;
+    // Each rule's `when` is parsed as one expression (never pasted as written), so a rule
+    // cannot close the CASE and add branches of its own.
+    let whens: Vec<String> = policy
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            vigil_warehouse::parse_expression(&r.when).map_err(|e| {
+                PipelineError::Config(format!(
+                    "enforcement.rules[{i}] (action {}): `when` is not one SQL expression: {e}",
+                    r.action
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()?;
     let case = |pick: fn(&vigil_config::EnforcementRule) -> &str, default: &str| {
         let mut c = String::from("CASE");
-        for r in &policy.rules {
-            c.push_str(&format!(" WHEN ({}) THEN {}", r.when, sql_str(pick(r))));
+        for (r, when) in policy.rules.iter().zip(&whens) {
+            c.push_str(&format!(" WHEN ({when}) THEN {}", sql_str(pick(r))));
         }
         c.push_str(&format!(" ELSE {} END", sql_str(default)));
         c
@@ -734,7 +872,9 @@ pub fn suggest_actions(
         case(|r| &r.action, &policy.default_action),
         case(|r| &r.reason, &policy.default_reason)
     );
-    let t = wh.query("enforcement rules", &sql)?;
+    let t = wh
+        .query("enforcement rules", &sql)
+        .map_err(|source| PipelineError::EnforcementRules { source })?;
     Ok((
         column_text(&t, "suggested_action")?,
         column_text(&t, "reason_code")?,

@@ -30,6 +30,7 @@ fn outputs() -> &'static Path {
     OUT.get_or_init(|| {
         let out = tempfile::tempdir().unwrap();
         let opts = RunOptions {
+            models: Default::default(),
             inputs: vec![parity_dir().join("raw_events.csv.gz")],
             out: out.path().to_path_buf(),
             data: None,

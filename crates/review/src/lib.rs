@@ -2,7 +2,7 @@
 //! of what they decided that nobody can quietly rewrite.
 //!
 //! - [`queue`]: the spec's flags (model, heuristic, uncertain), priority and the capped queue.
-//! - [`store`]: `review.db`, a SQLite store holding the current queue and an append-only audit
+//! - [`store`]: `review.db`, a SQLite store holding the cases (by stable user-day id) and an append-only audit
 //!   log whose records are hash-chained (each record's SHA-256 covers the previous hash), so
 //!   `verify` names the first record that was altered, removed or reordered.
 
@@ -10,7 +10,7 @@ pub mod queue;
 pub mod store;
 
 pub use queue::{Flags, QueueEntry, build_queue};
-pub use store::{AuditRecord, Case, Decision, ReviewError, ReviewStore, VerifyReport};
+pub use store::{AuditRecord, Case, Decision, ReviewError, ReviewStore, VerifyReport, case_id};
 
 /// Reason codes a reviewer may give.
 pub const REASON_CODES: [&str; 4] = [

@@ -1,6 +1,9 @@
 //! `review.db`: the current review queue and the append-only, hash-chained audit log.
 //!
-//! A run replaces the `cases` table (in one transaction) and never touches `audit_log`.
+//! A case is identified by what it is, its user-day ([`case_id`]: `USER@DAY`), never by its
+//! queue position. A run upserts its queue into `cases` (in one transaction): a case seen
+//! before keeps its id and its decisions, its scores are refreshed, and `queue_pos` says
+//! where it stands in the latest queue (NULL once it left it). `audit_log` is never touched.
 //! Every decision is appended in an IMMEDIATE transaction, so a crash leaves either the whole
 //! record or nothing. Triggers reject UPDATE and DELETE on the log; the hash chain catches
 //! anything done around them (a rewritten file, a dropped trigger).
@@ -48,11 +51,19 @@ pub enum ReviewError {
     },
 }
 
+/// The stable id of the case for `user_id` on `day` (`YYYY-MM-DD`): `USER@DAY`. The day has
+/// a fixed shape, so the id splits unambiguously at its last `@` whatever the user id holds.
+pub fn case_id(user_id: &str, day: &str) -> String {
+    format!("{user_id}@{day}")
+}
+
 /// One case of the queue.
 #[derive(Debug, Clone, Serialize)]
 pub struct Case {
-    /// `rev_000000`, ... in queue order.
+    /// [`case_id`] of the user-day: the same in every run.
     pub review_id: String,
+    /// Position in the latest queue, from 0 (`None` once the case left the queue).
+    pub queue_pos: Option<usize>,
     /// The user-day's day.
     pub day: String,
     /// The user.
@@ -93,7 +104,7 @@ pub struct Decision {
 pub struct AuditRecord {
     /// Position in the log, from 1.
     pub seq: i64,
-    /// The case id at decision time.
+    /// The case id at decision time (stores before stable ids used `rev_NNNNNN`).
     pub review_id: String,
     /// The user-day's day.
     pub day: String,
@@ -145,6 +156,10 @@ pub struct VerifyReport {
     pub first_broken: Option<(i64, String)>,
 }
 
+/// The columns [`ReviewStore::row_to_case`] reads, in its order.
+const CASE_COLUMNS: &str = "c.review_id, c.day, c.user_id, c.risk_score, c.uncertainty, \
+     c.priority, c.recent_prompts, c.suggested_action, c.suggested_reason, c.flags, c.queue_pos";
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 const SCHEMA: &str = "
@@ -152,7 +167,8 @@ CREATE TABLE IF NOT EXISTS cases (
     review_id TEXT PRIMARY KEY, day TEXT NOT NULL, user_id TEXT NOT NULL,
     risk_score REAL NOT NULL, uncertainty REAL NOT NULL, priority REAL NOT NULL,
     recent_prompts TEXT NOT NULL, suggested_action TEXT NOT NULL,
-    suggested_reason TEXT NOT NULL, flags TEXT NOT NULL);
+    suggested_reason TEXT NOT NULL, flags TEXT NOT NULL, queue_pos INTEGER);
+CREATE INDEX IF NOT EXISTS cases_by_queue_pos ON cases (queue_pos);
 CREATE TABLE IF NOT EXISTS audit_log (
     seq INTEGER PRIMARY KEY, review_id TEXT NOT NULL, day TEXT NOT NULL,
     user_id TEXT NOT NULL, decision TEXT NOT NULL, reason_code TEXT NOT NULL,
@@ -186,6 +202,26 @@ impl ReviewStore {
             source,
         };
         let conn = Connection::open(path).map_err(e)?;
+        // A store written before stable case ids has a `cases` table without `queue_pos`:
+        // that table is only the last run's queue (rebuilt by every run), so it is replaced;
+        // the audit log is kept as it is.
+        let has_cases: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'cases'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(e)?;
+        let has_pos: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('cases') WHERE name = 'queue_pos'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(e)?;
+        if has_cases && !has_pos {
+            conn.execute_batch("DROP TABLE cases").map_err(e)?;
+        }
         conn.execute_batch(SCHEMA).map_err(e)?;
         Ok(Self {
             conn,
@@ -201,18 +237,35 @@ impl ReviewStore {
         Self::create(path)
     }
 
-    /// Replace the queue with `cases`, in one transaction (the audit log is untouched).
-    pub fn replace_cases(&mut self, cases: &[Case]) -> Result<(), ReviewError> {
+    /// Make `cases` the current queue, in one transaction: each case is inserted or, when
+    /// its user-day was queued before, updated in place (same id, decisions still attached);
+    /// cases not in `cases` leave the queue (`queue_pos` NULL) but stay showable. The audit
+    /// log is untouched.
+    pub fn upsert_cases(&mut self, cases: &[Case]) -> Result<(), ReviewError> {
         let path = self.path.clone();
         let e = |source| ReviewError::Sqlite {
             path: path.clone(),
             source,
         };
         let tx = self.conn.transaction().map_err(e)?;
-        tx.execute("DELETE FROM cases", []).map_err(e)?;
+        tx.execute(
+            "UPDATE cases SET queue_pos = NULL WHERE queue_pos IS NOT NULL",
+            [],
+        )
+        .map_err(e)?;
         {
             let mut st = tx
-                .prepare("INSERT INTO cases VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
+                .prepare(
+                    "INSERT INTO cases (review_id, day, user_id, risk_score, uncertainty, \
+                     priority, recent_prompts, suggested_action, suggested_reason, flags, \
+                     queue_pos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                     ON CONFLICT (review_id) DO UPDATE SET risk_score = excluded.risk_score, \
+                     uncertainty = excluded.uncertainty, priority = excluded.priority, \
+                     recent_prompts = excluded.recent_prompts, \
+                     suggested_action = excluded.suggested_action, \
+                     suggested_reason = excluded.suggested_reason, flags = excluded.flags, \
+                     queue_pos = excluded.queue_pos",
+                )
                 .map_err(e)?;
             for c in cases {
                 st.execute(params![
@@ -225,7 +278,8 @@ impl ReviewStore {
                     c.recent_prompts,
                     c.suggested_action,
                     c.suggested_reason,
-                    c.flags
+                    c.flags,
+                    c.queue_pos.map(|p| p as i64)
                 ])
                 .map_err(e)?;
             }
@@ -245,6 +299,7 @@ impl ReviewStore {
             suggested_action: r.get(7)?,
             suggested_reason: r.get(8)?,
             flags: r.get(9)?,
+            queue_pos: r.get::<_, Option<i64>>(10)?.map(|p| p as usize),
         })
     }
 
@@ -256,11 +311,11 @@ impl ReviewStore {
         undecided_only: bool,
     ) -> Result<Vec<(Case, Option<String>)>, ReviewError> {
         let sql = format!(
-            "SELECT c.*, (SELECT a.decision FROM audit_log a WHERE a.day = c.day AND \
-             a.user_id = c.user_id ORDER BY a.seq DESC LIMIT 1) AS latest FROM cases c {} \
-             ORDER BY c.review_id LIMIT ?1 OFFSET ?2",
+            "SELECT {CASE_COLUMNS}, (SELECT a.decision FROM audit_log a WHERE a.day = c.day \
+             AND a.user_id = c.user_id ORDER BY a.seq DESC LIMIT 1) AS latest FROM cases c \
+             WHERE c.queue_pos IS NOT NULL {} ORDER BY c.queue_pos LIMIT ?1 OFFSET ?2",
             if undecided_only {
-                "WHERE NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.day = c.day AND \
+                "AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.day = c.day AND \
                  a.user_id = c.user_id)"
             } else {
                 ""
@@ -269,26 +324,30 @@ impl ReviewStore {
         let mut st = self.conn.prepare(&sql).map_err(self.err())?;
         let rows = st
             .query_map(params![limit as i64, offset as i64], |r| {
-                Ok((Self::row_to_case(r)?, r.get::<_, Option<String>>(10)?))
+                Ok((Self::row_to_case(r)?, r.get::<_, Option<String>>(11)?))
             })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
-    /// Number of cases in the queue.
+    /// Number of cases in the current queue.
     pub fn count(&self) -> Result<usize, ReviewError> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM cases", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT COUNT(*) FROM cases WHERE queue_pos IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| n as usize)
             .map_err(self.err())
     }
 
-    /// One case and every decision recorded for its user-day.
+    /// One case (in the current queue or not) and every decision recorded for its user-day.
     pub fn show(&self, review_id: &str) -> Result<(Case, Vec<AuditRecord>), ReviewError> {
         let case = self
             .conn
             .query_row(
-                "SELECT * FROM cases WHERE review_id = ?1",
+                &format!("SELECT {CASE_COLUMNS} FROM cases c WHERE review_id = ?1"),
                 [review_id],
                 Self::row_to_case,
             )
@@ -453,7 +512,8 @@ mod tests {
 
     fn case(i: usize) -> Case {
         Case {
-            review_id: format!("rev_{i:06}"),
+            review_id: case_id(&format!("u_{i:05}"), "2026-02-01"),
+            queue_pos: Some(i),
             day: "2026-02-01".into(),
             user_id: format!("u_{i:05}"),
             risk_score: 0.9,
@@ -480,12 +540,18 @@ mod tests {
     fn decisions_chain_and_verify() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
-        s.replace_cases(&[case(0), case(1)]).unwrap();
+        s.upsert_cases(&[case(0), case(1)]).unwrap();
         let a = s
-            .decide(&decision("rev_000000", "block"), "2026-02-02T00:00:00Z")
+            .decide(
+                &decision("u_00000@2026-02-01", "block"),
+                "2026-02-02T00:00:00Z",
+            )
             .unwrap();
         let b = s
-            .decide(&decision("rev_000001", "allow"), "2026-02-02T00:01:00Z")
+            .decide(
+                &decision("u_00001@2026-02-01", "allow"),
+                "2026-02-02T00:01:00Z",
+            )
             .unwrap();
         assert_eq!(b.prev_hash, a.hash);
         let v = s.verify().unwrap();
@@ -500,16 +566,16 @@ mod tests {
     fn invalid_decisions_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
-        s.replace_cases(&[case(0)]).unwrap();
+        s.upsert_cases(&[case(0)]).unwrap();
         assert!(matches!(
-            s.decide(&decision("rev_000000", "nuke"), "t"),
+            s.decide(&decision("u_00000@2026-02-01", "nuke"), "t"),
             Err(ReviewError::InvalidDecision { .. })
         ));
         assert!(matches!(
-            s.decide(&decision("rev_999999", "block"), "t"),
+            s.decide(&decision("u_99999@2026-02-01", "block"), "t"),
             Err(ReviewError::UnknownCase(_))
         ));
-        let mut d = decision("rev_000000", "block");
+        let mut d = decision("u_00000@2026-02-01", "block");
         d.reason_code = "because".into();
         assert!(s.decide(&d, "t").is_err());
         assert_eq!(s.verify().unwrap().records, 0);
@@ -520,8 +586,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("review.db");
         let mut s = ReviewStore::create(&path).unwrap();
-        s.replace_cases(&[case(0), case(1)]).unwrap();
-        for id in ["rev_000000", "rev_000001", "rev_000000"] {
+        s.upsert_cases(&[case(0), case(1)]).unwrap();
+        for id in [
+            "u_00000@2026-02-01",
+            "u_00001@2026-02-01",
+            "u_00000@2026-02-01",
+        ] {
             s.decide(&decision(id, "warn"), "2026-02-02T00:00:00Z")
                 .unwrap();
         }
@@ -542,9 +612,10 @@ mod tests {
         assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(2));
         // a deleted record breaks the sequence at the next one
         let mut s2 = ReviewStore::create(&dir.path().join("b.db")).unwrap();
-        s2.replace_cases(&[case(0)]).unwrap();
+        s2.upsert_cases(&[case(0)]).unwrap();
         for _ in 0..3 {
-            s2.decide(&decision("rev_000000", "warn"), "t").unwrap();
+            s2.decide(&decision("u_00000@2026-02-01", "warn"), "t")
+                .unwrap();
         }
         s2.conn
             .execute_batch(
@@ -552,5 +623,60 @@ mod tests {
             )
             .unwrap();
         assert_eq!(s2.verify().unwrap().first_broken.map(|b| b.0), Some(3));
+    }
+
+    #[test]
+    fn a_rerun_keeps_a_decided_case_and_its_id_and_drops_only_the_queue_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("review.db");
+        let mut s = ReviewStore::create(&path).unwrap();
+        s.upsert_cases(&[case(0), case(1), case(2)]).unwrap();
+        s.decide(&decision("u_00001@2026-02-01", "block"), "t")
+            .unwrap();
+        // Run 2: user 1's day is queued again, first now and with a new risk; user 0's is not.
+        let mut again = case(1);
+        again.queue_pos = Some(0);
+        again.risk_score = 0.5;
+        let mut third = case(2);
+        third.queue_pos = Some(1);
+        s.upsert_cases(&[again, third]).unwrap();
+        let listed = s.list(0, 10, false).unwrap();
+        let ids: Vec<&str> = listed.iter().map(|c| c.0.review_id.as_str()).collect();
+        assert_eq!(ids, ["u_00001@2026-02-01", "u_00002@2026-02-01"]);
+        assert_eq!(listed[0].1.as_deref(), Some("block"));
+        assert_eq!(listed[0].0.risk_score, 0.5);
+        assert_eq!(s.count().unwrap(), 2);
+        // The case that left the queue can still be shown (and decided).
+        let (gone, _) = s.show("u_00000@2026-02-01").unwrap();
+        assert_eq!(gone.queue_pos, None);
+        let (kept, history) = s.show("u_00001@2026-02-01").unwrap();
+        assert_eq!(kept.queue_pos, Some(0));
+        assert_eq!(history.len(), 1);
+        assert!(s.verify().unwrap().first_broken.is_none());
+    }
+
+    #[test]
+    fn a_store_from_before_stable_ids_keeps_its_audit_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("review.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE cases (review_id TEXT PRIMARY KEY, day TEXT NOT NULL, \
+                 user_id TEXT NOT NULL, risk_score REAL NOT NULL, uncertainty REAL NOT NULL, \
+                 priority REAL NOT NULL, recent_prompts TEXT NOT NULL, \
+                 suggested_action TEXT NOT NULL, suggested_reason TEXT NOT NULL, \
+                 flags TEXT NOT NULL);
+                 INSERT INTO cases VALUES ('rev_000000', '2026-02-01', 'u_00000', 0.9, 0.2, \
+                 0.7, '', 'block', 'x', 'ml');",
+            )
+            .unwrap();
+        }
+        let mut s = ReviewStore::create(&path).unwrap();
+        s.upsert_cases(&[case(0)]).unwrap();
+        s.decide(&decision("u_00000@2026-02-01", "warn"), "t")
+            .unwrap();
+        assert_eq!(s.count().unwrap(), 1);
+        assert_eq!(s.verify().unwrap().records, 1);
     }
 }

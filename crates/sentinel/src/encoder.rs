@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use tokenizers::{Encoding, Tokenizer, TruncationParams};
 
 use crate::SentinelError;
-use crate::index::Matrix;
+use crate::matrix::Matrix;
 
 /// Anything that turns texts into unit-length embeddings.
 pub trait Encoder {

@@ -12,6 +12,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::SentinelError;
+pub use crate::matrix::Matrix;
 
 /// File names inside an index directory.
 pub const CONFIG_FILE: &str = "sentinel_local_index_config.json";
@@ -19,66 +20,6 @@ pub const CONFIG_FILE: &str = "sentinel_local_index_config.json";
 pub const EMBEDDINGS_FILE: &str = "embeddings.safetensors";
 /// Corpus file.
 pub const CORPUS_FILE: &str = "corpus.json";
-
-/// A dense row-major f32 matrix of unit-length embeddings.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Matrix {
-    /// `rows * dim` values.
-    pub data: Vec<f32>,
-    /// Number of rows.
-    pub rows: usize,
-    /// Row length.
-    pub dim: usize,
-}
-
-impl Matrix {
-    /// A matrix from rows of equal length.
-    pub fn from_rows(rows: &[Vec<f32>]) -> Result<Self, SentinelError> {
-        let dim = rows.first().map_or(0, Vec::len);
-        if rows.iter().any(|r| r.len() != dim) {
-            return Err(SentinelError::BadInput(
-                "embedding rows have different lengths".into(),
-            ));
-        }
-        Ok(Self {
-            data: rows.concat(),
-            rows: rows.len(),
-            dim,
-        })
-    }
-
-    /// Row `i`.
-    pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.dim..(i + 1) * self.dim]
-    }
-
-    /// A new matrix holding the given rows, in the given order.
-    pub fn select(&self, rows: &[usize]) -> Self {
-        let mut data = Vec::with_capacity(rows.len() * self.dim);
-        for &r in rows {
-            data.extend_from_slice(self.row(r));
-        }
-        Self {
-            data,
-            rows: rows.len(),
-            dim: self.dim,
-        }
-    }
-
-    /// Rescale every row to unit length (eps 1e-12, as `torch.nn.functional.normalize`).
-    pub fn normalize_rows(&mut self) {
-        let dim = self.dim;
-        if dim == 0 {
-            return;
-        }
-        for row in self.data.chunks_mut(dim) {
-            let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            for x in row {
-                *x /= norm;
-            }
-        }
-    }
-}
 
 /// The JSON config of an index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -154,6 +95,28 @@ fn read_matrix(st: &SafeTensors<'_>, name: &str, path: &Path) -> Result<Matrix, 
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect();
+    if shape[1] == 0 {
+        return Err(file_err(
+            path,
+            format!("tensor `{name}` has 0-dimension embeddings"),
+        ));
+    }
+    if let Some(bad) = data.iter().position(|v| !v.is_finite()) {
+        return Err(file_err(
+            path,
+            format!(
+                "tensor `{name}` row {} holds a value that is not a finite number (NaN or \
+                 infinite): a corrupted index would score everything 0",
+                bad / shape[1]
+            ),
+        ));
+    }
+    if shape[0] == 0 {
+        return Err(file_err(
+            path,
+            format!("tensor `{name}` has no rows: an index needs examples of both classes"),
+        ));
+    }
     Ok(Matrix {
         data,
         rows: shape[0],
@@ -197,6 +160,21 @@ impl SentinelIndex {
                 "positive embeddings have {} dimensions but negative ones {}",
                 positive.dim, negative.dim
             )));
+        }
+        if positive.dim == 0 {
+            return Err(SentinelError::BadInput(
+                "embeddings with 0 dimensions cannot be searched".into(),
+            ));
+        }
+        if positive
+            .data
+            .iter()
+            .chain(&negative.data)
+            .any(|v| !v.is_finite())
+        {
+            return Err(SentinelError::BadInput(
+                "an embedding holds a value that is not a finite number (NaN or infinite)".into(),
+            ));
         }
         let idx = Self {
             positive,
@@ -312,6 +290,7 @@ impl SentinelIndex {
                 ("negative", &mut negative_corpus, negative.rows),
             ] {
                 if corpus.as_ref().is_some_and(|c| c.len() != rows) {
+                    // The specification: dropped with a warning on load (refused on save).
                     tracing::warn!(
                         "{}: the {side} corpus does not match its {rows} embeddings; explanations will show row ids",
                         c_path.display()
@@ -383,55 +362,6 @@ impl SentinelIndex {
         )
     }
 
-    /// Encode positive and negative example texts into a new index. With a ratio, surplus
-    /// negatives (beyond `max(1, floor(n_pos * ratio))`, chosen at random with `seed`) are
-    /// dropped before encoding.
-    #[cfg(feature = "encoder")]
-    pub fn from_texts(
-        encoder: &dyn crate::encoder::Encoder,
-        positives: Vec<String>,
-        negatives: Vec<String>,
-        neg_to_pos_ratio: Option<f64>,
-        seed: Option<u64>,
-        progress: &dyn Fn(usize, usize),
-    ) -> Result<Self, SentinelError> {
-        if positives.is_empty() || negatives.is_empty() {
-            return Err(SentinelError::BadInput(
-                "building an index needs at least one positive and one negative example".into(),
-            ));
-        }
-        let mut negatives = negatives;
-        if let Some(r) = neg_to_pos_ratio {
-            if !(r > 0.0 && r.is_finite()) {
-                return Err(SentinelError::BadInput(format!(
-                    "neg_to_pos_ratio must be positive, got {r}"
-                )));
-            }
-            let keep = ((positives.len() as f64 * r).floor() as usize).max(1);
-            if keep < negatives.len() {
-                let rows = choose_rows(negatives.len(), keep, seed.unwrap_or_else(rand::random));
-                negatives = rows.iter().map(|&i| negatives[i].clone()).collect();
-            }
-        }
-        let total = positives.len() + negatives.len();
-        let encode = |texts: &[String], done: usize| -> Result<Matrix, SentinelError> {
-            let mut rows = Vec::with_capacity(texts.len());
-            for (i, chunk) in texts.chunks(256).enumerate() {
-                let m = encoder.encode(chunk)?;
-                rows.extend((0..m.rows).map(|r| m.row(r).to_vec()));
-                progress(done + (i * 256 + chunk.len()), total);
-            }
-            Matrix::from_rows(&rows)
-        };
-        let positive = encode(&positives, 0)?;
-        let negative = encode(&negatives, positives.len())?;
-        let config = IndexConfig {
-            encoder_model_name_or_path: encoder.name().to_string(),
-            ..IndexConfig::default()
-        };
-        Self::new(positive, negative, Some(positives), Some(negatives), config)
-    }
-
     /// A new index keeping `n_positive` random positives (all when `None`) and
     /// `max(1, floor(kept * ratio))` random negatives (all when `None`). Rows keep their order
     /// and the corpus stays aligned; the original is not changed.
@@ -493,5 +423,77 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("no Sentinel index at"), "{text}");
         assert!(text.contains("vigil sentinel build"), "{text}");
+    }
+
+    fn m(rows: &[&[f32]]) -> Matrix {
+        Matrix::from_rows(&rows.iter().map(|r| r.to_vec()).collect::<Vec<_>>()).unwrap()
+    }
+
+    fn index(pos: Matrix, neg: Matrix) -> SentinelIndex {
+        SentinelIndex {
+            positive: pos,
+            negative: neg,
+            positive_corpus: None,
+            negative_corpus: None,
+            config: IndexConfig::default(),
+        }
+    }
+
+    /// The three files of `idx`, written without the checks of `new` (as a damaged or
+    /// hand-made index would be), then loaded.
+    fn reload(idx: &SentinelIndex, corpus: Option<&[u8]>) -> Result<SentinelIndex, SentinelError> {
+        let files = idx.to_files().unwrap();
+        SentinelIndex::from_files(
+            &files[0].1,
+            &files[1].1,
+            corpus.or(Some(&files[2].1)),
+            Path::new("idx"),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn an_index_with_nan_or_infinite_embeddings_is_refused_at_load() {
+        for bad in [f32::NAN, f32::INFINITY] {
+            let idx = index(m(&[&[1.0, 0.0]]), m(&[&[0.0, 1.0], &[bad, 0.5]]));
+            let err = reload(&idx, None).unwrap_err().to_string();
+            assert!(
+                err.contains("not a finite number") && err.contains("row 1"),
+                "{err}"
+            );
+            assert!(
+                SentinelIndex::new(idx.positive, idx.negative, None, None, idx.config).is_err()
+            );
+        }
+    }
+
+    #[test]
+    fn an_index_with_no_positive_rows_is_refused_at_load() {
+        let idx = index(
+            Matrix {
+                data: vec![],
+                rows: 0,
+                dim: 2,
+            },
+            m(&[&[0.0, 1.0]]),
+        );
+        let err = reload(&idx, None).unwrap_err().to_string();
+        assert!(
+            err.contains("no rows") && err.contains("positive_embeddings"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_zero_dimension_index_is_refused_instead_of_panicking() {
+        let z = |rows| Matrix {
+            data: vec![],
+            rows,
+            dim: 0,
+        };
+        let err = reload(&index(z(2), z(3)), None).unwrap_err().to_string();
+        assert!(err.contains("0-dimension"), "{err}");
+        assert!(SentinelIndex::new(z(1), z(1), None, None, IndexConfig::default()).is_err());
     }
 }

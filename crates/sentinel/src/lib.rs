@@ -12,11 +12,15 @@ pub mod aggregate;
 #[cfg(feature = "encoder")]
 pub mod bert;
 #[cfg(feature = "encoder")]
+mod build;
+#[cfg(feature = "encoder")]
 pub mod cache;
 #[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod harness;
 pub mod index;
+pub mod matrix;
+#[cfg(feature = "encoder")]
 pub mod quant;
 pub mod score;
 pub mod search;
@@ -30,7 +34,9 @@ pub use aggregate::Aggregator;
 pub use cache::CachedEncoder;
 #[cfg(feature = "encoder")]
 pub use encoder::{Encoder, MiniLmEncoder};
-pub use index::{IndexConfig, Matrix, SentinelIndex};
+pub use index::{IndexConfig, SentinelIndex};
+pub use matrix::Matrix;
+#[cfg(feature = "encoder")]
 pub use quant::Precision;
 pub use score::{GroupResult, ScaleFn, ScoreParams, Scorer};
 

@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::SentinelError;
 use crate::aggregate::Aggregator;
-use crate::index::{Matrix, SentinelIndex};
+use crate::index::SentinelIndex;
+use crate::matrix::Matrix;
 use crate::search::{self, PackedSide};
 
 /// How a cosine similarity is rescaled before it enters the contrastive score.
@@ -256,13 +257,24 @@ impl<'a> Scorer<'a> {
                 embeddings.dim, self.pos.dim
             )));
         }
+        if let Some(bad) = embeddings.data.iter().position(|v| !v.is_finite()) {
+            return Err(SentinelError::BadInput(format!(
+                "observation embedding {} holds a value that is not a finite number (NaN or \
+                 infinite)",
+                bad / embeddings.dim.max(1)
+            )));
+        }
         let mut q = embeddings.clone();
         q.normalize_rows();
         let extra = usize::from(params.prevent_exact_match);
+        // No side has more neighbours than rows and no merge more than both sides: a huge
+        // top_k is the whole index, not an allocation of top_k slots (same results).
+        let most = self.pos.rows.max(self.neg.rows);
+        let top_k = params.top_k.min(self.pos.rows + self.neg.rows);
         let mut found = search::top_k_many(
             &[&self.pos_search, &self.neg_search],
             &q,
-            params.top_k + extra,
+            top_k.saturating_add(extra).min(most),
         );
         let neg_found = found.pop().unwrap_or_default();
         let pos_found = found.pop().unwrap_or_default();
@@ -287,9 +299,9 @@ impl<'a> Scorer<'a> {
                         .first()
                         .is_some_and(|h| (f64::from(h.score) - 1.0).abs() < 1e-3),
             );
-            let taken = &merged[skip.min(merged.len())..(skip + params.top_k).min(merged.len())];
-            let mut pos_s: Vec<f64> = Vec::with_capacity(params.top_k);
-            let mut neg_s: Vec<f64> = Vec::with_capacity(params.top_k);
+            let taken = &merged[skip.min(merged.len())..(skip + top_k).min(merged.len())];
+            let mut pos_s: Vec<f64> = Vec::with_capacity(top_k);
+            let mut neg_s: Vec<f64> = Vec::with_capacity(top_k);
             for h in taken {
                 let s = params.scale_fn.apply(f64::from(h.score));
                 if h.positive {
@@ -389,5 +401,55 @@ impl<'a> Scorer<'a> {
             aggregation_name: params.aggregator.name(),
             explanations,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::index::IndexConfig;
+
+    fn index() -> SentinelIndex {
+        let pos = Matrix::from_rows(&[vec![1.0, 0.0, 0.0], vec![0.8, 0.6, 0.0]]).unwrap();
+        let neg = Matrix::from_rows(&[
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+            vec![0.0, 0.6, 0.8],
+        ])
+        .unwrap();
+        SentinelIndex::new(pos, neg, None, None, IndexConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_huge_top_k_scores_as_the_whole_index_without_allocating_it() {
+        let idx = index();
+        let scorer = Scorer::new(&idx);
+        let q = Matrix::from_rows(&[vec![0.9, 0.1, 0.2]]).unwrap();
+        let texts = vec!["x".to_string()];
+        let score = |k: usize| {
+            let p = ScoreParams {
+                top_k: k,
+                ..ScoreParams::default()
+            };
+            scorer.score_observations(&texts, &q, &p).unwrap()[0].score
+        };
+        // Five rows in all: any top_k from 5 up takes every neighbour.
+        let whole = score(5);
+        for k in [6, 1_000_000_000, usize::MAX] {
+            assert_eq!(score(k).to_bits(), whole.to_bits(), "top_k {k}");
+        }
+        assert_ne!(score(1).to_bits(), whole.to_bits());
+    }
+
+    #[test]
+    fn nan_observation_embeddings_are_refused_not_scored_zero() {
+        let idx = index();
+        let scorer = Scorer::new(&idx);
+        let q = Matrix::from_rows(&[vec![0.9, f32::NAN, 0.2]]).unwrap();
+        let err = scorer
+            .score_observations(&["x".to_string()], &q, &ScoreParams::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("not a finite number"), "{err}");
     }
 }

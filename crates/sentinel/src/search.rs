@@ -13,7 +13,7 @@
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::index::Matrix;
+use crate::matrix::Matrix;
 
 /// Rows per packed panel (two AVX-512 vectors, four AVX2 vectors).
 pub const PANEL: usize = 32;

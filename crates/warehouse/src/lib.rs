@@ -52,8 +52,29 @@ pub enum WarehouseError {
     Runtime(std::io::Error),
 }
 
+/// Parse a user's rule text as exactly one SQL expression and return it in canonical form,
+/// ready to be placed inside a generated query. Text that is not one whole expression (a
+/// stray `)`, a second clause, a trailing comment that would swallow the rest of the query)
+/// is refused: rule text is never pasted into SQL as it was written.
+pub fn parse_expression(text: &str) -> Result<String, String> {
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser, tokenizer::Token};
+    let dialect = GenericDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(text)
+        .map_err(|e| e.to_string())?;
+    let expr = parser.parse_expr().map_err(|e| e.to_string())?;
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(format!(
+            "expected one expression, but it goes on after it at `{}`",
+            next.token
+        ));
+    }
+    Ok(expr.to_string())
+}
+
 /// The built-in SQL of each named table, in the order the pipeline builds them.
-pub const BUILTIN_SQL: [(&str, &str); 7] = [
+pub const BUILTIN_SQL: [(&str, &str); 8] = [
     ("core_users", include_str!("../sql/core_users.sql")),
     ("core_user_day", include_str!("../sql/core_user_day.sql")),
     (
@@ -70,6 +91,7 @@ pub const BUILTIN_SQL: [(&str, &str); 7] = [
     ),
     ("user_keys", include_str!("../sql/user_keys.sql")),
     ("user_context", include_str!("../sql/user_context.sql")),
+    ("queue_prompts", include_str!("../sql/queue_prompts.sql")),
 ];
 
 /// One named table held in memory.
@@ -401,6 +423,23 @@ impl Warehouse {
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn rule_text_that_closes_the_generated_case_is_refused() {
+        let inject = "false) THEN 'allow' WHEN (true) THEN 'nuke_account' WHEN (true";
+        assert!(parse_expression(inject).is_err());
+        for bad in ["x > 1; DROP TABLE events", "x > 1 ORDER BY y", "", "x >"] {
+            assert!(parse_expression(bad).is_err(), "{bad:?} accepted");
+        }
+        // A trailing comment would swallow the rest of the generated query: it is dropped.
+        assert_eq!(parse_expression("x > 1 -- note").unwrap(), "x > 1");
+        let ok = parse_expression("risk_score >= 0.9 AND flags LIKE '%ml%'").unwrap();
+        assert_eq!(ok, "risk_score >= 0.9 AND flags LIKE '%ml%'");
+        assert_eq!(
+            parse_expression("format_fixed(block_rate, 3) || ' it''s'").unwrap(),
+            "format_fixed(block_rate, 3) || ' it''s'"
+        );
+    }
     use arrow::datatypes::{Field, Schema};
 
     fn table(parts: &[&[(&str, i64)]]) -> Table {
