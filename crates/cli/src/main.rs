@@ -205,23 +205,47 @@ struct IngestArgs {
     opts: InputOpts,
 }
 
+/// What `vigil run` and `vigil score` read and where they write.
 #[derive(Args, Debug)]
-struct RunArgs {
-    /// Event files to ingest before running (repeatable).
+struct RunTarget {
+    /// Event files to ingest first (repeatable).
     #[arg(long = "input", num_args = 1..)]
     inputs: Vec<PathBuf>,
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Data directory [default: OUT/data].
+    /// Data directory of stored events [default: OUT/data].
     #[arg(long)]
     data: Option<PathBuf>,
     /// Ground truth (user_id,is_abuser,actor_id; `vigil generate` writes one) to score entity
     /// resolution against known actors and rings.
     #[arg(long)]
     ground_truth: Option<PathBuf>,
+    /// Format, strictness and configuration (for `vigil score`: of the stages the bundle does
+    /// not fix, monitoring, drift, automation; default: the bundle's own).
     #[command(flatten)]
     opts: InputOpts,
+}
+
+impl RunTarget {
+    fn options(&self, config: Config, models: vigil_pipeline::Models) -> RunOptions {
+        RunOptions {
+            models,
+            inputs: self.inputs.clone(),
+            out: self.out.clone(),
+            data: self.data.clone(),
+            ingest: ingest_options(&self.opts, &config),
+            config,
+            ground_truth: self.ground_truth.clone(),
+            as_of_micros: None,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    target: RunTarget,
 }
 
 #[derive(Args, Debug)]
@@ -229,22 +253,9 @@ struct ScoreArgs {
     /// The model bundle: the `model/` directory a `vigil run` wrote.
     #[arg(long)]
     model: PathBuf,
-    /// Event files to ingest and score (repeatable).
-    #[arg(long = "input", num_args = 1..)]
-    inputs: Vec<PathBuf>,
-    /// Output directory (not the run that trained the bundle).
-    #[arg(long)]
-    out: PathBuf,
-    /// Data directory of stored events to score [default: OUT/data].
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// Ground truth (user_id,is_abuser,actor_id) to score entity resolution against.
-    #[arg(long)]
-    ground_truth: Option<PathBuf>,
-    /// Input format, strictness, and a configuration for the stages the bundle does not fix
-    /// (monitoring, drift, automation) [default: the bundle's own].
+    /// Where to score (the output directory must not be the run that trained the bundle).
     #[command(flatten)]
-    opts: InputOpts,
+    target: RunTarget,
 }
 
 /// A command-line argument that makes no sense: the user's to fix, exit code 2.
@@ -443,36 +454,29 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     })?;
     eprintln!("2/2 running every stage");
     cmd_run(RunArgs {
-        inputs: vec![input.clone()],
-        out: a.out.clone(),
-        data: None,
-        ground_truth: Some(input.with_file_name("ground_truth.csv")),
-        opts: InputOpts {
-            format: None,
-            strict: false,
-            config: None,
-            profile: a.profile,
+        target: RunTarget {
+            inputs: vec![input.clone()],
+            out: a.out.clone(),
+            data: None,
+            ground_truth: Some(input.with_file_name("ground_truth.csv")),
+            opts: InputOpts {
+                format: None,
+                strict: false,
+                config: None,
+                profile: a.profile,
+            },
         },
     })
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
-    let cfg = load_config(&a.opts)?;
-    let opts = RunOptions {
-        models: vigil_pipeline::Models::Fit,
-        inputs: a.inputs.clone(),
-        out: a.out.clone(),
-        data: a.data.clone(),
-        ingest: ingest_options(&a.opts, &cfg),
-        config: cfg,
-        ground_truth: a.ground_truth.clone(),
-        as_of_micros: None,
-    };
-    run_stages(&opts)
+    let cfg = load_config(&a.target.opts)?;
+    run_stages(&a.target.options(cfg, vigil_pipeline::Models::Fit))
 }
 
 fn cmd_score(a: ScoreArgs) -> Result<()> {
-    if a.inputs.is_empty() && a.data.is_none() {
+    let t = &a.target;
+    if t.inputs.is_empty() && t.data.is_none() {
         return Err(BadArgument(
             "nothing to score: give event files with --input, or stored events with --data".into(),
         )
@@ -482,43 +486,35 @@ fn cmd_score(a: ScoreArgs) -> Result<()> {
         (Ok(p), Ok(q)) => p == q,
         _ => false,
     };
-    if a.model.parent().is_some_and(|p| same_dir(p, &a.out)) {
+    if a.model.parent().is_some_and(|p| same_dir(p, &t.out)) {
         return Err(BadArgument(format!(
             "--out {} is the run that trained the bundle: scoring there would replace its \
              outputs and review queue; choose another --out",
-            a.out.display()
+            t.out.display()
         ))
         .into());
     }
     let bundle = vigil_pipeline::ModelBundle::load(&a.model)?;
-    let cfg = if a.opts.config.is_some() || a.opts.profile.is_some() {
-        load_config(&a.opts)?
+    let cfg = if t.opts.config.is_some() || t.opts.profile.is_some() {
+        load_config(&t.opts)?
     } else {
         bundle.manifest.config.clone()
     };
+    let m = &bundle.manifest;
     eprintln!(
         "model bundle {}: {} trained by Vigil {} on {} user-days ({} to {})",
         a.model.display(),
-        bundle.manifest.risk_model,
-        bundle.manifest.vigil_version,
-        bundle.manifest.training.user_days,
-        bundle.manifest.training.first_day,
-        bundle.manifest.training.last_day
+        m.risk_model,
+        m.vigil_version,
+        m.training.user_days,
+        m.training.first_day,
+        m.training.last_day
     );
-    let opts = RunOptions {
-        models: vigil_pipeline::Models::Apply {
-            bundle: Box::new(bundle),
-            dir: a.model.clone(),
-        },
-        inputs: a.inputs.clone(),
-        out: a.out.clone(),
-        data: a.data.clone(),
-        ingest: ingest_options(&a.opts, &cfg),
-        config: cfg,
-        ground_truth: a.ground_truth.clone(),
-        as_of_micros: None,
+    let models = vigil_pipeline::Models::Apply {
+        bundle: Box::new(bundle),
+        dir: a.model.clone(),
     };
-    run_stages(&opts)
+    run_stages(&t.options(cfg, models))
 }
 
 /// Run the pipeline with a spinner per stage and print what it did.

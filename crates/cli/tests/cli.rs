@@ -4,24 +4,10 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .output()
-        .expect("the vigil binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = vigil(args);
-    assert!(
-        o.status.success(),
-        "vigil {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+mod common;
+use common::{ok, vigil};
 
 /// `vigil sql --out OUT --format csv QUERY`, its standard output.
 fn sql_csv(out: &Path, query: &str) -> String {

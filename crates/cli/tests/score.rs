@@ -3,23 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::vigil;
 
-fn vigil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args(args)
-        .output()
-        .expect("the vigil binary runs")
-}
-
+/// Run `vigil ARGS`, which must succeed; what it said on standard error.
 fn ok(args: &[&str]) -> String {
-    let o = vigil(args);
-    assert!(
-        o.status.success(),
-        "vigil {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::ok_output(args).1
 }
 
 fn s(p: &Path) -> &str {
@@ -217,7 +206,7 @@ fn a_bundle_from_elsewhere_damaged_or_missing_is_refused_and_nothing_is_written(
             "--out",
             s(&out),
         ]);
-        assert!(!out.join("run.json").exists(), "{name}: outputs written");
+        assert!(!out.exists(), "{name}: outputs written");
         (
             o.status.code(),
             String::from_utf8_lossy(&o.stderr).into_owned(),
@@ -235,43 +224,45 @@ fn a_bundle_from_elsewhere_damaged_or_missing_is_refused_and_nothing_is_written(
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("not a model bundle"), "{err}");
 
-    let old = edit("old", "manifest.json", &|t| {
-        t.replace(
-            &format!("\"vigil_version\": \"{}\"", env!("CARGO_PKG_VERSION")),
-            "\"vigil_version\": \"0.0.1\"",
-        )
-    });
-    let (code, err) = attempt(&old, "o2");
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("Vigil 0.0.1") && err.contains("retrain"),
-        "{err}"
-    );
-
-    let damaged = edit("damaged", "trees.json", &|t| t.replacen("0.", "1.", 1));
-    let (code, err) = attempt(&damaged, "o3");
-    assert_eq!(code, Some(3), "{err}");
-    assert!(
-        err.contains("corrupted") && err.contains("trees.json"),
-        "{err}"
-    );
-
-    let truncated = edit("truncated", "manifest.json", &|t| {
-        t[..t.len() / 2].to_string()
-    });
-    let (code, err) = attempt(&truncated, "o4");
-    assert_eq!(code, Some(3), "{err}");
-    assert!(
-        err.contains("corrupted") && err.contains("manifest.json"),
-        "{err}"
-    );
-
-    let other_features = edit("features", "manifest.json", &|t| {
-        t.replace("\"n_warned\"", "\"n_frobnicated\"")
-    });
-    let (code, err) = attempt(&other_features, "o5");
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("n_frobnicated"), "{err}");
+    let ours = format!("\"vigil_version\": \"{}\"", env!("CARGO_PKG_VERSION"));
+    type Edit<'a> = &'a dyn Fn(String) -> String;
+    let cases: [(&str, &str, Edit, i32, &[&str]); 4] = [
+        (
+            "old",
+            "manifest.json",
+            &|t| t.replace(&ours, "\"vigil_version\": \"0.0.1\""),
+            2,
+            &["Vigil 0.0.1", "retrain"],
+        ),
+        (
+            "damaged",
+            "trees.json",
+            &|t| t.replacen("0.", "1.", 1),
+            3,
+            &["corrupted", "trees.json", "SHA-256"],
+        ),
+        (
+            "truncated",
+            "manifest.json",
+            &|t| t[..t.len() / 2].to_string(),
+            3,
+            &["corrupted", "manifest.json"],
+        ),
+        (
+            "features",
+            "manifest.json",
+            &|t| t.replace("\"n_warned\"", "\"n_frobnicated\""),
+            2,
+            &["n_frobnicated", "features this data does not have"],
+        ),
+    ];
+    for (name, file, change, want, needles) in cases {
+        let (code, err) = attempt(&edit(name, file, change), &format!("out_{name}"));
+        assert_eq!(code, Some(want), "{name}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{name}: {n:?} not in {err}");
+        }
+    }
 
     // Scoring into the run that trained the bundle would replace its queue.
     let o = vigil(&[

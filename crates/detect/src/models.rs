@@ -801,15 +801,31 @@ mod tests {
         (cols, y)
     }
 
+    /// The columns borrowed as [`Features`].
+    fn features(cols: &[Vec<f64>]) -> Features<'_> {
+        let n = cols.first().map_or(0, Vec::len);
+        Features::new(
+            n,
+            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
+        )
+        .unwrap()
+    }
+
+    fn params(trees: usize, max_depth: usize, balanced: bool) -> GbtParams {
+        GbtParams {
+            trees,
+            learning_rate: 0.3,
+            max_depth,
+            seed: 3,
+            balanced,
+        }
+    }
+
     #[test]
     fn logistic_fit_reaches_the_regularised_optimum() {
         let n = 6_000;
         let (cols, y) = rows(n);
-        let x = Features::new(
-            n,
-            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
-        )
-        .unwrap();
+        let x = features(&cols);
         // Every third row is left out, as a split would.
         let train: Vec<usize> = (0..n).filter(|i| i % 3 != 0).collect();
         let c = 0.5;
@@ -848,20 +864,9 @@ mod tests {
     fn saved_models_score_every_row_to_the_bit_after_a_json_round_trip() {
         let n = 5_000;
         let (cols, y) = rows(n);
-        let x = Features::new(
-            n,
-            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
-        )
-        .unwrap();
+        let x = features(&cols);
         let train: Vec<usize> = (0..n).filter(|i| i % 4 != 0).collect();
-        let params = GbtParams {
-            trees: 20,
-            learning_rate: 0.3,
-            max_depth: 4,
-            seed: 3,
-            balanced: true,
-        };
-        let gbt = Boosted::fit(&x, &y, &train, params).unwrap();
+        let gbt = Boosted::fit(&x, &y, &train, params(20, 4, true)).unwrap();
         let text = serde_json::to_string(gbt.forest()).unwrap();
         let loaded: Forest = serde_json::from_str(&text).unwrap();
         loaded.check(x.d()).unwrap();
@@ -881,20 +886,9 @@ mod tests {
     fn corrupted_models_are_refused_by_check() {
         let n = 2_000;
         let (cols, y) = rows(n);
-        let x = Features::new(
-            n,
-            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
-        )
-        .unwrap();
+        let x = features(&cols);
         let rows_all: Vec<usize> = (0..n).collect();
-        let params = GbtParams {
-            trees: 5,
-            learning_rate: 0.3,
-            max_depth: 3,
-            seed: 3,
-            balanced: false,
-        };
-        let gbt = Boosted::fit(&x, &y, &rows_all, params).unwrap();
+        let gbt = Boosted::fit(&x, &y, &rows_all, params(5, 3, false)).unwrap();
         // Fewer features than the trees split on, a link out of the forest, a NaN weight.
         assert!(gbt.forest().check(0).is_err());
         let mut f = gbt.forest().clone();
@@ -914,11 +908,7 @@ mod tests {
     fn flat_forest_gives_forusts_own_margins_to_the_bit() {
         let n = 9_000; // more than two chunks of rows
         let (cols, y) = rows(n);
-        let x = Features::new(
-            n,
-            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
-        )
-        .unwrap();
+        let x = features(&cols);
         let train: Vec<usize> = (0..n).filter(|i| i % 4 != 0).collect();
         let params = GbtParams {
             trees: 25,

@@ -377,6 +377,18 @@ pub fn run(
 ) -> Result<RunManifest, PipelineError> {
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     check_rule_texts(&opts.config)?;
+    // A bundle needing features the built-in tables do not compute is refused before
+    // anything is written (with custom `[sql] dir` tables, once they are built).
+    if let Models::Apply { bundle, dir } = &opts.models
+        && opts.config.sql.dir.is_none()
+    {
+        let known: Vec<String> = vigil_config::USER_DAY_FEATURES
+            .iter()
+            .chain(vigil_config::USER_CONTEXT_FEATURES.iter())
+            .map(|s| s.to_string())
+            .collect();
+        bundle::check_features(bundle, dir, &known)?;
+    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PipelineError::Io { path, source }

@@ -1,0 +1,31 @@
+//! Helpers shared by the binary's end-to-end tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Output};
+
+/// Run `vigil ARGS`.
+pub fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .output()
+        .expect("the vigil binary runs")
+}
+
+/// Run `vigil ARGS`, which must succeed; its (standard output, standard error).
+pub fn ok_output(args: &[&str]) -> (String, String) {
+    let o = vigil(args);
+    assert!(
+        o.status.success(),
+        "vigil {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Run `vigil ARGS`, which must succeed; its standard output.
+pub fn ok(args: &[&str]) -> String {
+    ok_output(args).0
+}
