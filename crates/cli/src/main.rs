@@ -415,11 +415,14 @@ fn cmd_ingest(a: IngestArgs) -> Result<()> {
     let cfg = load_config(&a.opts)?;
     let opts = ingest_options(&a.opts, &cfg);
     let ds = Dataset::open(&a.data)?;
+    // One writer at a time: the stored ids read next stay true until this ingest ends.
+    let lock = ds.lock()?;
     let mut known = ds.known_event_keys()?;
     for file in &a.files {
         let total = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
         let pb = bytes_bar(total, "ingesting");
-        let s = vigil_events::ingest_file(&ds, &mut known, file, &opts, &|n| pb.set_position(n));
+        let s =
+            vigil_events::ingest_file(&ds, &lock, &mut known, file, &opts, &|n| pb.set_position(n));
         pb.finish_and_clear();
         print_ingest(&s?, &ds.quarantine_path());
     }

@@ -640,3 +640,85 @@ fn an_enforcement_rule_that_closes_the_generated_case_is_refused_not_injected() 
     // Refused before anything ran: no outputs, no action invented.
     assert!(!out.join("enforcement_actions.csv").exists());
 }
+
+#[test]
+fn two_ingests_into_one_data_directory_at_once_store_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        "60000",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    let data = dir.path().join("data");
+    // An overlapping cron job: two writers started together on the same files.
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["ingest", input.to_str().unwrap(), "--data"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (start(), start());
+    for child in [a, b] {
+        let o = child.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(count_events(&data), 60_000);
+}
+
+#[test]
+fn temporaries_left_by_a_killed_ingest_are_removed_by_the_next_writer() {
+    let (dir, input) = small_generated_input();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("events")).unwrap();
+    let stale = [
+        data.join("events")
+            .join(".part-00000000000000000001-4242.parquet.tmp"),
+        data.join(".quarantine-4242.jsonl.tmp"),
+    ];
+    for p in &stale {
+        std::fs::write(p, vec![0u8; 4096]).unwrap();
+    }
+    ok(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    for p in &stale {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    assert_eq!(count_events(&data), 2_000);
+}
+
+#[test]
+fn a_quarantine_file_that_is_a_symlink_is_refused_and_its_target_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let target = dir.path().join("elsewhere.txt");
+    std::fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, data.join("quarantine.jsonl")).unwrap();
+    let input = dir.path().join("bad.csv");
+    std::fs::write(&input, format!("{HEADER}\n{}\ne_2,not a row\n", good(1))).unwrap();
+    let o = vigil(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    assert_eq!(
+        count_events(&data),
+        0,
+        "nothing stored when the ingest is refused"
+    );
+}

@@ -4,7 +4,8 @@
 //! - `events/part-*.parquet` — accepted events, one part per ingest, written to a temporary
 //!   name and renamed into place only when complete, so a crash never leaves a half part;
 //! - `quarantine.jsonl` — one JSON object per refused row (`source`, `line`, `reason`, `raw`);
-//! - `ingest_log.jsonl` — one JSON object per ingest (the [`IngestSummary`](crate::IngestSummary)).
+//! - `ingest_log.jsonl` — one JSON object per ingest (the [`IngestSummary`](crate::IngestSummary));
+//! - `.lock` — the writer lock ([`Dataset::lock`]): one writer at a time.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -187,6 +188,90 @@ impl Dataset {
             final_path,
             rows: 0,
         })
+    }
+}
+
+/// The exclusive writer lock of a data directory: an OS lock (`flock`) on `DIR/.lock`, so
+/// two ingests (an overlapping cron job, `vigil run` beside `vigil ingest`) never read the
+/// same stored ids and store the same events twice. Released when dropped or when the
+/// process dies, however it dies.
+#[derive(Debug)]
+pub struct WriteLock {
+    _file: File,
+    root: PathBuf,
+}
+
+impl WriteLock {
+    /// The data directory this lock holds.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl Dataset {
+    /// Take the writer lock, waiting (with a warning naming the holder) while another
+    /// process holds it. Under the lock, temporary files of writers that died are removed.
+    pub fn lock(&self) -> Result<WriteLock, EventsError> {
+        let path = self.root.join(".lock");
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(EventsError::BadInput {
+                path,
+                message: "is a symbolic link; Vigil does not follow links for the files it \
+                          writes in its data directory"
+                    .into(),
+            });
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&path).unwrap_or_default();
+                tracing::warn!(
+                    "{} is being written by another process ({}); waiting for it to finish",
+                    self.root.display(),
+                    holder.trim()
+                );
+                file.lock().map_err(io_err(&path))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&path)(e)),
+        }
+        // Who holds it, for the message a waiting writer prints.
+        use std::io::Write as _;
+        let _ = file.set_len(0).and_then(|()| {
+            write!(file, "pid {}", std::process::id())?;
+            file.flush()
+        });
+        self.remove_stale_temporaries()?;
+        Ok(WriteLock {
+            _file: file,
+            root: self.root.clone(),
+        })
+    }
+
+    /// Remove the temporary part and quarantine files a killed or failed writer left (only
+    /// called under the writer lock, so no live writer owns them).
+    fn remove_stale_temporaries(&self) -> Result<(), EventsError> {
+        for dir in [self.root.clone(), self.events_dir()] {
+            let entries = std::fs::read_dir(&dir).map_err(io_err(&dir))?;
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let stale = (name.starts_with(".part-") && name.ends_with(".parquet.tmp"))
+                    || (name.starts_with(".quarantine-") && name.ends_with(".jsonl.tmp"));
+                if stale {
+                    tracing::info!("removing {} left by an earlier writer", name);
+                    let p = entry.path();
+                    std::fs::remove_file(&p).map_err(io_err(&p))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ use arrow::record_batch::RecordBatch;
 use serde::Serialize;
 
 use crate::EventsError;
-use crate::dataset::{Dataset, KeySet, PartWriter, event_key};
+use crate::dataset::{Dataset, KeySet, PartWriter, WriteLock, event_key};
 use crate::reader::{Compression, Format, RowSink, detect_format, read_rows};
 use crate::validate::{EventBatchBuilder, ValidRow, Validator};
 
@@ -164,11 +164,26 @@ fn drop_duplicates(
     Ok((kept, dropped))
 }
 
+/// Vigil writes only plain files in its own directories: a symbolic link there (planted to
+/// make an append land elsewhere) is refused.
+fn refuse_symlink(path: &Path) -> Result<(), EventsError> {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(EventsError::BadInput {
+            path: path.to_path_buf(),
+            message: "is a symbolic link; Vigil does not follow links for the files it \
+                      writes in its data directory (replace it with a plain file)"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
 fn append_file(from: &Path, to: &Path) -> Result<(), EventsError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| EventsError::Io { path, source }
     };
+    refuse_symlink(to)?;
     let mut src = File::open(from).map_err(io(from))?;
     let mut dst = OpenOptions::new()
         .create(true)
@@ -180,16 +195,28 @@ fn append_file(from: &Path, to: &Path) -> Result<(), EventsError> {
     Ok(())
 }
 
-/// Ingest one file into the dataset. `known` holds the keys of events already stored (see
-/// [`Dataset::known_event_keys`]) and gains the keys of the events stored now.
+/// Ingest one file into the dataset. `lock` is the dataset's writer lock, held since `known`
+/// was read: the keys of events already stored (see [`Dataset::known_event_keys`]), which
+/// gain the keys of the events stored now.
 pub fn ingest_file(
     ds: &Dataset,
+    lock: &WriteLock,
     known: &mut KeySet,
     path: &Path,
     opts: &IngestOptions,
     progress: &dyn Fn(u64),
 ) -> Result<IngestSummary, EventsError> {
     let start = Instant::now();
+    if lock.root() != ds.root() {
+        return Err(EventsError::Internal(format!(
+            "ingest into {} under the lock of {}",
+            ds.root().display(),
+            lock.root().display()
+        )));
+    }
+    // Checked before anything is stored, so a refusal leaves the dataset as it was.
+    refuse_symlink(&ds.quarantine_path())?;
+    refuse_symlink(&ds.ingest_log_path())?;
     let (format, compression) = detect_format(path, opts.format)?;
     if !path.exists() {
         return Err(EventsError::Open {
@@ -269,17 +296,22 @@ pub fn ingest_file(
     } = sink;
     // The parser counted every valid row; the writer dropped the duplicates among them.
     let accepted = accepted.saturating_sub(duplicates);
-    quarantine
+    let flushed = quarantine
         .into_inner()
         .map_err(|e| EventsError::Io {
             path: q_tmp.clone(),
             source: e.into_error(),
-        })?
-        .sync_all()
-        .map_err(|source| EventsError::Io {
-            path: q_tmp.clone(),
-            source,
-        })?;
+        })
+        .and_then(|f| {
+            f.sync_all().map_err(|source| EventsError::Io {
+                path: q_tmp.clone(),
+                source,
+            })
+        });
+    if let Err(e) = flushed {
+        cleanup();
+        return Err(e);
+    }
     let committed = match part.commit() {
         Ok(p) => p,
         Err(e) => {
@@ -287,8 +319,11 @@ pub fn ingest_file(
             return Err(e);
         }
     };
-    if quarantined > 0 {
-        append_file(&q_tmp, &ds.quarantine_path())?;
+    if quarantined > 0
+        && let Err(e) = append_file(&q_tmp, &ds.quarantine_path())
+    {
+        cleanup();
+        return Err(e);
     }
     cleanup();
     let summary = IngestSummary {
@@ -303,6 +338,7 @@ pub fn ingest_file(
         seconds: start.elapsed().as_secs_f64(),
     };
     let log = ds.ingest_log_path();
+    refuse_symlink(&log)?;
     let mut f = OpenOptions::new()
         .create(true)
         .append(true)

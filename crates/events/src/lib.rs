@@ -15,7 +15,7 @@ pub mod validate;
 
 use std::path::PathBuf;
 
-pub use dataset::Dataset;
+pub use dataset::{Dataset, WriteLock};
 pub use generator::{GeneratorConfig, GeneratorSummary, generate};
 pub use ingest::{IngestOptions, IngestSummary, ingest_file};
 pub use reader::{Compression, Format};
@@ -70,6 +70,9 @@ pub enum EventsError {
     /// Internal: Arrow refused a batch we built (a bug).
     #[error("internal error building an Arrow batch: {0}")]
     Arrow(arrow::error::ArrowError),
+    /// Internal: a bug in how the library was called.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Internal: the Parquet writer thread stopped early (its own error is reported instead
     /// when known).
     #[error("the Parquet writer stopped unexpectedly")]

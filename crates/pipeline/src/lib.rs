@@ -427,11 +427,19 @@ pub fn run(
             // Nothing to ingest: do not read every stored event id just to compare with none.
             return Ok(summaries);
         }
+        let lock = ds.lock()?;
         let mut known = ds.known_event_keys()?;
         for path in &opts.inputs {
             let total = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             let tick = |done: u64| progress(Progress::IngestBytes { path, done, total });
-            summaries.push(ingest_file(&ds, &mut known, path, &opts.ingest, &tick)?);
+            summaries.push(ingest_file(
+                &ds,
+                &lock,
+                &mut known,
+                path,
+                &opts.ingest,
+                &tick,
+            )?);
         }
         Ok(summaries)
     })?;

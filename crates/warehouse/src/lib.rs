@@ -519,9 +519,10 @@ mod tests {
         std::fs::write(&csv, text).unwrap();
         let data = dir.path().join("data");
         let ds = vigil_events::Dataset::open(&data).unwrap();
+        let lock = ds.lock().unwrap();
         let mut known = ds.known_event_keys().unwrap();
         let opts = vigil_events::IngestOptions::default();
-        vigil_events::ingest_file(&ds, &mut known, &csv, &opts, &|_| {}).unwrap();
+        vigil_events::ingest_file(&ds, &lock, &mut known, &csv, &opts, &|_| {}).unwrap();
         let wh = Warehouse::open(&data, None).unwrap();
         let days = |t: &Table, count: &str| -> Vec<(String, i64)> {
             let mut out = Vec::new();
