@@ -625,7 +625,7 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
             }
         }
     }
-    let t = match wh.query("query", &a.query) {
+    let t = match wh.query_read_only("query", &a.query) {
         Ok(t) => t,
         Err(e) => {
             // A missing table is answered with the ones there are.

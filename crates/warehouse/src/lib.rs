@@ -316,6 +316,29 @@ impl Warehouse {
         t
     }
 
+    /// Run a user's query read-only (`vigil sql`): DDL (`CREATE`, `DROP`), DML (`INSERT`,
+    /// `COPY ... TO 'file'`) and session statements (`SET`) are refused before they run.
+    pub fn query_read_only(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        self.rt.block_on(async {
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(sql_err(context))?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await.map_err(sql_err(context))?;
+            Ok(Table {
+                name: context.to_string(),
+                schema,
+                batches,
+            })
+        })
+    }
+
     /// Build a named table from its SQL and register it for later queries.
     pub fn build(&self, name: &str) -> Result<Table, WarehouseError> {
         let started = std::time::Instant::now();
@@ -423,6 +446,28 @@ impl Warehouse {
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn user_sql_is_read_only_copy_to_a_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let wh = Warehouse::open(dir.path(), None).unwrap();
+        let target = dir.path().join("leak.csv");
+        let copy = format!("COPY (SELECT 1 AS x) TO '{}'", target.display());
+        for sql in [
+            copy.as_str(),
+            "CREATE TABLE t AS SELECT 1",
+            "SET datafusion.execution.batch_size = 1",
+        ] {
+            let err = wh.query_read_only("q", sql).unwrap_err().to_string();
+            assert!(
+                err.contains("not supported") || err.contains("not allowed"),
+                "{sql}: {err}"
+            );
+        }
+        assert!(!target.exists());
+        let t = wh.query_read_only("q", "SELECT 1 AS x").unwrap();
+        assert_eq!(t.num_rows(), 1);
+    }
 
     #[test]
     fn rule_text_that_closes_the_generated_case_is_refused() {
