@@ -254,6 +254,9 @@ pub struct DriftConfig {
     pub features: Vec<String>,
 }
 
+/// Alert severities; a `high` alert is what opens an incident.
+pub const SEVERITIES: [&str; 3] = ["low", "medium", "high"];
+
 /// The twelve user-day features of the spec, in the spec's order.
 pub const USER_DAY_FEATURES: [&str; 12] = [
     "n_events",
@@ -368,8 +371,24 @@ impl Config {
             if rule.when.trim().is_empty() {
                 return bad(&format!("monitoring.alerts[{i}].when"), "must not be empty");
             }
+            if !SEVERITIES.contains(&rule.severity.as_str()) {
+                return bad(
+                    &format!("monitoring.alerts[{i}].severity"),
+                    &format!(
+                        "`{}` is not one of {} (lower case; only `high` opens an incident)",
+                        rule.severity,
+                        SEVERITIES.join(", ")
+                    ),
+                );
+            }
         }
         let rz = &self.monitoring.robust_z;
+        if !SEVERITIES.contains(&rz.severity.as_str()) {
+            return bad(
+                "monitoring.robust_z.severity",
+                &format!("`{}` is not one of {}", rz.severity, SEVERITIES.join(", ")),
+            );
+        }
         if rz.window_days == 0 {
             return bad("monitoring.robust_z.window_days", "must be at least 1");
         }
@@ -495,6 +514,22 @@ mod tests {
 
     #[test]
     fn nonsense_values_are_rejected() {
+        // `High` would never open an incident (incidents open on `high`): refused.
+        let err = Config::from_toml_str(
+            "[[monitoring.alerts]]\nname = \"x\"\nseverity = \"High\"\nwhen = \"true\"\ndetails = \"'x'\"\n",
+            Path::new("v.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("monitoring.alerts[0].severity"),
+            "{err}"
+        );
+        let err = Config::from_toml_str(
+            "[monitoring.robust_z]\nseverity = \"urgent\"\n",
+            Path::new("v.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("robust_z.severity"), "{err}");
         let err = Config::from_toml_str("[drift]\nbins = 1\n", Path::new("v.toml")).unwrap_err();
         assert!(err.to_string().contains("drift.bins"));
         // The boosted model needs a column too (an empty list left it with no rows to score).
