@@ -722,3 +722,40 @@ fn a_quarantine_file_that_is_a_symlink_is_refused_and_its_target_untouched() {
         "nothing stored when the ingest is refused"
     );
 }
+
+#[test]
+fn a_truncated_compressed_file_is_bad_input_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv_text = format!("{HEADER}\n");
+    let mut jsonl_text = String::new();
+    for i in 0..3000 {
+        csv_text.push_str(&good(i));
+        csv_text.push('\n');
+        jsonl_text.push_str(&format!(
+            "{{\"event_id\":\"e_{i}\",\"ts\":\"2026-02-01T05:26:54Z\",\"user_id\":\"u_{}\",\"ip\":\"203.0.113.1\",\"device_id\":\"dev_{i}\",\"payment_id\":null,\"surface\":\"web\",\"product\":\"chat\",\"event_type\":\"chat\",\"prompt\":\"hello {i}\",\"tokens_in\":10,\"tokens_out\":20,\"latency_ms\":300,\"blocked\":0,\"warned\":0,\"is_abuse_gt\":0}}\n",
+            i % 97
+        ));
+    }
+    for (name, text) in [("t.csv.gz", csv_text), ("t.jsonl.gz", jsonl_text)] {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(text.as_bytes()).unwrap();
+        let bytes = gz.finish().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let data = dir.path().join(format!("data_{name}"));
+        let o = vigil(&[
+            "ingest",
+            path.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{name}: {err}");
+        assert!(err.contains(name), "{name}: {err}");
+        assert_eq!(
+            count_events(&data),
+            0,
+            "{name}: a refused file stores nothing"
+        );
+    }
+}

@@ -386,12 +386,21 @@ fn read_jsonl(
     let mut warned_keys = false;
     loop {
         line.clear();
-        let read = input
-            .read_line(&mut line)
-            .map_err(|source| EventsError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let read = input.read_line(&mut line).map_err(|source| {
+            // A stream that stops decoding (a truncated .gz/.zst, bytes that are not text) is
+            // the input's fault, as the CSV reader says too; other failures are the machine's.
+            use std::io::ErrorKind as K;
+            match source.kind() {
+                K::InvalidData | K::UnexpectedEof | K::InvalidInput => EventsError::BadInput {
+                    path: path.to_path_buf(),
+                    message: format!("JSONL read error after line {line_no}: {source}"),
+                },
+                _ => EventsError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            }
+        })?;
         if read == 0 {
             break;
         }
