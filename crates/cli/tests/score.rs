@@ -32,6 +32,24 @@ fn generate(dir: &Path, name: &str, seed: &str, end: &str) -> PathBuf {
     input
 }
 
+/// The arguments of `vigil score --model MODEL --input INPUT --out OUT`.
+fn score_args<'a>(model: &'a Path, input: &'a Path, out: &'a Path) -> [&'a str; 7] {
+    [
+        "score",
+        "--model",
+        s(model),
+        "--input",
+        s(input),
+        "--out",
+        s(out),
+    ]
+}
+
+/// `vigil score --model MODEL --input INPUT --out OUT`, which must succeed.
+fn score(model: &Path, input: &Path, out: &Path) -> String {
+    ok(&score_args(model, input, out))
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -86,15 +104,7 @@ fn scoring_a_runs_own_events_with_its_bundle_reproduces_risk_queue_and_actions()
     );
 
     let scored = dir.path().join("scored");
-    ok(&[
-        "score",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--out",
-        s(&scored),
-    ]);
+    score(&model, &input, &scored);
     for f in [
         "user_day_scored.csv",
         "review_queue.csv",
@@ -148,15 +158,7 @@ fn scoring_another_week_applies_the_bundles_own_numbers_without_refitting() {
     assert_eq!(m["risk_model"], "logistic_regression");
     let threshold = m["threshold"].as_f64().unwrap();
     let scored = dir.path().join("scored");
-    ok(&[
-        "score",
-        "--model",
-        s(&model),
-        "--input",
-        s(&week2),
-        "--out",
-        s(&scored),
-    ]);
+    score(&model, &week2, &scored);
     let days = rows(&scored.join("user_day_scored.csv"));
     assert!(days.len() > 1000);
     assert!(
@@ -197,15 +199,7 @@ fn a_bundle_from_elsewhere_damaged_or_missing_is_refused_and_nothing_is_written(
     let model = trained.join("model");
     let attempt = |bundle: &Path, name: &str| {
         let out = dir.path().join(name);
-        let o = vigil(&[
-            "score",
-            "--model",
-            s(bundle),
-            "--input",
-            s(&input),
-            "--out",
-            s(&out),
-        ]);
+        let o = vigil(&score_args(bundle, &input, &out));
         assert!(!out.exists(), "{name}: outputs written");
         (
             o.status.code(),
@@ -265,15 +259,7 @@ fn a_bundle_from_elsewhere_damaged_or_missing_is_refused_and_nothing_is_written(
     }
 
     // Scoring into the run that trained the bundle would replace its queue.
-    let o = vigil(&[
-        "score",
-        "--model",
-        s(&model),
-        "--input",
-        s(&input),
-        "--out",
-        s(&trained),
-    ]);
+    let o = vigil(&score_args(&model, &input, &trained));
     assert_eq!(o.status.code(), Some(2));
 }
 

@@ -90,8 +90,7 @@ pub fn heuristic_scores(
     n_warned: &[f64],
     cfg: &DetectionConfig,
 ) -> Vec<f64> {
-    let h = Heuristic::fit(cfg, Normalise::Batch, [n_chat, block_rate, n_ips, n_warned]);
-    h.apply([n_chat, block_rate, n_ips, n_warned])
+    Heuristic::fit_apply(cfg, Normalise::Batch, [n_chat, block_rate, n_ips, n_warned]).1
 }
 
 /// How the heuristic's raw score is brought to [0, 1].
@@ -145,21 +144,36 @@ impl Heuristic {
 
     /// Fit on the training rows `[n_chat, block_rate, n_ips, n_warned]`.
     pub fn fit(cfg: &DetectionConfig, normalise: Normalise, history: [&[f64]; 4]) -> Self {
+        Self::fit_apply(cfg, normalise, history).0
+    }
+
+    /// Fit on `history` and score those same rows, computing each raw score once (the batch
+    /// run's case): the same numbers as `fit` then `apply`.
+    pub fn fit_apply(
+        cfg: &DetectionConfig,
+        normalise: Normalise,
+        history: [&[f64]; 4],
+    ) -> (Self, Vec<f64>) {
         let mut h = Self {
             weights: cfg.heuristic_weights,
             scales: cfg.heuristic_scales,
             clip: cfg.heuristic_clip,
             frozen_divisor: None,
         };
+        let raw = h.raw(history);
         if normalise == Normalise::Frozen {
-            h.frozen_divisor = Some(Self::divisor(&h.raw(history)));
+            h.frozen_divisor = Some(Self::divisor(&raw));
         }
-        h
+        let scores = h.normalise(raw);
+        (h, scores)
     }
 
     /// Normalised scores of `rows` (`[n_chat, block_rate, n_ips, n_warned]`).
     pub fn apply(&self, rows: [&[f64]; 4]) -> Vec<f64> {
-        let raw = self.raw(rows);
+        self.normalise(self.raw(rows))
+    }
+
+    fn normalise(&self, raw: Vec<f64>) -> Vec<f64> {
         match self.frozen_divisor {
             Some(d) => raw.into_iter().map(|v| (v / d).min(1.0)).collect(),
             None => {

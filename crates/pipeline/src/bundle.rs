@@ -686,3 +686,153 @@ fn model_card(m: &Manifest) -> String {
     );
     s
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A bundle fitted on `n` synthetic rows of the heuristic's four inputs (which are also
+    /// both models' features), and those rows as a record batch.
+    fn fitted(n: usize, model: &str) -> (ModelBundle, RecordBatch) {
+        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut uniform = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut cols: Vec<Vec<f64>> = vec![Vec::new(); 4];
+        let mut y = Vec::new();
+        for _ in 0..n {
+            let v = [
+                80.0 * uniform(),
+                0.3 * uniform(),
+                (6.0 * uniform()).floor(),
+                8.0 * uniform(),
+            ];
+            let m = v[0] / 40.0 + 10.0 * v[1] - 2.5;
+            y.push(u8::from(uniform() < 1.0 / (1.0 + (-m).exp())));
+            for (c, x) in cols.iter_mut().zip(v) {
+                c.push(x);
+            }
+        }
+        let x = Features::new(
+            n,
+            cols.iter().map(|c| Cow::Borrowed(c.as_slice())).collect(),
+        )
+        .unwrap();
+        let rows: Vec<usize> = (0..n).collect();
+        let cfg = Config::default();
+        let names: Vec<String> = HEURISTIC_INPUTS.iter().map(|s| s.to_string()).collect();
+        let lr = Logistic::fit(&x, &y, &rows, 1.0, true).unwrap();
+        let params = vigil_detect::GbtParams {
+            trees: 15,
+            learning_rate: 0.3,
+            max_depth: 3,
+            seed: 1,
+            balanced: true,
+        };
+        let gbt = vigil_detect::Boosted::fit(&x, &y, &rows, params).unwrap();
+        let refs = [&cols[0][..], &cols[1][..], &cols[2][..], &cols[3][..]];
+        let manifest = Manifest {
+            format: FORMAT.into(),
+            format_version: FORMAT_VERSION,
+            vigil_version: env!("CARGO_PKG_VERSION").into(),
+            created_at: "2026-12-01T00:00:00Z".into(),
+            profile: "default".into(),
+            risk_model: model.into(),
+            threshold: Some(0.5),
+            heuristic: Heuristic::fit(&cfg.detection, vigil_detect::Normalise::Frozen, refs),
+            logistic: Some(LogisticStage {
+                features: names.clone(),
+                model: lr,
+                threshold: 0.5,
+            }),
+            boosted: Some(BoostedStage {
+                features: names.clone(),
+                threshold: 0.5,
+                trees: gbt.forest().n_trees(),
+            }),
+            review: cfg.review.clone(),
+            enforcement: cfg.enforcement.clone(),
+            config: cfg,
+            training: TrainingSummary {
+                events: n,
+                user_days: n,
+                users: n,
+                abusive_share: 0.0,
+                first_day: String::new(),
+                last_day: String::new(),
+            },
+            evaluation: Vec::new(),
+            files: Default::default(),
+        };
+        let fields: Vec<Field> = names
+            .iter()
+            .map(|c| Field::new(c, DataType::Float64, false))
+            .collect();
+        let arrays: Vec<ArrayRef> = cols
+            .iter()
+            .map(|c| Arc::new(Float64Array::from(c.clone())) as ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).unwrap();
+        let bundle = ModelBundle {
+            manifest,
+            forest: Some(gbt.forest().clone()),
+        };
+        (bundle, batch)
+    }
+
+    #[test]
+    fn one_row_at_a_time_scores_as_the_whole_batch_for_every_risk_model() {
+        for model in ["gradient_boosting", "logistic_regression", "heuristic"] {
+            let (bundle, batch) = fitted(600, model);
+            let whole = apply_batch(&bundle, &batch).unwrap();
+            let col = |b: &RecordBatch, name: &str| -> Vec<f64> {
+                let c = b.column_by_name(name).unwrap();
+                let c = c.as_any().downcast_ref::<Float64Array>().unwrap();
+                c.values().to_vec()
+            };
+            let risk = col(&whole, "risk_score");
+            let heur = col(&whole, "heuristic_score");
+            assert!(
+                risk.iter().any(|&r| r > 0.5) && risk.iter().any(|&r| r < 0.5),
+                "{model}"
+            );
+            for i in 0..batch.num_rows() {
+                let one = apply_batch(&bundle, &batch.slice(i, 1)).unwrap();
+                assert_eq!(
+                    col(&one, "risk_score")[0].to_bits(),
+                    risk[i].to_bits(),
+                    "{model} {i}"
+                );
+                assert_eq!(col(&one, "heuristic_score")[0].to_bits(), heur[i].to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn a_saved_bundle_loads_back_and_scores_the_same() {
+        let (bundle, batch) = fitted(300, "gradient_boosting");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model");
+        bundle.save(&path).unwrap();
+        let loaded = ModelBundle::load(&path).unwrap();
+        let (a, b) = (
+            apply_batch(&bundle, &batch).unwrap(),
+            apply_batch(&loaded, &batch).unwrap(),
+        );
+        assert_eq!(a, b);
+        // Saving again replaces the bundle whole and leaves no temporary directory behind.
+        bundle.save(&path).unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["model"]);
+    }
+}

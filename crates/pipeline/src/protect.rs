@@ -270,12 +270,13 @@ pub(crate) fn detection(
                 vigil_config::Profile::Notebook => vigil_detect::Normalise::Batch,
                 vigil_config::Profile::Default => vigil_detect::Normalise::Frozen,
             };
-            let heuristic = vigil_detect::Heuristic::fit(d, normalise, h_cols);
+            let (heuristic, heuristic_scores) =
+                vigil_detect::Heuristic::fit_apply(d, normalise, h_cols);
             tracing::debug!(
                 "detection inputs ({n} user-days) ready in {:.2} s",
                 started.elapsed().as_secs_f64()
             );
-            let fitted = match vigil_detect::detect(x, x_gbt, &y, Some(&groups), d, &|step| {
+            let mut fitted = match vigil_detect::detect(x, x_gbt, &y, Some(&groups), d, &|step| {
                 tracing::info!("training {step}")
             }) {
                 Ok(det) => Some(det),
@@ -319,9 +320,9 @@ pub(crate) fn detection(
             };
             // The fitted models already scored every row for their evaluation, with the
             // artifacts' own predict: those are the risks, and the bundle adds the rest.
-            let heuristic = bundle.manifest.heuristic.apply(h_cols);
-            let applied = match &fitted {
-                Some(f) => bundle.finish(heuristic, f.risk.clone()),
+            let heuristic = heuristic_scores;
+            let applied = match fitted.as_mut() {
+                Some(f) => bundle.finish(heuristic, std::mem::take(&mut f.risk)),
                 None => {
                     let risk = heuristic.clone();
                     bundle.finish(heuristic, risk)

@@ -14,6 +14,7 @@ use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
 use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
+use datafusion::execution::context::SQLOptions;
 use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
 use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 
@@ -298,9 +299,33 @@ impl Warehouse {
 
     /// Run a query and collect its rows.
     pub fn query(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
+        self.run_sql(context, sql, SQLOptions::new())
+    }
+
+    /// Run a user's query read-only (`vigil sql`): DDL (`CREATE`, `DROP`), DML (`INSERT`,
+    /// `COPY ... TO 'file'`) and session statements (`SET`) are refused before they run.
+    pub fn query_read_only(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        self.run_sql(context, sql, options)
+    }
+
+    /// Plan `sql` under `options` and collect its rows.
+    fn run_sql(
+        &self,
+        context: &str,
+        sql: &str,
+        options: SQLOptions,
+    ) -> Result<Table, WarehouseError> {
         let started = std::time::Instant::now();
         let t = self.rt.block_on(async {
-            let df = self.ctx.sql(sql).await.map_err(sql_err(context))?;
+            let df = self
+                .ctx
+                .sql_with_options(sql, options)
+                .await
+                .map_err(sql_err(context))?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await.map_err(sql_err(context))?;
             Ok(Table {
@@ -314,29 +339,6 @@ impl Warehouse {
             started.elapsed().as_secs_f64()
         );
         t
-    }
-
-    /// Run a user's query read-only (`vigil sql`): DDL (`CREATE`, `DROP`), DML (`INSERT`,
-    /// `COPY ... TO 'file'`) and session statements (`SET`) are refused before they run.
-    pub fn query_read_only(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
-        let options = datafusion::execution::context::SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        self.rt.block_on(async {
-            let df = self
-                .ctx
-                .sql_with_options(sql, options)
-                .await
-                .map_err(sql_err(context))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await.map_err(sql_err(context))?;
-            Ok(Table {
-                name: context.to_string(),
-                schema,
-                batches,
-            })
-        })
     }
 
     /// Build a named table from its SQL and register it for later queries.
