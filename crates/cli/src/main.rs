@@ -310,6 +310,18 @@ struct SqlArgs {
     /// How to print the result.
     #[arg(long, value_enum, default_value = "table")]
     format: OutFormat,
+    /// Stop the query after this many seconds (0: no limit).
+    #[arg(long, default_value_t = 300.0, value_parser = parse_timeout)]
+    timeout: f64,
+}
+
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && (0.0..=1e9).contains(&t) => Ok(t),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0 (no limit) to 1e9"
+        )),
+    }
 }
 
 fn load_config(opts: &InputOpts) -> Result<Config> {
@@ -336,6 +348,7 @@ fn ingest_options(opts: &InputOpts, cfg: &Config) -> IngestOptions {
         strict: opts.strict,
         validator: Validator {
             max_field_bytes: cfg.ingest.max_field_bytes,
+            max_field_lines: cfg.ingest.max_field_lines,
             assume_utc: cfg.ingest.assume_utc_for_naive_timestamps,
         },
         batch_rows: cfg.ingest.batch_rows,
@@ -358,7 +371,7 @@ fn bytes_bar(total: u64, label: &str) -> ProgressBar {
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let end_micros = match &a.end {
         Some(s) => vigil_events::timestamp::parse_timestamp_micros(s, false)
-            .map_err(|_| anyhow::anyhow!("--end {s:?} is not an RFC 3339 timestamp with an offset (e.g. 2026-02-15T05:26:38Z)"))?,
+            .map_err(|_| BadArgument(format!("--end {s:?} is not an RFC 3339 timestamp with an offset within years 1 to 9999 (e.g. 2026-02-15T05:26:38Z)")))?,
         None => chrono::Utc::now().timestamp_micros(),
     };
     let cfg = GeneratorConfig {
@@ -400,8 +413,8 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
 
 fn print_ingest(s: &vigil_events::IngestSummary, quarantine: &Path) {
     eprintln!(
-        "{}: {} rows read, {} accepted, {} quarantined, {} duplicates skipped ({:.2}s)",
-        s.source, s.rows_read, s.accepted, s.quarantined, s.duplicates, s.seconds
+        "{}: {} rows read ({} lines), {} accepted, {} quarantined, {} duplicates skipped ({:.2}s)",
+        s.source, s.rows_read, s.lines, s.accepted, s.quarantined, s.duplicates, s.seconds
     );
     if s.quarantined > 0 {
         eprintln!(
@@ -598,7 +611,8 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
         .clone()
         .or_else(|| a.out.as_ref().map(|o| o.join("data")))
         .unwrap_or_else(|| PathBuf::from("vigil-data"));
-    let wh = vigil_warehouse::Warehouse::open(&data, None)?;
+    let mut wh = vigil_warehouse::Warehouse::open(&data, None)?;
+    wh.set_user_timeout((a.timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.timeout)));
     if let Some(out) = &a.out {
         let entries = std::fs::read_dir(out)
             .with_context(|| format!("cannot read output directory {}", out.display()))?;
@@ -746,6 +760,7 @@ fn exit_code(err: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<EventsError>() {
             return match e {
+                EventsError::BadArgument(_) => 2,
                 EventsError::BadRow { .. } | EventsError::BadInput { .. } => 3,
                 _ => 1,
             };

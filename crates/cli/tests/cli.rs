@@ -759,3 +759,401 @@ fn a_truncated_compressed_file_is_bad_input_in_every_format() {
         );
     }
 }
+
+/// The quarantine records of `data`, as (line, reason).
+fn quarantine(data: &Path) -> Vec<(u64, String)> {
+    let q = std::fs::read_to_string(data.join("quarantine.jsonl")).unwrap_or_default();
+    q.lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["line"].as_u64().unwrap(),
+                v["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn csv_line_numbers_are_physical_lines_with_crlf_and_cr_line_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, expected, n_good) = broken_csv();
+    for (name, eol) in [("crlf", &b"\r\n"[..]), ("cr", &b"\r"[..])] {
+        let mut converted = Vec::new();
+        for &b in &bytes {
+            if b == b'\n' {
+                converted.extend_from_slice(eol);
+            } else {
+                converted.push(b);
+            }
+        }
+        let input = dir.path().join(format!("{name}.csv"));
+        std::fs::write(&input, &converted).unwrap();
+        let data = dir.path().join(format!("data_{name}"));
+        let o = vigil(&[
+            "ingest",
+            input.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{n_good} accepted, {} quarantined",
+                expected.len()
+            )),
+            "{name}: {stderr}"
+        );
+        let got = quarantine(&data);
+        let lines: Vec<u64> = got.iter().map(|g| g.0).collect();
+        let want: Vec<u64> = expected.iter().map(|e| e.0).collect();
+        assert_eq!(lines, want, "{name}");
+        for ((_, reason), (line, fragment)) in got.iter().zip(&expected) {
+            assert!(reason.contains(fragment), "{name} line {line}: {reason}");
+        }
+        // --strict names the first bad data row, not the header.
+        let o = vigil(&[
+            "ingest",
+            input.to_str().unwrap(),
+            "--data",
+            dir.path().join(format!("strict_{name}")).to_str().unwrap(),
+            "--strict",
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{name}.csv:{}: ", expected[0].0)),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_stray_quote_quarantines_one_row_and_the_rest_of_the_file_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!("{HEADER}\n{}\n", good(1));
+    text.push_str(&good(2).replace(",hello there,", ",\"hello there,"));
+    text.push('\n');
+    for i in 3..=12 {
+        text.push_str(&good(i));
+        text.push('\n');
+    }
+    let input = dir.path().join("stray.csv");
+    std::fs::write(&input, &text).unwrap();
+    let data = dir.path().join("data");
+    let o = vigil(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // Every one of the 13 physical lines is accounted for: the header, 11 stored, 1 bad.
+    assert!(
+        stderr.contains("12 rows read (13 lines), 11 accepted, 1 quarantined"),
+        "{stderr}"
+    );
+    assert_eq!(count_events(&data), 11);
+    let q = quarantine(&data);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].0, 3);
+    assert!(q[0].1.contains("opened on line 3"), "{}", q[0].1);
+
+    // Text after a closing quote is a bad row, not two fields joined.
+    let joined = format!(
+        "{HEADER}\n{}\n",
+        good(1).replace(",hello there,", ",\"hello\"world,")
+    );
+    let input = dir.path().join("joined.csv");
+    std::fs::write(&input, joined).unwrap();
+    let data = dir.path().join("data_joined");
+    ok(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let q = quarantine(&data);
+    assert_eq!(q.len(), 1);
+    assert!(q[0].1.contains("after the closing quote"), "{}", q[0].1);
+}
+
+/// A CSV of `n_good` good rows (ids from `first`) and `n_bad` rows with an unknown event
+/// type, interleaved.
+fn mixed_csv(first: u32, n_good: u32, n_bad: u32) -> String {
+    let mut text = format!("{HEADER}\n");
+    for i in 0..n_good.max(n_bad) {
+        if i < n_good {
+            text.push_str(&good(first + i));
+            text.push('\n');
+        }
+        if i < n_bad {
+            text.push_str(&good(first + 1_000_000 + i).replace(",chat,hello", ",purchase,hello"));
+            text.push('\n');
+        }
+    }
+    text
+}
+
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// No temporary or journal file left in the data directory or its `events/`.
+fn assert_no_leftovers(data: &Path) {
+    for dir in [data.to_path_buf(), data.join("events")] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(
+                !name.ends_with(".tmp") && name != ".commit.json",
+                "{name} left in {}",
+                dir.display()
+            );
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_full_disk_while_appending_the_quarantine_makes_nothing_of_the_ingest_visible() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A first ingest leaves a ~250 KB quarantine.
+    let first = dir.path().join("first.csv");
+    std::fs::write(&first, mixed_csv(0, 10, 1200)).unwrap();
+    ok(&[
+        "ingest",
+        first.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let q_before = std::fs::read(data.join("quarantine.jsonl")).unwrap();
+    assert!(q_before.len() > 200_000, "{}", q_before.len());
+    let log_before = lines_in(&data.join("ingest_log.jsonl"));
+
+    // The second one may write files of at most 150 KB (RLIMIT_FSIZE): its part and its own
+    // quarantine temporary fit, appending to the stored quarantine does not: a full disk.
+    let second = dir.path().join("second.csv");
+    std::fs::write(&second, mixed_csv(100, 50, 100)).unwrap();
+    let args = [
+        "ingest",
+        second.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    // Through the shell: `ulimit -f` counts 512-byte blocks (293 = 150,016 bytes), and an
+    // ignored SIGXFSZ stays ignored across exec, so a write past it fails with EFBIG.
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 293 && exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_vigil"))
+        .args(args);
+    let o = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("quarantine.jsonl"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Nothing of it is visible: no events, no quarantine bytes, no log line, no leftovers.
+    assert_eq!(count_events(&data), 10);
+    assert_eq!(
+        std::fs::read(data.join("quarantine.jsonl")).unwrap(),
+        q_before
+    );
+    assert_eq!(lines_in(&data.join("ingest_log.jsonl")), log_before);
+    assert_no_leftovers(&data);
+
+    // The retry, with room, stores it once; a second retry adds no quarantine entries.
+    ok(&args);
+    assert_eq!(count_events(&data), 60);
+    let q_len = lines_in(&data.join("quarantine.jsonl"));
+    assert_eq!(q_len, 1300);
+    let o = vigil(&args);
+    assert!(o.status.success());
+    assert_eq!(lines_in(&data.join("quarantine.jsonl")), q_len);
+    assert_eq!(lines_in(&data.join("ingest_log.jsonl")), log_before + 2);
+    let log = std::fs::read_to_string(data.join("ingest_log.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(last["quarantined"], 100);
+    assert_eq!(last["quarantine_known"], 100);
+    assert_eq!(last["duplicates"], 50);
+}
+
+#[cfg(unix)]
+#[test]
+fn ingests_killed_at_random_points_lose_nothing_and_store_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = dir.path().join("big.csv");
+    std::fs::write(&input, mixed_csv(0, 60_000, 3_000)).unwrap();
+    let args = [
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ];
+    // Kill points spread over an ingest's life, from a fixed seed (bounded: 8 kills).
+    let mut seed: u64 = 0x5EED;
+    for _ in 0..8 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let ms = 20 + (seed >> 33) % 1500;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    // One ingest that runs to the end, then the invariants.
+    ok(&args);
+    assert_eq!(count_events(&data), 60_000);
+    assert_eq!(
+        sql_csv_data(&data, "SELECT COUNT(DISTINCT event_id) AS n FROM events"),
+        "n\n60000\n"
+    );
+    let q = std::fs::read_to_string(data.join("quarantine.jsonl")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for l in q.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a whole record per line");
+        assert!(
+            seen.insert(v["line"].as_u64().unwrap()),
+            "line quarantined twice: {l}"
+        );
+    }
+    assert_eq!(seen.len(), 3_000);
+    for l in std::fs::read_to_string(data.join("ingest_log.jsonl"))
+        .unwrap()
+        .lines()
+    {
+        serde_json::from_str::<serde_json::Value>(l).expect("a whole log line");
+    }
+    assert_no_leftovers(&data);
+}
+
+fn sql_csv_data(data: &Path, query: &str) -> String {
+    ok(&[
+        "sql",
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "csv",
+        query,
+    ])
+}
+
+/// Regression: `vigil generate` argument errors exited 3 (bad data) or 1; they are the
+/// user's arguments, exit 2, as for every command.
+#[test]
+fn generate_argument_errors_exit_2_and_name_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.csv");
+    let o = out.to_str().unwrap();
+    for (args, flag) in [
+        (vec!["--days", "0"], "--days"),
+        (vec!["--abuse-rate", "1.5"], "--abuse-rate"),
+        (vec!["--abuse-rate", "NaN"], "--abuse-rate"),
+        (vec!["--end", "yesterday"], "--end"),
+        (vec!["--end", "0000-01-01T00:00:00Z"], "--end"),
+        (vec!["--incident-day", "40"], "--incident-day"),
+        (
+            vec!["--days", "4000000", "--end", "2026-02-15T00:00:00Z"],
+            "--days",
+        ),
+    ] {
+        let mut all = vec!["generate", "--events", "100", "--out", o];
+        all.extend(&args);
+        let r = vigil(&all);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+    let r = vigil(&[
+        "generate",
+        "--events",
+        "10",
+        "--out",
+        dir.path().join("g.txt").to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--out"));
+}
+
+/// Regression: a slow rule ran forever. A rule past `sql.statement_timeout_secs` is stopped
+/// and named; `vigil sql --timeout` does the same for an ad hoc query.
+#[test]
+fn a_slow_rule_is_stopped_at_the_statement_timeout_and_named() {
+    let (dir, input) = small_generated_input();
+    let cfg = dir.path().join("vigil.toml");
+    // Four-way cross join of 2,000 events: 1.6e13 rows to sum (a COUNT(*) would be answered
+    // from statistics), far past a second.
+    let slow = "(SELECT SUM(a.tokens_in + b.tokens_in + c.tokens_in + d.tokens_in) \
+                FROM events a, events b, events c, events d) > 0";
+    std::fs::write(
+        &cfg,
+        format!(
+            "[sql]\nstatement_timeout_secs = 1\n\n[[monitoring.alerts]]\nname = \"slow_rule\"\nseverity = \"low\"\nwhen = \"{slow}\"\ndetails = \"'x'\"\n"
+        ),
+    )
+    .unwrap();
+    let o = vigil_within(
+        120,
+        &[
+            "run",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            dir.path().join("o").to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("slow_rule") && stderr.contains("statement_timeout_secs"),
+        "{stderr}"
+    );
+
+    let data = dir.path().join("o").join("data");
+    let o = vigil_within(
+        120,
+        &[
+            "sql",
+            "--data",
+            data.to_str().unwrap(),
+            "--timeout",
+            "1",
+            &format!("SELECT {slow} AS slow"),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ran longer than 1 s"), "{stderr}");
+    let o = vigil(&["sql", "--timeout", "-3", "SELECT 1"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// `vigil ARGS`, killed (and the test failed) if it runs past `secs`: a test of a timeout
+/// must not hang when the timeout does not work.
+fn vigil_within(secs: u64, args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("vigil {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}

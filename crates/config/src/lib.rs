@@ -105,6 +105,10 @@ impl Default for Config {
 pub struct IngestConfig {
     /// Any field longer than this many bytes sends its row to quarantine.
     pub max_field_bytes: usize,
+    /// A quoted CSV field may cross at most this many line ends: past it, the row is bad at
+    /// its opening line and reading resumes on the next line (one stray quote cannot swallow
+    /// the rest of a file).
+    pub max_field_lines: usize,
     /// Rows per Arrow batch (and so the memory bound of one in-flight batch).
     pub batch_rows: usize,
     /// Accept timestamps without a UTC offset as UTC. Off by default: such a timestamp is
@@ -116,6 +120,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             max_field_bytes: 64 * 1024,
+            max_field_lines: 100,
             batch_rows: 64 * 1024,
             assume_utc_for_naive_timestamps: false,
         }
@@ -123,13 +128,33 @@ impl Default for IngestConfig {
 }
 
 /// Where the SQL of the core tables comes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SqlConfig {
     /// A directory holding `core_users.sql`, `core_user_day.sql`, `core_day_metrics.sql` and
     /// `user_day_features.sql` to use instead of the built-in ones. Files missing there fall
     /// back to the built-in SQL.
     pub dir: Option<PathBuf>,
+    /// Longest a query of the user's text may run (alert and enforcement rules, `vigil
+    /// sql`), in seconds; past it the query is stopped and named. 0 means no limit.
+    pub statement_timeout_secs: f64,
+}
+
+impl Default for SqlConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            statement_timeout_secs: 300.0,
+        }
+    }
+}
+
+impl SqlConfig {
+    /// The user timeout as a duration (`None` for no limit).
+    pub fn statement_timeout(&self) -> Option<std::time::Duration> {
+        (self.statement_timeout_secs > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(self.statement_timeout_secs))
+    }
 }
 
 /// Monitoring settings: the alert rules and the robust anomaly rule.
@@ -363,6 +388,13 @@ impl Config {
         }
         if self.ingest.batch_rows == 0 {
             return bad("ingest.batch_rows", "must be at least 1");
+        }
+        let t = self.sql.statement_timeout_secs;
+        if !t.is_finite() || !(0.0..=1e9).contains(&t) {
+            return bad(
+                "sql.statement_timeout_secs",
+                "must be a number of seconds from 0 (no limit) to 1e9",
+            );
         }
         for (i, rule) in self.monitoring.alerts.iter().enumerate() {
             if rule.name.trim().is_empty() {

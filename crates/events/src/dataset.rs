@@ -5,7 +5,9 @@
 //!   name and renamed into place only when complete, so a crash never leaves a half part;
 //! - `quarantine.jsonl` — one JSON object per refused row (`source`, `line`, `reason`, `raw`);
 //! - `ingest_log.jsonl` — one JSON object per ingest (the [`IngestSummary`](crate::IngestSummary));
-//! - `.lock` — the writer lock ([`Dataset::lock`]): one writer at a time.
+//! - `.lock` — the writer lock ([`Dataset::lock`]): one writer at a time;
+//! - `.commit.json` — present only while an ingest commits ([`Dataset::commit_ingest`]): the
+//!   journal that makes an ingest's part, quarantine entries and log line visible together.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -247,6 +249,8 @@ impl Dataset {
             write!(file, "pid {}", std::process::id())?;
             file.flush()
         });
+        // A commit interrupted by a crash is finished first: its temporaries are not stale.
+        self.recover()?;
         self.remove_stale_temporaries()?;
         Ok(WriteLock {
             _file: file,
@@ -263,7 +267,8 @@ impl Dataset {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
                 let stale = (name.starts_with(".part-") && name.ends_with(".parquet.tmp"))
-                    || (name.starts_with(".quarantine-") && name.ends_with(".jsonl.tmp"));
+                    || (name.starts_with(".quarantine-") && name.ends_with(".jsonl.tmp"))
+                    || name == ".commit.json.tmp";
                 if stale {
                     tracing::info!("removing {} left by an earlier writer", name);
                     let p = entry.path();
@@ -303,26 +308,294 @@ impl PartWriter {
         self.rows
     }
 
-    /// Finish the file, flush it to disk and move it into place. A part with no rows is
-    /// discarded and `None` returned.
-    pub fn commit(mut self) -> Result<Option<PathBuf>, EventsError> {
+    /// Finish the file and flush it to disk, still under its temporary name; it is moved into
+    /// place by [`Dataset::commit_ingest`]. A part with no rows is discarded and `None`
+    /// returned.
+    pub fn finish(mut self) -> Result<Option<FinishedPart>, EventsError> {
         let Some(writer) = self.writer.take() else {
             return Ok(None);
         };
         let tmp = self.tmp_path.clone();
-        let file = writer.into_inner().map_err(|e| EventsError::Io {
-            path: tmp.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        if self.rows == 0 {
-            drop(file);
-            let _ = std::fs::remove_file(&tmp);
-            return Ok(None);
+        let done = writer
+            .into_inner()
+            .map_err(|e| EventsError::Io {
+                path: tmp.clone(),
+                source: std::io::Error::other(e),
+            })
+            .and_then(|file| {
+                if self.rows == 0 {
+                    return Ok(false);
+                }
+                file.sync_all().map_err(io_err(&tmp))?;
+                Ok(true)
+            });
+        match done {
+            Ok(true) => Ok(Some(FinishedPart {
+                tmp_path: tmp,
+                final_path: self.final_path.clone(),
+                committed: false,
+            })),
+            Ok(false) => {
+                let _ = std::fs::remove_file(&tmp);
+                Ok(None)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
         }
-        file.sync_all().map_err(io_err(&tmp))?;
-        drop(file);
-        std::fs::rename(&tmp, &self.final_path).map_err(io_err(&tmp))?;
-        Ok(Some(self.final_path.clone()))
+    }
+}
+
+/// A complete part on disk under its temporary name. Dropped uncommitted, it is deleted.
+#[derive(Debug)]
+pub struct FinishedPart {
+    tmp_path: PathBuf,
+    final_path: PathBuf,
+    committed: bool,
+}
+
+impl FinishedPart {
+    /// Where the part goes when committed.
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+}
+
+impl Drop for FinishedPart {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// What one ingest makes visible, written down before any of it is: a writer that dies
+/// after the journal is complete has its commit finished by the next one (roll forward); one
+/// that dies before leaves nothing visible.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Journal {
+    /// The part's temporary and final file names in `events/`.
+    part: Option<(String, String)>,
+    /// The temporary file, in the data directory, holding the new quarantine entries.
+    quarantine: Option<String>,
+    /// Lengths of `quarantine.jsonl` and `ingest_log.jsonl` before this commit: each is cut
+    /// back to it before its new entries are appended, so finishing twice appends once.
+    quarantine_len: u64,
+    log_len: u64,
+    /// The ingest log line (without its newline).
+    log_line: String,
+}
+
+fn file_len(path: &Path) -> Result<u64, EventsError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(EventsError::BadInput {
+            path: path.to_path_buf(),
+            message: "is a symbolic link; Vigil does not follow links for the files it \
+                      writes in its data directory (replace it with a plain file)"
+                .into(),
+        }),
+        Ok(m) => Ok(m.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// Writes `content` at offset `at` of `path`, cutting off whatever followed, and syncs it.
+fn write_at(path: &Path, at: u64, content: &mut dyn std::io::Read) -> Result<(), EventsError> {
+    use std::io::{Seek, SeekFrom};
+    let len = file_len(path)?;
+    if len < at {
+        return Err(EventsError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "is {len} bytes, shorter than the {at} it had when the ingest being committed began: it was truncated by something other than Vigil"
+            ),
+        });
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.set_len(at).map_err(io_err(path))?;
+    f.seek(SeekFrom::Start(at)).map_err(io_err(path))?;
+    std::io::copy(content, &mut f).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// Cuts `path` back to `len` bytes if it is longer.
+fn cut_back(path: &Path, len: u64) -> Result<(), EventsError> {
+    if file_len(path)? > len {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(len).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), EventsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+impl Dataset {
+    fn journal_path(&self) -> PathBuf {
+        self.root.join(".commit.json")
+    }
+
+    /// Make one ingest visible at once: its part (if any rows were accepted), its quarantine
+    /// entries (the file `quarantine_tmp`, if any) and its log line. On an error nothing of
+    /// it stays visible; a crash part-way is finished by the next writer. Returns the part's
+    /// final path.
+    pub fn commit_ingest(
+        &self,
+        lock: &WriteLock,
+        part: Option<FinishedPart>,
+        quarantine_tmp: Option<&Path>,
+        log_line: &str,
+    ) -> Result<Option<PathBuf>, EventsError> {
+        if lock.root() != self.root() {
+            return Err(EventsError::Internal(format!(
+                "commit into {} under the lock of {}",
+                self.root.display(),
+                lock.root().display()
+            )));
+        }
+        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let journal = Journal {
+            part: part
+                .as_ref()
+                .and_then(|p| Some((name(&p.tmp_path)?, name(&p.final_path)?))),
+            quarantine: quarantine_tmp.and_then(name),
+            quarantine_len: file_len(&self.quarantine_path())?,
+            log_len: file_len(&self.ingest_log_path())?,
+            log_line: log_line.to_string(),
+        };
+        let final_path = part.as_ref().map(|p| p.final_path.clone());
+        // The journal itself appears whole or not at all.
+        let path = self.journal_path();
+        let tmp = self.root.join(".commit.json.tmp");
+        let text = serde_json::to_vec(&journal)
+            .map_err(|e| EventsError::Internal(format!("cannot encode the commit journal: {e}")))?;
+        let written = std::fs::write(&tmp, &text)
+            .and_then(|()| File::open(&tmp)?.sync_all())
+            .map_err(io_err(&tmp))
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io_err(&path)))
+            .and_then(|()| sync_dir(&self.root));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        // From here the commit belongs to the journal: the part's file is not deleted on drop.
+        if let Some(mut p) = part {
+            p.committed = true;
+        }
+        match self.apply(&journal) {
+            Ok(()) => {
+                self.end_commit(&journal)?;
+                Ok(final_path)
+            }
+            Err(e) => {
+                // Undo what was applied; if that fails too the journal stays, and the next
+                // writer finishes the commit instead.
+                if self.roll_back(&journal).is_ok() {
+                    let _ = self.end_commit(&journal);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Apply a journal; safe to repeat.
+    fn apply(&self, j: &Journal) -> Result<(), EventsError> {
+        if let Some((tmp, fin)) = &j.part {
+            let (tmp, fin) = (self.events_dir().join(tmp), self.events_dir().join(fin));
+            if tmp.exists() {
+                std::fs::rename(&tmp, &fin).map_err(io_err(&tmp))?;
+            } else if !fin.exists() {
+                return Err(EventsError::Corrupt {
+                    path: self.journal_path(),
+                    message: format!(
+                        "names the part {} but neither it nor its temporary file exists",
+                        fin.display()
+                    ),
+                });
+            }
+            sync_dir(&self.events_dir())?;
+        }
+        if let Some(q) = &j.quarantine {
+            let q = self.root.join(q);
+            let mut f = File::open(&q).map_err(io_err(&q))?;
+            write_at(&self.quarantine_path(), j.quarantine_len, &mut f)?;
+        }
+        let line = format!("{}\n", j.log_line);
+        write_at(&self.ingest_log_path(), j.log_len, &mut line.as_bytes())
+    }
+
+    /// Undo a journal that was partly applied.
+    fn roll_back(&self, j: &Journal) -> Result<(), EventsError> {
+        if let Some((tmp, fin)) = &j.part {
+            let fin = self.events_dir().join(fin);
+            if fin.exists() {
+                std::fs::remove_file(&fin).map_err(io_err(&fin))?;
+            }
+            let _ = std::fs::remove_file(self.events_dir().join(tmp));
+        }
+        cut_back(&self.quarantine_path(), j.quarantine_len)?;
+        cut_back(&self.ingest_log_path(), j.log_len)
+    }
+
+    fn end_commit(&self, j: &Journal) -> Result<(), EventsError> {
+        let path = self.journal_path();
+        std::fs::remove_file(&path).map_err(io_err(&path))?;
+        sync_dir(&self.root)?;
+        if let Some(q) = &j.quarantine {
+            let _ = std::fs::remove_file(self.root.join(q));
+        }
+        Ok(())
+    }
+
+    /// Finish the commit of a writer that died part-way (only under the writer lock).
+    fn recover(&self) -> Result<(), EventsError> {
+        let path = self.journal_path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let j: Journal = serde_json::from_slice(&text).map_err(|e| EventsError::Corrupt {
+            path: path.clone(),
+            message: format!(
+                "unreadable commit journal ({e}); it is written whole or not at all, so \
+                 something else changed it"
+            ),
+        })?;
+        tracing::warn!(
+            "{}: finishing an ingest that was interrupted while committing",
+            self.root.display()
+        );
+        self.apply(&j)?;
+        self.end_commit(&j)
+    }
+
+    /// Readers of the data directory `root` call this before reading: an ingest interrupted
+    /// while committing is finished first (under the writer lock), so a reader never sees
+    /// part of one. Creates nothing when there is nothing to finish.
+    pub fn settle(root: &Path) -> Result<(), EventsError> {
+        let ds = Self {
+            root: root.to_path_buf(),
+        };
+        if ds.journal_path().exists() {
+            drop(ds.lock()?);
+        }
+        Ok(())
     }
 }
 
@@ -331,5 +604,80 @@ impl Drop for PartWriter {
         if self.writer.is_some() {
             let _ = std::fs::remove_file(&self.tmp_path);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A writer killed while appending its quarantine entries left the file ending
+    /// mid-record; the next writer finishes that commit from the journal: the half record is
+    /// cut off, the entries and the log line are written once.
+    #[test]
+    fn an_ingest_killed_mid_commit_is_finished_by_the_next_writer_exactly_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Dataset::open(dir.path()).unwrap();
+        std::fs::write(ds.quarantine_path(), "{\"old\":1}\n").unwrap();
+        let journal = Journal {
+            part: None,
+            quarantine: Some(".quarantine-1.jsonl.tmp".into()),
+            quarantine_len: 10,
+            log_len: 0,
+            log_line: "{\"log\":1}".into(),
+        };
+        std::fs::write(
+            dir.path().join(".quarantine-1.jsonl.tmp"),
+            "{\"new\":1}\n{\"new\":2}\n",
+        )
+        .unwrap();
+        std::fs::write(ds.journal_path(), serde_json::to_vec(&journal).unwrap()).unwrap();
+        // The crash: half of the first new record already appended.
+        let mut q = std::fs::OpenOptions::new()
+            .append(true)
+            .open(ds.quarantine_path())
+            .unwrap();
+        std::io::Write::write_all(&mut q, b"{\"ne").unwrap();
+        drop(q);
+        // A reader finishes it too (under the lock), as a writer does.
+        Dataset::settle(dir.path()).unwrap();
+        let expect = "{\"old\":1}\n{\"new\":1}\n{\"new\":2}\n";
+        assert_eq!(
+            std::fs::read_to_string(ds.quarantine_path()).unwrap(),
+            expect
+        );
+        assert_eq!(
+            std::fs::read_to_string(ds.ingest_log_path()).unwrap(),
+            "{\"log\":1}\n"
+        );
+        assert!(!ds.journal_path().exists());
+        assert!(!dir.path().join(".quarantine-1.jsonl.tmp").exists());
+        // Nothing more to finish: taking the lock again changes nothing.
+        drop(ds.lock().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(ds.quarantine_path()).unwrap(),
+            expect
+        );
+    }
+
+    #[test]
+    fn a_commit_journal_naming_a_vanished_part_is_refused_not_guessed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Dataset::open(dir.path()).unwrap();
+        let journal = Journal {
+            part: Some((".part-1-1.parquet.tmp".into(), "part-1-1.parquet".into())),
+            quarantine: None,
+            quarantine_len: 0,
+            log_len: 0,
+            log_line: "{}".into(),
+        };
+        std::fs::write(ds.journal_path(), serde_json::to_vec(&journal).unwrap()).unwrap();
+        let err = ds.lock().unwrap_err().to_string();
+        assert!(
+            err.contains("neither it nor its temporary file exists"),
+            "{err}"
+        );
+        assert!(ds.journal_path().exists(), "the evidence stays");
     }
 }

@@ -445,26 +445,22 @@ pub fn generate(
     progress: &dyn Fn(u64),
 ) -> Result<GeneratorSummary, EventsError> {
     if cfg.users == 0 || cfg.days == 0 {
-        return Err(EventsError::BadInput {
-            path: out.to_path_buf(),
-            message: "--users and --days must be at least 1".into(),
-        });
+        return Err(EventsError::BadArgument(
+            "--users and --days must be at least 1".into(),
+        ));
     }
     if !(0.0..=1.0).contains(&cfg.abuse_rate) {
-        return Err(EventsError::BadInput {
-            path: out.to_path_buf(),
-            message: format!("--abuse-rate must be in [0, 1], got {}", cfg.abuse_rate),
-        });
+        return Err(EventsError::BadArgument(format!(
+            "--abuse-rate must be in [0, 1], got {}",
+            cfg.abuse_rate
+        )));
     }
     if cfg.users > MAX_USERS {
-        return Err(EventsError::BadInput {
-            path: out.to_path_buf(),
-            message: format!(
-                "{} users is more than the generator holds in memory (at most {MAX_USERS}; \
+        return Err(EventsError::BadArgument(format!(
+            "{} users is more than the generator holds in memory (at most {MAX_USERS}; \
                  without --users it takes 3 per 100 events)",
-                cfg.users
-            ),
-        });
+            cfg.users
+        )));
     }
     // Checked: `--days` is the user's, and a window past i64 microseconds must not wrap.
     let start = i64::from(cfg.days)
@@ -472,25 +468,20 @@ pub fn generate(
         .and_then(|w| cfg.end_micros.checked_sub(w));
     let in_range = |micros: i64| date_text(micros.div_euclid(86_400_000_000)).is_some();
     if !start.is_some_and(in_range) || !in_range(cfg.end_micros.saturating_sub(1)) {
-        return Err(EventsError::BadInput {
-            path: out.to_path_buf(),
-            message: "the generated window (--end minus --days) must lie within years 0 to 9999"
-                .into(),
-        });
+        return Err(EventsError::BadArgument(
+            "the generated window (--end minus --days) must lie within years 0 to 9999".into(),
+        ));
     }
     if let (Some(k), Some(start)) = (cfg.incident_day, start) {
         // Calendar dates the window touches: `days + 1` when it does not start at midnight.
         let dates =
             (cfg.end_micros - 1).div_euclid(86_400_000_000) - start.div_euclid(86_400_000_000) + 1;
         if i64::from(k) >= dates {
-            return Err(EventsError::BadInput {
-                path: out.to_path_buf(),
-                message: format!(
-                    "--incident-day {k} is outside the window: its {dates} calendar dates are \
+            return Err(EventsError::BadArgument(format!(
+                "--incident-day {k} is outside the window: its {dates} calendar dates are \
                      days 0 to {}",
-                    dates - 1
-                ),
-            });
+                dates - 1
+            )));
         }
     }
     let io = |path: &Path| {
@@ -506,10 +497,10 @@ pub fn generate(
         .unwrap_or_default();
     let is_parquet = name.ends_with(".parquet");
     if !is_parquet && !name.ends_with(".csv") {
-        return Err(EventsError::BadInput {
-            path: out.to_path_buf(),
-            message: "the output must end in .csv or .parquet".into(),
-        });
+        return Err(EventsError::BadArgument(format!(
+            "--out {}: the output must end in .csv or .parquet",
+            out.display()
+        )));
     }
 
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);

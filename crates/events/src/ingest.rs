@@ -10,7 +10,7 @@
 //! bounded by a couple of batches plus the set of known event keys (16 bytes per stored
 //! event).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -58,12 +58,21 @@ pub struct IngestSummary {
     pub format: Format,
     /// Its outer compression.
     pub compression: Compression,
+    /// Physical lines of a CSV or JSONL input (header and blank lines included), rows of a
+    /// Parquet one. Every line is accounted for: the header, a blank line, or (part of) a row
+    /// that was accepted, quarantined or skipped as a duplicate.
+    pub lines: u64,
+    /// Empty lines skipped.
+    pub blank_lines: u64,
     /// Data rows seen (header and blank lines excluded).
     pub rows_read: u64,
     /// Rows stored.
     pub accepted: u64,
     /// Rows sent to quarantine.
     pub quarantined: u64,
+    /// Of those, rows already in the quarantine from an earlier ingest of the same file
+    /// (same source, line and content): not written there twice.
+    pub quarantine_known: u64,
     /// Rows skipped because their `event_id` was already stored (or seen earlier in the file).
     pub duplicates: u64,
     /// The Parquet part written, if any row was accepted.
@@ -86,6 +95,48 @@ struct Sink {
     rows_read: u64,
     accepted: u64,
     quarantined: u64,
+    quarantine_known: u64,
+    /// Keys ([`quarantine_key`]) of the entries already in the quarantine, read at the first
+    /// bad row.
+    known_bad: Option<KeySet>,
+    /// The dataset's quarantine file.
+    stored_quarantine: PathBuf,
+}
+
+/// The identity of a quarantine entry: re-ingesting a file finds its bad rows already there.
+fn quarantine_key(source: &str, line: u64, raw: &str) -> u128 {
+    event_key(&format!("{source}\u{0}{line}\u{0}{raw}"))
+}
+
+/// Keys of the entries of the quarantine file at `path` (none when it does not exist).
+fn read_quarantine_keys(path: &Path) -> Result<KeySet, EventsError> {
+    use std::io::BufRead;
+    let mut keys = KeySet::default();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(keys),
+        Err(source) => {
+            return Err(EventsError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        let line = line.map_err(|source| EventsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if let (Some(s), Some(l), Some(r)) =
+            (v["source"].as_str(), v["line"].as_u64(), v["raw"].as_str())
+        {
+            keys.insert(quarantine_key(s, l, r));
+        }
+    }
+    Ok(keys)
 }
 
 impl Sink {
@@ -126,6 +177,14 @@ impl RowSink for Sink {
             });
         }
         self.quarantined += 1;
+        if self.known_bad.is_none() {
+            self.known_bad = Some(read_quarantine_keys(&self.stored_quarantine)?);
+        }
+        let key = quarantine_key(&self.source, line, &raw);
+        if self.known_bad.as_ref().is_some_and(|k| k.contains(&key)) {
+            self.quarantine_known += 1;
+            return Ok(());
+        }
         let record = serde_json::json!({
             "source": self.source,
             "line": line,
@@ -175,23 +234,6 @@ fn refuse_symlink(path: &Path) -> Result<(), EventsError> {
                 .into(),
         });
     }
-    Ok(())
-}
-
-fn append_file(from: &Path, to: &Path) -> Result<(), EventsError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EventsError::Io { path, source }
-    };
-    refuse_symlink(to)?;
-    let mut src = File::open(from).map_err(io(from))?;
-    let mut dst = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(to)
-        .map_err(io(to))?;
-    std::io::copy(&mut src, &mut dst).map_err(io(to))?;
-    dst.sync_all().map_err(io(to))?;
     Ok(())
 }
 
@@ -249,6 +291,9 @@ pub fn ingest_file(
         rows_read: 0,
         accepted: 0,
         quarantined: 0,
+        quarantine_known: 0,
+        known_bad: None,
+        stored_quarantine: ds.quarantine_path(),
     };
     let (read_result, write_result) = std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(PartWriter, u64), EventsError> {
@@ -270,8 +315,8 @@ pub fn ingest_file(
             &mut sink,
             progress,
         );
-        if r.is_ok() {
-            r = sink.flush_batch();
+        if let Ok(stats) = r {
+            r = sink.flush_batch().map(|()| stats);
         }
         sink.tx = None;
         let w = writer.join().unwrap_or(Err(EventsError::WriterStopped));
@@ -280,9 +325,9 @@ pub fn ingest_file(
     let cleanup = || {
         let _ = std::fs::remove_file(&q_tmp);
     };
-    let (part, duplicates) = match (read_result, write_result) {
-        (Ok(()), Ok(done)) => done,
-        (Err(EventsError::WriterStopped), Err(e)) | (Err(e), _) | (Ok(()), Err(e)) => {
+    let (stats, (part, duplicates)) = match (read_result, write_result) {
+        (Ok(stats), Ok(done)) => (stats, done),
+        (Err(EventsError::WriterStopped), Err(e)) | (Err(e), _) | (Ok(_), Err(e)) => {
             cleanup();
             return Err(e);
         }
@@ -292,6 +337,7 @@ pub fn ingest_file(
         rows_read,
         accepted,
         quarantined,
+        quarantine_known,
         ..
     } = sink;
     // The parser counted every valid row; the writer dropped the duplicates among them.
@@ -312,43 +358,50 @@ pub fn ingest_file(
         cleanup();
         return Err(e);
     }
-    let committed = match part.commit() {
+    let finished = match part.finish() {
         Ok(p) => p,
         Err(e) => {
             cleanup();
             return Err(e);
         }
     };
-    if quarantined > 0
-        && let Err(e) = append_file(&q_tmp, &ds.quarantine_path())
-    {
-        cleanup();
-        return Err(e);
-    }
-    cleanup();
-    let summary = IngestSummary {
+    let mut summary = IngestSummary {
         source,
         format,
         compression,
+        lines: stats.lines,
+        blank_lines: stats.blank_lines,
         rows_read,
         accepted,
         quarantined,
+        quarantine_known,
         duplicates,
-        part: committed.map(|p| p.display().to_string()),
-        seconds: start.elapsed().as_secs_f64(),
+        part: None,
+        seconds: 0.0,
     };
-    let log = ds.ingest_log_path();
-    refuse_symlink(&log)?;
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(|source| EventsError::Io {
-            path: log.clone(),
-            source,
-        })?;
-    let line = serde_json::to_string(&summary).unwrap_or_default();
-    writeln!(f, "{line}").map_err(|source| EventsError::Io { path: log, source })?;
+    summary.part = finished
+        .as_ref()
+        .map(|p| p.final_path().display().to_string());
+    summary.seconds = start.elapsed().as_secs_f64();
+    let line = match serde_json::to_string(&summary) {
+        Ok(l) => l,
+        Err(e) => {
+            cleanup();
+            return Err(EventsError::Internal(format!(
+                "cannot encode the ingest summary: {e}"
+            )));
+        }
+    };
+    // Events, quarantine entries and the log line become visible together, or not at all.
+    let new_entries = quarantined > quarantine_known;
+    let committed = ds.commit_ingest(
+        lock,
+        finished,
+        new_entries.then_some(q_tmp.as_path()),
+        &line,
+    );
+    cleanup();
+    committed?;
     Ok(summary)
 }
 

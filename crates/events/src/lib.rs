@@ -5,6 +5,7 @@
 //! This crate knows nothing of detection or reporting: it turns files into validated Arrow
 //! record batches and back.
 
+mod csvscan;
 pub mod dataset;
 pub mod generator;
 pub mod ingest;
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 pub use dataset::{Dataset, WriteLock};
 pub use generator::{GeneratorConfig, GeneratorSummary, generate};
 pub use ingest::{IngestOptions, IngestSummary, ingest_file};
-pub use reader::{Compression, Format};
+pub use reader::{Compression, Format, ReadStats};
 pub use schema::{COLUMNS, event_schema};
 pub use validate::Validator;
 
@@ -33,6 +34,9 @@ pub enum EventsError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// User: an argument of the call is out of range (exit code 2, like a bad flag).
+    #[error("{0}")]
+    BadArgument(String),
     /// User: a bad row under `--strict` (the same message quarantine would record).
     #[error("{source_file}:{line}: {reason}")]
     BadRow {

@@ -15,6 +15,7 @@ use arrow::datatypes::DataType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::EventsError;
+use crate::csvscan::{CsvRecord, CsvRecords, Limits};
 use crate::schema::{COLUMNS, OPTIONAL_COLUMNS};
 use crate::validate::{ValidRow, Validator, Value};
 
@@ -192,7 +193,7 @@ pub fn read_rows(
     validator: &Validator,
     sink: &mut dyn RowSink,
     progress: &dyn Fn(u64),
-) -> Result<(), EventsError> {
+) -> Result<ReadStats, EventsError> {
     let counter = Arc::new(AtomicU64::new(0));
     match format {
         Format::Csv => {
@@ -211,22 +212,43 @@ pub fn read_rows(
     }
 }
 
-fn csv_error(path: &Path, e: csv::Error) -> EventsError {
-    EventsError::BadInput {
-        path: path.to_path_buf(),
-        message: format!("CSV read error: {e}"),
+/// A read error of the decoded stream: a stream that stops decoding (a truncated .gz/.zst,
+/// bytes that are not text) is the input's fault; other failures are the machine's.
+fn read_error(path: &Path, what: &str, after_line: u64, source: std::io::Error) -> EventsError {
+    use std::io::ErrorKind as K;
+    match source.kind() {
+        K::InvalidData | K::UnexpectedEof | K::InvalidInput => EventsError::BadInput {
+            path: path.to_path_buf(),
+            message: format!("{what} read error after line {after_line}: {source}"),
+        },
+        _ => EventsError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
     }
 }
 
-fn raw_csv(rec: &csv::ByteRecord) -> String {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    let _ = w.write_byte_record(rec);
-    let bytes = w.into_inner().unwrap_or_default();
-    String::from_utf8_lossy(&bytes)
-        .trim_end_matches('\n')
-        .to_string()
+/// Text for the quarantine: valid UTF-8 as is, every other byte as `\xNN`, so the raw bytes
+/// can be recovered and the quarantine stays valid JSON text.
+pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02X}"));
+        }
+    }
+    out
+}
+
+/// What a reader saw of its file, beyond the rows it passed on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    /// Physical lines of a CSV or JSONL file (the header and blank lines included); rows of a
+    /// Parquet file.
+    pub lines: u64,
+    /// Empty lines skipped.
+    pub blank_lines: u64,
 }
 
 fn read_csv(
@@ -235,79 +257,108 @@ fn read_csv(
     validator: &Validator,
     sink: &mut dyn RowSink,
     tick: &dyn Fn(),
-) -> Result<(), EventsError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(true)
-        .has_headers(true)
-        .from_reader(input);
-    let headers = rdr.byte_headers().map_err(|e| csv_error(path, e))?.clone();
-    let names: Vec<String> = headers
+) -> Result<ReadStats, EventsError> {
+    let limits = Limits {
+        max_field_lines: validator.max_field_lines,
+        max_field_bytes: validator.max_field_bytes,
+        max_record_bytes: validator
+            .max_field_bytes
+            .saturating_mul(16)
+            .saturating_add(4096),
+    };
+    let mut rdr = CsvRecords::new(input, limits);
+    let mut header = CsvRecord::default();
+    if !rdr
+        .read(&mut header)
+        .map_err(|e| read_error(path, "CSV", 0, e))?
+    {
+        return Err(EventsError::BadInput {
+            path: path.to_path_buf(),
+            message: "empty file: expected a header line with the 16-column event schema".into(),
+        });
+    }
+    if let Some(e) = &header.error {
+        return Err(EventsError::BadInput {
+            path: path.to_path_buf(),
+            message: format!("header line {}: {e}", header.line),
+        });
+    }
+    let names: Vec<String> = header
+        .fields
         .iter()
         .map(|h| String::from_utf8_lossy(h).into_owned())
         .collect();
     let map = map_columns(path, &names)?;
-    let width = headers.len();
+    let width = header.fields.len();
     // CSV parsing runs on its own thread, handing chunks of records to this one for
     // validation; emptied chunks come back for reuse so records keep their allocations.
     const CHUNK: usize = 8192;
-    std::thread::scope(|s| -> Result<(), EventsError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<csv::ByteRecord>, csv::Error>>(4);
-        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<csv::ByteRecord>>();
-        s.spawn(move || {
+    std::thread::scope(|s| -> Result<ReadStats, EventsError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<CsvRecord>>(4);
+        let (back_tx, back_rx) = std::sync::mpsc::channel::<Vec<CsvRecord>>();
+        let parser = s.spawn(move || -> Result<ReadStats, (u64, std::io::Error)> {
             loop {
                 let mut chunk = back_rx.try_recv().unwrap_or_default();
-                chunk.resize_with(CHUNK, csv::ByteRecord::new);
+                chunk.resize_with(CHUNK, CsvRecord::default);
                 let mut n = 0;
                 while n < CHUNK {
-                    match rdr.read_byte_record(&mut chunk[n]) {
+                    match rdr.read(&mut chunk[n]) {
                         Ok(true) => n += 1,
                         Ok(false) => break,
                         Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
+                            chunk.truncate(n);
+                            let _ = tx.send(chunk);
+                            return Err((rdr.lines(), e));
                         }
                     }
                 }
                 let done = n < CHUNK;
                 chunk.truncate(n);
-                if n > 0 && tx.send(Ok(chunk)).is_err() {
-                    return;
+                if n > 0 && tx.send(chunk).is_err() {
+                    break;
                 }
                 if done {
-                    return;
+                    break;
                 }
             }
+            Ok(ReadStats {
+                lines: rdr.lines(),
+                blank_lines: rdr.blank_lines(),
+            })
         });
-        let mut n: u64 = 0;
-        for msg in rx {
-            let chunk = msg.map_err(|e| csv_error(path, e))?;
+        for chunk in rx {
             for rec in &chunk {
-                n += 1;
-                check_csv_record(rec, n, width, &map, validator, sink)?;
+                check_csv_record(rec, width, &map, validator, sink)?;
             }
             tick();
             let _ = back_tx.send(chunk);
         }
-        Ok(())
-    })?;
-    tick();
-    Ok(())
+        let stats = parser
+            .join()
+            .map_err(|_| EventsError::Internal("the CSV parser thread panicked".into()))?
+            .map_err(|(line, e)| read_error(path, "CSV", line, e))?;
+        tick();
+        Ok(stats)
+    })
 }
 
 fn check_csv_record(
-    rec: &csv::ByteRecord,
-    n: u64,
+    rec: &CsvRecord,
     width: usize,
     map: &[Option<usize>; 16],
     validator: &Validator,
     sink: &mut dyn RowSink,
 ) -> Result<(), EventsError> {
-    let line = rec.position().map(|p| p.line()).unwrap_or(n + 1);
-    if rec.len() != width {
+    let line = rec.line;
+    if let Some(e) = &rec.error {
+        return sink.bad(line, e.clone(), escape_bytes(&rec.raw));
+    }
+    let fields_in = &rec.fields;
+    if fields_in.len() != width {
         return sink.bad(
             line,
-            format!("expected {width} fields, found {}", rec.len()),
-            raw_csv(rec),
+            format!("expected {width} fields, found {}", fields_in.len()),
+            escape_bytes(&rec.raw),
         );
     }
     let mut fields: [&str; 16] = [""; 16];
@@ -315,11 +366,11 @@ fn check_csv_record(
     // boundary inside a character (or any invalid byte) falls through to the per-field check,
     // which names the field.
     let mut all_ok = false;
-    if let Ok(whole) = std::str::from_utf8(rec.as_slice()) {
+    if let Ok(whole) = std::str::from_utf8(fields_in.as_slice()) {
         all_ok = true;
         for (c, slot) in map.iter().enumerate() {
             if let Some(i) = slot {
-                match rec.range(*i).and_then(|r| whole.get(r)) {
+                match fields_in.range(*i).and_then(|r| whole.get(r)) {
                     Some(f) => fields[c] = f,
                     None => {
                         all_ok = false;
@@ -334,13 +385,13 @@ fn check_csv_record(
             break;
         }
         if let Some(i) = slot {
-            match std::str::from_utf8(rec.get(*i).unwrap_or_default()) {
+            match std::str::from_utf8(fields_in.get(*i).unwrap_or_default()) {
                 Ok(s) => fields[c] = s,
                 Err(_) => {
                     return sink.bad(
                         line,
                         format!("field `{}` is not valid UTF-8", COLUMNS[c]),
-                        raw_csv(rec),
+                        escape_bytes(&rec.raw),
                     );
                 }
             }
@@ -355,7 +406,7 @@ fn check_csv_record(
     });
     match outcome {
         Ok(row) => sink.good(&row),
-        Err(reason) => sink.bad(line, reason, raw_csv(rec)),
+        Err(reason) => sink.bad(line, reason, escape_bytes(&rec.raw)),
     }
 }
 
@@ -374,47 +425,103 @@ fn json_value(v: Option<&serde_json::Value>) -> Value<'_> {
     }
 }
 
+/// A JSON object whose keys must be unique: `{"event_id": "a", "event_id": "b"}` is
+/// ambiguous, and keeping either value would be a silent guess.
+struct UniqueObject(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> serde::Deserialize<'de> for UniqueObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = UniqueObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<UniqueObject, A::Error> {
+                let mut map = serde_json::Map::new();
+                while let Some(k) = a.next_key::<String>()? {
+                    if map.contains_key(&k) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "key `{k}` appears twice in the object"
+                        )));
+                    }
+                    let v: serde_json::Value = a.next_value()?;
+                    map.insert(k, v);
+                }
+                Ok(UniqueObject(map))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 fn read_jsonl(
     path: &Path,
     mut input: Box<dyn BufRead + Send>,
     validator: &Validator,
     sink: &mut dyn RowSink,
     tick: &dyn Fn(),
-) -> Result<(), EventsError> {
-    let mut line = String::new();
-    let mut line_no: u64 = 0;
+) -> Result<ReadStats, EventsError> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut stats = ReadStats::default();
     let mut warned_keys = false;
     loop {
-        line.clear();
-        let read = input.read_line(&mut line).map_err(|source| {
-            // A stream that stops decoding (a truncated .gz/.zst, bytes that are not text) is
-            // the input's fault, as the CSV reader says too; other failures are the machine's.
-            use std::io::ErrorKind as K;
-            match source.kind() {
-                K::InvalidData | K::UnexpectedEof | K::InvalidInput => EventsError::BadInput {
-                    path: path.to_path_buf(),
-                    message: format!("JSONL read error after line {line_no}: {source}"),
-                },
-                _ => EventsError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            }
-        })?;
+        buf.clear();
+        let read = input
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| read_error(path, "JSONL", stats.lines, e))?;
         if read == 0 {
             break;
         }
-        line_no += 1;
+        stats.lines += 1;
+        let line_no = stats.lines;
         if line_no.is_multiple_of(65_536) {
             tick();
         }
-        let text = line.trim_end_matches(['\n', '\r']);
+        let mut bytes = buf.as_slice();
+        while let Some(b) = bytes
+            .strip_suffix(b"\n")
+            .or_else(|| bytes.strip_suffix(b"\r"))
+        {
+            bytes = b;
+        }
+        // A byte-order mark starts the file, not its first object (as for CSV).
+        if line_no == 1
+            && let Some(b) = bytes.strip_prefix("\u{feff}".as_bytes())
+        {
+            bytes = b;
+        }
+        let text = match std::str::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                sink.bad(
+                    line_no,
+                    format!(
+                        "not valid UTF-8 (byte {} of the line); the raw line is kept with \\xNN escapes",
+                        e.valid_up_to() + 1
+                    ),
+                    escape_bytes(bytes),
+                )?;
+                continue;
+            }
+        };
         if text.trim().is_empty() {
+            stats.blank_lines += 1;
             continue;
         }
-        let obj = match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(serde_json::Value::Object(o)) => o,
-            Ok(_) => {
+        // One parse on the common path: an object straight into a map that refuses repeated
+        // keys; anything else is parsed only to say what it is.
+        let parsed = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<UniqueObject>(text).map(|o| Some(o.0))
+        } else {
+            serde_json::from_str::<serde_json::Value>(text).map(|_| None)
+        };
+        let obj = match parsed {
+            Ok(Some(o)) => o,
+            Ok(None) => {
                 sink.bad(line_no, "not a JSON object".into(), text.to_string())?;
                 continue;
             }
@@ -449,7 +556,7 @@ fn read_jsonl(
         }
     }
     tick();
-    Ok(())
+    Ok(stats)
 }
 
 fn read_parquet(
@@ -457,7 +564,7 @@ fn read_parquet(
     validator: &Validator,
     sink: &mut dyn RowSink,
     progress: &dyn Fn(u64),
-) -> Result<(), EventsError> {
+) -> Result<ReadStats, EventsError> {
     let file = File::open(path).map_err(|source| EventsError::Open {
         path: path.to_path_buf(),
         source,
@@ -483,7 +590,10 @@ fn read_parquet(
         })?;
         // Render every mapped column as text, then validate exactly like CSV.
         let mut cols: Vec<Option<arrow::array::StringArray>> = Vec::with_capacity(16);
-        for slot in map.iter() {
+        // Per row, the first column whose value the text cast turned into a null (bytes that
+        // are not UTF-8): such a row is quarantined, never stored with the value lost.
+        let mut lost: Vec<Option<usize>> = vec![None; batch.num_rows()];
+        for (c, slot) in map.iter().enumerate() {
             match slot {
                 Some(i) => {
                     let arr = batch.column(*i);
@@ -493,24 +603,45 @@ fn read_parquet(
                             message: format!("column `{}` cannot be read as text: {e}", names[*i]),
                         }
                     })?;
-                    cols.push(Some(as_text.as_string::<i32>().clone()));
+                    let text = as_text.as_string::<i32>().clone();
+                    if text.null_count() != arr.null_count() {
+                        for (r, slot) in lost.iter_mut().enumerate() {
+                            if slot.is_none() && arr.is_valid(r) && text.is_null(r) {
+                                *slot = Some(c);
+                            }
+                        }
+                    }
+                    cols.push(Some(text));
                 }
                 None => cols.push(None),
             }
         }
-        for r in 0..batch.num_rows() {
+        for (r, &lost_col) in lost.iter().enumerate() {
             let get = |c: usize| match &cols[c] {
                 Some(a) if a.is_valid(r) => Value::Str(a.value(r)),
                 Some(_) => Value::Null,
                 None => Value::Missing,
             };
-            match validator.validate(get) {
+            let outcome = match lost_col {
+                Some(c) => Err(format!(
+                    "field `{}` is not valid UTF-8 (raw bytes kept with \\xNN escapes)",
+                    COLUMNS[c]
+                )),
+                None => validator.validate(get),
+            };
+            match outcome {
                 Ok(row) => sink.good(&row)?,
                 Err(reason) => {
                     let raw: serde_json::Map<String, serde_json::Value> = (0..16)
                         .filter_map(|c| {
                             cols[c].as_ref().map(|a| {
-                                let v = if a.is_valid(r) {
+                                let v = if lost_col == Some(c) {
+                                    let arr = map[c].map(|i| batch.column(i));
+                                    serde_json::Value::String(
+                                        arr.and_then(|col| raw_bytes(col.as_ref(), r))
+                                            .map_or_else(|| "<not text>".into(), escape_bytes),
+                                    )
+                                } else if a.is_valid(r) {
                                     serde_json::Value::String(a.value(r).to_string())
                                 } else {
                                     serde_json::Value::Null
@@ -530,7 +661,21 @@ fn read_parquet(
         row_base += batch.num_rows() as u64;
         progress(row_base);
     }
-    Ok(())
+    Ok(ReadStats {
+        lines: row_base,
+        blank_lines: 0,
+    })
+}
+
+/// The bytes of row `r` of a binary column, for the quarantine.
+fn raw_bytes(arr: &dyn Array, r: usize) -> Option<&[u8]> {
+    Some(match arr.data_type() {
+        DataType::Binary => arr.as_binary::<i32>().value(r),
+        DataType::LargeBinary => arr.as_binary::<i64>().value(r),
+        DataType::BinaryView => arr.as_binary_view().value(r),
+        DataType::FixedSizeBinary(_) => arr.as_fixed_size_binary().value(r),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -541,18 +686,167 @@ mod tests {
     #[derive(Default)]
     struct Collect {
         good: usize,
+        /// The prompt and payment id of every good row.
+        stored: Vec<(String, Option<String>)>,
         bad: Vec<String>,
+        /// (line, raw) of every bad row.
+        at: Vec<(u64, String)>,
     }
 
     impl RowSink for Collect {
-        fn good(&mut self, _row: &ValidRow<'_>) -> Result<(), EventsError> {
+        fn good(&mut self, row: &ValidRow<'_>) -> Result<(), EventsError> {
             self.good += 1;
+            self.stored
+                .push((row.prompt.to_string(), row.payment_id.map(str::to_string)));
             Ok(())
         }
-        fn bad(&mut self, _line: u64, reason: String, _raw: String) -> Result<(), EventsError> {
+        fn bad(&mut self, line: u64, reason: String, raw: String) -> Result<(), EventsError> {
             self.bad.push(reason);
+            self.at.push((line, raw));
             Ok(())
         }
+    }
+
+    fn read_file(name: &str, bytes: &[u8]) -> (Collect, ReadStats) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let (format, compression) = detect_format(&path, None).unwrap();
+        let mut sink = Collect::default();
+        let stats = read_rows(
+            &path,
+            format,
+            compression,
+            &Validator::default(),
+            &mut sink,
+            &|_| {},
+        )
+        .unwrap();
+        (sink, stats)
+    }
+
+    fn json_event(id: u32, prompt: &str) -> String {
+        format!(
+            "{{\"event_id\":\"e_{id}\",\"ts\":\"2026-02-01T05:26:54Z\",\"user_id\":\"u_1\",\"ip\":\"203.0.113.1\",\"device_id\":\"d1\",\"payment_id\":null,\"surface\":\"web\",\"product\":\"chat\",\"event_type\":\"chat\",\"prompt\":\"{prompt}\",\"tokens_in\":10,\"tokens_out\":20,\"latency_ms\":300,\"blocked\":0,\"warned\":0,\"is_abuse_gt\":0}}"
+        )
+    }
+
+    #[test]
+    fn a_non_utf8_byte_in_jsonl_quarantines_its_row_and_keeps_the_rest() {
+        let mut bytes = Vec::new();
+        for i in 0..5 {
+            let mut line = json_event(i, "hello").into_bytes();
+            if i == 2 {
+                let at = line.windows(5).position(|w| w == b"hello").unwrap();
+                line[at + 1] = 0xFF;
+            }
+            bytes.extend_from_slice(&line);
+            bytes.push(b'\n');
+        }
+        let (sink, stats) = read_file("e.jsonl", &bytes);
+        assert_eq!(sink.good, 4);
+        assert_eq!(stats.lines, 5);
+        assert_eq!(sink.at.len(), 1);
+        assert_eq!(sink.at[0].0, 3);
+        assert!(sink.bad[0].contains("not valid UTF-8"), "{:?}", sink.bad);
+        assert!(sink.at[0].1.contains("h\\xFFllo"), "{}", sink.at[0].1);
+    }
+
+    #[test]
+    fn a_jsonl_byte_order_mark_is_stripped_and_a_repeated_key_is_a_bad_row() {
+        let mut text = format!("\u{feff}{}\n", json_event(1, "a"));
+        let twice = json_event(2, "b").replacen("{", "{\"event_id\":\"x\",", 1);
+        text.push_str(&twice);
+        text.push('\n');
+        text.push_str("\n[1,2]\n");
+        let (sink, stats) = read_file("e.jsonl", text.as_bytes());
+        assert_eq!(sink.good, 1, "{:?}", sink.bad);
+        assert_eq!(
+            stats,
+            ReadStats {
+                lines: 4,
+                blank_lines: 1
+            }
+        );
+        assert_eq!(sink.at[0].0, 2);
+        assert!(
+            sink.bad[0].contains("`event_id` appears twice"),
+            "{:?}",
+            sink.bad
+        );
+        assert_eq!(sink.at[1].0, 4);
+        assert!(sink.bad[1].contains("not a JSON object"), "{:?}", sink.bad);
+    }
+
+    #[test]
+    fn parquet_binary_columns_with_non_utf8_bytes_are_quarantined_not_emptied() {
+        use arrow::array::{ArrayRef, BinaryArray, Int64Array, StringArray};
+        use arrow::datatypes::{Field, Schema};
+        let n = 4;
+        let text = |v: &str| -> ArrayRef { Arc::new(StringArray::from(vec![v; n])) };
+        let int = |v: i64| -> ArrayRef { Arc::new(Int64Array::from(vec![v; n])) };
+        let mut cols: Vec<(&str, ArrayRef)> = Vec::new();
+        for c in COLUMNS {
+            let arr = match c {
+                "event_id" => Arc::new(StringArray::from(vec!["e1", "e2", "e3", "e4"])) as ArrayRef,
+                "ts" => text("2026-02-01T05:26:54Z"),
+                "prompt" => Arc::new(BinaryArray::from(vec![
+                    &b"fine"[..],
+                    &b"bad \xC3"[..],
+                    &b"ok"[..],
+                    &b"ok"[..],
+                ])),
+                "payment_id" => Arc::new(BinaryArray::from(vec![
+                    Some(&b"pay_1"[..]),
+                    Some(&b"pay_2"[..]),
+                    Some(&b"\xFFpay"[..]),
+                    None,
+                ])),
+                "surface" => text("web"),
+                "product" | "event_type" => text("chat"),
+                "tokens_in" | "tokens_out" | "latency_ms" => int(5),
+                "blocked" | "warned" | "is_abuse_gt" => int(0),
+                _ => text("x"),
+            };
+            cols.push((c, arr));
+        }
+        let schema = Arc::new(Schema::new(
+            cols.iter()
+                .map(|(c, a)| Field::new(*c, a.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            schema.clone(),
+            cols.into_iter().map(|(_, a)| a).collect(),
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema, None).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let (sink, stats) = read_file("e.parquet", &buf);
+        assert_eq!(stats.lines, 4);
+        // Rows 1 and 4 are stored as they are: a payment null stays "no payment".
+        assert_eq!(
+            sink.stored,
+            vec![
+                ("fine".to_string(), Some("pay_1".to_string())),
+                ("ok".into(), None)
+            ]
+        );
+        let lines: Vec<u64> = sink.at.iter().map(|a| a.0).collect();
+        assert_eq!(lines, vec![2, 3]);
+        assert!(
+            sink.bad[0].contains("`prompt` is not valid UTF-8"),
+            "{:?}",
+            sink.bad
+        );
+        assert!(
+            sink.bad[1].contains("`payment_id` is not valid UTF-8"),
+            "{:?}",
+            sink.bad
+        );
+        assert!(sink.at[0].1.contains("bad \\\\xC3"), "{}", sink.at[0].1);
     }
 
     /// Regression: the record-at-once UTF-8 check must not accept a character split across
@@ -578,17 +872,23 @@ mod tests {
             b"0".to_vec(),
             b"0".to_vec(),
         ];
-        let good = csv::ByteRecord::from(fields.clone());
+        let record = |fields: csv::ByteRecord| CsvRecord {
+            line: 2,
+            fields,
+            raw: Vec::new(),
+            error: None,
+        };
+        let good = record(csv::ByteRecord::from(fields.clone()));
         let mut sink = Collect::default();
-        check_csv_record(&good, 1, 16, &map, &Validator::default(), &mut sink).unwrap();
+        check_csv_record(&good, 16, &map, &Validator::default(), &mut sink).unwrap();
         assert_eq!((sink.good, sink.bad.len()), (1, 0), "{:?}", sink.bad);
         // "é" is C3 A9: put C3 at the end of the device id and A9 at the start of payment_id
         fields[4] = b"d1\xC3".to_vec();
         fields[5] = b"\xA9".to_vec();
-        let split = csv::ByteRecord::from(fields);
-        assert!(std::str::from_utf8(split.as_slice()).is_ok());
+        let split = record(csv::ByteRecord::from(fields));
+        assert!(std::str::from_utf8(split.fields.as_slice()).is_ok());
         let mut sink = Collect::default();
-        check_csv_record(&split, 1, 16, &map, &Validator::default(), &mut sink).unwrap();
+        check_csv_record(&split, 16, &map, &Validator::default(), &mut sink).unwrap();
         assert_eq!(sink.good, 0);
         assert!(sink.bad[0].contains("not valid UTF-8"), "{:?}", sink.bad);
     }

@@ -56,7 +56,8 @@ fn days_in_month(y: i64, m: i64) -> i64 {
 /// digits (beyond microseconds it is truncated toward the past), then `Z`, `z`, `+HH:MM`,
 /// `+HHMM` or `+HH` (or `-`), or nothing when `assume_utc` is set.
 pub fn parse_timestamp_micros(s: &str, assume_utc: bool) -> Result<i64, TsError> {
-    let b = s.trim().as_bytes();
+    // Exactly as written, as for every typed field: no surrounding whitespace.
+    let b = s.as_bytes();
     let bad = TsError::Invalid;
     if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
         return Err(bad);
@@ -132,6 +133,13 @@ pub fn parse_timestamp_micros(s: &str, assume_utc: bool) -> Result<i64, TsError>
     }
     let days = days_from_civil(y, mo, d);
     let secs = days * 86_400 + h * 3600 + mi * 60 + se - offset_secs;
+    // In UTC, within years 1 to 9999 (an offset can carry 0001-01-01T00:00+01:00 out of
+    // them): outside, no four-digit day exists for monitoring to group by.
+    let first = days_from_civil(1, 1, 1) * 86_400;
+    let end = days_from_civil(10_000, 1, 1) * 86_400;
+    if !(first..end).contains(&secs) {
+        return Err(bad);
+    }
     Ok(secs * 1_000_000 + micros)
 }
 
@@ -271,6 +279,27 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    /// Regression: `0000-12-31T23:00:00-02:00` and the like reached monitoring as day
+    /// `-0001-12-31`; a timestamp must fall within years 1 to 9999 in UTC.
+    #[test]
+    fn timestamps_outside_years_1_to_9999_are_refused_offsets_included() {
+        for s in [
+            "0000-06-01T00:00:00Z",
+            "0001-01-01T00:30:00+01:00",
+            "9999-12-31T23:30:00-01:00",
+        ] {
+            assert_eq!(
+                parse_timestamp_micros(s, false),
+                Err(TsError::Invalid),
+                "{s}"
+            );
+        }
+        for s in ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"] {
+            assert!(parse_timestamp_micros(s, false).is_ok(), "{s}");
+        }
+        assert!(parse_timestamp_micros(" 2026-02-01T00:00:00Z", false).is_err());
     }
 
     #[test]

@@ -73,6 +73,9 @@ pub struct ValidRow<'a> {
 pub struct Validator {
     /// Longest accepted field in bytes.
     pub max_field_bytes: usize,
+    /// A quoted CSV field may cross at most this many line ends; a longer one is a bad row at
+    /// its opening line and reading resumes on the next line.
+    pub max_field_lines: usize,
     /// Treat timestamps without an offset as UTC.
     pub assume_utc: bool,
 }
@@ -81,6 +84,7 @@ impl Default for Validator {
     fn default() -> Self {
         Self {
             max_field_bytes: 64 * 1024,
+            max_field_lines: 100,
             assume_utc: false,
         }
     }
@@ -104,14 +108,22 @@ fn describe(v: &Value<'_>) -> String {
     }
 }
 
-/// Parse an integer written as digits, allowing an all-zero fraction ("296.0").
+/// Parse an integer written the way data tools write one: an optional `-`, digits without a
+/// redundant leading zero, optionally an all-zero fraction (pandas writes "296.0" for an
+/// integer column holding a null). Nothing else: no whitespace (as for every typed field),
+/// no `+`, no `007`, which are more likely a shifted column or an identifier than a count.
 fn parse_int_text(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(v) = s.parse::<i64>() {
-        return Some(v);
-    }
-    let (int_part, frac) = s.split_once('.')?;
-    if !frac.is_empty() && frac.bytes().all(|c| c == b'0') {
+    let (int_part, frac) = match s.split_once('.') {
+        Some((i, f)) if !f.is_empty() && f.bytes().all(|c| c == b'0') => (i, Some(f)),
+        Some(_) => return None,
+        None => (s, None),
+    };
+    let digits = int_part.strip_prefix('-').unwrap_or(int_part);
+    let canonical = !digits.is_empty()
+        && digits.bytes().all(|c| c.is_ascii_digit())
+        && (digits.len() == 1 || !digits.starts_with('0'));
+    let _ = frac;
+    if canonical {
         int_part.parse::<i64>().ok()
     } else {
         None
@@ -177,7 +189,8 @@ impl Validator {
             Value::Bool(b) => Some(i8::from(b)),
             Value::Float(0.0) => Some(0),
             Value::Float(1.0) => Some(1),
-            Value::Str(s) => match s.trim() {
+            // Exactly as written: ` 1` is refused like ` chat` is.
+            Value::Str(s) => match s {
                 "0" | "0.0" => Some(0),
                 "1" | "1.0" => Some(1),
                 "" => return Err(format!("missing required field `{name}`")),
@@ -416,6 +429,44 @@ mod tests {
         assert_eq!(r.is_abuse_gt, None);
     }
 
+    /// Regression: ` 3`, `+3` and `007` were stored as 3 and 7, and a flag ` 1` as 1, while
+    /// ` chat` was refused. One rule now: typed fields are taken exactly as written.
+    #[test]
+    fn silent_leniencies_in_numbers_and_flags_are_bad_rows() {
+        for v in [
+            " 3", "3 ", "+3", "007", "00", "-", "3.", ".0", "1e3", "3.01",
+        ] {
+            let mut vals = GOOD;
+            vals[col::TOKENS_IN] = v;
+            let err = Validator::default().validate(row(vals)).unwrap_err();
+            assert!(
+                err.contains("`tokens_in` is not an integer"),
+                "{v:?}: {err}"
+            );
+        }
+        for v in [" 1", "1 ", "01", "+1", "true"] {
+            let mut vals = GOOD;
+            vals[col::BLOCKED] = v;
+            let err = Validator::default().validate(row(vals)).unwrap_err();
+            assert!(err.contains("`blocked` must be 0 or 1"), "{v:?}: {err}");
+        }
+        let mut vals = GOOD;
+        vals[col::EVENT_TYPE] = " chat";
+        assert!(Validator::default().validate(row(vals)).is_err());
+        // What data tools do write stays accepted.
+        for (v, want) in [("0", 0), ("7", 7), ("296.0", 296), ("10.00", 10)] {
+            let mut vals = GOOD;
+            vals[col::TOKENS_IN] = v;
+            assert_eq!(
+                Validator::default().validate(row(vals)).unwrap().tokens_in,
+                want
+            );
+        }
+        let mut vals = GOOD;
+        vals[col::BLOCKED] = "1.0";
+        assert_eq!(Validator::default().validate(row(vals)).unwrap().blocked, 1);
+    }
+
     #[test]
     fn each_kind_of_bad_value_names_its_column() {
         let cases: [(usize, &str, &str); 9] = [
@@ -441,7 +492,7 @@ mod tests {
     fn overlong_fields_are_refused() {
         let v = Validator {
             max_field_bytes: 4,
-            assume_utc: false,
+            ..Validator::default()
         };
         let err = v.validate(row(GOOD)).unwrap_err();
         assert!(

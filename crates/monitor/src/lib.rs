@@ -132,7 +132,7 @@ pub fn evaluate_alerts(
             when = expr("when", &rule.when)?
         );
         let t = wh
-            .query(&rule.name, &sql)
+            .query_user(&rule.name, &sql)
             .map_err(|source| MonitorError::Rule {
                 rule: rule.name.clone(),
                 source,

@@ -444,7 +444,8 @@ pub fn run(
         Ok(summaries)
     })?;
 
-    let wh = Warehouse::open(&data_dir, cfg.sql.dir.as_deref())?;
+    let mut wh = Warehouse::open(&data_dir, cfg.sql.dir.as_deref())?;
+    wh.set_user_timeout(cfg.sql.statement_timeout());
     let events_in_dataset = wh
         .query("count", "SELECT COUNT(*) AS n FROM events")
         .ok()

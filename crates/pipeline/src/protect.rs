@@ -874,7 +874,7 @@ pub fn suggest_actions(
         case(|r| &r.reason, &policy.default_reason)
     );
     let t = wh
-        .query("enforcement rules", &sql)
+        .query_user("enforcement rules", &sql)
         .map_err(|source| PipelineError::EnforcementRules { source })?;
     Ok((
         column_text(&t, "suggested_action")?,

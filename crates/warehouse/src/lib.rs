@@ -51,6 +51,20 @@ pub enum WarehouseError {
     /// Environment: the async runtime could not start.
     #[error("cannot start the query runtime: {0}")]
     Runtime(std::io::Error),
+    /// User: a query of the user's (a rule, `vigil sql`) ran past `sql.statement_timeout_secs`.
+    #[error(
+        "{context} ran longer than {seconds} s and was stopped (sql.statement_timeout_secs in vigil.toml; `vigil sql --timeout`)"
+    )]
+    Timeout {
+        /// Which query: a rule name or "query".
+        context: String,
+        /// The limit.
+        seconds: f64,
+    },
+    /// The data directory could not be brought to a consistent state before reading (an
+    /// interrupted ingest commit that cannot be finished).
+    #[error("data directory: {0}")]
+    Dataset(#[from] vigil_events::EventsError),
 }
 
 /// Parse a user's rule text as exactly one SQL expression and return it in canonical form,
@@ -126,8 +140,23 @@ impl Table {
 /// A DataFusion session with the event dataset registered as `events`.
 pub struct Warehouse {
     ctx: SessionContext,
-    rt: tokio::runtime::Runtime,
+    /// Runs the queries; owned by `runtime`.
+    rt: tokio::runtime::Handle,
+    /// Held to keep the runtime alive; on drop it is shut down without waiting, so a stopped
+    /// query still computing (cancellation takes effect only where a task yields) cannot hold
+    /// up the exit.
+    runtime: Option<tokio::runtime::Runtime>,
     sql_dir: Option<PathBuf>,
+    /// The limit on one query of a user's text (rules, `vigil sql`); built-in tables have none.
+    user_timeout: Option<std::time::Duration>,
+}
+
+impl Drop for Warehouse {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for Warehouse {
@@ -245,14 +274,17 @@ impl Warehouse {
         ctx.register_udf(format_fixed_udf());
         let wh = Self {
             ctx,
-            rt,
+            rt: rt.handle().clone(),
+            runtime: Some(rt),
             sql_dir: sql_dir.map(Path::to_path_buf),
+            user_timeout: None,
         };
         wh.register_events(data_dir)?;
         Ok(wh)
     }
 
     fn register_events(&self, data_dir: &Path) -> Result<(), WarehouseError> {
+        vigil_events::Dataset::settle(data_dir)?;
         let dir = data_dir.join("events");
         let has_parts = std::fs::read_dir(&dir)
             .map(|rd| {
@@ -302,14 +334,27 @@ impl Warehouse {
         self.run_sql(context, sql, SQLOptions::new())
     }
 
-    /// Run a user's query read-only (`vigil sql`): DDL (`CREATE`, `DROP`), DML (`INSERT`,
-    /// `COPY ... TO 'file'`) and session statements (`SET`) are refused before they run.
+    /// Limit each query built from a user's text ([`query_user`](Self::query_user),
+    /// [`query_read_only`](Self::query_read_only)) to `timeout`; `None` for no limit.
+    pub fn set_user_timeout(&mut self, timeout: Option<std::time::Duration>) {
+        self.user_timeout = timeout;
+    }
+
+    /// Run a query built from a user's text (an alert or enforcement rule) under the user
+    /// timeout: a slow rule fails naming `context` instead of running forever.
+    pub fn query_user(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
+        self.run_sql_limited(context, sql, SQLOptions::new(), self.user_timeout)
+    }
+
+    /// Run a user's query read-only (`vigil sql`), under the user timeout: DDL (`CREATE`,
+    /// `DROP`), DML (`INSERT`, `COPY ... TO 'file'`) and session statements (`SET`) are
+    /// refused before they run.
     pub fn query_read_only(&self, context: &str, sql: &str) -> Result<Table, WarehouseError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        self.run_sql(context, sql, options)
+        self.run_sql_limited(context, sql, options, self.user_timeout)
     }
 
     /// Plan `sql` under `options` and collect its rows.
@@ -319,21 +364,68 @@ impl Warehouse {
         sql: &str,
         options: SQLOptions,
     ) -> Result<Table, WarehouseError> {
+        self.run_sql_limited(context, sql, options, None)
+    }
+
+    /// [`run_sql`](Self::run_sql) within `timeout`: past it the query is dropped (DataFusion
+    /// stops its tasks) and [`WarehouseError::Timeout`] names it.
+    fn run_sql_limited(
+        &self,
+        context: &str,
+        sql: &str,
+        options: SQLOptions,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<Table, WarehouseError> {
         let started = std::time::Instant::now();
-        let t = self.rt.block_on(async {
-            let df = self
-                .ctx
-                .sql_with_options(sql, options)
+        let ctx = self.ctx.clone();
+        let (sql_owned, ctx_name) = (sql.to_string(), context.to_string());
+        let work = async move {
+            let df = ctx
+                .sql_with_options(&sql_owned, options)
                 .await
-                .map_err(sql_err(context))?;
+                .map_err(sql_err(&ctx_name))?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await.map_err(sql_err(context))?;
+            let batches = df.collect().await.map_err(sql_err(&ctx_name))?;
             Ok(Table {
-                name: context.to_string(),
+                name: ctx_name.clone(),
                 schema,
                 batches,
             })
-        });
+        };
+        let t = match timeout {
+            None => self.rt.block_on(work),
+            Some(limit) => {
+                // The query runs as a task of its own and a plain thread keeps the time: a
+                // CPU-bound query starves the runtime's timer, never this thread.
+                let mut task = self.rt.spawn(work);
+                let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+                let (fire_tx, fire_rx) = tokio::sync::oneshot::channel::<()>();
+                std::thread::spawn(move || {
+                    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                        done_rx.recv_timeout(limit)
+                    {
+                        let _ = fire_tx.send(());
+                    }
+                });
+                let t = self.rt.block_on(async {
+                    tokio::select! {
+                        joined = &mut task => joined.unwrap_or_else(|e| {
+                            Err(WarehouseError::Sql {
+                                context: context.to_string(),
+                                message: format!("the query task failed: {e}"),
+                            })
+                        }),
+                        _ = fire_rx => Err(WarehouseError::Timeout {
+                            context: context.to_string(),
+                            seconds: limit.as_secs_f64(),
+                        }),
+                    }
+                });
+                task.abort();
+                drop(done_tx);
+                t
+            }
+        };
         tracing::trace!(
             "query {context} in {:.3} s",
             started.elapsed().as_secs_f64()
