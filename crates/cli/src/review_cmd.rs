@@ -53,18 +53,39 @@ pub enum ReviewCommand {
         /// Free-text notes.
         #[arg(long, default_value = "")]
         notes: String,
+        /// The audit key that authenticates the record (created, owner-only, on first use)
+        /// [default: ~/.config/vigil/audit.key].
+        #[arg(long, env = "VIGIL_AUDIT_KEY")]
+        audit_key: Option<PathBuf>,
     },
-    /// Check the whole audit chain; names the first broken record (exit 3).
+    /// Check the whole audit chain, its authenticators and its anchor; names the first
+    /// broken record (exit 3). Reads the store only, never changes it.
     Verify {
         /// Output directory of a run.
         #[arg(long)]
         out: PathBuf,
+        /// The audit key the records were written with [default: ~/.config/vigil/audit.key].
+        #[arg(long, env = "VIGIL_AUDIT_KEY")]
+        audit_key: Option<PathBuf>,
+        /// A head hash recorded elsewhere (a ticket, a log): the chain must contain it.
+        #[arg(long)]
+        expect_head: Option<String>,
     },
+}
+
+fn key_path(given: Option<PathBuf>) -> Result<PathBuf> {
+    given
+        .or_else(vigil_review::default_key_path)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no home directory for the audit key: pass --audit-key PATH or set VIGIL_AUDIT_KEY"
+            )
+        })
 }
 
 /// Raised when the chain is broken, so the binary exits with 3.
 #[derive(Debug, thiserror::Error)]
-#[error("audit log broken at record #{seq}: {why}")]
+#[error("audit log broken {}: {why}", if *seq > 0 { format!("at record #{seq}") } else { "as a whole".to_string() })]
 pub struct BrokenChain {
     seq: i64,
     why: String,
@@ -164,7 +185,9 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
             reason,
             reviewer,
             notes,
+            audit_key,
         } => {
+            let key = vigil_review::AuditKey::load_or_create(&key_path(audit_key)?)?;
             let mut s = store(&out)?;
             let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let rec = s.decide(
@@ -176,6 +199,7 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
                     reviewer,
                 },
                 &ts,
+                &key,
             )?;
             let said = writeln!(
                 stdout,
@@ -195,12 +219,49 @@ pub fn run(cmd: ReviewCommand) -> Result<()> {
                 return Err(anyhow::Error::new(e).context("writing the confirmation"));
             }
         }
-        ReviewCommand::Verify { out } => {
-            let v = store(&out)?.verify()?;
+        ReviewCommand::Verify {
+            out,
+            audit_key,
+            expect_head,
+        } => {
+            let path = key_path(audit_key)?;
+            let key = vigil_review::AuditKey::load(&path)?;
+            let s = ReviewStore::open_read_only(&out.join("review.db"))?;
+            let v = s.verify(key.as_ref(), expect_head.as_deref())?;
             if let Some((seq, why)) = v.first_broken {
                 return Err(BrokenChain { seq, why }.into());
             }
             writeln!(stdout, "audit log intact: {} record(s) verified", v.records)?;
+            if let Some((n, head)) = &v.head {
+                writeln!(stdout, "head: #{n} {head}")?;
+            }
+            if v.authenticated > 0 {
+                writeln!(
+                    stdout,
+                    "authenticated: {} record(s) with the key {}",
+                    v.authenticated,
+                    path.display()
+                )?;
+            }
+            if v.unauthenticated > 0 {
+                writeln!(
+                    stdout,
+                    "not authenticated: {} record(s) written before audit keys (checked by hash only)",
+                    v.unauthenticated
+                )?;
+            }
+            match &v.anchor {
+                Some((n, _)) => writeln!(stdout, "anchor: matches the head recorded at #{n}")?,
+                None if v.records > 0 => writeln!(
+                    stdout,
+                    "anchor: none for this store beside {} (truncation cannot be ruled out; record the head above elsewhere and pass it as --expect-head)",
+                    path.display()
+                )?,
+                None => {}
+            }
+            if let Some(at) = v.expected_head_at {
+                writeln!(stdout, "expected head: found at #{at}")?;
+            }
         }
     }
     Ok(())

@@ -986,33 +986,52 @@ fn ingests_killed_at_random_points_lose_nothing_and_store_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let input = dir.path().join("big.csv");
-    std::fs::write(&input, mixed_csv(0, 60_000, 3_000)).unwrap();
+    std::fs::write(&input, mixed_csv(0, 200_000, 3_000)).unwrap();
     let args = [
         "ingest",
         input.to_str().unwrap(),
         "--data",
         data.to_str().unwrap(),
     ];
-    // Kill points spread over an ingest's life, from a fixed seed (bounded: 8 kills).
+    // How long one whole ingest takes here, so the kill points fall inside one.
+    let scratch = dir.path().join("scratch");
+    let started = std::time::Instant::now();
+    ok(&[
+        "ingest",
+        input.to_str().unwrap(),
+        "--data",
+        scratch.to_str().unwrap(),
+    ]);
+    let whole_ms = (started.elapsed().as_millis() as u64).max(10);
+    // Kill points spread over an ingest's life, from a fixed seed (bounded: 10 kills).
     let mut seed: u64 = 0x5EED;
-    for _ in 0..8 {
+    let mut killed_mid_way = 0;
+    for _ in 0..10 {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        let ms = 20 + (seed >> 33) % 1500;
+        let ms = (seed >> 33) % (whole_ms + whole_ms / 4);
         let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(args)
+            .env("VIGIL_AUDIT_KEY", dir.path().join("audit.key"))
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(ms));
+        if child.try_wait().unwrap().is_none() {
+            killed_mid_way += 1;
+        }
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
     }
+    assert!(
+        killed_mid_way >= 5,
+        "only {killed_mid_way} of 10 kills landed mid-ingest"
+    );
     // One ingest that runs to the end, then the invariants.
     ok(&args);
-    assert_eq!(count_events(&data), 60_000);
+    assert_eq!(count_events(&data), 200_000);
     assert_eq!(
         sql_csv_data(&data, "SELECT COUNT(DISTINCT event_id) AS n FROM events"),
-        "n\n60000\n"
+        "n\n200000\n"
     );
     let q = std::fs::read_to_string(data.join("quarantine.jsonl")).unwrap();
     let mut seen = std::collections::HashSet::new();

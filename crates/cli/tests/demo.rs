@@ -286,16 +286,52 @@ fn review_commands_decide_and_verify_the_audit_chain() {
     let show = vigil(&["review", "show", "--out", dir, &ids[1]]);
     assert!(String::from_utf8_lossy(&show.stdout).contains("block (spam) by alice"));
     let verify = vigil(&["review", "verify", "--out", dir]);
+    let text = String::from_utf8_lossy(&verify.stdout).into_owned();
     assert!(
-        String::from_utf8_lossy(&verify.stdout).contains("2 record(s) verified"),
+        text.contains("2 record(s) verified"),
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
-    // tamper with the file behind the triggers' back: verify names record 1
+    // Authenticated with the key, and matching the anchor beside it.
+    assert!(text.contains("authenticated: 2 record(s)"), "{text}");
+    assert!(
+        text.contains("anchor: matches the head recorded at #2"),
+        "{text}"
+    );
+    let head = text
+        .lines()
+        .find_map(|l| l.strip_prefix("head: #2 "))
+        .unwrap()
+        .to_string();
+    let anchored = vigil(&["review", "verify", "--out", dir, "--expect-head", &head]);
+    assert!(String::from_utf8_lossy(&anchored.stdout).contains("expected head: found at #2"));
+    let elsewhere = vigil(&[
+        "review",
+        "verify",
+        "--out",
+        dir,
+        "--expect-head",
+        "0badc0de",
+    ]);
+    assert_eq!(elsewhere.status.code(), Some(3));
+    // tamper with the file behind the triggers' back: the dropped trigger is named first...
     let db = rusqlite::Connection::open(o.join("review.db")).unwrap();
     db.execute_batch(
         "DROP TRIGGER audit_log_append_only_update;
          UPDATE audit_log SET decision = 'allow' WHERE seq = 1;",
+    )
+    .unwrap();
+    let verify = vigil(&["review", "verify", "--out", dir]);
+    assert_eq!(verify.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        err.contains("audit_log_append_only_update was dropped"),
+        "{err}"
+    );
+    // ...and verify did not put it back: with the trigger restored by hand, it names record 1
+    db.execute_batch(
+        "CREATE TRIGGER audit_log_append_only_update BEFORE UPDATE ON audit_log
+         BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;",
     )
     .unwrap();
     let verify = vigil(&["review", "verify", "--out", dir]);

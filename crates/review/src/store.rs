@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use vigil_config::ACTIONS;
 
 use crate::REASON_CODES;
+use crate::anchor::AuditKey;
 
 /// Errors of the review store, by whose fault they are.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,14 @@ pub enum ReviewError {
     /// User: the reviewer name is empty.
     #[error("a decision needs a reviewer name (--reviewer)")]
     MissingReviewer,
+    /// Environment: the audit key (or an anchor beside it) cannot be used.
+    #[error("audit key {path}: {message}")]
+    Key {
+        /// The key or anchor file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// Environment: SQLite failed.
     #[error("review store {path}: {source}")]
     Sqlite {
@@ -124,6 +133,9 @@ pub struct AuditRecord {
     pub prev_hash: String,
     /// SHA-256 over `prev_hash` and this record's fields.
     pub hash: String,
+    /// HMAC of the store id and `hash` under the audit key ([`AuditKey::mac`]); `None` for
+    /// records written before audit keys.
+    pub mac: Option<String>,
 }
 
 impl AuditRecord {
@@ -152,8 +164,18 @@ impl AuditRecord {
 pub struct VerifyReport {
     /// Records checked.
     pub records: usize,
-    /// The first broken record and why, if any.
+    /// The last record's position and hash, if any.
+    pub head: Option<(i64, String)>,
+    /// The first broken record and why, if any (position 0: the store as a whole).
     pub first_broken: Option<(i64, String)>,
+    /// Records checked against the audit key.
+    pub authenticated: usize,
+    /// Records from before audit keys (no authenticator to check).
+    pub unauthenticated: usize,
+    /// The anchored head (records, hash) the store was compared with, if the key has one.
+    pub anchor: Option<(i64, String)>,
+    /// Where the expected head (`--expect-head`) was found.
+    pub expected_head_at: Option<i64>,
 }
 
 /// The columns [`ReviewStore::row_to_case`] reads, in its order.
@@ -173,7 +195,8 @@ CREATE TABLE IF NOT EXISTS audit_log (
     seq INTEGER PRIMARY KEY, review_id TEXT NOT NULL, day TEXT NOT NULL,
     user_id TEXT NOT NULL, decision TEXT NOT NULL, reason_code TEXT NOT NULL,
     notes TEXT NOT NULL, reviewer TEXT NOT NULL, decision_ts TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL, mac TEXT);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TRIGGER IF NOT EXISTS audit_log_append_only_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_append_only_delete BEFORE DELETE ON audit_log
@@ -223,10 +246,53 @@ impl ReviewStore {
             conn.execute_batch("DROP TABLE cases").map_err(e)?;
         }
         conn.execute_batch(SCHEMA).map_err(e)?;
+        // Stores from before audit keys gain the authenticator column (their records keep
+        // NULL there) and an id; the triggers forbid UPDATE and DELETE, not a new column.
+        if !has_column(&conn, "audit_log", "mac").map_err(e)? {
+            conn.execute_batch("ALTER TABLE audit_log ADD COLUMN mac TEXT")
+                .map_err(e)?;
+        }
+        let id: [u8; 16] = rand::random();
+        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        conn.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?1)",
+            [id],
+        )
+        .map_err(e)?;
         Ok(Self {
             conn,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Open an existing store read-only, changing nothing in it (for `verify`: a check must
+    /// not repair what it is checking, such as a dropped trigger).
+    pub fn open_read_only(path: &Path) -> Result<Self, ReviewError> {
+        if !path.exists() {
+            return Err(ReviewError::Missing(path.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| ReviewError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Self {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The store's random id (`None` for a store from before audit keys opened read-only).
+    pub fn store_id(&self) -> Result<Option<String>, ReviewError> {
+        if !has_table(&self.conn, "meta").map_err(self.err())? {
+            return Ok(None);
+        }
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())
     }
 
     /// Open an existing store; a missing file is the user's error.
@@ -368,7 +434,13 @@ impl ReviewStore {
 
     /// Validate and append a decision; returns the stored record. Nothing is written when
     /// the decision, reason, reviewer or case is invalid.
-    pub fn decide(&mut self, d: &Decision, decision_ts: &str) -> Result<AuditRecord, ReviewError> {
+    /// The record is authenticated with `key` and the key's anchor for this store moved to it.
+    pub fn decide(
+        &mut self,
+        d: &Decision,
+        decision_ts: &str,
+        key: &AuditKey,
+    ) -> Result<AuditRecord, ReviewError> {
         if !ACTIONS.contains(&d.decision.as_str()) {
             return Err(ReviewError::InvalidDecision {
                 value: d.decision.clone(),
@@ -382,6 +454,7 @@ impl ReviewStore {
         if d.reviewer.trim().is_empty() {
             return Err(ReviewError::MissingReviewer);
         }
+        let store_id = self.store_id()?.unwrap_or_default();
         let path = self.path.clone();
         let e = |source| ReviewError::Sqlite {
             path: path.clone(),
@@ -421,10 +494,14 @@ impl ReviewStore {
             decision_ts: decision_ts.to_string(),
             prev_hash,
             hash: String::new(),
+            mac: None,
         };
         rec.hash = rec.compute_hash();
+        rec.mac = Some(key.mac(&store_id, &rec.hash));
         tx.execute(
-            "INSERT INTO audit_log VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO audit_log (seq, review_id, day, user_id, decision, reason_code, notes, \
+             reviewer, decision_ts, prev_hash, hash, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 rec.seq,
                 rec.review_id,
@@ -436,27 +513,92 @@ impl ReviewStore {
                 rec.reviewer,
                 rec.decision_ts,
                 rec.prev_hash,
-                rec.hash
+                rec.hash,
+                rec.mac
             ],
         )
         .map_err(e)?;
         tx.commit().map_err(e)?;
+        // After the commit: a failure here leaves the anchor one record behind, which verify
+        // accepts (the records after it are still authenticated); the decision stands.
+        if let Err(err) = key.set_anchor(&store_id, rec.seq, &rec.hash) {
+            tracing::warn!(
+                "decision #{} recorded, but the anchor was not moved: {err}",
+                rec.seq
+            );
+        }
         Ok(rec)
     }
 
-    /// Walk the whole log in order and name the first record whose position, link or hash
-    /// does not check out.
-    pub fn verify(&self) -> Result<VerifyReport, ReviewError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT * FROM audit_log ORDER BY seq")
-            .map_err(self.err())?;
+    /// Walk the whole log in order and name the first record whose position, link, hash or
+    /// authenticator does not check out, then compare the head with the key's anchor and
+    /// with `expect_head`. Reads only: run it on a store opened with
+    /// [`open_read_only`](Self::open_read_only). Without `key`, a log holding authenticated
+    /// records is an error (it cannot be checked), not a pass.
+    pub fn verify(
+        &self,
+        key: Option<&AuditKey>,
+        expect_head: Option<&str>,
+    ) -> Result<VerifyReport, ReviewError> {
+        let has_mac = has_column(&self.conn, "audit_log", "mac").map_err(self.err())?;
+        let sql = format!(
+            "SELECT seq, review_id, day, user_id, decision, reason_code, notes, reviewer, \
+             decision_ts, prev_hash, hash, {} FROM audit_log ORDER BY seq",
+            if has_mac { "mac" } else { "NULL" }
+        );
+        let mut st = self.conn.prepare(&sql).map_err(self.err())?;
         let records = st
             .query_map([], row_to_record)
             .map_err(self.err())?
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.err())?;
+        let store_id = self.store_id()?.unwrap_or_default();
+        let mut report = VerifyReport {
+            records: records.len(),
+            head: records.last().map(|r| (r.seq, r.hash.clone())),
+            first_broken: None,
+            authenticated: 0,
+            unauthenticated: 0,
+            anchor: None,
+            expected_head_at: None,
+        };
+        let broken = |mut report: VerifyReport, seq: i64, why: String| {
+            report.first_broken = Some((seq, why));
+            Ok(report)
+        };
+        for trigger in [
+            "audit_log_append_only_update",
+            "audit_log_append_only_delete",
+        ] {
+            let present: bool = self
+                .conn
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                    [trigger],
+                    |r| r.get(0),
+                )
+                .map_err(self.err())?;
+            if !present {
+                return broken(
+                    report,
+                    0,
+                    format!(
+                        "the append-only trigger {trigger} was dropped, so records may have \
+                         been changed around it"
+                    ),
+                );
+            }
+        }
+        if key.is_none() && records.iter().any(|r| r.mac.is_some()) {
+            return Err(ReviewError::Key {
+                path: crate::anchor::default_key_path().unwrap_or_default(),
+                message: "not found: these records are authenticated, and verify needs the \
+                          audit key they were recorded with (--audit-key or VIGIL_AUDIT_KEY)"
+                    .into(),
+            });
+        }
         let mut prev = GENESIS.to_string();
+        let mut seen_mac = false;
         for (i, r) in records.iter().enumerate() {
             let problem = if r.seq != i as i64 + 1 {
                 Some(format!(
@@ -472,21 +614,93 @@ impl ReviewStore {
                     r.review_id, r.reviewer
                 ))
             } else {
-                None
+                match (&r.mac, key) {
+                    (Some(mac), Some(k)) if *mac != k.mac(&store_id, &r.hash) => Some(
+                        "its authenticator does not match: it was written or rehashed without \
+                         the audit key"
+                            .to_string(),
+                    ),
+                    (Some(_), _) => {
+                        seen_mac = true;
+                        report.authenticated += 1;
+                        None
+                    }
+                    (None, _) if seen_mac => Some(
+                        "it has no authenticator though earlier records do (added without \
+                         the audit key)"
+                            .to_string(),
+                    ),
+                    (None, _) => {
+                        report.unauthenticated += 1;
+                        None
+                    }
+                }
             };
             if let Some(why) = problem {
-                return Ok(VerifyReport {
-                    records: records.len(),
-                    first_broken: Some((r.seq, why)),
-                });
+                return broken(report, r.seq, why);
+            }
+            if expect_head == Some(r.hash.as_str()) {
+                report.expected_head_at = Some(r.seq);
             }
             prev = r.hash.clone();
         }
-        Ok(VerifyReport {
-            records: records.len(),
-            first_broken: None,
-        })
+        if let Some(k) = key {
+            report.anchor = k.anchor(&store_id)?;
+        }
+        if let Some((n, head)) = report.anchor.clone() {
+            let at = usize::try_from(n).ok().and_then(|n| n.checked_sub(1));
+            match at.and_then(|i| records.get(i)) {
+                None => {
+                    return broken(
+                        report,
+                        0,
+                        format!(
+                            "the store holds {} record(s) but had reached #{n} (anchor in {}): \
+                             records were removed, or an older review.db was restored",
+                            records.len(),
+                            key.map(|k| k.path().display().to_string())
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
+                Some(r) if r.hash != head => {
+                    return broken(
+                        report,
+                        n,
+                        "it is not the record anchored at this position: the chain was replaced"
+                            .into(),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(h) = expect_head
+            && report.expected_head_at.is_none()
+        {
+            return broken(
+                report,
+                0,
+                format!("the expected head {h} is not in the chain"),
+            );
+        }
+        Ok(report)
     }
+}
+
+fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [table],
+        |r| r.get(0),
+    )
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )
 }
 
 fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
@@ -502,6 +716,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
         decision_ts: r.get(8)?,
         prev_hash: r.get(9)?,
         hash: r.get(10)?,
+        mac: r.get(11)?,
     })
 }
 
@@ -526,6 +741,10 @@ mod tests {
         }
     }
 
+    fn key(dir: &tempfile::TempDir) -> AuditKey {
+        AuditKey::load_or_create(&dir.path().join("keys").join("audit.key")).unwrap()
+    }
+
     fn decision(id: &str, what: &str) -> Decision {
         Decision {
             review_id: id.into(),
@@ -540,21 +759,24 @@ mod tests {
     fn decisions_chain_and_verify() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
+        let k = key(&dir);
         s.upsert_cases(&[case(0), case(1)]).unwrap();
         let a = s
             .decide(
                 &decision("u_00000@2026-02-01", "block"),
                 "2026-02-02T00:00:00Z",
+                &k,
             )
             .unwrap();
         let b = s
             .decide(
                 &decision("u_00001@2026-02-01", "allow"),
                 "2026-02-02T00:01:00Z",
+                &k,
             )
             .unwrap();
         assert_eq!(b.prev_hash, a.hash);
-        let v = s.verify().unwrap();
+        let v = s.verify(Some(&k), None).unwrap();
         assert_eq!(v.records, 2);
         assert!(v.first_broken.is_none());
         let listed = s.list(0, 10, false).unwrap();
@@ -566,19 +788,20 @@ mod tests {
     fn invalid_decisions_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
+        let k = key(&dir);
         s.upsert_cases(&[case(0)]).unwrap();
         assert!(matches!(
-            s.decide(&decision("u_00000@2026-02-01", "nuke"), "t"),
+            s.decide(&decision("u_00000@2026-02-01", "nuke"), "t", &k),
             Err(ReviewError::InvalidDecision { .. })
         ));
         assert!(matches!(
-            s.decide(&decision("u_99999@2026-02-01", "block"), "t"),
+            s.decide(&decision("u_99999@2026-02-01", "block"), "t", &k),
             Err(ReviewError::UnknownCase(_))
         ));
         let mut d = decision("u_00000@2026-02-01", "block");
         d.reason_code = "because".into();
-        assert!(s.decide(&d, "t").is_err());
-        assert_eq!(s.verify().unwrap().records, 0);
+        assert!(s.decide(&d, "t", &k).is_err());
+        assert_eq!(s.verify(Some(&k), None).unwrap().records, 0);
     }
 
     #[test]
@@ -586,13 +809,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("review.db");
         let mut s = ReviewStore::create(&path).unwrap();
+        let k = key(&dir);
         s.upsert_cases(&[case(0), case(1)]).unwrap();
         for id in [
             "u_00000@2026-02-01",
             "u_00001@2026-02-01",
             "u_00000@2026-02-01",
         ] {
-            s.decide(&decision(id, "warn"), "2026-02-02T00:00:00Z")
+            s.decide(&decision(id, "warn"), "2026-02-02T00:00:00Z", &k)
                 .unwrap();
         }
         // the triggers refuse edits through SQL
@@ -608,13 +832,24 @@ mod tests {
                  UPDATE audit_log SET decision = 'allow' WHERE seq = 2;",
             )
             .unwrap();
-        let v = s.verify().unwrap();
+        // The dropped trigger is itself evidence...
+        let v = s.verify(Some(&k), None).unwrap();
+        let (at, why) = v.first_broken.unwrap();
+        assert_eq!(at, 0);
+        assert!(
+            why.contains("audit_log_append_only_update was dropped"),
+            "{why}"
+        );
+        // ...and with it put back, verify names the edited record.
+        s.conn.execute_batch(SCHEMA).unwrap();
+        let v = s.verify(Some(&k), None).unwrap();
         assert_eq!(v.first_broken.as_ref().map(|b| b.0), Some(2));
         // a deleted record breaks the sequence at the next one
         let mut s2 = ReviewStore::create(&dir.path().join("b.db")).unwrap();
+        let k = key(&dir);
         s2.upsert_cases(&[case(0)]).unwrap();
         for _ in 0..3 {
-            s2.decide(&decision("u_00000@2026-02-01", "warn"), "t")
+            s2.decide(&decision("u_00000@2026-02-01", "warn"), "t", &k)
                 .unwrap();
         }
         s2.conn
@@ -622,7 +857,147 @@ mod tests {
                 "DROP TRIGGER audit_log_append_only_delete; DELETE FROM audit_log WHERE seq = 2;",
             )
             .unwrap();
-        assert_eq!(s2.verify().unwrap().first_broken.map(|b| b.0), Some(3));
+        s2.conn.execute_batch(SCHEMA).unwrap();
+        assert_eq!(
+            s2.verify(Some(&k), None).unwrap().first_broken.map(|b| b.0),
+            Some(3)
+        );
+    }
+
+    /// A store with three decisions, its key, and the directory holding both.
+    fn decided(n: usize) -> (tempfile::TempDir, PathBuf, AuditKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("review.db");
+        let mut s = ReviewStore::create(&path).unwrap();
+        let k = key(&dir);
+        s.upsert_cases(&[case(0), case(1)]).unwrap();
+        for i in 0..n {
+            s.decide(
+                &decision(&case(i % 2).review_id, "warn"),
+                "2026-02-02T00:00:00Z",
+                &k,
+            )
+            .unwrap();
+        }
+        (dir, path, k)
+    }
+
+    fn broken_at(path: &Path, k: &AuditKey) -> Option<(i64, String)> {
+        ReviewStore::open_read_only(path)
+            .unwrap()
+            .verify(Some(k), None)
+            .unwrap()
+            .first_broken
+    }
+
+    /// Regression: cutting off the last records, emptying the log, or restoring an older
+    /// review.db all verified as intact (the chain agrees with itself); the key's anchor
+    /// catches each.
+    #[test]
+    fn a_truncated_emptied_or_restored_audit_log_is_caught_by_the_anchor() {
+        for cut in [
+            "DELETE FROM audit_log WHERE seq = 3",
+            "DELETE FROM audit_log",
+        ] {
+            let (_dir, path, k) = decided(3);
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!(
+                "DROP TRIGGER audit_log_append_only_delete; {cut}; {SCHEMA}"
+            ))
+            .unwrap();
+            let (at, why) = broken_at(&path, &k).unwrap();
+            assert_eq!(at, 0, "{cut}");
+            assert!(why.contains("had reached #3"), "{cut}: {why}");
+        }
+        // An older copy of the file put back after a third decision.
+        let (dir, path, k) = decided(2);
+        let copy = dir.path().join("old.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let mut s = ReviewStore::open(&path).unwrap();
+        s.decide(&decision(&case(0).review_id, "block"), "t", &k)
+            .unwrap();
+        drop(s);
+        std::fs::copy(&copy, &path).unwrap();
+        let (_, why) = broken_at(&path, &k).unwrap();
+        assert!(why.contains("older review.db was restored"), "{why}");
+    }
+
+    /// Regression: rewriting a record and rehashing the whole chain after it verified as
+    /// intact; without the key its authenticator cannot be made again.
+    #[test]
+    fn a_rewritten_and_rehashed_chain_fails_its_authenticators() {
+        let (_dir, path, k) = decided(3);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("DROP TRIGGER audit_log_append_only_update")
+            .unwrap();
+        let s = ReviewStore::open_read_only(&path).unwrap();
+        let mut st = s
+            .conn
+            .prepare("SELECT * FROM audit_log ORDER BY seq")
+            .unwrap();
+        let mut records: Vec<AuditRecord> = st
+            .query_map([], row_to_record)
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        drop(st);
+        drop(s);
+        records[1].decision = "allow".into();
+        let mut prev = GENESIS.to_string();
+        for r in &mut records {
+            r.prev_hash = prev.clone();
+            r.hash = r.compute_hash();
+            prev = r.hash.clone();
+            c.execute(
+                "UPDATE audit_log SET decision = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+                params![r.decision, r.prev_hash, r.hash, r.seq],
+            )
+            .unwrap();
+        }
+        c.execute_batch(SCHEMA).unwrap();
+        let (at, why) = broken_at(&path, &k).unwrap();
+        assert_eq!(at, 2);
+        assert!(why.contains("authenticator does not match"), "{why}");
+        // With the authenticators emptied as well, the record after the old ones says so.
+        c.execute_batch(
+            "DROP TRIGGER audit_log_append_only_update; UPDATE audit_log SET mac = NULL WHERE seq >= 2",
+        )
+        .unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let (at, why) = broken_at(&path, &k).unwrap();
+        assert_eq!(at, 2);
+        assert!(why.contains("no authenticator"), "{why}");
+    }
+
+    /// Regression: verify re-created dropped triggers (erasing the evidence). It opens the
+    /// store read-only and changes nothing.
+    #[test]
+    fn verify_never_modifies_the_store() {
+        let (_dir, path, k) = decided(2);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TRIGGER audit_log_append_only_delete")
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert!(broken_at(&path, &k).unwrap().1.contains("was dropped"));
+        assert!(broken_at(&path, &k).unwrap().1.contains("was dropped"));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn verify_finds_an_expected_head_or_says_it_is_missing() {
+        let (_dir, path, k) = decided(3);
+        let s = ReviewStore::open_read_only(&path).unwrap();
+        let v = s.verify(Some(&k), None).unwrap();
+        let (n, head) = v.head.clone().unwrap();
+        assert_eq!((n, v.authenticated, v.unauthenticated), (3, 3, 0));
+        assert_eq!(v.anchor, Some((3, head.clone())));
+        let v = s.verify(Some(&k), Some(&head)).unwrap();
+        assert_eq!((v.expected_head_at, v.first_broken), (Some(3), None));
+        let v = s.verify(Some(&k), Some("00ff")).unwrap();
+        assert!(v.first_broken.unwrap().1.contains("expected head 00ff"));
+        // Authenticated records cannot be verified without the key.
+        assert!(matches!(s.verify(None, None), Err(ReviewError::Key { .. })));
     }
 
     #[test]
@@ -630,8 +1005,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("review.db");
         let mut s = ReviewStore::create(&path).unwrap();
+        let k = key(&dir);
         s.upsert_cases(&[case(0), case(1), case(2)]).unwrap();
-        s.decide(&decision("u_00001@2026-02-01", "block"), "t")
+        s.decide(&decision("u_00001@2026-02-01", "block"), "t", &k)
             .unwrap();
         // Run 2: user 1's day is queued again, first now and with a new risk; user 0's is not.
         let mut again = case(1);
@@ -652,7 +1028,7 @@ mod tests {
         let (kept, history) = s.show("u_00001@2026-02-01").unwrap();
         assert_eq!(kept.queue_pos, Some(0));
         assert_eq!(history.len(), 1);
-        assert!(s.verify().unwrap().first_broken.is_none());
+        assert!(s.verify(Some(&k), None).unwrap().first_broken.is_none());
     }
 
     #[test]
@@ -673,10 +1049,11 @@ mod tests {
             .unwrap();
         }
         let mut s = ReviewStore::create(&path).unwrap();
+        let k = key(&dir);
         s.upsert_cases(&[case(0)]).unwrap();
-        s.decide(&decision("u_00000@2026-02-01", "warn"), "t")
+        s.decide(&decision("u_00000@2026-02-01", "warn"), "t", &k)
             .unwrap();
         assert_eq!(s.count().unwrap(), 1);
-        assert_eq!(s.verify().unwrap().records, 1);
+        assert_eq!(s.verify(Some(&k), None).unwrap().records, 1);
     }
 }

@@ -3,12 +3,21 @@
 
 use std::process::{Command, Output};
 
-/// Run `vigil ARGS`.
+/// Run `vigil ARGS`. The audit key lives in a directory of this test process, never in the
+/// home directory of whoever runs the tests.
 pub fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
+        .env("VIGIL_AUDIT_KEY", test_audit_key())
         .output()
         .expect("the vigil binary runs")
+}
+
+/// The audit key path of this test process.
+pub fn test_audit_key() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join(format!("vigil-test-{}", std::process::id()))
+        .join("audit.key")
 }
 
 /// Run `vigil ARGS`, which must succeed; its (standard output, standard error).
