@@ -611,6 +611,9 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
         .clone()
         .or_else(|| a.out.as_ref().map(|o| o.join("data")))
         .unwrap_or_else(|| PathBuf::from("vigil-data"));
+    if let Some(out) = &a.out {
+        vigil_pipeline::check_complete(out)?;
+    }
     let mut wh = vigil_warehouse::Warehouse::open(&data, None)?;
     wh.set_user_timeout((a.timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.timeout)));
     if let Some(out) = &a.out {

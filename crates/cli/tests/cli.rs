@@ -1176,3 +1176,71 @@ fn vigil_within(secs: u64, args: &[&str]) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// Regression: a killed `vigil run` left new core tables beside the previous run's
+/// `run.json` and report. The directory is marked unfinished until the manifest is written,
+/// the old manifest is removed first, and readers refuse a marked directory.
+#[cfg(unix)]
+#[test]
+fn a_killed_run_leaves_its_output_marked_unfinished_and_readers_refuse_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        "300000",
+        "--out",
+        input.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("o");
+    let run = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    ok(&run);
+    assert!(out.join("run.json").exists());
+    // The second run is killed once it has started writing.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(run)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !out.join(".run-incomplete").exists() || out.join("run.json").exists() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !out.join("run.json").exists(),
+        "an old manifest beside new tables"
+    );
+    let o = vigil(&["sql", "--out", out.to_str().unwrap(), "SELECT 1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("did not finish") && err.contains("started at"),
+        "{err}"
+    );
+    // Running it again to the end clears the mark.
+    ok(&run);
+    assert!(!out.join(".run-incomplete").exists());
+    assert!(out.join("run.json").exists());
+    ok(&[
+        "sql",
+        "--out",
+        out.to_str().unwrap(),
+        "SELECT COUNT(*) FROM core_users",
+    ]);
+}

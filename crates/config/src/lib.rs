@@ -358,6 +358,19 @@ impl Config {
         merge_tables(&mut merged, raw);
         let cfg: Config = toml::Value::Table(merged).try_into().map_err(parse_err)?;
         cfg.validate()?;
+        // Checked for a configuration the user wrote, not for one read back from a model
+        // bundle (which never reads SQL files on the machine that scores).
+        if let Some(dir) = &cfg.sql.dir
+            && !dir.is_dir()
+        {
+            return Err(ConfigError::Invalid {
+                key: "sql.dir".into(),
+                message: format!(
+                    "{} is not a directory (the built-in SQL would be used without a word)",
+                    dir.display()
+                ),
+            });
+        }
         Ok(cfg)
     }
 
@@ -452,6 +465,15 @@ impl Config {
         if d.gbt_features.is_empty() {
             return bad("detection.gbt_features", "must name at least one feature");
         }
+        for (key, v) in [
+            ("detection.threshold_start", d.threshold_start),
+            ("detection.threshold_end", d.threshold_end),
+            ("detection.threshold_step", d.threshold_step),
+        ] {
+            if !v.is_finite() {
+                return bad(key, "must be a finite number");
+            }
+        }
         if !(d.threshold_step > 0.0 && d.threshold_start <= d.threshold_end) {
             return bad(
                 "detection.threshold_step",
@@ -470,6 +492,69 @@ impl Config {
         if d.gbt_trees == 0 || d.gbt_max_depth == 0 {
             return bad("detection.gbt_trees", "trees and depth must be at least 1");
         }
+        if !d.logistic_c.is_finite() {
+            return bad("detection.logistic_c", "must be a finite positive number");
+        }
+        if !(d.gbt_learning_rate.is_finite() && d.gbt_learning_rate > 0.0) {
+            return bad(
+                "detection.gbt_learning_rate",
+                "must be a finite positive number",
+            );
+        }
+        if d.gbt_max_train_rows < 10 {
+            // Fewer rows than this and the boosted model silently falls back to the heuristic.
+            return bad("detection.gbt_max_train_rows", "must be at least 10");
+        }
+        if d.heuristic_weights
+            .iter()
+            .any(|w| !w.is_finite() || *w < 0.0)
+        {
+            return bad(
+                "detection.heuristic_weights",
+                "each weight must be a finite number >= 0",
+            );
+        }
+        if d.heuristic_scales
+            .iter()
+            .any(|s| !s.is_finite() || *s <= 0.0)
+        {
+            return bad(
+                "detection.heuristic_scales",
+                "each scale must be a finite positive number (it divides)",
+            );
+        }
+        if !(d.heuristic_clip.is_finite() && d.heuristic_clip > 0.0) {
+            return bad(
+                "detection.heuristic_clip",
+                "must be a finite positive number",
+            );
+        }
+        let r = &self.review;
+        for (key, v) in [
+            ("review.heuristic_flag", r.heuristic_flag),
+            ("review.uncertain_flag", r.uncertain_flag),
+            ("review.uncertain_min_risk", r.uncertain_min_risk),
+        ] {
+            if !v.is_finite() {
+                return bad(key, "must be a finite number");
+            }
+        }
+        if r.priority_weights.iter().any(|w| !w.is_finite()) {
+            return bad(
+                "review.priority_weights",
+                "each weight must be a finite number",
+            );
+        }
+        if !(r.priority_chat_scale.is_finite() && r.priority_chat_scale > 0.0) {
+            return bad(
+                "review.priority_chat_scale",
+                "must be a finite positive number (it divides)",
+            );
+        }
+        if self.automation.max_features == 0 {
+            return bad("automation.max_features", "must be at least 1");
+        }
+
         if self.review.queue_size == 0 {
             return bad("review.queue_size", "must be at least 1");
         }
@@ -542,6 +627,62 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("flag_treshold"), "{msg}");
         assert!(msg.contains("v.toml"), "{msg}");
+    }
+
+    /// Regression: NaN weights, zero scales, `max_features = 0`, `gbt_max_train_rows = 0`
+    /// and a missing `sql.dir` were accepted (some failing late without the key, some
+    /// silently changing the model); each is refused up front, naming its key.
+    #[test]
+    fn nonsense_numbers_and_paths_are_refused_naming_the_key() {
+        for (toml, key) in [
+            (
+                "[detection]\nheuristic_weights = [1.0, nan, 1.0, 1.0]\n",
+                "detection.heuristic_weights",
+            ),
+            (
+                "[detection]\nheuristic_scales = [50.0, 0.0, 3.0, 5.0]\n",
+                "detection.heuristic_scales",
+            ),
+            (
+                "[detection]\nheuristic_clip = inf\n",
+                "detection.heuristic_clip",
+            ),
+            (
+                "[detection]\ngbt_learning_rate = nan\n",
+                "detection.gbt_learning_rate",
+            ),
+            (
+                "[detection]\ngbt_max_train_rows = 0\n",
+                "detection.gbt_max_train_rows",
+            ),
+            ("[detection]\nlogistic_c = inf\n", "detection.logistic_c"),
+            (
+                "[detection]\nthreshold_start = nan\n",
+                "detection.threshold_start",
+            ),
+            ("[review]\nheuristic_flag = nan\n", "review.heuristic_flag"),
+            (
+                "[review]\npriority_weights = [0.5, nan, 0.2]\n",
+                "review.priority_weights",
+            ),
+            (
+                "[review]\npriority_chat_scale = 0.0\n",
+                "review.priority_chat_scale",
+            ),
+            (
+                "[automation]\nmax_features = 0\n",
+                "automation.max_features",
+            ),
+            ("[sql]\ndir = \"/no/such/vigil/sql/dir\"\n", "sql.dir"),
+            (
+                "[sql]\nstatement_timeout_secs = -1.0\n",
+                "sql.statement_timeout_secs",
+            ),
+            ("[ingest]\nmax_field_bytes = 0\n", "ingest.max_field_bytes"),
+        ] {
+            let err = Config::from_toml_str(toml, Path::new("v.toml")).unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -7,21 +7,142 @@
 //! number of lines or bytes is one bad row at its opening line, and reading resumes on the
 //! next line, so one stray quote cannot swallow the rest of a file; text after a closing quote
 //! (`"hello"world`) is a bad row, not silently joined.
+//!
+//! Each byte of a record without quotes is copied once (into the field data, from which the
+//! raw text is rebuilt only for a bad row); a record with a quoted field also keeps its raw
+//! bytes as they came.
 
+use std::borrow::Cow;
 use std::io::{self, BufRead};
+use std::ops::Range;
 
-/// Where a record came from and what was wrong with its structure, if anything.
+/// One record: where it came from, its fields, and what was wrong with its structure.
 #[derive(Debug, Default)]
 pub(crate) struct CsvRecord {
     /// Physical line (1-based) the record starts on.
     pub line: u64,
-    /// The unquoted field values.
-    pub fields: csv::ByteRecord,
-    /// The record's bytes as they are in the file, without its line terminator (at most
-    /// [`Limits::max_record_bytes`] of them).
-    pub raw: Vec<u8>,
+    /// The unquoted field values, end to end.
+    data: Vec<u8>,
+    /// Where each complete field ends in `data`.
+    ends: Vec<usize>,
+    /// The bytes as they are in the file, kept once the record has a quoted field (before
+    /// that they equal the fields joined by commas).
+    raw: Vec<u8>,
+    has_raw: bool,
+    /// Bytes of the record read so far, without its line terminator.
+    size: usize,
     /// Why the record is malformed; `None` for a well-formed record.
     pub error: Option<String>,
+}
+
+impl CsvRecord {
+    /// A well-formed record of these fields (for tests of the code that reads records).
+    #[cfg(test)]
+    pub(crate) fn from_fields(line: u64, fields: &[&[u8]]) -> Self {
+        let mut r = Self {
+            line,
+            ..Self::default()
+        };
+        for f in fields {
+            r.data.extend_from_slice(f);
+            r.ends.push(r.data.len());
+        }
+        r.size = r.raw().len();
+        r
+    }
+
+    /// Number of fields.
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Byte range of field `i` within [`as_slice`](Self::as_slice).
+    pub(crate) fn range(&self, i: usize) -> Option<Range<usize>> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(start..end)
+    }
+
+    /// Field `i`.
+    pub(crate) fn get(&self, i: usize) -> Option<&[u8]> {
+        self.range(i).map(|r| &self.data[r])
+    }
+
+    /// Every field's bytes, end to end.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The fields.
+    #[cfg(test)]
+    pub(crate) fn fields(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// The record's text as it is in the file, without its line terminator (at most
+    /// [`Limits::max_record_bytes`] of it).
+    pub(crate) fn raw(&self) -> Cow<'_, [u8]> {
+        if self.has_raw {
+            return Cow::Borrowed(&self.raw);
+        }
+        // A record without quotes: its fields joined by commas are its text.
+        let mut out = Vec::with_capacity(self.data.len() + self.ends.len());
+        for (i, f) in (0..self.len()).filter_map(|i| self.get(i)).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(f);
+        }
+        Cow::Owned(out)
+    }
+
+    /// While reading a record without quotes: the fields so far, each followed by its comma,
+    /// then the field being read, which is its text so far.
+    fn joined(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.data.len() + self.ends.len());
+        let mut start = 0;
+        for &end in &self.ends {
+            out.extend_from_slice(&self.data[start..end]);
+            out.push(b',');
+            start = end;
+        }
+        out.extend_from_slice(&self.data[start..]);
+        out
+    }
+
+    fn clear(&mut self, line: u64) {
+        self.line = line;
+        self.data.clear();
+        self.ends.clear();
+        self.raw.clear();
+        self.has_raw = false;
+        self.size = 0;
+        self.error = None;
+    }
+
+    /// From here on keep the raw bytes too (the record's first quote).
+    fn keep_raw(&mut self) {
+        if !self.has_raw {
+            self.raw = self.joined();
+            self.has_raw = true;
+        }
+    }
+
+    /// Start of the field being read, in `data`.
+    fn field_start(&self) -> usize {
+        self.ends.last().copied().unwrap_or(0)
+    }
+
+    fn end_field(&mut self) {
+        self.ends.push(self.data.len());
+    }
+
+    /// Drop the fields of a malformed record (its raw text stays).
+    fn drop_fields(&mut self) {
+        self.keep_raw();
+        self.data.clear();
+        self.ends.clear();
+    }
 }
 
 /// Bounds on one record.
@@ -61,6 +182,16 @@ enum Fed {
     Unclosed(usize, String),
 }
 
+impl Fed {
+    /// Bytes of a slice of `len` consumed.
+    fn used(&self, len: usize) -> usize {
+        match self {
+            Fed::More => len,
+            Fed::Record(n) | Fed::Unclosed(n, _) => *n,
+        }
+    }
+}
+
 /// Reads [`CsvRecord`]s from a byte stream.
 pub(crate) struct CsvRecords<R> {
     input: R,
@@ -82,7 +213,6 @@ struct Scan {
     /// The last byte was a `\r`: a `\n` right after it ends the same line.
     after_cr: bool,
     state: State,
-    field: Vec<u8>,
     /// Line ends crossed by the current quoted field.
     quoted_lines: usize,
 }
@@ -100,7 +230,6 @@ impl<R: BufRead> CsvRecords<R> {
                 blank_lines: 0,
                 after_cr: false,
                 state: State::FieldStart,
-                field: Vec::new(),
                 quoted_lines: 0,
             },
         }
@@ -119,27 +248,19 @@ impl<R: BufRead> CsvRecords<R> {
     /// Reads the next non-empty record into `rec`; `false` at the end of the input.
     pub(crate) fn read(&mut self, rec: &mut CsvRecord) -> io::Result<bool> {
         loop {
-            self.start(rec);
+            rec.clear(self.scan.next_line);
+            self.scan.state = State::FieldStart;
+            self.scan.quoted_lines = 0;
             if !self.read_one(rec)? {
                 return Ok(false);
             }
             // An empty line is no record (as the `csv` crate, and every spreadsheet, has it).
-            if rec.raw.is_empty() && rec.error.is_none() {
+            if rec.size == 0 && rec.error.is_none() {
                 self.scan.blank_lines += 1;
                 continue;
             }
             return Ok(true);
         }
-    }
-
-    fn start(&mut self, rec: &mut CsvRecord) {
-        rec.line = self.scan.next_line;
-        rec.fields.clear();
-        rec.raw.clear();
-        rec.error = None;
-        self.scan.state = State::FieldStart;
-        self.scan.field.clear();
-        self.scan.quoted_lines = 0;
     }
 
     fn read_one(&mut self, rec: &mut CsvRecord) -> io::Result<bool> {
@@ -171,12 +292,11 @@ impl<R: BufRead> CsvRecords<R> {
     }
 
     fn at_eof(&mut self, rec: &mut CsvRecord) -> bool {
-        let s = &mut self.scan;
-        // Every byte of a record is in `raw` (or it is full): nothing there, no record.
-        if rec.raw.is_empty() {
+        // Nothing read since the last record: no record.
+        if rec.size == 0 {
             return false;
         }
-        match s.state {
+        match self.scan.state {
             State::Quoted => {
                 let why = format!(
                     "a quoted field opened on line {} is not closed by the end of the file",
@@ -186,17 +306,19 @@ impl<R: BufRead> CsvRecords<R> {
                 return true;
             }
             State::Junk => {}
-            _ => rec.fields.push_field(&s.field),
+            _ => rec.end_field(),
         }
         // The last line has no terminator: count it here.
-        s.lines += 1;
-        s.next_line += 1;
+        self.scan.lines += 1;
+        self.scan.next_line += 1;
         true
     }
 
     /// The record's quoted field never closed: the record is its first physical line, bad,
     /// and the lines after it are read again as records of their own.
     fn rewind(&mut self, rec: &mut CsvRecord, why: String) {
+        // A record in a quoted field keeps its raw bytes.
+        rec.keep_raw();
         let raw = &rec.raw;
         let first_end = raw
             .iter()
@@ -221,39 +343,35 @@ impl<R: BufRead> CsvRecords<R> {
         // A `\r` ending the first line with its `\n` still unread keeps waiting for it.
         s.after_cr &= rest_empty;
         s.state = State::Junk;
-        rec.fields.clear();
+        rec.data.clear();
+        rec.ends.clear();
+        rec.size = rec.raw.len();
         rec.error = Some(why);
     }
 }
 
-impl Fed {
-    /// Bytes of a slice of `len` consumed.
-    fn used(&self, len: usize) -> usize {
-        match self {
-            Fed::More => len,
-            Fed::Record(n) | Fed::Unclosed(n, _) => *n,
-        }
-    }
+/// Bytes that end or change a field; every other byte is copied in bulk.
+fn special(c: u8) -> bool {
+    matches!(c, b',' | b'"' | b'\n' | b'\r')
 }
 
 impl Scan {
     fn feed(&mut self, buf: &[u8], rec: &mut CsvRecord) -> Fed {
         let cap = self.limits.max_record_bytes;
-        let special = |c: u8| matches!(c, b',' | b'"' | b'\n' | b'\r');
-        // Bytes before this index were copied in bulk already.
-        let mut skip_to = 0;
-        for (i, &b) in buf.iter().enumerate() {
-            if i < skip_to {
-                continue;
-            }
+        let mut i = 0;
+        while i < buf.len() {
+            let b = buf[i];
             if std::mem::take(&mut self.after_cr) && b == b'\n' {
                 // The `\n` of a `\r\n` whose `\r` already ended the line.
                 if self.state == State::Quoted {
-                    if !push_capped(&mut rec.raw, b, cap) {
+                    if rec.size >= cap {
                         return self.unclosed_cap(i, rec);
                     }
-                    self.field.push(b);
+                    rec.size += 1;
+                    rec.raw.push(b);
+                    rec.data.push(b);
                 }
+                i += 1;
                 continue;
             }
             // The common case: a run of ordinary bytes inside a field, copied at once.
@@ -267,29 +385,36 @@ impl Scan {
                     .iter()
                     .position(|&c| special(c))
                     .unwrap_or(buf.len() - i);
-                if rec.raw.len() + run <= cap {
-                    rec.raw.extend_from_slice(&buf[i..i + run]);
-                    self.field.extend_from_slice(&buf[i..i + run]);
+                if rec.size + run <= cap {
+                    let bytes = &buf[i..i + run];
+                    rec.data.extend_from_slice(bytes);
+                    if rec.has_raw {
+                        rec.raw.extend_from_slice(bytes);
+                    }
+                    rec.size += run;
                     if self.state == State::FieldStart {
                         self.state = State::Unquoted;
                     }
-                    skip_to = i + run;
+                    i += run;
                     continue;
                 }
             }
             let line_end = b == b'\n' || b == b'\r';
             match self.state {
                 State::Quoted => {
-                    if !push_capped(&mut rec.raw, b, cap) {
+                    if rec.size >= cap {
                         if self.quoted_lines > 0 {
                             return self.unclosed_cap(i, rec);
                         }
                         self.too_long(rec);
+                        i += 1;
                         continue;
                     }
+                    rec.size += 1;
+                    rec.raw.push(b);
                     if line_end {
                         self.end_line(b);
-                        self.field.push(b);
+                        rec.data.push(b);
                         self.quoted_lines += 1;
                         if self.quoted_lines > self.limits.max_field_lines {
                             return Fed::Unclosed(
@@ -300,7 +425,7 @@ impl Scan {
                                 ),
                             );
                         }
-                        if self.field.len() > self.limits.max_field_bytes {
+                        if rec.data.len() - rec.field_start() > self.limits.max_field_bytes {
                             return Fed::Unclosed(
                                 i + 1,
                                 format!(
@@ -312,29 +437,40 @@ impl Scan {
                     } else if b == b'"' {
                         self.state = State::QuoteSeen;
                     } else {
-                        self.field.push(b);
+                        rec.data.push(b);
                     }
                 }
                 _ if line_end => {
                     self.end_line(b);
                     if self.state != State::Junk {
-                        rec.fields.push_field(&self.field);
+                        rec.end_field();
                     }
                     return Fed::Record(i + 1);
                 }
                 // Kept for the quarantine (as far as the record's bound allows).
                 State::Junk => {
-                    push_capped(&mut rec.raw, b, cap);
+                    if rec.size < cap {
+                        rec.size += 1;
+                        rec.raw.push(b);
+                    }
                 }
                 state => {
-                    if !push_capped(&mut rec.raw, b, cap) {
+                    if rec.size >= cap {
                         self.too_long(rec);
+                        i += 1;
                         continue;
+                    }
+                    if b == b'"' && state == State::FieldStart {
+                        // The record's first quote: from here its raw bytes are kept too.
+                        rec.keep_raw();
+                    }
+                    rec.size += 1;
+                    if rec.has_raw {
+                        rec.raw.push(b);
                     }
                     match (state, b) {
                         (_, b',') => {
-                            rec.fields.push_field(&self.field);
-                            self.field.clear();
+                            rec.end_field();
                             self.state = State::FieldStart;
                         }
                         (State::FieldStart, b'"') => {
@@ -342,25 +478,26 @@ impl Scan {
                             self.quoted_lines = 0;
                         }
                         (State::QuoteSeen, b'"') => {
-                            self.field.push(b'"');
+                            rec.data.push(b'"');
                             self.state = State::Quoted;
                         }
                         (State::QuoteSeen, _) => {
                             rec.error = Some(format!(
                                 "text after the closing quote of field {} (a quote inside a quoted field is written \"\")",
-                                rec.fields.len() + 1
+                                rec.len() + 1
                             ));
-                            rec.fields.clear();
+                            rec.drop_fields();
                             self.state = State::Junk;
                         }
                         // A quote inside an unquoted field is kept as text (`5" screen`).
                         _ => {
-                            self.field.push(b);
+                            rec.data.push(b);
                             self.state = State::Unquoted;
                         }
                     }
                 }
             }
+            i += 1;
         }
         Fed::More
     }
@@ -389,19 +526,9 @@ impl Scan {
                 self.limits.max_record_bytes
             ));
         }
-        rec.fields.clear();
-        self.field.clear();
+        rec.drop_fields();
         self.state = State::Junk;
     }
-}
-
-/// Appends `b` unless `raw` is full; `false` when it was.
-fn push_capped(raw: &mut Vec<u8>, b: u8, cap: usize) -> bool {
-    if raw.len() >= cap {
-        return false;
-    }
-    raw.push(b);
-    true
 }
 
 #[cfg(test)]
@@ -428,15 +555,14 @@ mod tests {
             let fields = match &rec.error {
                 Some(e) => Err(e.clone()),
                 None => Ok(rec
-                    .fields
-                    .iter()
+                    .fields()
                     .map(|f| String::from_utf8_lossy(f).into_owned())
                     .collect()),
             };
             out.push((
                 rec.line,
                 fields,
-                String::from_utf8_lossy(&rec.raw).into_owned(),
+                String::from_utf8_lossy(&rec.raw()).into_owned(),
             ));
         }
         (out, r.lines())

@@ -27,6 +27,17 @@ use vigil_warehouse::{Table, Warehouse, WarehouseError, write_csv, write_parquet
 /// Errors of a run, by stage.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// Environment: the output directory holds a run that did not finish (killed, or
+    /// still running): its tables may mix two runs.
+    #[error(
+        "{out} holds a run that did not finish ({detail}): its outputs may mix two runs; run `vigil run --out {out}` again (or wait for the running one)"
+    )]
+    Incomplete {
+        /// The output directory.
+        out: String,
+        /// What the marker says (who started it, when).
+        detail: String,
+    },
     /// Reading or storing events failed.
     #[error(transparent)]
     Events(#[from] EventsError),
@@ -394,6 +405,28 @@ pub fn run(
         move |source| PipelineError::Io { path, source }
     };
     std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
+    // From here until `run.json` is written the directory is marked unfinished, and the old
+    // manifest is gone: a killed run never leaves new tables beside an old `run.json`.
+    let marker = opts.out.join(INCOMPLETE_MARKER);
+    std::fs::write(
+        &marker,
+        format!(
+            "vigil {} started at {started_at} by pid {}\n",
+            if matches!(opts.models, Models::Apply { .. }) {
+                "score"
+            } else {
+                "run"
+            },
+            std::process::id()
+        ),
+    )
+    .map_err(io(&marker))?;
+    match std::fs::remove_file(opts.out.join("run.json")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io(&opts.out.join("run.json"))(e));
+        }
+        _ => {}
+    }
     let data_dir = opts.data.clone().unwrap_or_else(|| opts.out.join("data"));
     // Applying a bundle: its frozen stages (features and models, review flags and priority,
     // the enforcement policy) replace the configuration's.
@@ -675,5 +708,21 @@ pub fn run(
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     std::fs::write(&tmp, text).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::remove_file(&marker).map_err(io(&marker))?;
     Ok(manifest)
+}
+
+/// The file that marks an output directory whose run has not finished.
+pub const INCOMPLETE_MARKER: &str = ".run-incomplete";
+
+/// Readers of a run's outputs call this first: a directory whose run did not finish is
+/// refused, naming who started it and when.
+pub fn check_complete(out: &Path) -> Result<(), PipelineError> {
+    match std::fs::read_to_string(out.join(INCOMPLETE_MARKER)) {
+        Ok(detail) => Err(PipelineError::Incomplete {
+            out: out.display().to_string(),
+            detail: detail.trim().to_string(),
+        }),
+        Err(_) => Ok(()),
+    }
 }

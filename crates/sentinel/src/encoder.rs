@@ -143,7 +143,7 @@ impl MiniLmEncoder {
             VarBuilder::from_buffered_safetensors(read("model.safetensors")?, DType::F32, &device)
                 .map_err(|e| model_err(&weights_path, e))?;
         let model = Bert::load(vb, &config).map_err(|e| model_err(&weights_path, e))?;
-        Self {
+        let encoder = Self {
             model,
             tokenizer,
             dim: config.hidden_size,
@@ -154,7 +154,18 @@ impl MiniLmEncoder {
             batch_size: 128,
             max_batch_tokens: 8192,
         }
-        .with_precision(precision)
+        .with_precision(precision)?;
+        // A model with NaN or infinite weights loads and then scores everything 0.0: a
+        // detector that silently says "nothing here". One probe text catches it at load.
+        let probe = encoder.encode(&["is this model sound?".to_string()])?;
+        if !probe.row(0).iter().all(|v| v.is_finite()) {
+            return Err(model_err(
+                &weights_path,
+                "the model's weights produce non-finite embeddings (NaN or infinity in \
+                 model.safetensors): the file is damaged; fetch the model again",
+            ));
+        }
+        Ok(encoder)
     }
 
     /// Switch the dense layers to `precision`. For int8 the activation ranges are first

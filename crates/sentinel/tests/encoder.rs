@@ -113,3 +113,39 @@ fn fast_modes_keep_every_embedding_close_to_the_reference() {
         eprintln!("{precision}: worst cosine {worst}");
     }
 }
+
+/// Regression: a model with NaN weights loaded and scored every text 0.0 (exit 0), a
+/// detector that fails open. It is refused at load, naming the weights file.
+#[test]
+fn a_model_with_nan_weights_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(model_dir()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let weights = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    // safetensors: an 8-byte header length, the JSON header, then the tensors' bytes.
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (name, t) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.ends_with("embeddings.word_embeddings.weight"))
+        .unwrap();
+    assert_eq!(t["dtype"], "F32", "{name}");
+    let start = 8 + n + t["data_offsets"][0].as_u64().unwrap() as usize;
+    let end = 8 + n + t["data_offsets"][1].as_u64().unwrap() as usize;
+    for chunk in bytes[start..end].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&weights, bytes).unwrap();
+    let err = MiniLmEncoder::load(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("non-finite embeddings") && err.contains("model.safetensors"),
+        "{err}"
+    );
+}
