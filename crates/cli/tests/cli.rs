@@ -1244,3 +1244,88 @@ fn a_killed_run_leaves_its_output_marked_unfinished_and_readers_refuse_it() {
         "SELECT COUNT(*) FROM core_users",
     ]);
 }
+
+/// Fault injection: `vigil review decide` killed at seeded points (bounded: 12 kills) never
+/// leaves half a record or a chain that fails to verify; a decision is in the log whole or
+/// not at all, and the anchor beside the key may lag but never contradicts the store.
+#[cfg(unix)]
+#[test]
+fn decisions_killed_at_random_points_leave_a_chain_that_verifies() {
+    let (dir, input) = small_generated_input();
+    let out = dir.path().join("o");
+    ok(&[
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let o = out.to_str().unwrap();
+    let list = ok(&["review", "list", "--out", o, "--limit", "12"]);
+    let ids: Vec<String> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    assert!(!ids.is_empty(), "{list}");
+    let key = dir.path().join("keys").join("audit.key");
+    let decide = |id: &str| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        c.args(["review", "decide", "--out", o, id, "--decision", "warn"])
+            .args(["--reason", "spam", "--reviewer", "alice"])
+            .env("VIGIL_AUDIT_KEY", &key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    // One whole decision first: it creates the key, and times one decision.
+    let started = std::time::Instant::now();
+    assert!(decide(&ids[0]).status().unwrap().success());
+    let one_us = (started.elapsed().as_micros() as u64).max(1_000);
+    let mut seed: u64 = 0xDEC1DE;
+    for i in 0..12 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let us = (seed >> 33) % one_us;
+        let mut child = decide(&ids[i % ids.len()]).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(us));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let verify = |extra: &[&str]| {
+        let mut args = vec![
+            "review",
+            "verify",
+            "--out",
+            o,
+            "--audit-key",
+            key.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        vigil(&args)
+    };
+    let v = verify(&[]);
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert!(
+        v.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let n: usize = text
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    assert!((1..=13).contains(&n), "{text}");
+    // A decision after the kills completes and is anchored.
+    assert!(decide(&ids[0]).status().unwrap().success());
+    let v = verify(&[]);
+    let text = String::from_utf8_lossy(&v.stdout).into_owned();
+    assert!(v.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("{} record(s) verified", n + 1)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("anchor: matches the head recorded at #{}", n + 1)),
+        "{text}"
+    );
+}

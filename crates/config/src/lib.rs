@@ -486,50 +486,53 @@ impl Config {
                 "the sweep would try more than a million thresholds",
             );
         }
-        if d.logistic_c.is_nan() || d.logistic_c <= 0.0 {
-            return bad("detection.logistic_c", "must be positive");
-        }
         if d.gbt_trees == 0 || d.gbt_max_depth == 0 {
             return bad("detection.gbt_trees", "trees and depth must be at least 1");
-        }
-        if !d.logistic_c.is_finite() {
-            return bad("detection.logistic_c", "must be a finite positive number");
-        }
-        if !(d.gbt_learning_rate.is_finite() && d.gbt_learning_rate > 0.0) {
-            return bad(
-                "detection.gbt_learning_rate",
-                "must be a finite positive number",
-            );
         }
         if d.gbt_max_train_rows < 10 {
             // Fewer rows than this and the boosted model silently falls back to the heuristic.
             return bad("detection.gbt_max_train_rows", "must be at least 10");
         }
-        if d.heuristic_weights
-            .iter()
-            .any(|w| !w.is_finite() || *w < 0.0)
-        {
-            return bad(
-                "detection.heuristic_weights",
-                "each weight must be a finite number >= 0",
-            );
-        }
-        if d.heuristic_scales
-            .iter()
-            .any(|s| !s.is_finite() || *s <= 0.0)
-        {
-            return bad(
-                "detection.heuristic_scales",
-                "each scale must be a finite positive number (it divides)",
-            );
-        }
-        if !(d.heuristic_clip.is_finite() && d.heuristic_clip > 0.0) {
-            return bad(
-                "detection.heuristic_clip",
-                "must be a finite positive number",
-            );
-        }
         let r = &self.review;
+        // Numbers that divide or scale: finite and positive.
+        for (key, v) in [
+            ("detection.logistic_c", d.logistic_c),
+            (
+                "detection.gbt_learning_rate",
+                f64::from(d.gbt_learning_rate),
+            ),
+            ("detection.heuristic_clip", d.heuristic_clip),
+            ("review.priority_chat_scale", r.priority_chat_scale),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(key, "must be a finite positive number");
+            }
+        }
+        // Each element of a list: weights finite (heuristic ones also >= 0), scales positive.
+        for (key, values, ok, what) in [
+            (
+                "detection.heuristic_weights",
+                &d.heuristic_weights[..],
+                (|w: f64| w >= 0.0) as fn(f64) -> bool,
+                "each weight must be a finite number >= 0",
+            ),
+            (
+                "detection.heuristic_scales",
+                &d.heuristic_scales[..],
+                |s: f64| s > 0.0,
+                "each scale must be a finite positive number (it divides)",
+            ),
+            (
+                "review.priority_weights",
+                &r.priority_weights[..],
+                |_: f64| true,
+                "each weight must be a finite number",
+            ),
+        ] {
+            if values.iter().any(|v| !v.is_finite() || !ok(*v)) {
+                return bad(key, what);
+            }
+        }
         for (key, v) in [
             ("review.heuristic_flag", r.heuristic_flag),
             ("review.uncertain_flag", r.uncertain_flag),
@@ -538,18 +541,6 @@ impl Config {
             if !v.is_finite() {
                 return bad(key, "must be a finite number");
             }
-        }
-        if r.priority_weights.iter().any(|w| !w.is_finite()) {
-            return bad(
-                "review.priority_weights",
-                "each weight must be a finite number",
-            );
-        }
-        if !(r.priority_chat_scale.is_finite() && r.priority_chat_scale > 0.0) {
-            return bad(
-                "review.priority_chat_scale",
-                "must be a finite positive number (it divides)",
-            );
         }
         if self.automation.max_features == 0 {
             return bad("automation.max_features", "must be at least 1");
