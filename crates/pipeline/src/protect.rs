@@ -129,12 +129,11 @@ pub(crate) enum DetectWith<'b> {
 
 /// The training-data summary of a bundle.
 fn training_summary(
-    features: &Table,
+    days: &Strings,
     users: usize,
     y: &[u8],
     events: usize,
 ) -> Result<crate::bundle::TrainingSummary, PipelineError> {
-    let days = Strings::read(features, "day")?;
     let (mut first, mut last) = (None::<&str>, None::<&str>);
     for d in days.iter() {
         first = Some(first.map_or(d, |f| f.min(d)));
@@ -230,6 +229,8 @@ pub(crate) fn detection(
         started.elapsed().as_secs_f64()
     );
     let n_chat = f64_col(features, "n_chat")?;
+    // Read once as text: the bundle's training summary and the scored rows both need it.
+    let days = Strings::read(features, "day")?;
     let heuristic_inputs = [
         f64_col(features, "block_rate")?,
         f64_col(features, "n_ips")?,
@@ -310,7 +311,7 @@ pub(crate) fn detection(
                 review: cfg.review.clone(),
                 enforcement: cfg.enforcement.clone(),
                 config: cfg.clone(),
-                training: training_summary(features, n_users, &y, events)?,
+                training: training_summary(&days, n_users, &y, events)?,
                 evaluation: fitted.as_ref().map(|f| f.evals.clone()).unwrap_or_default(),
                 files: BTreeMap::new(),
             };
@@ -333,6 +334,7 @@ pub(crate) fn detection(
         }
     };
     tracing::debug!("models applied at {:.2} s", started.elapsed().as_secs_f64());
+    drop(heuristic_inputs);
     let crate::bundle::Applied {
         heuristic,
         risk,
@@ -403,7 +405,7 @@ pub(crate) fn detection(
     }
     Ok((
         Scored {
-            day: Strings::read(features, "day")?,
+            day: days,
             user: users,
             table: scored,
             risk,
