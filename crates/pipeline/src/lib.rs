@@ -12,7 +12,7 @@ mod summary;
 mod tables;
 
 pub use bundle::{BundleError, ModelBundle, apply_batch};
-pub use protect::suggest_actions;
+pub use protect::{CompiledPolicy, suggest_actions};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -553,7 +553,7 @@ pub fn run(
         protect::automation(&wh, &scored, &queue, cfg, ground_truth.as_ref(), &mut out)
     })?;
     let actions = stages.run("enforcement", || {
-        protect::enforcement(&wh, &scored, &queue, cfg, &mut out)
+        protect::enforcement(&scored, &queue, cfg, &mut out)
     })?;
     let incident = stages.run("incidents", || {
         protect::incidents(&wh, &alerts, opts.as_of_micros, &mut out)

@@ -475,11 +475,8 @@ fn enforcement_mapping_matches_given_the_notebook_risk() {
         schema: schema.clone(),
         batches: vec![arrow::record_batch::RecordBatch::try_new(schema, cols).unwrap()],
     };
-    let empty = tempfile::tempdir().unwrap();
-    let wh = vigil_warehouse::Warehouse::open(empty.path(), None).unwrap();
     let cfg = Config::for_profile(Profile::Notebook);
-    let (actions, reasons) =
-        vigil_pipeline::suggest_actions(&wh, &table, &cfg.enforcement).unwrap();
+    let (actions, reasons) = vigil_pipeline::suggest_actions(&table, &cfg.enforcement).unwrap();
     let (_, queue) = read_csv(&path);
     let (_, expected) = read_csv(&parity_dir().join("enforcement_actions.csv"));
     let exp: HashMap<String, (&str, &str)> = expected

@@ -67,6 +67,64 @@ pub enum WarehouseError {
     Dataset(#[from] vigil_events::EventsError),
 }
 
+/// A user's boolean rule text compiled once against a schema, then evaluated on batches of
+/// any size without a session or registered tables (one row for a live service, a whole
+/// queue for a batch run). The rule sees the batch's columns only: no subqueries.
+pub struct Predicate {
+    expr: Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for Predicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Predicate")
+            .field("expr", &self.expr)
+            .finish()
+    }
+}
+
+impl Predicate {
+    /// Compile `text` (one SQL expression, see [`parse_expression`]) over `schema`. The
+    /// error says what is wrong: not one expression, an unknown column, not a boolean.
+    pub fn compile(text: &str, schema: SchemaRef) -> Result<Self, String> {
+        let canonical = parse_expression(text)?;
+        let df_schema = datafusion::common::DFSchema::try_from(schema.as_ref().clone())
+            .map_err(|e| e.to_string())?;
+        let ctx = SessionContext::new();
+        ctx.register_udf(format_fixed_udf());
+        let expr = ctx
+            .parse_sql_expr(&canonical, &df_schema)
+            .map_err(|e| e.to_string())?;
+        let expr = ctx
+            .create_physical_expr(expr, &df_schema)
+            .map_err(|e| e.to_string())?;
+        match expr.data_type(&schema).map_err(|e| e.to_string())? {
+            DataType::Boolean | DataType::Null => Ok(Self { expr, schema }),
+            other => Err(format!("must be true or false, but is of type {other}")),
+        }
+    }
+
+    /// Which rows of `batch` the rule holds for (a null result does not hold, as in SQL's
+    /// `CASE WHEN`). `batch` must have the schema the rule was compiled for.
+    pub fn evaluate(&self, batch: &RecordBatch) -> Result<Vec<bool>, String> {
+        if batch.schema().fields() != self.schema.fields() {
+            return Err("the batch does not have the columns the rule was compiled for".into());
+        }
+        let value = self
+            .expr
+            .evaluate(batch)
+            .and_then(|v| v.into_array(batch.num_rows()))
+            .map_err(|e| e.to_string())?;
+        let mut out = vec![false; batch.num_rows()];
+        if let Some(b) = value.as_boolean_opt() {
+            for (slot, v) in out.iter_mut().zip(b.iter()) {
+                *slot = v == Some(true);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Parse a user's rule text as exactly one SQL expression and return it in canonical form,
 /// ready to be placed inside a generated query. Text that is not one whole expression (a
 /// stray `)`, a second clause, a trailing comment that would swallow the rest of the query)
