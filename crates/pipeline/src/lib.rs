@@ -315,6 +315,17 @@ fn write_twins(t: &Table, dir: &Path) -> Result<(), PipelineError> {
 }
 
 impl Outputs {
+    /// Write what a stage produced, in its order.
+    fn write(&mut self, w: protect::Written) -> Result<(), PipelineError> {
+        for o in w.0 {
+            match o {
+                protect::Output::Csv(t) => self.csv(&t)?,
+                protect::Output::CsvAndParquet(t) => self.csv_and_parquet(&t)?,
+                protect::Output::Text { name, content } => self.text(&name, &content)?,
+            }
+        }
+        Ok(())
+    }
     fn csv(&mut self, t: &Table) -> Result<(), PipelineError> {
         let name = format!("{}.csv", t.name);
         write_csv(t, &self.dir.join(&name))?;
@@ -543,20 +554,36 @@ pub fn run(
         Models::Fit => protect::DetectWith::Fit,
         Models::Apply { bundle, dir } => protect::DetectWith::Apply(bundle, dir),
     };
+    // Each stage hands its tables to a collector; only `out` writes them.
     let (scored, fitted) = stages.run("detection", || {
-        protect::detection(&wh, &features, cfg, with, events_in_dataset, &mut out)
+        let mut w = protect::Written::default();
+        let r = protect::detection(&wh, &features, cfg, with, events_in_dataset, &mut w)?;
+        out.write(w)?;
+        Ok(r)
     })?;
     let queue = stages.run("review_queue", || {
-        protect::review_queue(&wh, &scored, cfg, &mut out)
+        let mut w = protect::Written::default();
+        let r = protect::review_queue(&wh, &scored, cfg, &mut w)?;
+        out.write(w)?;
+        Ok(r)
     })?;
     let automation = stages.run("automation", || {
-        protect::automation(&wh, &scored, &queue, cfg, ground_truth.as_ref(), &mut out)
+        let mut w = protect::Written::default();
+        let r = protect::automation(&wh, &scored, &queue, cfg, ground_truth.as_ref(), &mut w)?;
+        out.write(w)?;
+        Ok(r)
     })?;
     let actions = stages.run("enforcement", || {
-        protect::enforcement(&scored, &queue, cfg, &mut out)
+        let mut w = protect::Written::default();
+        let r = protect::enforcement(&scored, &queue, cfg, &mut w)?;
+        out.write(w)?;
+        Ok(r)
     })?;
     let incident = stages.run("incidents", || {
-        protect::incidents(&wh, &alerts, opts.as_of_micros, &mut out)
+        let mut w = protect::Written::default();
+        let r = protect::incidents(&wh, &alerts, opts.as_of_micros, &mut w)?;
+        out.write(w)?;
+        Ok(r)
     })?;
     stages.run("review_store", || {
         let cases: Vec<vigil_review::Case> = queue

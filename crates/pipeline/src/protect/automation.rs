@@ -8,10 +8,10 @@ use vigil_config::{Config, ErMode};
 use vigil_monitor::column_text;
 use vigil_warehouse::Warehouse;
 
+use crate::PipelineError;
 use crate::tables::{Col, extend, table, take};
-use crate::{Outputs, PipelineError};
 
-use super::{Queue, Scored};
+use super::{Queue, Scored, Written};
 
 /// Results of the automation stage.
 pub(crate) struct Automation {
@@ -104,7 +104,7 @@ pub(crate) fn automation(
     q: &Queue,
     cfg: &Config,
     ground_truth: Option<&HashMap<String, String>>,
-    out: &mut Outputs,
+    out: &mut Written,
 ) -> Result<Automation, PipelineError> {
     let a = &cfg.automation;
     let dd = vigil_automate::dedup::dedup(

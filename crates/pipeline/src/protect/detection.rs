@@ -8,10 +8,10 @@ use vigil_config::Config;
 use vigil_detect::{DetectError, Features};
 use vigil_warehouse::{Table, Warehouse};
 
+use crate::PipelineError;
 use crate::tables::{Col, Strings, extend_table, table};
-use crate::{Outputs, PipelineError};
 
-use super::{Scored, f64_col};
+use super::{Scored, Written, f64_col};
 
 /// The boosted model's columns: user-day features as they are (taken from `have` when
 /// already read), `user_context` columns joined by user (`groups`: each row's user number,
@@ -138,7 +138,7 @@ pub(crate) fn detection(
     cfg: &Config,
     with: DetectWith<'_>,
     events: usize,
-    out: &mut Outputs,
+    out: &mut Written,
 ) -> Result<(Scored, Option<crate::bundle::ModelBundle>), PipelineError> {
     let d = &cfg.detection;
     let started = std::time::Instant::now();

@@ -4,10 +4,10 @@ use arrow::record_batch::RecordBatch;
 use vigil_config::Config;
 use vigil_warehouse::Table;
 
+use crate::PipelineError;
 use crate::tables::{Col, extend, table};
-use crate::{Outputs, PipelineError};
 
-use super::{Queue, Scored};
+use super::{Queue, Scored, Written};
 
 /// One enforcement suggestion per queue case, in queue order.
 pub(crate) struct Actions {
@@ -119,7 +119,7 @@ pub(crate) fn enforcement(
     s: &Scored,
     q: &Queue,
     cfg: &Config,
-    out: &mut Outputs,
+    out: &mut Written,
 ) -> Result<Actions, PipelineError> {
     let n = q.entries.len();
     let with_pos = extend(

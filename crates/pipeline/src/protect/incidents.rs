@@ -3,15 +3,17 @@
 use vigil_monitor::{Alert, column_f64};
 use vigil_warehouse::Warehouse;
 
+use crate::PipelineError;
 use crate::tables::{Col, table};
-use crate::{Outputs, PipelineError};
+
+use super::Written;
 
 /// The incident record (`incident_log.csv` and `incident_<id>.md`).
 pub(crate) fn incidents(
     wh: &Warehouse,
     alerts: &[Alert],
     as_of_micros: Option<i64>,
-    out: &mut Outputs,
+    out: &mut Written,
 ) -> Result<Option<vigil_monitor::Incident>, PipelineError> {
     let end_us = match as_of_micros {
         Some(us) => us as f64,

@@ -1,6 +1,7 @@
 //! The protection stages after the features, one module each: detection, the review queue,
 //! automation (dedup, clustering, entity resolution), enforcement and incidents. Each returns
-//! what the report needs and writes its tables through [`crate::Outputs`].
+//! what later stages and the report need, and hands the tables it produced to a [`Written`]
+//! collector: only the orchestrator writes files.
 
 mod automation;
 mod detection;
@@ -41,4 +42,47 @@ pub(crate) struct Scored {
 
 fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
     Ok(column_f64(t, c)?)
+}
+
+/// What a stage produced for the output directory, by name, in order. Stages never touch
+/// the file system; the orchestrator writes these ([`crate::Outputs::write`]).
+#[derive(Default)]
+pub(crate) struct Written(pub Vec<Output>);
+
+/// One output of a stage.
+pub(crate) enum Output {
+    /// `NAME.csv`.
+    Csv(Table),
+    /// `NAME.csv` and `NAME.parquet`.
+    CsvAndParquet(Table),
+    /// A text file.
+    Text {
+        /// File name.
+        name: String,
+        /// Its content.
+        content: String,
+    },
+}
+
+impl Written {
+    /// `t` as `NAME.csv` (its batches are shared, not copied).
+    pub(crate) fn csv(&mut self, t: &Table) -> Result<(), PipelineError> {
+        self.0.push(Output::Csv(t.clone()));
+        Ok(())
+    }
+
+    /// `t` as CSV and Parquet twins.
+    pub(crate) fn csv_and_parquet(&mut self, t: &Table) -> Result<(), PipelineError> {
+        self.0.push(Output::CsvAndParquet(t.clone()));
+        Ok(())
+    }
+
+    /// A text file.
+    pub(crate) fn text(&mut self, name: &str, content: &str) -> Result<(), PipelineError> {
+        self.0.push(Output::Text {
+            name: name.to_string(),
+            content: content.to_string(),
+        });
+        Ok(())
+    }
 }

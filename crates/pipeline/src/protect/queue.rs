@@ -8,8 +8,10 @@ use vigil_monitor::column_text;
 use vigil_review::{Flags, QueueEntry};
 use vigil_warehouse::Warehouse;
 
+use crate::PipelineError;
 use crate::tables::{Col, extend, table, take};
-use crate::{Outputs, PipelineError};
+
+use super::Written;
 
 use super::Scored;
 
@@ -66,7 +68,7 @@ pub(crate) fn review_queue(
     wh: &Warehouse,
     s: &Scored,
     cfg: &Config,
-    out: &mut Outputs,
+    out: &mut Written,
 ) -> Result<Queue, PipelineError> {
     let entries = vigil_review::build_queue(
         &s.risk,
