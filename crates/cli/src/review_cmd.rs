@@ -10,7 +10,7 @@ use vigil_review::{Decision, ReviewStore};
 
 /// Review subcommands.
 #[derive(Subcommand, Debug)]
-pub enum ReviewCommand {
+pub(crate) enum ReviewCommand {
     /// List cases in queue order with their latest decision.
     List {
         /// Output directory of a run (holds review.db).
@@ -86,7 +86,7 @@ fn key_path(given: Option<PathBuf>) -> Result<PathBuf> {
 /// Raised when the chain is broken, so the binary exits with 3.
 #[derive(Debug, thiserror::Error)]
 #[error("audit log broken {}: {why}", if *seq > 0 { format!("at record #{seq}") } else { "as a whole".to_string() })]
-pub struct BrokenChain {
+pub(crate) struct BrokenChain {
     seq: i64,
     why: String,
 }
@@ -97,7 +97,7 @@ fn store(out: &std::path::Path) -> Result<ReviewStore> {
 
 /// Run one review subcommand. Output goes to standard output; a write failure is an error
 /// (a closed pipe is ended quietly by the binary).
-pub fn run(cmd: ReviewCommand) -> Result<()> {
+pub(crate) fn run(cmd: ReviewCommand) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     match cmd {
         ReviewCommand::List {

@@ -19,7 +19,7 @@ use vigil_sentinel::{
 
 /// Sentinel subcommands.
 #[derive(Subcommand, Debug)]
-pub enum SentinelCommand {
+pub(crate) enum SentinelCommand {
     /// Embed texts: JSONL lines {"text": ...} in, {"text", "embedding"} out.
     Embed(EmbedArgs),
     /// Build an index from positive and negative example files.
@@ -33,7 +33,7 @@ pub enum SentinelCommand {
 }
 
 #[derive(Args, Debug)]
-pub struct ModelArg {
+pub(crate) struct ModelArg {
     /// A sentence-transformers model directory [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
     #[arg(long, env = "VIGIL_MODEL")]
     model: Option<PathBuf>,
@@ -57,7 +57,7 @@ impl ModelArg {
 }
 
 #[derive(Args, Debug)]
-pub struct EmbedArgs {
+pub(crate) struct EmbedArgs {
     #[command(flatten)]
     model: ModelArg,
     /// JSONL file of {"text": "..."} lines.
@@ -66,7 +66,7 @@ pub struct EmbedArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct BuildArgs {
+pub(crate) struct BuildArgs {
     #[command(flatten)]
     model: ModelArg,
     /// Rare-class examples: one per line, or JSONL with "text".
@@ -87,7 +87,7 @@ pub struct BuildArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ScoreArgs {
+pub(crate) struct ScoreArgs {
     /// Index: a directory or s3://bucket/prefix (AWS_* environment for credentials and
     /// endpoint).
     #[arg(long)]
@@ -162,7 +162,7 @@ fn read_examples(path: &Path) -> Result<Vec<String>> {
 
 /// How to print harness rows.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum RowFormat {
+pub(crate) enum RowFormat {
     /// An aligned table of the main columns.
     Table,
     /// Every column as CSV.
@@ -172,7 +172,7 @@ pub enum RowFormat {
 }
 
 #[derive(Args, Debug)]
-pub struct EvalArgs {
+pub(crate) struct EvalArgs {
     /// Index: a directory or s3://bucket/prefix (AWS_* environment for credentials and
     /// endpoint).
     #[arg(long)]
@@ -200,7 +200,7 @@ pub struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct SweepArgs {
+pub(crate) struct SweepArgs {
     /// Index: a directory or s3://bucket/prefix (AWS_* environment for credentials and
     /// endpoint).
     #[arg(long)]
@@ -417,7 +417,7 @@ fn encode_all(enc: &MiniLmEncoder, texts: &[String]) -> Result<Matrix> {
 }
 
 /// Run a sentinel subcommand.
-pub fn run(cmd: SentinelCommand) -> Result<()> {
+pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
     match cmd {
         SentinelCommand::Embed(a) => {
             let enc = a.model.load()?;

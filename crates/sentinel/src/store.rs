@@ -78,7 +78,7 @@ mod s3 {
     }
 
     /// Fetch objects; `Ok(None)` for a missing optional one.
-    pub fn get(
+    pub(super) fn get(
         bucket: &str,
         prefix: &str,
         names: &[(&str, bool)],
@@ -100,7 +100,7 @@ mod s3 {
     }
 
     /// Store objects.
-    pub fn put(
+    pub(super) fn put(
         bucket: &str,
         prefix: &str,
         files: Vec<(&str, Vec<u8>)>,
@@ -129,7 +129,7 @@ mod s3 {
         )
     }
 
-    pub fn get(
+    pub(super) fn get(
         _bucket: &str,
         _prefix: &str,
         _names: &[(&str, bool)],
@@ -137,7 +137,7 @@ mod s3 {
         Err(off())
     }
 
-    pub fn put(
+    pub(super) fn put(
         _bucket: &str,
         _prefix: &str,
         _files: Vec<(&str, Vec<u8>)>,

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 /// Run `vigil ARGS`. The audit key lives in a directory of this test process, never in the
 /// home directory of whoever runs the tests.
-pub fn vigil(args: &[&str]) -> Output {
+pub(crate) fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
         .env("VIGIL_AUDIT_KEY", test_audit_key())
@@ -14,14 +14,14 @@ pub fn vigil(args: &[&str]) -> Output {
 }
 
 /// The audit key path of this test process.
-pub fn test_audit_key() -> std::path::PathBuf {
+pub(crate) fn test_audit_key() -> std::path::PathBuf {
     std::env::temp_dir()
         .join(format!("vigil-test-{}", std::process::id()))
         .join("audit.key")
 }
 
 /// Run `vigil ARGS`, which must succeed; its (standard output, standard error).
-pub fn ok_output(args: &[&str]) -> (String, String) {
+pub(crate) fn ok_output(args: &[&str]) -> (String, String) {
     let o = vigil(args);
     assert!(
         o.status.success(),
@@ -35,6 +35,6 @@ pub fn ok_output(args: &[&str]) -> (String, String) {
 }
 
 /// Run `vigil ARGS`, which must succeed; its standard output.
-pub fn ok(args: &[&str]) -> String {
+pub(crate) fn ok(args: &[&str]) -> String {
     ok_output(args).0
 }

@@ -6,7 +6,7 @@ use vigil_sentinel::encoder::MODEL_HELP;
 
 /// The real model directory (VIGIL_MODEL, else the repository's models/all-MiniLM-L6-v2);
 /// fails loudly with how to get it when it is missing.
-pub fn model_dir() -> PathBuf {
+pub(crate) fn model_dir() -> PathBuf {
     let dir = std::env::var_os("VIGIL_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
