@@ -731,71 +731,45 @@ impl std::fmt::Display for BadQuery {
 
 /// Exit code of a model-bundle error: a damaged bundle is bad data (3), a missing or
 /// mismatched one the user's argument (2), an I/O failure the environment's (1).
-fn bundle_exit_code(e: &vigil_pipeline::BundleError) -> u8 {
-    use vigil_pipeline::BundleError as B;
-    match e {
-        B::Corrupt { .. } => 3,
-        B::NotABundle { .. } | B::Version { .. } | B::FeatureSet { .. } => 2,
-        B::Io { .. } => 1,
+/// The kind of one link of an error chain, if it is one of the workspace's typed errors.
+fn kind_of(cause: &(dyn std::error::Error + 'static)) -> Option<vigil_core::ErrorKind> {
+    use vigil_core::{Classify, ErrorKind};
+    if cause.is::<BadArgument>() {
+        return Some(ErrorKind::Usage);
     }
+    if cause.is::<review_cmd::BrokenChain>() {
+        return Some(ErrorKind::BadData);
+    }
+    macro_rules! classify {
+        ($($t:ty),*) => {
+            $(if let Some(e) = cause.downcast_ref::<$t>() {
+                return Some(e.kind());
+            })*
+        };
+    }
+    classify!(
+        PipelineError,
+        vigil_pipeline::BundleError,
+        EventsError,
+        vigil_warehouse::WarehouseError,
+        vigil_monitor::MonitorError,
+        vigil_review::ReviewError,
+        vigil_sentinel::SentinelError,
+        vigil_config::ConfigError
+    );
+    None
 }
 
+/// The exit code of an error: the kind of the outermost typed error in its chain (context
+/// messages around it are skipped); 1 when there is none.
 fn exit_code(err: &anyhow::Error) -> u8 {
+    // A failed `vigil sql` query is wrapped in the user's-fault context whatever it says.
     if err.downcast_ref::<BadQuery>().is_some() || err.downcast_ref::<BadArgument>().is_some() {
         return 2;
     }
-    for cause in err.chain() {
-        if let Some(e) = cause.downcast_ref::<vigil_pipeline::BundleError>() {
-            return bundle_exit_code(e);
-        }
-        match cause.downcast_ref::<PipelineError>() {
-            Some(PipelineError::Bundle(e)) => return bundle_exit_code(e),
-            Some(
-                PipelineError::Config(_)
-                | PipelineError::EnforcementRules { .. }
-                | PipelineError::Monitor(
-                    vigil_monitor::MonitorError::Rule { .. }
-                    | vigil_monitor::MonitorError::RuleText { .. }
-                    | vigil_monitor::MonitorError::Column { .. },
-                ),
-            ) => return 2,
-            _ => {}
-        }
-        if let Some(e) = cause.downcast_ref::<EventsError>() {
-            return match e {
-                EventsError::BadArgument(_) => 2,
-                EventsError::BadRow { .. } | EventsError::BadInput { .. } => 3,
-                _ => 1,
-            };
-        }
-        if let Some(PipelineError::Events(
-            EventsError::BadRow { .. } | EventsError::BadInput { .. },
-        )) = cause.downcast_ref::<PipelineError>()
-        {
-            return 3;
-        }
-        if let Some(vigil_sentinel::SentinelError::BadInput(_)) =
-            cause.downcast_ref::<vigil_sentinel::SentinelError>()
-        {
-            return 3;
-        }
-        if cause.downcast_ref::<review_cmd::BrokenChain>().is_some() {
-            return 3;
-        }
-        if let Some(
-            vigil_review::ReviewError::UnknownCase(_)
-            | vigil_review::ReviewError::InvalidDecision { .. }
-            | vigil_review::ReviewError::InvalidReason { .. }
-            | vigil_review::ReviewError::MissingReviewer,
-        ) = cause.downcast_ref::<vigil_review::ReviewError>()
-        {
-            return 2;
-        }
-        if cause.downcast_ref::<vigil_config::ConfigError>().is_some() {
-            return 2;
-        }
-    }
-    1
+    err.chain()
+        .find_map(kind_of)
+        .map_or(1, vigil_core::ErrorKind::exit_code)
 }
 
 fn main() -> ExitCode {

@@ -585,6 +585,18 @@ fn merge_tables(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
+impl vigil_core::Classify for ConfigError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        match self {
+            // An unreadable file named by the user is still the user's to fix.
+            ConfigError::Read { .. }
+            | ConfigError::Parse { .. }
+            | ConfigError::Invalid { .. }
+            | ConfigError::UnknownProfile(_) => vigil_core::ErrorKind::Usage,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -393,6 +393,16 @@ pub fn detect(
     })
 }
 
+impl vigil_core::Classify for DetectError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        match self {
+            // Too few labels: the run cannot train here (exit 1, as before kinds).
+            DetectError::NotEnoughLabels { .. } => vigil_core::ErrorKind::Environment,
+            DetectError::Model(_) => vigil_core::ErrorKind::Bug,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -82,3 +82,17 @@ pub enum EventsError {
     #[error("the Parquet writer stopped unexpectedly")]
     WriterStopped,
 }
+
+impl vigil_core::Classify for EventsError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        use vigil_core::ErrorKind as K;
+        match self {
+            EventsError::BadArgument(_) => K::Usage,
+            EventsError::BadInput { .. } | EventsError::BadRow { .. } => K::BadData,
+            EventsError::Open { .. } | EventsError::Io { .. } | EventsError::Corrupt { .. } => {
+                K::Environment
+            }
+            EventsError::Arrow(_) | EventsError::Internal(_) | EventsError::WriterStopped => K::Bug,
+        }
+    }
+}

@@ -254,3 +254,14 @@ pub fn drift_to_table(rows: &[FeatureDrift]) -> Table {
         batches: batch.map(|b| vec![b]).unwrap_or_default(),
     }
 }
+
+impl vigil_core::Classify for MonitorError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        match self {
+            MonitorError::Rule { .. }
+            | MonitorError::RuleText { .. }
+            | MonitorError::Column { .. } => vigil_core::ErrorKind::Usage,
+            MonitorError::Warehouse(e) => vigil_core::Classify::kind(e),
+        }
+    }
+}

@@ -687,6 +687,19 @@ fn model_card(m: &Manifest) -> String {
     s
 }
 
+impl vigil_core::Classify for BundleError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        use vigil_core::ErrorKind as K;
+        match self {
+            BundleError::Corrupt { .. } => K::BadData,
+            BundleError::NotABundle { .. }
+            | BundleError::Version { .. }
+            | BundleError::FeatureSet { .. } => K::Usage,
+            BundleError::Io { .. } => K::Environment,
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -753,3 +753,22 @@ pub fn check_complete(out: &Path) -> Result<(), PipelineError> {
         Err(_) => Ok(()),
     }
 }
+
+impl vigil_core::Classify for PipelineError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        use vigil_core::ErrorKind as K;
+        match self {
+            PipelineError::Config(_) | PipelineError::EnforcementRules { .. } => K::Usage,
+            PipelineError::Events(e) => e.kind(),
+            PipelineError::Warehouse(e) => e.kind(),
+            PipelineError::Monitor(e) => e.kind(),
+            PipelineError::Detect(e) => e.kind(),
+            PipelineError::Review(e) => e.kind(),
+            PipelineError::Bundle(e) => e.kind(),
+            PipelineError::Incomplete { .. }
+            | PipelineError::GroundTruth { .. }
+            | PipelineError::Io { .. } => K::Environment,
+            PipelineError::Internal(_) => K::Bug,
+        }
+    }
+}

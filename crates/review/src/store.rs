@@ -720,6 +720,21 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     })
 }
 
+impl vigil_core::Classify for ReviewError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        use vigil_core::ErrorKind as K;
+        match self {
+            ReviewError::UnknownCase(_)
+            | ReviewError::InvalidDecision { .. }
+            | ReviewError::InvalidReason { .. }
+            | ReviewError::MissingReviewer => K::Usage,
+            ReviewError::Missing(_) | ReviewError::Key { .. } | ReviewError::Sqlite { .. } => {
+                K::Environment
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -78,3 +78,17 @@ pub enum SentinelError {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+impl vigil_core::Classify for SentinelError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        use vigil_core::ErrorKind as K;
+        match self {
+            SentinelError::BadInput(_) => K::BadData,
+            SentinelError::Corrupt { .. }
+            | SentinelError::Model { .. }
+            | SentinelError::Io { .. }
+            | SentinelError::Storage(_) => K::Environment,
+            SentinelError::Internal(_) => K::Bug,
+        }
+    }
+}

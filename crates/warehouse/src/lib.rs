@@ -593,6 +593,23 @@ impl Warehouse {
     }
 }
 
+impl vigil_core::Classify for WarehouseError {
+    fn kind(&self) -> vigil_core::ErrorKind {
+        use vigil_core::ErrorKind as K;
+        match self {
+            // A query of the user's that ran too long; a rule or ad hoc query that fails to
+            // plan is classified by the caller that knows it is the user's (the SQL of a
+            // built-in table failing on stored data is not).
+            WarehouseError::Timeout { .. } => K::Usage,
+            WarehouseError::Sql { .. }
+            | WarehouseError::SqlFile { .. }
+            | WarehouseError::Write { .. }
+            | WarehouseError::Runtime(_) => K::Environment,
+            WarehouseError::Dataset(e) => vigil_core::Classify::kind(e),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
