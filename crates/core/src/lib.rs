@@ -3,7 +3,10 @@
 //!
 //! [`ErrorKind`] says whose fault an error is. Every error type of the workspace implements
 //! [`Classify`] variant by variant; the binary maps kinds to exit codes in one place
-//! ([`ErrorKind::exit_code`]).
+//! ([`ErrorKind::exit_code`]). [`write_atomic`] is the one way a whole file is replaced.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// Whose fault an error is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +38,57 @@ pub trait Classify {
     fn kind(&self) -> ErrorKind;
 }
 
+/// Replace `path` with `bytes` so that a reader (or a crash) sees the old file or the new
+/// one, never part of either: written to a temporary name beside it (`.NAME.tmp`), flushed
+/// to disk, renamed over it, then the directory flushed. The temporary file is removed on
+/// an error. Returns the I/O error with the path it concerns.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::Error)> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|e| (tmp.clone(), e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| (path.to_path_buf(), e)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return written;
+    }
+    // A directory that cannot be opened for syncing (some file systems) still has the file.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_atomic_replaces_the_whole_file_and_leaves_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("vigil-core-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.json");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        assert!(!dir.join(".a.json.tmp").exists());
+        // Into a directory that does not exist: the error names the temporary path.
+        let (p, _) = write_atomic(&dir.join("missing").join("b"), b"x").unwrap_err();
+        assert!(p.ends_with(".b.tmp"), "{}", p.display());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn exit_codes_are_the_readmes() {

@@ -480,18 +480,11 @@ impl Dataset {
         let final_path = part.as_ref().map(|p| p.final_path.clone());
         // The journal itself appears whole or not at all.
         let path = self.journal_path();
-        let tmp = self.root.join(".commit.json.tmp");
         let text = serde_json::to_vec(&journal)
             .map_err(|e| EventsError::Internal(format!("cannot encode the commit journal: {e}")))?;
-        let written = std::fs::write(&tmp, &text)
-            .and_then(|()| File::open(&tmp)?.sync_all())
-            .map_err(io_err(&tmp))
-            .and_then(|()| std::fs::rename(&tmp, &path).map_err(io_err(&path)))
-            .and_then(|()| sync_dir(&self.root));
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
+        if let Err((p, source)) = vigil_core::write_atomic(&path, &text) {
             let _ = std::fs::remove_file(&path);
-            return Err(e);
+            return Err(EventsError::Io { path: p, source });
         }
         // From here the commit belongs to the journal: the part's file is not deleted on drop.
         if let Some(mut p) = part {

@@ -334,14 +334,8 @@ impl Outputs {
         Ok(())
     }
     fn text(&mut self, name: &str, content: &str) -> Result<(), PipelineError> {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let io = |p: &Path| {
-            let path = p.to_path_buf();
-            move |source| PipelineError::Io { path, source }
-        };
-        std::fs::write(&tmp, content).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        vigil_core::write_atomic(&self.dir.join(name), content.as_bytes())
+            .map_err(|(path, source)| PipelineError::Io { path, source })?;
         self.written.push(name.to_string());
         Ok(())
     }
@@ -730,11 +724,9 @@ pub fn run(
         incidents: usize::from(incident.is_some()),
         report: opts.out.join("report.html").display().to_string(),
     };
-    let path = opts.out.join("run.json");
-    let tmp = opts.out.join(".run.json.tmp");
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    vigil_core::write_atomic(&opts.out.join("run.json"), text.as_bytes())
+        .map_err(|(path, source)| PipelineError::Io { path, source })?;
     std::fs::remove_file(&marker).map_err(io(&marker))?;
     Ok(manifest)
 }

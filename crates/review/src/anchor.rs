@@ -191,8 +191,8 @@ impl AuditKey {
         }
     }
 
-    /// Record that `store_id` now has `records` records ending in `head` (written whole, by
-    /// rename).
+    /// Record that `store_id` now has `records` records ending in `head` (written whole:
+    /// [`vigil_core::write_atomic`]).
     pub fn set_anchor(&self, store_id: &str, records: i64, head: &str) -> Result<(), ReviewError> {
         let path = self.anchor_path(store_id);
         if let Some(dir) = path.parent() {
@@ -202,11 +202,8 @@ impl AuditKey {
             "{records} {head} {}\n",
             self.mac(store_id, &format!("{records} {head}"))
         );
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, body)
-            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| key_err(&path, e.to_string()))
+        vigil_core::write_atomic(&path, body.as_bytes())
+            .map_err(|(p, e)| key_err(&p, e.to_string()))
     }
 }
 

@@ -216,10 +216,8 @@ impl SentinelIndex {
         let io = |path: PathBuf| move |source| SentinelError::Io { path, source };
         std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
         for (name, bytes) in self.to_files()? {
-            let path = dir.join(name);
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, bytes).map_err(io(tmp.clone()))?;
-            std::fs::rename(&tmp, &path).map_err(io(path.clone()))?;
+            vigil_core::write_atomic(&dir.join(name), &bytes)
+                .map_err(|(path, source)| SentinelError::Io { path, source })?;
         }
         Ok(())
     }
