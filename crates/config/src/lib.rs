@@ -279,8 +279,9 @@ pub struct DriftConfig {
     pub features: Vec<String>,
 }
 
-/// Alert severities; a `high` alert is what opens an incident.
-pub const SEVERITIES: [&str; 3] = ["low", "medium", "high"];
+/// Alert severities; a `high` alert is what opens an incident ([`vigil_core::Severity`]'s
+/// names).
+pub const SEVERITIES: [&str; 3] = vigil_core::Severity::NAMES;
 
 /// The twelve user-day features of the spec, in the spec's order.
 pub const USER_DAY_FEATURES: [&str; 12] = [

@@ -265,5 +265,5 @@ impl Default for EnforcementConfig {
     }
 }
 
-/// The actions a rule or a reviewer may choose.
-pub const ACTIONS: [&str; 5] = ["allow", "warn", "rate_limit", "block", "escalate"];
+/// The actions a rule or a reviewer may choose ([`vigil_core::Action`]'s names).
+pub const ACTIONS: [&str; 5] = vigil_core::Action::NAMES;

@@ -38,6 +38,94 @@ pub trait Classify {
     fn kind(&self) -> ErrorKind;
 }
 
+/// A closed vocabulary: an enum whose every variant has one lowercase name, parsed from and
+/// printed as it. The names are what configuration, bundles and the audit log store.
+macro_rules! vocabulary {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in order.
+            pub const ALL: [$name; [$($text),+].len()] = [$($name::$variant),+];
+            /// Every value's name, in order.
+            pub const NAMES: [&'static str; [$($text),+].len()] = [$($text),+];
+
+            /// The stored name.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            /// Exactly a name (no case folding: `High` is not `high`).
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "`{other}` is not one of {}",
+                        $name::NAMES.join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+vocabulary! {
+    /// What an enforcement rule or a reviewer does about a case.
+    Action {
+        /// Nothing.
+        Allow = "allow",
+        /// Warn the user.
+        Warn = "warn",
+        /// Slow the user down.
+        RateLimit = "rate_limit",
+        /// Block the user.
+        Block = "block",
+        /// Hand the case to a lead.
+        Escalate = "escalate",
+    }
+}
+
+vocabulary! {
+    /// How serious an alert is; a `high` one opens an incident.
+    Severity {
+        /// Low.
+        Low = "low",
+        /// Medium.
+        Medium = "medium",
+        /// High: opens an incident.
+        High = "high",
+    }
+}
+
+vocabulary! {
+    /// Why a reviewer decided as they did.
+    ReasonCode {
+        /// Spam.
+        Spam = "spam",
+        /// Evading the policy.
+        PolicyEvasion = "policy_evasion",
+        /// Coordinated abuse (rings).
+        CoordinatedAbuse = "coordinated_abuse",
+        /// Not abuse after all.
+        FalsePositive = "false_positive",
+    }
+}
+
 /// Replace `path` with `bytes` so that a reader (or a crash) sees the old file or the new
 /// one, never part of either: written to a temporary name beside it (`.NAME.tmp`), flushed
 /// to disk, renamed over it, then the directory flushed. The temporary file is removed on
@@ -74,6 +162,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), (PathBuf, std::io::
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vocabularies_parse_exactly_their_names_and_print_them_back() {
+        for a in Action::ALL {
+            assert_eq!(a.as_str().parse::<Action>(), Ok(a));
+        }
+        assert_eq!(
+            Action::NAMES,
+            ["allow", "warn", "rate_limit", "block", "escalate"]
+        );
+        assert_eq!(Severity::High.to_string(), "high");
+        let err = "High".parse::<Severity>().unwrap_err();
+        assert!(err.contains("low, medium, high"), "{err}");
+        assert!("nuke".parse::<Action>().is_err());
+        assert_eq!("spam".parse::<ReasonCode>(), Ok(ReasonCode::Spam));
+    }
 
     #[test]
     fn write_atomic_replaces_the_whole_file_and_leaves_no_temporary() {

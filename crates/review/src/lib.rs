@@ -18,9 +18,4 @@ pub use queue::{Flags, QueueEntry, build_queue};
 pub use store::{AuditRecord, Case, Decision, ReviewError, ReviewStore, VerifyReport, case_id};
 
 /// Reason codes a reviewer may give.
-pub const REASON_CODES: [&str; 4] = [
-    "spam",
-    "policy_evasion",
-    "coordinated_abuse",
-    "false_positive",
-];
+pub const REASON_CODES: [&str; 4] = vigil_core::ReasonCode::NAMES;

@@ -441,16 +441,19 @@ impl ReviewStore {
         decision_ts: &str,
         key: &AuditKey,
     ) -> Result<AuditRecord, ReviewError> {
-        if !ACTIONS.contains(&d.decision.as_str()) {
-            return Err(ReviewError::InvalidDecision {
-                value: d.decision.clone(),
-            });
-        }
-        if !REASON_CODES.contains(&d.reason_code.as_str()) {
-            return Err(ReviewError::InvalidReason {
-                value: d.reason_code.clone(),
-            });
-        }
+        // Parsed into the closed vocabularies: what is stored is always one of their names.
+        let action: vigil_core::Action =
+            d.decision
+                .parse()
+                .map_err(|_| ReviewError::InvalidDecision {
+                    value: d.decision.clone(),
+                })?;
+        let reason: vigil_core::ReasonCode =
+            d.reason_code
+                .parse()
+                .map_err(|_| ReviewError::InvalidReason {
+                    value: d.reason_code.clone(),
+                })?;
         if d.reviewer.trim().is_empty() {
             return Err(ReviewError::MissingReviewer);
         }
@@ -487,8 +490,8 @@ impl ReviewStore {
             review_id: d.review_id.clone(),
             day,
             user_id,
-            decision: d.decision.clone(),
-            reason_code: d.reason_code.clone(),
+            decision: action.as_str().to_string(),
+            reason_code: reason.as_str().to_string(),
             notes: d.notes.clone(),
             reviewer: d.reviewer.trim().to_string(),
             decision_ts: decision_ts.to_string(),
