@@ -39,10 +39,9 @@ pub(crate) fn keep_freed_pages() {
 
 /// Turn transparent huge pages off for this process (the pipeline commands). mimalloc asks
 /// the kernel for huge pages on its arena, and with `defrag=madvise` (a common default) the
-/// first touch of each 2 MiB page compacts memory and zeroes the whole page: at 2M events
-/// `vigil run` spent 2.5-2.9 s of system time there against ~0.7 s with 4 KiB pages, and
-/// ingest 0.6-1.35 s against 0.26 s (BENCHMARKS.md). An explicit `MIMALLOC_ALLOW_THP` in the
-/// environment is left alone.
+/// first touch of each 2 MiB page compacts memory and zeroes the whole page, which cost
+/// seconds of system time per run (BENCHMARKS.md, "transparent huge pages"). An explicit
+/// `MIMALLOC_ALLOW_THP` in the environment is left alone.
 fn no_huge_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;

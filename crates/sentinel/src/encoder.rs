@@ -149,8 +149,7 @@ impl MiniLmEncoder {
             dim: config.hidden_size,
             name: dir.display().to_string(),
             precision: Precision::F32,
-            // Measured on 2 cores with short chat lines: 32 texts 330 lines/s, 128 texts 478,
-            // 512 texts 352 (`cargo run --release -p vigil-sentinel --example bench -- encoding`).
+            // The fastest batch size for short chat lines (BENCHMARKS.md, "encoder batch size").
             batch_size: 128,
             max_batch_tokens: 8192,
         }
