@@ -7,6 +7,7 @@ use std::time::Duration;
 
 mod review_cmd;
 mod sentinel_cmd;
+mod serve_cmd;
 
 /// mimalloc keeps freed pages for reuse instead of handing every large column buffer back to
 /// the kernel (see BENCHMARKS.md: the 10M-event run spent ~12% of its CPU zeroing fresh pages).
@@ -134,6 +135,27 @@ enum Command {
         #[command(subcommand)]
         cmd: sentinel_cmd::SentinelCommand,
     },
+    /// The live detection service: events in over HTTP, durable, scored in milliseconds.
+    #[command(
+        after_help = "Examples:\n  vigil run --input events.csv --out out/ && cp -r out/model vigil-data/model\n  vigil token create --data vigil-data --scope ingest --name collector\n  vigil serve --data vigil-data --listen 127.0.0.1:8080\n  vigil serve --data vigil-data --model out/model --config vigil.toml --listen 127.0.0.1:0\n\nThen:\n  curl -H \"Authorization: Bearer $TOKEN\" --data-binary @events.ndjson -H 'Content-Type: application/x-ndjson' http://127.0.0.1:8080/v1/events"
+    )]
+    Serve(serve_cmd::ServeArgs),
+    /// API tokens of a service's data directory: create (printed once), list, revoke.
+    #[command(
+        after_help = "Examples:\n  vigil token create --data vigil-data --scope ingest --name collector\n  vigil token create --data vigil-data --scope read\n  vigil token list --data vigil-data\n  vigil token revoke --data vigil-data 3f9a1c0b2d4e"
+    )]
+    Token {
+        #[command(subcommand)]
+        cmd: serve_cmd::TokenCommand,
+    },
+    /// Benchmarks that need a running service: `vigil bench serve`.
+    #[command(
+        after_help = "Examples:\n  vigil bench serve --model out/model\n  vigil bench serve --model out/model --events 1000000 --batch 2000 --rate 0\n  vigil bench serve --model out/model --events 0 --rate 2000 --seconds 30"
+    )]
+    Bench {
+        #[command(subcommand)]
+        cmd: serve_cmd::BenchCommand,
+    },
     /// Print a configuration file with every setting at its default.
     Config {
         /// Which defaults to print.
@@ -259,7 +281,7 @@ struct ScoreArgs {
 
 /// A command-line argument that makes no sense: the user's to fix, exit code 2.
 #[derive(Debug)]
-struct BadArgument(String);
+pub(crate) struct BadArgument(pub(crate) String);
 
 impl std::fmt::Display for BadArgument {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -754,7 +776,8 @@ fn kind_of(cause: &(dyn std::error::Error + 'static)) -> Option<vigil_core::Erro
         vigil_monitor::MonitorError,
         vigil_review::ReviewError,
         vigil_sentinel::SentinelError,
-        vigil_config::ConfigError
+        vigil_config::ConfigError,
+        vigil_serve::ServeError
     );
     None
 }
@@ -797,6 +820,9 @@ fn main() -> ExitCode {
         Command::Review { cmd } => review_cmd::run(cmd),
         Command::Sql(a) => cmd_sql(a),
         Command::Sentinel { cmd } => sentinel_cmd::run(cmd),
+        Command::Serve(a) => serve_cmd::serve(a),
+        Command::Token { cmd } => serve_cmd::token(cmd),
+        Command::Bench { cmd } => serve_cmd::bench(cmd),
         Command::Config { profile } => profile
             .parse::<Profile>()
             .map_err(anyhow::Error::from)

@@ -91,6 +91,8 @@ pub struct Config {
     pub automation: AutomationConfig,
     /// The ordered enforcement policy.
     pub enforcement: EnforcementConfig,
+    /// The live service (`vigil serve`).
+    pub serve: ServeConfig,
 }
 
 impl Default for Config {
@@ -123,6 +125,47 @@ impl Default for IngestConfig {
             max_field_lines: 100,
             batch_rows: 64 * 1024,
             assume_utc_for_naive_timestamps: false,
+        }
+    }
+}
+
+/// The live service: request limits, group commit, flushing into the dataset, state bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Largest request body in bytes (a larger one is answered 413).
+    pub max_body_bytes: usize,
+    /// Most events in one request (more is answered 413).
+    pub max_events_per_request: usize,
+    /// Most events one group commit makes durable at once.
+    pub group_commit_events: usize,
+    /// Requests waiting for the durable log before new ones get 503 with Retry-After.
+    pub intake_queue: usize,
+    /// Move durable events into the Parquet dataset every this many seconds...
+    pub flush_interval_secs: u64,
+    /// ...or as soon as this many are waiting.
+    pub flush_events: usize,
+    /// Days of per-day detail kept per user, counted back from the user's newest event.
+    pub state_days: u32,
+    /// A user with no event for this many days of event time (behind the newest event the
+    /// service has seen) is evicted from memory; 0 keeps every user.
+    pub idle_evict_days: u32,
+    /// Chat messages kept per user (for the queue enrichment and rare-harm affinity).
+    pub recent_messages: usize,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_events_per_request: 20_000,
+            group_commit_events: 50_000,
+            intake_queue: 1024,
+            flush_interval_secs: 60,
+            flush_events: 200_000,
+            state_days: 2,
+            idle_evict_days: 30,
+            recent_messages: 20,
         }
     }
 }
@@ -328,6 +371,7 @@ impl Config {
             review: ReviewConfig::default(),
             automation: AutomationConfig::for_profile(profile),
             enforcement: EnforcementConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 
@@ -402,6 +446,22 @@ impl Config {
         }
         if self.ingest.batch_rows == 0 {
             return bad("ingest.batch_rows", "must be at least 1");
+        }
+        let sv = &self.serve;
+        for (key, v) in [
+            ("serve.max_body_bytes", sv.max_body_bytes),
+            ("serve.max_events_per_request", sv.max_events_per_request),
+            ("serve.group_commit_events", sv.group_commit_events),
+            ("serve.intake_queue", sv.intake_queue),
+            ("serve.flush_events", sv.flush_events),
+            ("serve.state_days", sv.state_days as usize),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if sv.flush_interval_secs == 0 {
+            return bad("serve.flush_interval_secs", "must be at least 1");
         }
         let t = self.sql.statement_timeout_secs;
         if !t.is_finite() || !(0.0..=1e9).contains(&t) {

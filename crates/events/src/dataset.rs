@@ -137,27 +137,35 @@ impl Dataset {
     /// Keys of every event already stored, reading only the `event_id` column.
     pub fn known_event_keys(&self) -> Result<KeySet, EventsError> {
         let mut keys = KeySet::default();
-        for part in self.parts()? {
-            let file = File::open(&part).map_err(io_err(&part))?;
-            let pq = |e: parquet::errors::ParquetError| EventsError::Corrupt {
-                path: part.clone(),
-                message: e.to_string(),
-            };
-            let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
-            let mask = ProjectionMask::columns(builder.parquet_schema(), ["event_id"]);
-            for batch in builder.with_projection(mask).build().map_err(pq)? {
-                let batch = batch.map_err(|e| EventsError::Corrupt {
-                    path: part.clone(),
-                    message: e.to_string(),
-                })?;
+        self.add_event_keys(&self.parts()?, &mut keys)?;
+        Ok(keys)
+    }
+
+    /// Add the keys of the events of `parts` (paths from [`Dataset::parts`]) to `keys`.
+    pub fn add_event_keys(&self, parts: &[PathBuf], keys: &mut KeySet) -> Result<(), EventsError> {
+        for part in parts {
+            scan_part(part, Some(&["event_id"]), &mut |batch| {
                 let ids = batch.column(0).as_string::<i32>();
                 keys.reserve(ids.len());
                 for i in 0..ids.len() {
                     keys.insert(event_key(ids.value(i)));
                 }
-            }
+                Ok(())
+            })?;
         }
-        Ok(keys)
+        Ok(())
+    }
+
+    /// Every stored event, part by part in name (so commit) order, batch by batch, with the
+    /// full event schema.
+    pub fn for_each_batch(
+        &self,
+        f: &mut dyn FnMut(&RecordBatch) -> Result<(), EventsError>,
+    ) -> Result<(), EventsError> {
+        for part in self.parts()? {
+            scan_part(&part, None, f)?;
+        }
+        Ok(())
     }
 
     /// Start a new part; rows become visible only after [`PartWriter::commit`].
@@ -191,6 +199,32 @@ impl Dataset {
             rows: 0,
         })
     }
+}
+
+/// Read one part's batches (`columns` only, when given).
+fn scan_part(
+    part: &Path,
+    columns: Option<&[&str]>,
+    f: &mut dyn FnMut(&RecordBatch) -> Result<(), EventsError>,
+) -> Result<(), EventsError> {
+    let file = File::open(part).map_err(io_err(part))?;
+    let pq = |e: parquet::errors::ParquetError| EventsError::Corrupt {
+        path: part.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(pq)?;
+    if let Some(cols) = columns {
+        let mask = ProjectionMask::columns(builder.parquet_schema(), cols.iter().copied());
+        builder = builder.with_projection(mask);
+    }
+    for batch in builder.build().map_err(pq)? {
+        let batch = batch.map_err(|e| EventsError::Corrupt {
+            path: part.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        f(&batch)?;
+    }
+    Ok(())
 }
 
 /// The exclusive writer lock of a data directory: an OS lock (`flock`) on `DIR/.lock`, so

@@ -230,7 +230,7 @@ fn read_error(path: &Path, what: &str, after_line: u64, source: std::io::Error) 
 
 /// Text for the quarantine: valid UTF-8 as is, every other byte as `\xNN`, so the raw bytes
 /// can be recovered and the quarantine stays valid JSON text.
-pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
+pub fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         out.push_str(chunk.valid());
@@ -457,6 +457,53 @@ impl<'de> serde::Deserialize<'de> for UniqueObject {
     }
 }
 
+/// One JSON event object, parsed once: the JSONL reader and the live intake share it, so a
+/// bad event gets the same reason text from both.
+#[derive(Debug)]
+pub struct JsonEvent(serde_json::Map<String, serde_json::Value>);
+
+impl JsonEvent {
+    /// Parse one event's JSON text; the error is the quarantine reason.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        // One parse on the common path: an object straight into a map that refuses repeated
+        // keys; anything else is parsed only to say what it is.
+        let parsed = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<UniqueObject>(text).map(|o| Some(o.0))
+        } else {
+            serde_json::from_str::<serde_json::Value>(text).map(|_| None)
+        };
+        match parsed {
+            Ok(Some(o)) => Ok(Self(o)),
+            Ok(None) => Err("not a JSON object".into()),
+            Err(e) => Err(format!("invalid JSON: {e}")),
+        }
+    }
+
+    /// The first key that is not an event column (ignored; worth a warning).
+    pub fn unknown_key(&self) -> Option<&str> {
+        self.0
+            .keys()
+            .map(String::as_str)
+            .find(|k| !COLUMNS.contains(k))
+    }
+
+    /// Validate the object as an event; the error is the quarantine reason.
+    pub fn validate<'a>(&'a self, validator: &Validator) -> Result<ValidRow<'a>, String> {
+        if let Some(c) = (0..16).find(|c| {
+            matches!(
+                self.0.get(COLUMNS[*c]),
+                Some(serde_json::Value::Array(_) | serde_json::Value::Object(_))
+            )
+        }) {
+            return Err(format!(
+                "field `{}` must be a scalar, found a JSON array or object",
+                COLUMNS[c]
+            ));
+        }
+        validator.validate(|c| json_value(self.0.get(COLUMNS[c])))
+    }
+}
+
 fn read_jsonl(
     path: &Path,
     mut input: Box<dyn BufRead + Send>,
@@ -511,45 +558,18 @@ fn read_jsonl(
             stats.blank_lines += 1;
             continue;
         }
-        // One parse on the common path: an object straight into a map that refuses repeated
-        // keys; anything else is parsed only to say what it is.
-        let parsed = if text.trim_start().starts_with('{') {
-            serde_json::from_str::<UniqueObject>(text).map(|o| Some(o.0))
-        } else {
-            serde_json::from_str::<serde_json::Value>(text).map(|_| None)
-        };
-        let obj = match parsed {
-            Ok(Some(o)) => o,
-            Ok(None) => {
-                sink.bad(line_no, "not a JSON object".into(), text.to_string())?;
-                continue;
-            }
-            Err(e) => {
-                sink.bad(line_no, format!("invalid JSON: {e}"), text.to_string())?;
+        let event = match JsonEvent::parse(text) {
+            Ok(e) => e,
+            Err(reason) => {
+                sink.bad(line_no, reason, text.to_string())?;
                 continue;
             }
         };
-        if !warned_keys && let Some(k) = obj.keys().find(|k| !COLUMNS.contains(&k.as_str())) {
+        if !warned_keys && let Some(k) = event.unknown_key() {
             tracing::warn!(file = %path.display(), "ignoring key `{k}`: not part of the event schema");
             warned_keys = true;
         }
-        if let Some(c) = (0..16).find(|c| {
-            matches!(
-                obj.get(COLUMNS[*c]),
-                Some(serde_json::Value::Array(_) | serde_json::Value::Object(_))
-            )
-        }) {
-            sink.bad(
-                line_no,
-                format!(
-                    "field `{}` must be a scalar, found a JSON array or object",
-                    COLUMNS[c]
-                ),
-                text.to_string(),
-            )?;
-            continue;
-        }
-        match validator.validate(|c| json_value(obj.get(COLUMNS[c]))) {
+        match event.validate(validator) {
             Ok(row) => sink.good(&row)?,
             Err(reason) => sink.bad(line_no, reason, text.to_string())?,
         }

@@ -46,6 +46,13 @@ pub fn flags(
     }
 }
 
+/// A case's priority (expected harm): `w0 * risk + w1 * uncertainty + w2 * clip(n_chat /
+/// priority_chat_scale, 0, 1)`. The batch queue and the live service both rank by it.
+pub fn priority(risk: f64, uncertainty: f64, n_chat: f64, cfg: &ReviewConfig) -> f64 {
+    let [w0, w1, w2] = cfg.priority_weights;
+    w0 * risk + w1 * uncertainty + w2 * (n_chat / cfg.priority_chat_scale).clamp(0.0, 1.0)
+}
+
 /// Flag every user-day, keep the flagged ones ordered by priority then risk (both
 /// descending; ties keep table order), at most `cfg.queue_size`.
 pub fn build_queue(
@@ -56,16 +63,13 @@ pub fn build_queue(
     threshold: f64,
     cfg: &ReviewConfig,
 ) -> Vec<QueueEntry> {
-    let [w0, w1, w2] = cfg.priority_weights;
     let mut q: Vec<QueueEntry> = (0..risk.len())
         .filter_map(|i| {
             let f = flags(risk[i], uncertainty[i], heuristic[i], threshold, cfg);
             f.any().then(|| QueueEntry {
                 row: i,
                 flags: f,
-                priority: w0 * risk[i]
-                    + w1 * uncertainty[i]
-                    + w2 * (n_chat[i] / cfg.priority_chat_scale).clamp(0.0, 1.0),
+                priority: priority(risk[i], uncertainty[i], n_chat[i], cfg),
             })
         })
         .collect();

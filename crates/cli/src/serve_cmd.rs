@@ -1,0 +1,204 @@
+//! `vigil serve` and `vigil token`: flags only; the service is `vigil-serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use vigil_config::Config;
+use vigil_serve::{Scope, ServeOptions, TokenStore};
+
+/// `vigil serve` flags.
+#[derive(Args, Debug)]
+pub(crate) struct ServeArgs {
+    /// The service's home: the Parquet dataset, the durable intake log, the token store.
+    #[arg(long, default_value = "vigil-data")]
+    data: PathBuf,
+    /// Model bundle (`OUT/model` of a `vigil run`) [default: the newest under DATA/model or
+    /// DATA/models/*].
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Configuration file (its `[serve]` table sets limits and state bounds).
+    #[arg(long, env = "VIGIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port. Loopback unless told otherwise.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+}
+
+/// `vigil token` subcommands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCommand {
+    /// Make a token and print it, alone on its line (only its hash is stored).
+    Create {
+        /// The service's data directory.
+        #[arg(long, default_value = "vigil-data")]
+        data: PathBuf,
+        /// What it may do: ingest, read, review or admin.
+        #[arg(long)]
+        scope: String,
+        /// A name for people (who holds it, what for).
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List tokens (ids, names, scopes; never the tokens).
+    List {
+        /// The service's data directory.
+        #[arg(long, default_value = "vigil-data")]
+        data: PathBuf,
+    },
+    /// Revoke a token by its id (from `vigil token list`).
+    Revoke {
+        /// The service's data directory.
+        #[arg(long, default_value = "vigil-data")]
+        data: PathBuf,
+        /// The token's id.
+        id: String,
+    },
+}
+
+pub(crate) fn serve(a: ServeArgs) -> Result<()> {
+    let config = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if !a.listen.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {} (not loopback): every endpoint but health needs a token; put TLS \
+             in front of it",
+            a.listen
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let opts = ServeOptions {
+        data: a.data,
+        model: a.model,
+        config,
+        listen: a.listen,
+    };
+    runtime.block_on(vigil_serve::serve(opts, |addr| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{addr}");
+        let _ = out.flush();
+    }))?;
+    Ok(())
+}
+
+pub(crate) fn token(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create { data, scope, name } => {
+            let scope: Scope = scope.parse().map_err(|e: String| crate::BadArgument(e))?;
+            let (token, info) = TokenStore::open(&data)?.create(scope, &name)?;
+            println!("{token}");
+            eprintln!(
+                "token {} ({}, scope {}) created; it is shown only now: store it in a secret manager",
+                info.id,
+                info.name,
+                info.scope.as_str()
+            );
+        }
+        TokenCommand::List { data } => {
+            let tokens = TokenStore::open(&data)?.list()?;
+            println!(
+                "{:<14} {:<8} {:<21} {:<21} name",
+                "id", "scope", "created", "revoked"
+            );
+            for t in tokens {
+                println!(
+                    "{:<14} {:<8} {:<21} {:<21} {}",
+                    t.id,
+                    t.scope.as_str(),
+                    t.created_at,
+                    t.revoked_at.as_deref().unwrap_or("-"),
+                    t.name
+                );
+            }
+        }
+        TokenCommand::Revoke { data, id } => {
+            if !TokenStore::open(&data)?.revoke(&id)? {
+                return Err(crate::BadArgument(format!(
+                    "no live token with id `{id}` (see `vigil token list --data {}`)",
+                    data.display()
+                ))
+                .into());
+            }
+            eprintln!("token {id} revoked; a running service refuses it within 2 seconds");
+        }
+    }
+    Ok(())
+}
+
+/// `vigil bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum BenchCommand {
+    /// Start the service on loopback and drive it with a bounded load: batched intake, then
+    /// single events at a fixed rate; prints throughput, latency percentiles and peak memory.
+    Serve(BenchServeArgs),
+}
+
+/// `vigil bench serve` flags.
+#[derive(Args, Debug)]
+pub(crate) struct BenchServeArgs {
+    /// Model bundle (`OUT/model` of a `vigil run`).
+    #[arg(long)]
+    model: PathBuf,
+    /// Data directory [default: a temporary one, removed afterwards].
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Configuration file (its `[serve]` table).
+    #[arg(long, env = "VIGIL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Events in the batched phase.
+    #[arg(long, default_value_t = 500_000)]
+    events: usize,
+    /// Events per batched request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Concurrent connections in the batched phase.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Distinct users.
+    #[arg(long, default_value_t = 50_000)]
+    users: usize,
+    /// Give chat events prompt text.
+    #[arg(long)]
+    text: bool,
+    /// Single-event requests per second (0 skips that phase).
+    #[arg(long, default_value_t = 2000)]
+    rate: u64,
+    /// Seconds of the single-event phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+}
+
+pub(crate) fn bench(cmd: BenchCommand) -> Result<()> {
+    let BenchCommand::Serve(a) = cmd;
+    let config = match &a.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let opts = vigil_serve::bench::BenchOptions {
+        model: a.model,
+        data: a.data,
+        events: a.events,
+        batch: a.batch,
+        connections: a.connections,
+        users: a.users,
+        text: a.text,
+        rate: a.rate,
+        seconds: a.seconds,
+    };
+    let report = runtime.block_on(vigil_serve::bench::bench(opts, config, |line| {
+        eprintln!("{line}");
+    }))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}

@@ -1,0 +1,691 @@
+//! End-to-end tests of `vigil serve`: the real binary on 127.0.0.1, driven over real HTTP.
+//! Streaming equals batch, tokens and scopes, bad input, restarts and kill -9.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+mod common;
+use common::ok;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A running `vigil serve`; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Start the service and wait (at most 120 s) for its "listening on" line.
+    fn start(data: &Path, model: &Path, config: Option<&Path>) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args(["serve", "--data", s(data), "--model", s(model)])
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(c) = config {
+            cmd.args(["--config", s(c)]);
+        }
+        let mut child = cmd.spawn().expect("vigil serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("vigil serve says where it listens within 120 s");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, addr }
+    }
+
+    /// SIGTERM, then the exit status (at most 60 s).
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        for _ in 0..600 {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("vigil serve did not stop within 60 s of SIGTERM");
+    }
+
+    fn kill9(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+        let _ = self.child.wait();
+    }
+
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        http(&self.addr, "GET", path, token, "", b"")
+    }
+
+    fn post(&self, path: &str, token: Option<&str>, ctype: &str, body: &[u8]) -> (u16, String) {
+        http(&self.addr, "POST", path, token, ctype, body)
+    }
+
+    /// POST events as a JSON array; the parsed per-event results.
+    fn events(&self, token: &str, events: &[serde_json::Value]) -> Vec<serde_json::Value> {
+        let body = serde_json::to_vec(events).unwrap();
+        let (status, text) = self.post("/v1/events", Some(token), "application/json", &body);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh loopback connection; (status, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    ctype: &str,
+    body: &[u8],
+) -> (u16, String) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !ctype.is_empty() {
+        head.push_str(&format!("Content-Type: {ctype}\r\n"));
+    }
+    head.push_str("\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading the whole body and close.
+    let _ = c.write_all(body);
+    let mut raw = Vec::new();
+    let _ = c.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+fn token(data: &Path, scope: &str) -> String {
+    ok(&["token", "create", "--data", s(data), "--scope", scope])
+        .trim()
+        .to_string()
+}
+
+/// The rows of a CSV file as maps from column to text.
+fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .zip(rec.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// A CSV event row as the JSON object a client would send (text values; empty = absent).
+fn event_json(row: &HashMap<String, String>) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in row {
+        if !v.is_empty() {
+            m.insert(k.clone(), serde_json::Value::from(v.as_str()));
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// A small deterministic generator for shuffles and batch sizes.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) as usize) % n
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
+}
+
+/// Generated events plus a model trained on them.
+fn trained(dir: &Path, events: &str) -> (PathBuf, PathBuf) {
+    let input = dir.join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        events,
+        "--seed",
+        "11",
+        "--end",
+        "2026-03-01T00:00:00Z",
+        "--out",
+        s(&input),
+    ]);
+    let run = dir.join("run");
+    ok(&["run", "--input", s(&input), "--out", s(&run)]);
+    (input, run)
+}
+
+fn write_config(dir: &Path, serve: &str) -> PathBuf {
+    let p = dir.join("vigil.toml");
+    std::fs::write(&p, format!("[serve]\n{serve}\n")).unwrap();
+    p
+}
+
+#[test]
+fn streaming_events_through_the_service_equals_the_batch_run_and_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, run) = trained(dir.path(), "20000");
+    let model = run.join("model");
+    let scored = dir.path().join("scored");
+    ok(&[
+        "score",
+        "--model",
+        s(&model),
+        "--input",
+        s(&input),
+        "--out",
+        s(&scored),
+    ]);
+    let data = dir.path().join("live");
+    let cfg = write_config(dir.path(), "state_days = 60\nflush_interval_secs = 1");
+    let ingest = token(&data, "ingest");
+    let read = token(&data, "read");
+    let server = Server::start(&data, &model, Some(&cfg));
+
+    // Day by day, shuffled within each day, in batches of 1 to 400 events, alternating JSON
+    // arrays and NDJSON.
+    let rows = csv_rows(&input);
+    let mut by_day: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for r in &rows {
+        by_day
+            .entry(r["ts"][..10].to_string())
+            .or_default()
+            .push(event_json(r));
+    }
+    let mut rng = Lcg(7);
+    let (mut sent, mut batches) = (0usize, 0usize);
+    for (_, mut day) in by_day {
+        for i in (1..day.len()).rev() {
+            day.swap(i, rng.next(i + 1));
+        }
+        let mut at = 0;
+        while at < day.len() {
+            let n = (1 + rng.next(400)).min(day.len() - at);
+            let batch = &day[at..at + n];
+            let results = if batches.is_multiple_of(2) {
+                server.events(&ingest, batch)
+            } else {
+                let body: String = batch.iter().map(|e| format!("{e}\n")).collect();
+                let (st, text) = server.post(
+                    "/v1/events",
+                    Some(&ingest),
+                    "application/x-ndjson",
+                    body.as_bytes(),
+                );
+                assert_eq!(st, 200, "{text}");
+                serde_json::from_str(&text).unwrap()
+            };
+            assert_eq!(results.len(), n);
+            for (e, r) in batch.iter().zip(&results) {
+                assert_eq!(r["event_id"], e["event_id"]);
+                assert_eq!(r["status"], "accepted", "{r}");
+                assert!(r["risk"].is_number() && r["action"].is_string(), "{r}");
+            }
+            at += n;
+            sent += n;
+            batches += 1;
+        }
+    }
+    assert_eq!(sent, rows.len());
+
+    // Every user-day's features equal user_day_features, its risk equals vigil score's.
+    let features = csv_rows(&run.join("user_day_features.csv"));
+    let risk: HashMap<(String, String), f64> = csv_rows(&scored.join("user_day_scored.csv"))
+        .iter()
+        .map(|r| {
+            (
+                (r["user_id"].clone(), r["day"].clone()),
+                r["risk_score"].parse().unwrap(),
+            )
+        })
+        .collect();
+    let actions: HashMap<(String, String), (String, String)> =
+        csv_rows(&scored.join("enforcement_actions.csv"))
+            .iter()
+            .map(|r| {
+                (
+                    (r["user_id"].clone(), r["day"].clone()),
+                    (r["suggested_action"].clone(), r["reason_code"].clone()),
+                )
+            })
+            .collect();
+    assert!(!actions.is_empty());
+    let mut users: HashMap<String, serde_json::Value> = HashMap::new();
+    let (mut compared, mut acted) = (0, 0);
+    for f in &features {
+        let user = &f["user_id"];
+        let view = users.entry(user.clone()).or_insert_with(|| {
+            let (st, text) = server.get(&format!("/v1/users/{user}"), Some(&read));
+            assert_eq!(st, 200, "{text}");
+            serde_json::from_str(&text).unwrap()
+        });
+        let day = view["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["day"] == f["day"].as_str())
+            .unwrap_or_else(|| panic!("the service lacks {user} on {}", f["day"]));
+        for (col, want) in f {
+            let got = &day["features"][col.as_str()];
+            match col.as_str() {
+                "day" | "user_id" => continue,
+                "is_abuse_gt" if want.is_empty() => assert!(got.is_null()),
+                _ => {
+                    let want: f64 = want.parse().unwrap();
+                    let got = got
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{col} of {user}: {got}"));
+                    assert!(
+                        close(got, want),
+                        "{user} {}: {col} live {got}, batch {want}",
+                        f["day"]
+                    );
+                }
+            }
+        }
+        let key = (user.clone(), f["day"].clone());
+        let live = day["score"]["risk"].as_f64().unwrap();
+        assert!(
+            close(live, risk[&key]),
+            "{key:?}: live risk {live}, vigil score {}",
+            risk[&key]
+        );
+        if let Some((action, reason)) = actions.get(&key) {
+            assert_eq!(day["score"]["action"], action.as_str(), "{key:?}");
+            assert_eq!(day["score"]["rule"], reason.as_str(), "{key:?}");
+            acted += 1;
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, risk.len());
+    assert_eq!(acted, actions.len());
+
+    // Sending it all again stores nothing twice.
+    let again = server.events(
+        &ingest,
+        &rows[..50].iter().map(event_json).collect::<Vec<_>>(),
+    );
+    assert!(
+        again.iter().all(|r| r["status"] == "duplicate"),
+        "{again:?}"
+    );
+
+    // SIGTERM flushes into the dataset, which the batch then scores exactly as the file.
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+    let from_data = dir.path().join("from-data");
+    ok(&[
+        "score",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--out",
+        s(&from_data),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(scored.join("user_day_scored.csv")).unwrap(),
+        std::fs::read_to_string(from_data.join("user_day_scored.csv")).unwrap(),
+        "the dataset the service wrote differs from the events sent"
+    );
+}
+
+#[test]
+fn every_endpoint_but_health_needs_a_token_of_the_right_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, run) = trained(dir.path(), "5000");
+    let data = dir.path().join("live");
+    let ingest = token(&data, "ingest");
+    let read = token(&data, "read");
+    let admin = token(&data, "admin");
+    let server = Server::start(&data, &run.join("model"), None);
+    let one: Vec<serde_json::Value> = csv_rows(&input)[..3].iter().map(event_json).collect();
+    let body = serde_json::to_vec(&one).unwrap();
+
+    assert_eq!(server.get("/healthz", None).0, 200);
+    assert_eq!(server.get("/readyz", None).0, 200);
+    assert_eq!(
+        server.post("/v1/events", None, "application/json", &body).0,
+        401
+    );
+    assert_eq!(
+        server
+            .post(
+                "/v1/events",
+                Some("vgl_ingest_nope"),
+                "application/json",
+                &body
+            )
+            .0,
+        401
+    );
+    assert_eq!(server.get("/metrics", None).0, 401);
+    // An ingest token cannot read users; a read token cannot ingest.
+    assert_eq!(
+        server
+            .post("/v1/events", Some(&read), "application/json", &body)
+            .0,
+        403
+    );
+    let user = one[0]["user_id"].as_str().unwrap();
+    assert_eq!(
+        server.get(&format!("/v1/users/{user}"), Some(&ingest)).0,
+        403
+    );
+    assert_eq!(server.post("/v1/admin/flush", Some(&read), "", b"").0, 403);
+    assert_eq!(
+        server
+            .post("/v1/events", Some(&ingest), "application/json", &body)
+            .0,
+        200
+    );
+    assert_eq!(server.get(&format!("/v1/users/{user}"), Some(&read)).0, 200);
+    assert_eq!(
+        server.get(&format!("/v1/users/{user}"), Some(&admin)).0,
+        200
+    );
+    let (st, metrics) = server.get("/metrics", Some(&read));
+    assert_eq!(st, 200);
+    assert!(metrics.contains("vigil_events_total"), "{metrics}");
+    assert!(metrics.contains("vigil_request_seconds"), "{metrics}");
+
+    // Only hashes are stored; a revoked token stops working without a restart.
+    let stored = std::fs::read(data.join("tokens.db")).unwrap();
+    let secret = ingest.rsplit('_').next().unwrap();
+    assert!(!stored.windows(secret.len()).any(|w| w == secret.as_bytes()));
+    let list = ok(&["token", "list", "--data", s(&data)]);
+    let id = &secret[..12];
+    assert!(list.contains(id) && !list.contains(secret), "{list}");
+    ok(&["token", "revoke", "--data", s(&data), id]);
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(
+        server
+            .post("/v1/events", Some(&ingest), "application/json", &body)
+            .0,
+        401
+    );
+    let bad = common::vigil(&["token", "create", "--data", s(&data), "--scope", "root"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn bad_events_get_the_ingest_reason_and_land_in_the_quarantine() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, run) = trained(dir.path(), "5000");
+    let data = dir.path().join("live");
+    let cfg = write_config(
+        dir.path(),
+        "max_body_bytes = 200000\nmax_events_per_request = 50",
+    );
+    let ingest = token(&data, "ingest");
+    let admin = token(&data, "admin");
+    let server = Server::start(&data, &run.join("model"), Some(&cfg));
+    let good: Vec<serde_json::Value> = csv_rows(&input)[..4].iter().map(event_json).collect();
+    let mut no_user = good[1].clone();
+    no_user.as_object_mut().unwrap().remove("user_id");
+    no_user["event_id"] = "bad-1".into();
+    let mut bad_count = good[2].clone();
+    bad_count["event_id"] = "bad-2".into();
+    bad_count["tokens_in"] = "12x".into();
+    let lines: Vec<String> = vec![
+        good[0].to_string(),
+        no_user.to_string(),
+        "[1, 2]".to_string(),
+        bad_count.to_string(),
+        "{\"event_id\": \"a\", \"event_id\": \"b\"}".to_string(),
+        good[3].to_string(),
+    ];
+    let body = lines.join("\n");
+    let (st, text) = server.post(
+        "/v1/events",
+        Some(&ingest),
+        "application/x-ndjson",
+        body.as_bytes(),
+    );
+    assert_eq!(st, 200, "{text}");
+    let results: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let status: Vec<&str> = results
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        status,
+        [
+            "accepted", "rejected", "rejected", "rejected", "rejected", "accepted"
+        ]
+    );
+    assert_eq!(results[1]["event_id"], "bad-1");
+
+    // `vigil ingest` of the same lines gives the same reasons.
+    let file = dir.path().join("same.jsonl");
+    std::fs::write(&file, &body).unwrap();
+    let other = dir.path().join("other");
+    ok(&["ingest", s(&file), "--data", s(&other)]);
+    let quarantined: Vec<serde_json::Value> =
+        std::fs::read_to_string(other.join("quarantine.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let ingest_reasons: Vec<&str> = quarantined
+        .iter()
+        .map(|q| q["reason"].as_str().unwrap())
+        .collect();
+    let live_reasons: Vec<&str> = results
+        .iter()
+        .filter(|r| r["status"] == "rejected")
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(live_reasons, ingest_reasons);
+
+    // After a flush the rejected events are in the service's quarantine, raw text and all.
+    let (st, text) = server.post("/v1/admin/flush", Some(&admin), "", b"");
+    assert_eq!(st, 200, "{text}");
+    let q = std::fs::read_to_string(data.join("quarantine.jsonl")).unwrap();
+    assert_eq!(q.lines().count(), 4, "{q}");
+    assert!(q.contains("12x") && q.contains("bad-1"), "{q}");
+
+    // Limits: too many events, too large a body (413); not JSON at all (400).
+    let many: Vec<serde_json::Value> = (0..51).map(|_| good[0].clone()).collect();
+    let (st, _) = server.post(
+        "/v1/events",
+        Some(&ingest),
+        "application/json",
+        &serde_json::to_vec(&many).unwrap(),
+    );
+    assert_eq!(st, 413);
+    let big = vec![b' '; 300_000];
+    assert_eq!(
+        server
+            .post("/v1/events", Some(&ingest), "application/json", &big)
+            .0,
+        413
+    );
+    assert_eq!(
+        server
+            .post("/v1/events", Some(&ingest), "application/json", b"[{]")
+            .0,
+        400
+    );
+    // The service is still up and scoring.
+    let again = server.events(&ingest, &good[..1]);
+    assert_eq!(again[0]["status"], "duplicate");
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_event_and_stores_none_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, run) = trained(dir.path(), "5000");
+    let model = run.join("model");
+    let data = dir.path().join("live");
+    let cfg = write_config(dir.path(), "flush_interval_secs = 1\nflush_events = 700");
+    let ingest = token(&data, "ingest");
+    let events: Vec<serde_json::Value> = csv_rows(&input).iter().map(event_json).collect();
+    let mut acknowledged = std::collections::HashSet::new();
+    let mut rng = Lcg(3);
+    // Three rounds: start, send batches from a client thread, kill -9 at a random moment.
+    for round in 0..3 {
+        let server = Server::start(&data, &model, Some(&cfg));
+        let addr = server.addr.clone();
+        let tok = ingest.clone();
+        let evs = events.clone();
+        let start = rng.next(events.len() / 2);
+        let client = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            // From a random point, then around again (retries), until the service dies.
+            let until = std::time::Instant::now() + Duration::from_secs(30);
+            for chunk in evs[start..].chunks(97).chain(evs.chunks(97).cycle()) {
+                if std::time::Instant::now() > until {
+                    break;
+                }
+                let body = serde_json::to_vec(chunk).unwrap();
+                let Ok(mut c) = TcpStream::connect(&addr) else {
+                    break;
+                };
+                let head = format!(
+                    "POST /v1/events HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {tok}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                if c.write_all(head.as_bytes())
+                    .and_then(|()| c.write_all(&body))
+                    .is_err()
+                {
+                    break;
+                }
+                let mut raw = Vec::new();
+                if c.read_to_end(&mut raw).is_err() {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&raw);
+                let Some((h, b)) = text.split_once("\r\n\r\n") else {
+                    break;
+                };
+                if !h.starts_with("HTTP/1.1 200") {
+                    break;
+                }
+                let Ok(results) = serde_json::from_str::<Vec<serde_json::Value>>(&dechunk_if(h, b))
+                else {
+                    break;
+                };
+                for r in results {
+                    if r["status"] == "accepted" || r["status"] == "duplicate" {
+                        acked.push(r["event_id"].as_str().unwrap().to_string());
+                    }
+                }
+            }
+            acked
+        });
+        std::thread::sleep(Duration::from_millis(300 + 200 * rng.next(6) as u64));
+        server.kill9();
+        let acked = client.join().unwrap();
+        assert!(
+            round > 0 || !acked.is_empty(),
+            "no request was acknowledged before the kill"
+        );
+        acknowledged.extend(acked);
+    }
+    // Restart, flush by SIGTERM: every acknowledged event is stored, exactly once.
+    let server = Server::start(&data, &model, Some(&cfg));
+    assert!(server.stop().success());
+    let (stdout, _) = common::ok_output(&[
+        "sql",
+        "--data",
+        s(&data),
+        "--format",
+        "csv",
+        "SELECT event_id, COUNT(*) AS n FROM events GROUP BY event_id",
+    ]);
+    let mut stored = std::collections::HashSet::new();
+    for line in stdout.lines().skip(1) {
+        let (id, n) = line.rsplit_once(',').unwrap();
+        assert_eq!(n, "1", "event {id} stored {n} times");
+        stored.insert(id.to_string());
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
+}
+
+fn dechunk_if(head: &str, body: &str) -> String {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    }
+}

@@ -1,0 +1,561 @@
+//! The HTTP surface: routes, authentication, request parsing and the JSON answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use vigil_events::reader::JsonEvent;
+
+use crate::Service;
+use crate::event::{Event, day_text};
+use crate::intake::{Rejected, WriteError};
+use crate::scoring::{Row, Score};
+use crate::tokens::Scope;
+
+type Svc = Arc<Service>;
+
+pub(crate) fn router(svc: Svc) -> Router {
+    let limit = svc.cfg.serve.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/v1/events", post(post_events))
+        .route("/v1/score", post(post_score))
+        .route("/v1/users/{id}", get(get_user))
+        .route("/v1/admin/flush", post(post_flush))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(svc)
+}
+
+/// Token refresh, idle eviction and gauges, until the service stops.
+pub(crate) async fn housekeeping(svc: Svc) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        if let Err(e) = svc.auth.refresh() {
+            tracing::warn!("cannot re-read the token store: {e}");
+        }
+        if n.is_multiple_of(30) {
+            let gone = svc.state.evict_idle();
+            if gone > 0 {
+                tracing::info!(users = gone, "evicted idle users");
+            }
+        }
+        metrics::gauge!("vigil_users_in_state").set(svc.state.users() as f64);
+        metrics::gauge!("vigil_intake_queue_depth").set(svc.intake.depth() as f64);
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unavailable(message: &str, retry_after_s: u32) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// Check the bearer token for `needed`; the error is the answer to send.
+fn authorize(svc: &Service, headers: &HeaderMap, needed: Scope) -> Result<Scope, Box<Response>> {
+    let challenge = |message: &str| {
+        let mut r = error(StatusCode::UNAUTHORIZED, message);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(Box::new(challenge(
+            "missing `Authorization: Bearer TOKEN` (create a token with `vigil token create`)",
+        )));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    match svc.auth.scope_of(token) {
+        None => Err(Box::new(challenge("unknown or revoked token"))),
+        Some(s) if s.grants(needed) => Ok(s),
+        Some(s) => Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a `{}` token cannot do this; it needs the `{}` scope",
+                s.as_str(),
+                needed.as_str()
+            ),
+        ))),
+    }
+}
+
+async fn healthz() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(svc): State<Svc>) -> Response {
+    if svc.intake.alive() {
+        axum::Json(json!({"status": "ready", "model_version": svc.scorer.version()}))
+            .into_response()
+    } else {
+        unavailable("the intake writer has stopped; see the service log", 5)
+    }
+}
+
+async fn metrics_text(State(svc): State<Svc>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&svc, &headers, Scope::Read) {
+        return *r;
+    }
+    metrics::gauge!("vigil_users_in_state").set(svc.state.users() as f64);
+    metrics::gauge!("vigil_intake_queue_depth").set(svc.intake.depth() as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        svc.metrics.render(),
+    )
+        .into_response()
+}
+
+/// One item of a request body: its JSON text, or why it cannot be read at all.
+enum Item {
+    Text(String),
+    Unreadable { raw: String, reason: String },
+}
+
+fn is_ndjson(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|t| {
+            matches!(
+                t.as_str(),
+                "application/x-ndjson"
+                    | "application/ndjson"
+                    | "application/jsonl"
+                    | "application/x-jsonlines"
+            )
+        })
+}
+
+/// Split a body into event texts: NDJSON (one object per line) or JSON (one object or an
+/// array of them). A body that is not JSON at all is the client's error (400).
+fn split_body(body: &[u8], ndjson: bool) -> Result<Vec<Item>, String> {
+    if ndjson {
+        let mut out = Vec::new();
+        for line in body.split(|b| *b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            match std::str::from_utf8(line) {
+                Ok(t) if t.trim().is_empty() => {}
+                Ok(t) => out.push(Item::Text(t.to_string())),
+                Err(e) => out.push(Item::Unreadable {
+                    raw: vigil_events::reader::escape_bytes(line),
+                    reason: format!(
+                        "not valid UTF-8 (byte {} of the line); the raw line is kept with \\xNN escapes",
+                        e.valid_up_to() + 1
+                    ),
+                }),
+            }
+        }
+        return Ok(out);
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        format!(
+            "the body is not valid UTF-8 (byte {}); send UTF-8 JSON or NDJSON",
+            e.valid_up_to() + 1
+        )
+    })?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text)
+            .map_err(|e| format!("the body is not a JSON array of events: {e}"))?;
+        Ok(items
+            .into_iter()
+            .map(|r| Item::Text(r.get().to_string()))
+            .collect())
+    } else if trimmed.is_empty() {
+        Err("the body is empty; send one event object, an array of them, or NDJSON".into())
+    } else {
+        Ok(vec![Item::Text(text.trim().to_string())])
+    }
+}
+
+/// A rejection's class for the metrics label (never the value itself).
+fn reason_class(reason: &str) -> String {
+    if let Some(rest) = reason.split('`').nth(1)
+        && vigil_events::COLUMNS.contains(&rest)
+    {
+        return format!("field_{rest}");
+    }
+    if reason.starts_with("invalid JSON") {
+        "invalid_json".into()
+    } else if reason.starts_with("not a JSON object") {
+        "not_an_object".into()
+    } else if reason.starts_with("not valid UTF-8") {
+        "not_utf8".into()
+    } else {
+        "other".into()
+    }
+}
+
+/// The `event_id` a client sent, when it can be read (for rejected events too).
+fn claimed_id(text: &str) -> Value {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v.get("event_id").and_then(Value::as_str).map(Value::from))
+        .unwrap_or(Value::Null)
+}
+
+/// Parsed and validated request items, in order.
+struct Parsed {
+    /// Per item: `Ok(index into events)` or `Err((event_id, reason, raw))`.
+    items: Vec<Result<usize, (Value, String, String)>>,
+    events: Vec<Event>,
+}
+
+fn parse_events(svc: &Service, headers: &HeaderMap, body: &[u8]) -> Result<Parsed, Box<Response>> {
+    let items =
+        split_body(body, is_ndjson(headers)).map_err(|m| error(StatusCode::BAD_REQUEST, m))?;
+    let max = svc.cfg.serve.max_events_per_request;
+    if items.len() > max {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} events in one request; at most {max} (serve.max_events_per_request)",
+                items.len()
+            ),
+        )));
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Item::Text(t) => {
+                match JsonEvent::parse(&t)
+                    .and_then(|e| e.validate(&svc.validator).map(|r| Event::from_row(&r)))
+                {
+                    Ok(e) => {
+                        out.push(Ok(events.len()));
+                        events.push(e);
+                    }
+                    Err(reason) => out.push(Err((claimed_id(&t), reason, t))),
+                }
+            }
+            Item::Unreadable { raw, reason } => out.push(Err((Value::Null, reason, raw))),
+        }
+    }
+    Ok(Parsed { items: out, events })
+}
+
+fn score_json(s: &Score, version: &str) -> serde_json::Map<String, Value> {
+    let mut m = serde_json::Map::new();
+    m.insert("risk".into(), json!(s.risk));
+    m.insert("action".into(), json!(s.action));
+    m.insert("rule".into(), json!(s.rule));
+    m.insert("needs_review".into(), json!(s.needs_review));
+    m.insert("model_version".into(), json!(version));
+    m
+}
+
+/// Score the user-days `keys` as they stand (or would stand, with `what_if` events).
+fn score_keys(
+    svc: &Service,
+    keys: &[(String, i32)],
+    what_if: Option<&[Event]>,
+) -> Result<HashMap<(String, i32), Score>, crate::ServeError> {
+    let mut views = HashMap::new();
+    for (user, _) in keys {
+        if !views.contains_key(user) {
+            let v = match what_if {
+                Some(extra) => svc.state.what_if(user, extra),
+                None => svc.state.view(user),
+            };
+            if let Some(v) = v {
+                views.insert(user.clone(), v);
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    let mut row_keys = Vec::new();
+    for (user, day) in keys {
+        let Some(v) = views.get(user) else { continue };
+        if let Some(i) = v.days.iter().position(|d| d.day == *day) {
+            rows.push(Row {
+                user_id: user,
+                day: &v.days[i],
+                context: &v.context,
+                prompts: &v.prompts[i],
+            });
+            row_keys.push((user.clone(), *day));
+        }
+    }
+    let scores = svc.scorer.score(&rows)?;
+    Ok(row_keys.into_iter().zip(scores).collect())
+}
+
+fn distinct_keys(events: &[Event], which: impl Fn(usize) -> bool) -> Vec<(String, i32)> {
+    let mut keys: Vec<(String, i32)> = events
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| which(*i))
+        .map(|(_, e)| (e.user_id.clone(), e.day()))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    if let Err(r) = authorize(&svc, &headers, Scope::Ingest) {
+        return *r;
+    }
+    let parsed = match parse_events(&svc, &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    drop(body);
+    let rid = format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+        REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let source = format!("vigil serve request {rid}");
+    let rejected: Vec<Rejected> = parsed
+        .items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, it)| {
+            it.as_ref().err().map(|(_, reason, raw)| Rejected {
+                source: source.clone(),
+                line: i as u64 + 1,
+                reason: reason.clone(),
+                raw: raw.clone(),
+            })
+        })
+        .collect();
+    let n_rejected = rejected.len();
+    let stored = match svc.intake.write(parsed.events.clone(), rejected).await {
+        Ok(s) => s,
+        Err(WriteError::Saturated) => {
+            metrics::counter!("vigil_saturated_total").increment(1);
+            return unavailable("the intake log is saturated; retry after the delay", 1);
+        }
+        Err(WriteError::Failed(m)) => {
+            return unavailable(
+                &format!("{m}; nothing of this request was stored, retry it"),
+                5,
+            );
+        }
+    };
+    let events = parsed.events;
+    for (e, new) in events.iter().zip(&stored) {
+        if *new {
+            svc.state.apply(e);
+        }
+    }
+    let keys = distinct_keys(&events, |_| true);
+    let scores = match score_keys(&svc, &keys, None) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("scoring failed after the events were stored: {e}");
+            HashMap::new()
+        }
+    };
+    let version = svc.scorer.version();
+    let (mut accepted, mut duplicates) = (0u64, 0u64);
+    let results: Vec<Value> = parsed
+        .items
+        .iter()
+        .map(|it| match it {
+            Ok(i) => {
+                let e = &events[*i];
+                let status = if stored[*i] {
+                    accepted += 1;
+                    "accepted"
+                } else {
+                    duplicates += 1;
+                    "duplicate"
+                };
+                let mut m = scores
+                    .get(&(e.user_id.clone(), e.day()))
+                    .map(|s| score_json(s, version))
+                    .unwrap_or_default();
+                m.insert("event_id".into(), json!(e.event_id));
+                m.insert("status".into(), json!(status));
+                Value::Object(m)
+            }
+            Err((id, reason, _)) => {
+                metrics::counter!("vigil_events_rejected_total", "reason" => reason_class(reason))
+                    .increment(1);
+                json!({"event_id": id, "status": "rejected", "reason": reason})
+            }
+        })
+        .collect();
+    metrics::counter!("vigil_events_total", "status" => "accepted").increment(accepted);
+    metrics::counter!("vigil_events_total", "status" => "duplicate").increment(duplicates);
+    metrics::counter!("vigil_events_total", "status" => "rejected").increment(n_rejected as u64);
+    metrics::histogram!("vigil_request_seconds", "route" => "events")
+        .record(started.elapsed().as_secs_f64());
+    tracing::debug!(
+        request = %rid,
+        accepted,
+        duplicates,
+        rejected = n_rejected,
+        "events request in {:.1} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    axum::Json(Value::Array(results)).into_response()
+}
+
+async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
+    let started = Instant::now();
+    if let Err(r) = authorize(&svc, &headers, Scope::Read) {
+        return *r;
+    }
+    let parsed = match parse_events(&svc, &headers, &body) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let keys = distinct_keys(&parsed.events, |_| true);
+    let scores = match score_keys(&svc, &keys, Some(&parsed.events)) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let version = svc.scorer.version();
+    let results: Vec<Value> = parsed
+        .items
+        .iter()
+        .map(|it| match it {
+            Ok(i) => {
+                let e = &parsed.events[*i];
+                let mut m = scores
+                    .get(&(e.user_id.clone(), e.day()))
+                    .map(|s| score_json(s, version))
+                    .unwrap_or_default();
+                m.insert("event_id".into(), json!(e.event_id));
+                m.insert("status".into(), json!("scored"));
+                Value::Object(m)
+            }
+            Err((id, reason, _)) => json!({"event_id": id, "status": "rejected", "reason": reason}),
+        })
+        .collect();
+    metrics::histogram!("vigil_request_seconds", "route" => "score")
+        .record(started.elapsed().as_secs_f64());
+    axum::Json(Value::Array(results)).into_response()
+}
+
+async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let started = Instant::now();
+    if let Err(r) = authorize(&svc, &headers, Scope::Read) {
+        return *r;
+    }
+    let Some(view) = svc.state.view(&id) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the service holds no state for this user (never seen, or evicted as idle)",
+        );
+    };
+    let keys: Vec<(String, i32)> = view.days.iter().map(|d| (id.clone(), d.day)).collect();
+    let scores = match score_keys(&svc, &keys, None) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let days: Vec<Value> = view
+        .days
+        .iter()
+        .map(|d| {
+            let s = scores.get(&(id.clone(), d.day));
+            json!({
+                "day": day_text(d.day),
+                "features": d,
+                "score": s,
+            })
+        })
+        .collect();
+    let newest = chrono::DateTime::from_timestamp_micros(view.newest_ts)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
+    metrics::histogram!("vigil_request_seconds", "route" => "user")
+        .record(started.elapsed().as_secs_f64());
+    axum::Json(json!({
+        "user_id": id,
+        "newest_event": newest,
+        "context": view.context,
+        "velocity": view.velocity,
+        "days": days,
+        "model_version": svc.scorer.version(),
+    }))
+    .into_response()
+}
+
+async fn post_flush(State(svc): State<Svc>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&svc, &headers, Scope::Admin) {
+        return *r;
+    }
+    match svc.intake.flush().await {
+        Ok(n) => axum::Json(json!({"flushed": n})).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_split_into_events_as_json_arrays_objects_or_ndjson() {
+        let texts = |items: Vec<Item>| -> Vec<String> {
+            items
+                .into_iter()
+                .map(|i| match i {
+                    Item::Text(t) => t,
+                    Item::Unreadable { reason, .. } => format!("!{reason}"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            texts(split_body(br#"[{"a":1}, {"b":2}]"#, false).unwrap()),
+            vec![r#"{"a":1}"#, r#"{"b":2}"#]
+        );
+        assert_eq!(
+            texts(split_body(b" {\"a\":1}\n", false).unwrap()),
+            vec![r#"{"a":1}"#]
+        );
+        let nd = texts(split_body(b"{\"a\":1}\r\n\n{\"b\":\xff}\n", true).unwrap());
+        assert_eq!(nd.len(), 2);
+        assert!(nd[1].starts_with("!not valid UTF-8"));
+        assert!(split_body(b"[{\"a\":1}", false).is_err());
+        assert!(split_body(b"  ", false).is_err());
+    }
+
+    #[test]
+    fn rejection_classes_name_the_field_not_the_value() {
+        assert_eq!(
+            reason_class("missing required field `user_id`"),
+            "field_user_id"
+        );
+        assert_eq!(reason_class("invalid JSON: EOF"), "invalid_json");
+        assert_eq!(reason_class("field `x` secret"), "other");
+    }
+}
