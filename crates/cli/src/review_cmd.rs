@@ -113,12 +113,12 @@ pub(crate) fn run(cmd: ReviewCommand) -> Result<()> {
                 "{:>5} {:<24} {:>6} {:>8} {:<11} {:<10} recent prompts",
                 "#", "case", "risk", "priority", "suggested", "decision"
             )?;
-            for (c, d) in &rows {
+            for (rank, (c, d)) in (offset..).zip(&rows) {
                 let prompts: String = c.recent_prompts.chars().take(60).collect();
                 writeln!(
                     stdout,
                     "{:>5} {:<24} {:>6.3} {:>8.3} {:<11} {:<10} {}",
-                    c.queue_pos.map_or_else(|| "-".into(), |p| p.to_string()),
+                    rank,
                     c.review_id,
                     c.risk_score,
                     c.priority,

@@ -77,6 +77,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
         data: a.data,
         model: a.model,
         config,
+        config_path: a.config,
         listen: a.listen,
     };
     runtime.block_on(vigil_serve::serve(opts, |addr| {

@@ -5,6 +5,7 @@
 //! change (alerts) are data: SQL boolean expressions evaluated by the same engine that builds
 //! the tables. Unknown keys are rejected so that a typo never silently falls back to a default.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -152,6 +153,47 @@ pub struct ServeConfig {
     pub idle_evict_days: u32,
     /// Chat messages kept per user (for the queue enrichment and rare-harm affinity).
     pub recent_messages: usize,
+    /// Most automated (non-`allow`, non-`escalate`) actions per UTC day of event time; past
+    /// it an action becomes `escalate` with rule `safety_cap` and an alert is raised once.
+    pub cap_actions_per_day: u64,
+    /// The same cap per enforcement rule (a bad rule cannot act on everyone).
+    pub cap_actions_per_rule_per_day: u64,
+    /// The same cap per action, e.g. `{ block = 1000 }`; actions not named are not capped
+    /// beyond the two caps above.
+    pub cap_per_action_per_day: BTreeMap<String, u64>,
+    /// Where automated actions and alerts are sent (signed JSON POSTs).
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook: a URL, the environment variable holding its signing secret, what it gets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the notices are POSTed to.
+    pub url: String,
+    /// The environment variable holding the HMAC secret (at least 16 bytes); the secret
+    /// itself never goes into the config file.
+    pub secret_env: String,
+    /// Which notices: `action` (a user-day's new automated action), `alert` (a safety cap
+    /// hit). Default both.
+    #[serde(default = "WebhookConfig::default_kinds")]
+    pub kinds: Vec<String>,
+    /// Seconds one delivery attempt may take.
+    #[serde(default = "WebhookConfig::default_timeout")]
+    pub timeout_secs: f64,
+}
+
+/// Notice kinds a webhook can take.
+pub const WEBHOOK_KINDS: &[&str] = &["action", "alert"];
+
+impl WebhookConfig {
+    fn default_kinds() -> Vec<String> {
+        WEBHOOK_KINDS.iter().map(|k| (*k).to_string()).collect()
+    }
+
+    fn default_timeout() -> f64 {
+        5.0
+    }
 }
 
 impl Default for ServeConfig {
@@ -166,6 +208,10 @@ impl Default for ServeConfig {
             state_days: 2,
             idle_evict_days: 30,
             recent_messages: 20,
+            cap_actions_per_day: 10_000,
+            cap_actions_per_rule_per_day: 5_000,
+            cap_per_action_per_day: BTreeMap::new(),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -462,6 +508,44 @@ impl Config {
         }
         if sv.flush_interval_secs == 0 {
             return bad("serve.flush_interval_secs", "must be at least 1");
+        }
+        if let Some(a) = sv
+            .cap_per_action_per_day
+            .keys()
+            .find(|a| !ACTIONS.contains(&a.as_str()) || *a == "allow" || *a == "escalate")
+        {
+            return bad(
+                "serve.cap_per_action_per_day",
+                &format!("`{a}` is not an automated action (one of warn, rate_limit, block)"),
+            );
+        }
+        for (i, h) in sv.webhooks.iter().enumerate() {
+            let key = |k: &str| format!("serve.webhooks[{i}].{k}");
+            if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                return bad(&key("url"), "must start with http:// or https://");
+            }
+            if h.secret_env.trim().is_empty() {
+                return bad(
+                    &key("secret_env"),
+                    "must name the environment variable that holds the signing secret",
+                );
+            }
+            if h.kinds.is_empty() {
+                return bad(&key("kinds"), "must name at least one of action, alert");
+            }
+            if let Some(k) = h
+                .kinds
+                .iter()
+                .find(|k| !WEBHOOK_KINDS.contains(&k.as_str()))
+            {
+                return bad(
+                    &key("kinds"),
+                    &format!("`{k}` is not one of {}", WEBHOOK_KINDS.join(", ")),
+                );
+            }
+            if !h.timeout_secs.is_finite() || !(0.1..=600.0).contains(&h.timeout_secs) {
+                return bad(&key("timeout_secs"), "must be from 0.1 to 600 seconds");
+            }
         }
         let t = self.sql.statement_timeout_secs;
         if !t.is_finite() || !(0.0..=1e9).contains(&t) {

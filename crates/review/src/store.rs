@@ -71,7 +71,8 @@ pub fn case_id(user_id: &str, day: &str) -> String {
 pub struct Case {
     /// [`case_id`] of the user-day: the same in every run.
     pub review_id: String,
-    /// Position in the latest queue, from 0 (`None` once the case left the queue).
+    /// Where the case entered the queue, from 0: for a run's queue its rank; for the live
+    /// service's cases the order they arrived (`None` once the case left the queue).
     pub queue_pos: Option<usize>,
     /// The user-day's day.
     pub day: String,
@@ -191,6 +192,8 @@ CREATE TABLE IF NOT EXISTS cases (
     recent_prompts TEXT NOT NULL, suggested_action TEXT NOT NULL,
     suggested_reason TEXT NOT NULL, flags TEXT NOT NULL, queue_pos INTEGER);
 CREATE INDEX IF NOT EXISTS cases_by_queue_pos ON cases (queue_pos);
+CREATE INDEX IF NOT EXISTS cases_by_rank ON cases (priority DESC, risk_score DESC, queue_pos)
+    WHERE queue_pos IS NOT NULL;
 CREATE TABLE IF NOT EXISTS audit_log (
     seq INTEGER PRIMARY KEY, review_id TEXT NOT NULL, day TEXT NOT NULL,
     user_id TEXT NOT NULL, decision TEXT NOT NULL, reason_code TEXT NOT NULL,
@@ -225,6 +228,10 @@ impl ReviewStore {
             source,
         };
         let conn = Connection::open(path).map_err(e)?;
+        // The live service and `vigil review` share the store: a writer waits for the other
+        // instead of failing at once.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(e)?;
         // A store written before stable case ids has a `cases` table without `queue_pos`:
         // that table is only the last run's queue (rebuilt by every run), so it is replaced;
         // the audit log is kept as it is.
@@ -353,6 +360,61 @@ impl ReviewStore {
         tx.commit().map_err(e)
     }
 
+    /// Upsert the live service's cases without touching the rest of the queue, in one
+    /// transaction: each case in `queued` is inserted at the end of the queue or, when its
+    /// user-day is there already, refreshed in place (its `queue_pos` is kept, its
+    /// decisions stay attached); the ids in `left` leave the queue (their user-day no
+    /// longer needs review) but stay showable. The `queue_pos` of `queued` is ignored.
+    pub fn upsert_live(&mut self, queued: &[Case], left: &[String]) -> Result<(), ReviewError> {
+        let path = self.path.clone();
+        let e = |source| ReviewError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        {
+            let mut st = tx
+                .prepare(
+                    "INSERT INTO cases (review_id, day, user_id, risk_score, uncertainty, \
+                     priority, recent_prompts, suggested_action, suggested_reason, flags, \
+                     queue_pos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+                     (SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM cases)) \
+                     ON CONFLICT (review_id) DO UPDATE SET risk_score = excluded.risk_score, \
+                     uncertainty = excluded.uncertainty, priority = excluded.priority, \
+                     recent_prompts = excluded.recent_prompts, \
+                     suggested_action = excluded.suggested_action, \
+                     suggested_reason = excluded.suggested_reason, flags = excluded.flags, \
+                     queue_pos = COALESCE(cases.queue_pos, excluded.queue_pos)",
+                )
+                .map_err(e)?;
+            for c in queued {
+                st.execute(params![
+                    c.review_id,
+                    c.day,
+                    c.user_id,
+                    c.risk_score,
+                    c.uncertainty,
+                    c.priority,
+                    c.recent_prompts,
+                    c.suggested_action,
+                    c.suggested_reason,
+                    c.flags,
+                ])
+                .map_err(e)?;
+            }
+            let mut out = tx
+                .prepare("UPDATE cases SET queue_pos = NULL WHERE review_id = ?1")
+                .map_err(e)?;
+            for id in left {
+                out.execute([id]).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
     fn row_to_case(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
         Ok(Case {
             review_id: r.get(0)?,
@@ -369,7 +431,9 @@ impl ReviewStore {
         })
     }
 
-    /// Cases in queue order with their latest decision (if any).
+    /// Cases in queue order (priority, then risk, both descending; then the order they
+    /// entered the queue: for a run's queue exactly its `queue_pos`) with their latest
+    /// decision (if any).
     pub fn list(
         &self,
         offset: usize,
@@ -379,7 +443,7 @@ impl ReviewStore {
         let sql = format!(
             "SELECT {CASE_COLUMNS}, (SELECT a.decision FROM audit_log a WHERE a.day = c.day \
              AND a.user_id = c.user_id ORDER BY a.seq DESC LIMIT 1) AS latest FROM cases c \
-             WHERE c.queue_pos IS NOT NULL {} ORDER BY c.queue_pos LIMIT ?1 OFFSET ?2",
+             WHERE c.queue_pos IS NOT NULL {} ORDER BY c.priority DESC, c.risk_score DESC, c.queue_pos LIMIT ?1 OFFSET ?2",
             if undecided_only {
                 "AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.day = c.day AND \
                  a.user_id = c.user_id)"
@@ -394,6 +458,16 @@ impl ReviewStore {
             })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The ids of the cases in the current queue.
+    pub fn queued_ids(&self) -> Result<Vec<String>, ReviewError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT review_id FROM cases WHERE queue_pos IS NOT NULL")
+            .map_err(self.err())?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(self.err())?;
+        rows.collect::<Result<Vec<String>, _>>().map_err(self.err())
     }
 
     /// Number of cases in the current queue.
@@ -803,6 +877,52 @@ mod tests {
     }
 
     #[test]
+    fn live_cases_join_the_queue_by_priority_and_keep_their_place_and_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
+        let k = key(&dir);
+        let with = |i: usize, priority: f64, risk: f64| Case {
+            priority,
+            risk_score: risk,
+            ..case(i)
+        };
+        // A run's queue first: its order is its queue_pos.
+        s.upsert_cases(&[with(0, 0.9, 0.9), with(1, 0.5, 0.5)])
+            .unwrap();
+        // Live cases: one between the two, one tied with case 1 on both keys (arrives later,
+        // so it ranks after it), and an update of case 1 that must keep its place.
+        s.upsert_live(&[with(2, 0.7, 0.7), with(3, 0.5, 0.5)], &[])
+            .unwrap();
+        let ids = |s: &ReviewStore| -> Vec<String> {
+            s.list(0, 10, false)
+                .unwrap()
+                .into_iter()
+                .map(|(c, _)| c.user_id)
+                .collect()
+        };
+        assert_eq!(ids(&s), ["u_00000", "u_00002", "u_00001", "u_00003"]);
+        s.decide(
+            &decision("u_00002@2026-02-01", "warn"),
+            "2026-02-02T00:00:00Z",
+            &k,
+        )
+        .unwrap();
+        s.upsert_live(&[with(2, 0.95, 0.95)], &["u_00000@2026-02-01".into()])
+            .unwrap();
+        assert_eq!(ids(&s), ["u_00002", "u_00001", "u_00003"]);
+        let (c, history) = s.show("u_00002@2026-02-01").unwrap();
+        assert_eq!(c.queue_pos, Some(2));
+        assert_eq!(c.priority, 0.95);
+        assert_eq!(history.len(), 1);
+        // The case that left the queue is still showable, and comes back at the end.
+        assert_eq!(s.show("u_00000@2026-02-01").unwrap().0.queue_pos, None);
+        assert_eq!(s.count().unwrap(), 3);
+        s.upsert_live(&[with(0, 0.1, 0.1)], &[]).unwrap();
+        assert_eq!(s.show("u_00000@2026-02-01").unwrap().0.queue_pos, Some(4));
+        assert!(s.verify(Some(&k), None).unwrap().first_broken.is_none());
+    }
+
+    #[test]
     fn invalid_decisions_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
@@ -1027,10 +1147,12 @@ mod tests {
         s.upsert_cases(&[case(0), case(1), case(2)]).unwrap();
         s.decide(&decision("u_00001@2026-02-01", "block"), "t", &k)
             .unwrap();
-        // Run 2: user 1's day is queued again, first now and with a new risk; user 0's is not.
+        // Run 2: user 1's day is queued again, first now (a higher priority) and with a new
+        // risk; user 0's is not.
         let mut again = case(1);
         again.queue_pos = Some(0);
         again.risk_score = 0.5;
+        again.priority = 0.8;
         let mut third = case(2);
         third.queue_pos = Some(1);
         s.upsert_cases(&[again, third]).unwrap();

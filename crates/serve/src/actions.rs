@@ -50,15 +50,30 @@ struct Inner {
     /// (user, day) -> (policy action, policy rule, outcome).
     decided: HashMap<(String, i32), (String, String, Outcome)>,
     days: BTreeMap<i32, Day>,
+    limits: Limits,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Limits {
+    global: u64,
+    per_rule: u64,
+    per_action: BTreeMap<String, u64>,
+}
+
+impl Limits {
+    fn of(cfg: &ServeConfig) -> Self {
+        Self {
+            global: cfg.cap_actions_per_day,
+            per_rule: cfg.cap_actions_per_rule_per_day,
+            per_action: cfg.cap_per_action_per_day.clone(),
+        }
+    }
 }
 
 /// The decisions taken so far and the caps' counters.
 #[derive(Debug)]
 pub struct Actions {
     inner: Mutex<Inner>,
-    global: u64,
-    per_rule: u64,
-    per_action: BTreeMap<String, u64>,
 }
 
 /// The action reported when a cap turns an automated one into a review.
@@ -70,11 +85,23 @@ impl Actions {
     /// Caps from `[serve]`.
     pub fn new(cfg: &ServeConfig) -> Self {
         Self {
-            inner: Mutex::new(Inner::default()),
-            global: cfg.cap_actions_per_day,
-            per_rule: cfg.cap_actions_per_rule_per_day,
-            per_action: cfg.cap_per_action_per_day.clone(),
+            inner: Mutex::new(Inner {
+                limits: Limits::of(cfg),
+                ..Inner::default()
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// New caps from a reloaded `[serve]`; the day's counts so far are kept, so a lowered
+    /// cap already exceeded holds from the next action on.
+    pub fn set_limits(&self, cfg: &ServeConfig) {
+        self.lock().limits = Limits::of(cfg);
     }
 
     /// Settle the policy's suggestion for a user-day; the second value is a cap hit for the
@@ -95,10 +122,7 @@ impl Actions {
         if action == "allow" {
             return (untouched, None);
         }
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self.lock();
         let key = (user.to_string(), day);
         if let Some((a, r, o)) = g.decided.get(&key)
             && a == action
@@ -108,14 +132,16 @@ impl Actions {
             o.new = false;
             return (o, None);
         }
+        let g = &mut *g;
+        let limits = &g.limits;
         let d = g.days.entry(day).or_default();
         let mut capped_by = None;
         if action != CAPPED_ACTION {
-            let limit_action = self.per_action.get(action).copied();
-            if d.total >= self.global {
-                capped_by = Some(("global".to_string(), self.global));
-            } else if d.by_rule.get(rule).copied().unwrap_or(0) >= self.per_rule {
-                capped_by = Some((format!("rule:{rule}"), self.per_rule));
+            let limit_action = limits.per_action.get(action).copied();
+            if d.total >= limits.global {
+                capped_by = Some(("global".to_string(), limits.global));
+            } else if d.by_rule.get(rule).copied().unwrap_or(0) >= limits.per_rule {
+                capped_by = Some((format!("rule:{rule}"), limits.per_rule));
             } else if let Some(l) = limit_action
                 && d.by_action.get(action).copied().unwrap_or(0) >= l
             {
@@ -161,16 +187,14 @@ impl Actions {
 
     /// Forget decisions and counters of days before `day`.
     pub fn forget_before(&self, day: i32) {
-        let mut g = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut g = self.lock();
         g.decided.retain(|k, _| k.1 >= day);
         g.days.retain(|d, _| *d >= day);
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

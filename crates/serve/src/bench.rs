@@ -214,6 +214,7 @@ pub async fn bench(
         data: data.clone(),
         model: Some(opts.model.clone()),
         config,
+        config_path: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -14,11 +14,11 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use vigil_events::reader::JsonEvent;
 
-use crate::Service;
 use crate::event::{Event, day_text};
 use crate::intake::{Rejected, WriteError};
-use crate::scoring::{Row, Score};
+use crate::scoring::{Row, Score, Scorer};
 use crate::tokens::Scope;
+use crate::{Live, Reloaded, ServeError, Service};
 
 type Svc = Arc<Service>;
 
@@ -32,6 +32,7 @@ pub(crate) fn router(svc: Svc) -> Router {
         .route("/v1/score", post(post_score))
         .route("/v1/users/{id}", get(get_user))
         .route("/v1/admin/flush", post(post_flush))
+        .route("/v1/admin/reload", post(post_reload))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(svc)
 }
@@ -50,6 +51,10 @@ pub(crate) async fn housekeeping(svc: Svc) {
             let gone = svc.state.evict_idle();
             if gone > 0 {
                 tracing::info!(users = gone, "evicted idle users");
+            }
+            // Decisions and cap counters of days no longer held in state.
+            if let Some(day) = svc.state.newest_day() {
+                svc.actions.forget_before(day - svc.state.days_kept());
             }
         }
         metrics::gauge!("vigil_users_in_state").set(svc.state.users() as f64);
@@ -108,7 +113,7 @@ async fn healthz() -> Response {
 
 async fn readyz(State(svc): State<Svc>) -> Response {
     if svc.intake.alive() {
-        axum::Json(json!({"status": "ready", "model_version": svc.scorer.version()}))
+        axum::Json(json!({"status": "ready", "model_version": svc.live().scorer.version()}))
             .into_response()
     } else {
         unavailable("the intake writer has stopped; see the service log", 5)
@@ -265,19 +270,24 @@ fn parse_events(svc: &Service, headers: &HeaderMap, body: &[u8]) -> Result<Parse
     Ok(Parsed { items: out, events })
 }
 
-fn score_json(s: &Score, version: &str) -> serde_json::Map<String, Value> {
+fn score_json(s: &Score, live: &Live) -> serde_json::Map<String, Value> {
     let mut m = serde_json::Map::new();
     m.insert("risk".into(), json!(s.risk));
     m.insert("action".into(), json!(s.action));
     m.insert("rule".into(), json!(s.rule));
     m.insert("needs_review".into(), json!(s.needs_review));
-    m.insert("model_version".into(), json!(version));
+    if let Some(cap) = &s.capped_by {
+        m.insert("capped_by".into(), json!(cap));
+    }
+    m.insert("model_version".into(), json!(live.scorer.version()));
+    m.insert("config_version".into(), json!(live.config_version));
     m
 }
 
 /// Score the user-days `keys` as they stand (or would stand, with `what_if` events).
 fn score_keys(
     svc: &Service,
+    scorer: &Scorer,
     keys: &[(String, i32)],
     what_if: Option<&[Event]>,
 ) -> Result<HashMap<(String, i32), Score>, crate::ServeError> {
@@ -307,7 +317,7 @@ fn score_keys(
             row_keys.push((user.clone(), *day));
         }
     }
-    let scores = svc.scorer.score(&rows)?;
+    let scores = scorer.score(&rows)?;
     Ok(row_keys.into_iter().zip(scores).collect())
 }
 
@@ -321,6 +331,71 @@ fn distinct_keys(events: &[Event], which: impl Fn(usize) -> bool) -> Vec<(String
     keys.sort();
     keys.dedup();
     keys
+}
+
+/// Pass each scored user-day's suggestion through the safety caps; with `notify`, new
+/// automated actions and first cap hits of a day go to the webhooks.
+fn settle_actions(
+    svc: &Service,
+    scores: &mut HashMap<(String, i32), Score>,
+    live: &Live,
+    notify: bool,
+) {
+    for ((user, day), s) in scores.iter_mut() {
+        let (outcome, hit) = svc.actions.settle(user, *day, &s.action, &s.rule);
+        if let Some(hit) = hit.filter(|_| notify) {
+            metrics::counter!("vigil_safety_cap_hits_total", "cap" => hit.cap.clone()).increment(1);
+            tracing::warn!(
+                cap = %hit.cap,
+                limit = hit.limit,
+                day = %day_text(hit.day),
+                "safety cap reached: further automated actions today become `escalate` (review)"
+            );
+            svc.webhooks.send(&crate::webhook::Notice::new(
+                "alert",
+                &format!("safety_cap\u{0}{}\u{0}{}", hit.cap, hit.day),
+                json!({
+                    "kind": "alert",
+                    "alert": "safety_cap",
+                    "cap": hit.cap,
+                    "limit": hit.limit,
+                    "day": day_text(hit.day),
+                    "message": format!(
+                        "more than {} automated actions by `{}` on {}; the rest are sent to review",
+                        hit.limit, hit.cap, day_text(hit.day)
+                    ),
+                }),
+            ));
+        }
+        if notify && outcome.new && outcome.action != "allow" {
+            metrics::counter!("vigil_actions_total", "action" => outcome.action.clone())
+                .increment(1);
+            svc.webhooks.send(&crate::webhook::Notice::new(
+                "action",
+                &format!(
+                    "{user}\u{0}{day}\u{0}{}\u{0}{}",
+                    outcome.action, outcome.rule
+                ),
+                json!({
+                    "kind": "action",
+                    "user_id": user,
+                    "day": day_text(*day),
+                    "action": outcome.action,
+                    "rule": outcome.rule,
+                    "capped_by": outcome.capped_by,
+                    "suggested_action": s.action,
+                    "suggested_rule": s.rule,
+                    "risk": s.risk,
+                    "priority": s.priority,
+                    "model_version": live.scorer.version(),
+                    "config_version": live.config_version,
+                }),
+            ));
+        }
+        s.action = outcome.action;
+        s.rule = outcome.rule;
+        s.capped_by = outcome.capped_by;
+    }
 }
 
 static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -375,14 +450,17 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
         }
     }
     let keys = distinct_keys(&events, |_| true);
-    let scores = match score_keys(&svc, &keys, None) {
+    let live = svc.live();
+    let mut scores = match score_keys(&svc, &live.scorer, &keys, None) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("scoring failed after the events were stored: {e}");
             HashMap::new()
         }
     };
-    let version = svc.scorer.version();
+    settle_actions(&svc, &mut scores, &live, true);
+    svc.cases
+        .update(scores.iter().map(|((u, d), s)| (u.as_str(), *d, s)));
     let (mut accepted, mut duplicates) = (0u64, 0u64);
     let results: Vec<Value> = parsed
         .items
@@ -399,7 +477,7 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
                 };
                 let mut m = scores
                     .get(&(e.user_id.clone(), e.day()))
-                    .map(|s| score_json(s, version))
+                    .map(|s| score_json(s, &live))
                     .unwrap_or_default();
                 m.insert("event_id".into(), json!(e.event_id));
                 m.insert("status".into(), json!(status));
@@ -438,11 +516,11 @@ async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> 
         Err(r) => return *r,
     };
     let keys = distinct_keys(&parsed.events, |_| true);
-    let scores = match score_keys(&svc, &keys, Some(&parsed.events)) {
+    let live = svc.live();
+    let scores = match score_keys(&svc, &live.scorer, &keys, Some(&parsed.events)) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    let version = svc.scorer.version();
     let results: Vec<Value> = parsed
         .items
         .iter()
@@ -451,7 +529,7 @@ async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> 
                 let e = &parsed.events[*i];
                 let mut m = scores
                     .get(&(e.user_id.clone(), e.day()))
-                    .map(|s| score_json(s, version))
+                    .map(|s| score_json(s, &live))
                     .unwrap_or_default();
                 m.insert("event_id".into(), json!(e.event_id));
                 m.insert("status".into(), json!("scored"));
@@ -477,7 +555,8 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
         );
     };
     let keys: Vec<(String, i32)> = view.days.iter().map(|d| (id.clone(), d.day)).collect();
-    let scores = match score_keys(&svc, &keys, None) {
+    let live = svc.live();
+    let scores = match score_keys(&svc, &live.scorer, &keys, None) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -503,7 +582,8 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
         "context": view.context,
         "velocity": view.velocity,
         "days": days,
-        "model_version": svc.scorer.version(),
+        "model_version": live.scorer.version(),
+        "config_version": live.config_version,
     }))
     .into_response()
 }
@@ -516,6 +596,67 @@ async fn post_flush(State(svc): State<Svc>, headers: HeaderMap) -> Response {
         Ok(n) => axum::Json(json!({"flushed": n})).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+async fn post_reload(State(svc): State<Svc>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&svc, &headers, Scope::Admin) {
+        return *r;
+    }
+    let done = svc.reload().await;
+    log_reload(&done);
+    match done {
+        Ok(r) => axum::Json(json!({"reloaded": true, "details": r})).into_response(),
+        Err(e) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("reload refused, the running configuration and bundle are kept: {e}"),
+        ),
+    }
+}
+
+/// Log (and count) what a reload did.
+pub(crate) fn log_reload(done: &Result<Reloaded, ServeError>) {
+    match done {
+        Ok(r) => {
+            metrics::counter!("vigil_reloads_total", "result" => "ok").increment(1);
+            tracing::info!(
+                model = %r.model.display(),
+                model_version = %r.model_version.1,
+                config_version = %r.config_version.1,
+                "reloaded (model {} -> {}, config {} -> {})",
+                r.model_version.0,
+                r.model_version.1,
+                r.config_version.0,
+                r.config_version.1
+            );
+            if !r.needs_restart.is_empty() {
+                tracing::warn!(
+                    "changed settings that take effect only after a restart: {}",
+                    r.needs_restart.join(", ")
+                );
+            }
+        }
+        Err(e) => {
+            metrics::counter!("vigil_reloads_total", "result" => "refused").increment(1);
+            tracing::error!("reload refused, the running configuration and bundle are kept: {e}");
+        }
+    }
+}
+
+/// Score every user-day held in state and derive what the stored events imply: the review
+/// cases, and the safety caps' counts (without sending notices). Run at start; returns the
+/// number of user-days scored.
+pub(crate) fn derive_all(svc: &Service) -> Result<usize, ServeError> {
+    let mut keys = svc.state.user_days();
+    // Time order, so the caps count a day's actions in the order the day went.
+    keys.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+    let live = svc.live();
+    for chunk in keys.chunks(8192) {
+        let mut scores = score_keys(svc, &live.scorer, chunk, None)?;
+        settle_actions(svc, &mut scores, &live, false);
+        svc.cases
+            .update(scores.iter().map(|((u, d), s)| (u.as_str(), *d, s)));
+    }
+    Ok(keys.len())
 }
 
 #[cfg(test)]

@@ -4,15 +4,20 @@
 //! a group-committed SQLite log ([`intake`]) and moved from there into the same Parquet
 //! dataset `vigil run` and `vigil score` read. Each accepted event updates its user's state
 //! ([`state`]) and the user-day is scored with the model bundle's own batch code
-//! ([`scoring`]). Tokens with scopes guard every endpoint but health ([`tokens`]).
+//! ([`scoring`]). Automated actions pass the safety caps ([`actions`]) and go out, with
+//! cap alerts, as signed webhooks ([`webhook`]). Tokens with scopes guard every endpoint
+//! but health ([`tokens`]).
 
+pub mod actions;
 pub mod bench;
+pub mod cases;
 pub mod event;
 mod http;
 pub mod intake;
 pub mod scoring;
 pub mod state;
 pub mod tokens;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,6 +70,9 @@ pub enum ServeError {
     /// Configuration.
     #[error(transparent)]
     Config(#[from] vigil_config::ConfigError),
+    /// The review store.
+    #[error(transparent)]
+    Review(#[from] vigil_review::ReviewError),
     /// Environment: the listening socket.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -106,6 +114,7 @@ impl Classify for ServeError {
             ServeError::Bundle(e) => e.kind(),
             ServeError::Pipeline(e) => e.kind(),
             ServeError::Config(e) => e.kind(),
+            ServeError::Review(e) => e.kind(),
             ServeError::Internal(_) => ErrorKind::Bug,
         }
     }
@@ -120,6 +129,8 @@ pub struct ServeOptions {
     pub model: Option<PathBuf>,
     /// The configuration.
     pub config: Config,
+    /// The file `config` was read from, re-read on reload (`None`: the defaults).
+    pub config_path: Option<PathBuf>,
     /// Where to listen.
     pub listen: SocketAddr,
 }
@@ -148,16 +159,156 @@ pub fn find_bundle(data: &Path) -> Result<PathBuf, ServeError> {
     })
 }
 
+/// What a reload swaps at once: the bundle (model, flags, enforcement rules) and the
+/// configuration's live settings, with the versions every decision records.
+#[derive(Debug)]
+pub(crate) struct Live {
+    pub scorer: scoring::Scorer,
+    pub cfg: Config,
+    /// SHA-256 (first 8 bytes, hex) of the effective configuration.
+    pub config_version: String,
+}
+
+/// The hash of a configuration as every decision records it.
+fn config_version(cfg: &Config) -> String {
+    use sha2::Digest;
+    let text = serde_json::to_vec(cfg).unwrap_or_default();
+    sha2::Sha256::digest(&text)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The running service's shared parts.
 #[derive(Debug)]
 pub(crate) struct Service {
+    /// The configuration the service started with (intake, state and webhook settings,
+    /// which a reload does not change).
     pub cfg: Config,
     pub validator: vigil_events::Validator,
     pub state: state::State,
-    pub scorer: scoring::Scorer,
+    live: std::sync::RwLock<Arc<Live>>,
     pub intake: intake::Intake,
     pub auth: tokens::Authenticator,
+    pub actions: actions::Actions,
+    pub webhooks: webhook::Webhooks,
+    pub cases: cases::Cases,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Where a reload reads from.
+    model_arg: Option<PathBuf>,
+    config_path: Option<PathBuf>,
+    data: PathBuf,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    /// The bundle now in use.
+    pub model: PathBuf,
+    /// Its version hash (before, now).
+    pub model_version: (String, String),
+    /// The configuration's version hash (before, now).
+    pub config_version: (String, String),
+    /// Settings that changed in the file but take effect only at the next start.
+    pub needs_restart: Vec<String>,
+}
+
+impl Service {
+    /// The bundle and settings in force now (one request uses one snapshot throughout).
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-read the configuration file and the bundle and swap them in at once; on any
+    /// error nothing changes and the old ones keep running.
+    pub(crate) async fn reload(self: &Arc<Self>) -> Result<Reloaded, ServeError> {
+        let _one = self.reloading.lock().await;
+        let me = self.clone();
+        let (live, model) = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+            let cfg = match &me.config_path {
+                Some(p) => Config::load(p)?,
+                None => me.cfg.clone(),
+            };
+            let model = match &me.model_arg {
+                Some(m) => m.clone(),
+                None => find_bundle(&me.data)?,
+            };
+            let scorer = scoring::Scorer::load(&model)?;
+            Ok((
+                Live {
+                    scorer,
+                    config_version: config_version(&cfg),
+                    cfg,
+                },
+                model,
+            ))
+        })
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))??;
+        let mut needs_restart = Vec::new();
+        let (old_s, new_s) = (&self.cfg.serve, &live.cfg.serve);
+        for (key, changed) in [
+            (
+                "serve.max_body_bytes",
+                old_s.max_body_bytes != new_s.max_body_bytes,
+            ),
+            (
+                "serve.max_events_per_request",
+                old_s.max_events_per_request != new_s.max_events_per_request,
+            ),
+            (
+                "serve.group_commit_events",
+                old_s.group_commit_events != new_s.group_commit_events,
+            ),
+            (
+                "serve.intake_queue",
+                old_s.intake_queue != new_s.intake_queue,
+            ),
+            (
+                "serve.flush_interval_secs",
+                old_s.flush_interval_secs != new_s.flush_interval_secs,
+            ),
+            (
+                "serve.flush_events",
+                old_s.flush_events != new_s.flush_events,
+            ),
+            ("serve.state_days", old_s.state_days != new_s.state_days),
+            (
+                "serve.idle_evict_days",
+                old_s.idle_evict_days != new_s.idle_evict_days,
+            ),
+            ("serve.webhooks", old_s.webhooks != new_s.webhooks),
+            ("ingest", self.cfg.ingest != live.cfg.ingest),
+        ] {
+            if changed {
+                needs_restart.push(key.to_string());
+            }
+        }
+        let old = self.live();
+        let report = Reloaded {
+            model,
+            model_version: (
+                old.scorer.version().to_string(),
+                live.scorer.version().to_string(),
+            ),
+            config_version: (old.config_version.clone(), live.config_version.clone()),
+            needs_restart,
+        };
+        self.actions.set_limits(&live.cfg.serve);
+        metrics::gauge!("vigil_model_info", "version" => old.scorer.version().to_string()).set(0.0);
+        metrics::gauge!("vigil_model_info", "version" => live.scorer.version().to_string())
+            .set(1.0);
+        *self
+            .live
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(live);
+        Ok(report)
+    }
 }
 
 /// The Prometheus recorder, installed once per process.
@@ -203,6 +354,9 @@ pub async fn serve_until(
         None => find_bundle(&opts.data)?,
     };
     let scorer = scoring::Scorer::load(&model)?;
+    tracing::info!(model = %model.display(), version = scorer.version(), "model bundle loaded");
+    // Hooks are checked (URL, secret in the environment) before the long state rebuild.
+    let webhooks = webhook::Webhooks::start(&opts.config.serve.webhooks, &opts.data)?;
     let auth = tokens::Authenticator::new(TokenStore::open(&opts.data)?)?;
     if auth.count() == 0 {
         tracing::warn!(
@@ -254,16 +408,37 @@ pub async fn serve_until(
         max_field_lines: cfg.ingest.max_field_lines,
         assume_utc: cfg.ingest.assume_utc_for_naive_timestamps,
     };
+    let (cases, case_writer) = cases::start(&data)?;
+    let live = Live {
+        scorer,
+        config_version: config_version(&cfg),
+        cfg: cfg.clone(),
+    };
     let svc = Arc::new(Service {
+        actions: actions::Actions::new(&cfg.serve),
+        webhooks,
         cfg,
         validator,
         state,
-        scorer,
+        live: std::sync::RwLock::new(Arc::new(live)),
         intake,
         auth,
+        cases,
         metrics: metrics_handle()?,
+        model_arg: opts.model.clone(),
+        config_path: opts.config_path.clone(),
+        data: data.clone(),
+        reloading: tokio::sync::Mutex::new(()),
     });
-    metrics::gauge!("vigil_model_info", "version" => svc.scorer.version().to_string()).set(1.0);
+    // Review cases and the safety caps' counters are derived from the stored events again.
+    let derived = tokio::task::spawn_blocking({
+        let svc = svc.clone();
+        move || http::derive_all(&svc)
+    })
+    .await
+    .map_err(|e| ServeError::Internal(e.to_string()))??;
+    let version = svc.live().scorer.version().to_string();
+    metrics::gauge!("vigil_model_info", "version" => version.clone()).set(1.0);
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -277,13 +452,15 @@ pub async fn serve_until(
     tracing::info!(
         %addr,
         model = %model.display(),
-        version = svc.scorer.version(),
+        version = %version,
         users = svc.state.users(),
         events = replayed,
+        user_days_scored = derived,
         "ready in {:.2} s",
         started.elapsed().as_secs_f64()
     );
     let background = tokio::spawn(http::housekeeping(svc.clone()));
+    let hangups = tokio::spawn(reload_on_hangup(svc.clone()));
     on_ready(addr);
     let app = http::router(svc.clone());
     axum::serve(listener, app)
@@ -295,8 +472,14 @@ pub async fn serve_until(
         })?;
     tracing::info!("stopping: flushing the log into the dataset");
     background.abort();
+    hangups.abort();
     let _ = background.await;
+    let _ = hangups.await;
     let users = svc.state.users();
+    svc.webhooks.shutdown().await;
+    tokio::task::spawn_blocking(move || case_writer.stop())
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
     // The last handle goes with the service; the writer then flushes and stops.
     drop(svc);
     tokio::task::spawn_blocking(move || writer.join())
@@ -305,6 +488,25 @@ pub async fn serve_until(
         .map_err(|_| ServeError::Internal("the intake writer panicked".into()))?;
     tracing::info!("stopped");
     Ok(users)
+}
+
+/// Reload the configuration and bundle on every SIGHUP (the reason is logged when refused).
+async fn reload_on_hangup(svc: Arc<Service>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /v1/admin/reload");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            http::log_reload(&svc.reload().await);
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = svc;
+    }
 }
 
 async fn shutdown_signal() {

@@ -39,6 +39,14 @@ pub struct Score {
     pub action: String,
     /// The reason of the rule that chose it (the policy's default reason when none did).
     pub rule: String,
+    /// The safety cap that turned the policy's action into `escalate`, when one did (set by
+    /// the service when it settles the action, never by the scorer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capped_by: Option<String>,
+    /// The day's last normalised prompts, as the batch queue shows them (for the review
+    /// case; never in an answer or a log).
+    #[serde(skip)]
+    pub recent_prompts: String,
 }
 
 /// One row to score.
@@ -268,13 +276,15 @@ impl Scorer {
         qcols.extend(ratios.iter().map(|r| r.1.clone()));
         qcols.extend([f64a(&risk), f64a(&unc), f64a(&heur)]);
         qcols.extend([i64s(&ml), i64s(&fh), i64s(&fu), i64s(&needs)]);
-        qcols.push(Arc::new(StringArray::from(prompts)));
+        qcols.push(Arc::new(StringArray::from_iter_values(prompts.iter())));
         qcols.push(f64a(&priority));
         let queue = RecordBatch::try_new(queue_schema(), qcols).map_err(bug)?;
         let (actions, reasons) = self.policy.apply(&queue).map_err(ServeError::Pipeline)?;
         debug_assert_eq!(queue.column(0).len(), n);
-        Ok((0..n)
-            .map(|i| Score {
+        Ok(prompts
+            .into_iter()
+            .enumerate()
+            .map(|(i, recent_prompts)| Score {
                 risk: risk[i],
                 heuristic: heur[i],
                 uncertainty: unc[i],
@@ -285,6 +295,8 @@ impl Scorer {
                 priority: priority[i],
                 action: actions[i].clone(),
                 rule: reasons[i].clone(),
+                capped_by: None,
+                recent_prompts,
             })
             .collect())
     }

@@ -244,6 +244,29 @@ impl State {
         }
     }
 
+    /// Every user-day held in detail (for deriving cases and caps at start).
+    pub fn user_days(&self) -> Vec<(String, i32)> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let s = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (user, u) in s.iter() {
+                out.extend(u.days.keys().map(|d| (user.clone(), *d)));
+            }
+        }
+        out
+    }
+
+    /// The day of the newest event seen, once there is one.
+    pub fn newest_day(&self) -> Option<i32> {
+        let w = self.watermark.load(std::sync::atomic::Ordering::Relaxed);
+        (w != i64::MIN).then(|| day_of(w))
+    }
+
+    /// Days of per-day detail kept per user.
+    pub fn days_kept(&self) -> i32 {
+        self.days_kept
+    }
+
     /// Drop users whose newest event is more than `idle_evict_days` behind the newest event
     /// seen; returns how many.
     pub fn evict_idle(&self) -> usize {

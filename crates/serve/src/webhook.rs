@@ -50,12 +50,23 @@ impl Notice {
 }
 
 /// A configured hook, ready to send.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Hook {
     url: reqwest::Url,
     secret: Vec<u8>,
     kinds: Vec<String>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Hook {
+    /// Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hook")
+            .field("url", &self.url.as_str())
+            .field("kinds", &self.kinds)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Notices not yet delivered, by sequence number: (hook index, notice).
@@ -129,7 +140,9 @@ pub fn signature(secret: &[u8], ts: i64, body: &[u8]) -> String {
     )
 }
 
-fn lock(p: &Pending) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, (usize, Notice)>> {
+fn lock(
+    p: &Pending,
+) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, (usize, Notice)>> {
     p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -169,7 +182,10 @@ impl Webhooks {
             }
             let _ = std::fs::remove_file(&path);
             if n > 0 {
-                tracing::info!(notices = n, "re-sending webhook notices left by the last run");
+                tracing::info!(
+                    notices = n,
+                    "re-sending webhook notices left by the last run"
+                );
             }
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -293,5 +309,64 @@ async fn deliver(client: &reqwest::Client, hook: &Hook, notice: &Notice) -> Resu
         Ok(())
     } else {
         Err(format!("answered {}", resp.status()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        // Python: hmac.new(b"Jefe", b"1700000000.{}", hashlib.sha256).hexdigest()
+        let sig = signature(b"Jefe", 1_700_000_000, b"{}");
+        assert_eq!(
+            sig,
+            "sha256=d3793e2b4103edfbd98cc19591832f5fad701d413db9fcae0ae7dab8184ed207"
+        );
+        assert_ne!(sig, signature(b"Jefe", 1_700_000_001, b"{}"));
+        assert_ne!(sig, signature(b"Jeff", 1_700_000_000, b"{}"));
+    }
+
+    #[test]
+    fn a_notice_key_names_what_it_is_about_not_when_it_was_sent() {
+        let a = Notice::new("action", "u1 day block", serde_json::json!({"risk": 0.9}));
+        let b = Notice::new("action", "u1 day block", serde_json::json!({"risk": 0.8}));
+        let c = Notice::new("alert", "u1 day block", serde_json::json!({}));
+        assert_eq!(a.id, b.id);
+        assert_ne!(a.id, c.id);
+        assert_eq!(a.id.len(), 32);
+    }
+
+    #[test]
+    fn hooks_without_their_secret_in_the_environment_are_refused_by_name() {
+        let cfg = [WebhookConfig {
+            url: "http://127.0.0.1:9/hook".into(),
+            secret_env: "VIGIL_UNIT_TEST_SECRET_THAT_IS_NEVER_SET".into(),
+            kinds: vec!["action".into()],
+            timeout_secs: 1.0,
+        }];
+        let err = hooks_of(&cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("VIGIL_UNIT_TEST_SECRET_THAT_IS_NEVER_SET"),
+            "{err}"
+        );
+        let bad = [WebhookConfig {
+            url: "ftp://x".into(),
+            ..cfg[0].clone()
+        }];
+        assert!(hooks_of(&bad).unwrap_err().to_string().contains("http"));
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_secret() {
+        let h = Hook {
+            url: reqwest::Url::parse("http://127.0.0.1:9/").unwrap(),
+            secret: b"super-secret-value".to_vec(),
+            kinds: vec![],
+            timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{h:?}").contains("super-secret"));
     }
 }
