@@ -137,7 +137,7 @@ enum Command {
     },
     /// The live detection service: events in over HTTP, durable, scored in milliseconds.
     #[command(
-        after_help = "Examples:\n  vigil run --input events.csv --out out/ && cp -r out/model vigil-data/model\n  vigil token create --data vigil-data --scope ingest --name collector\n  vigil serve --data vigil-data --listen 127.0.0.1:8080\n  vigil serve --data vigil-data --model out/model --config vigil.toml --listen 127.0.0.1:0\n\nThen:\n  curl -H \"Authorization: Bearer $TOKEN\" --data-binary @events.ndjson -H 'Content-Type: application/x-ndjson' http://127.0.0.1:8080/v1/events"
+        after_help = "Examples:\n  vigil run --input events.csv --out out/ && cp -r out/model vigil-data/model\n  vigil token create --data vigil-data --scope ingest --name collector\n  vigil serve --data vigil-data --listen 127.0.0.1:8080\n  vigil serve --data vigil-data --model out/model --config vigil.toml --listen 127.0.0.1:0\n  vigil serve --data vigil-data --sentinel-index grooming-index --sentinel-model models/all-MiniLM-L6-v2\n  kill -HUP $(pidof vigil)   # reload vigil.toml and the bundle (or POST /v1/admin/reload)\n\nThen:\n  curl -H \"Authorization: Bearer $TOKEN\" --data-binary @events.ndjson -H 'Content-Type: application/x-ndjson' http://127.0.0.1:8080/v1/events"
     )]
     Serve(serve_cmd::ServeArgs),
     /// API tokens of a service's data directory: create (printed once), list, revoke.

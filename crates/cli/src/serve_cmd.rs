@@ -24,6 +24,13 @@ pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port. Loopback unless told otherwise.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Sentinel index (a directory or s3://bucket/prefix) for each user's rare-harm affinity
+    /// over their recent chat messages [default: none, no affinity].
+    #[arg(long)]
+    sentinel_index: Option<String>,
+    /// The encoder for --sentinel-index [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
+    #[arg(long, env = "VIGIL_MODEL")]
+    sentinel_model: Option<PathBuf>,
 }
 
 /// `vigil token` subcommands.
@@ -69,6 +76,15 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
             a.listen
         );
     }
+    let rare_harm = a
+        .sentinel_index
+        .map(|index| vigil_serve::rare::RareHarmOptions {
+            index,
+            model: a
+                .sentinel_model
+                .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2")),
+            cache_texts: config.serve.sentinel_cache_texts,
+        });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -78,6 +94,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
         model: a.model,
         config,
         config_path: a.config,
+        rare_harm,
         listen: a.listen,
     };
     runtime.block_on(vigil_serve::serve(opts, |addr| {

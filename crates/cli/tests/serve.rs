@@ -1331,3 +1331,195 @@ fn a_reload_swaps_bundle_and_settings_without_pausing_intake_and_a_bad_config_is
     assert_ne!(risk2, risk3, "the two bundles score the user-day alike");
     assert!(server.stop().success());
 }
+
+/// The encoder the Sentinel tests use (fetched by scripts/test.sh).
+fn sentinel_model() -> PathBuf {
+    let dir = std::env::var_os("VIGIL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "no model at {}: run ./scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
+    let shared = std::env::var_os("VIGIL_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let corpus: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared.join("conformance/index_small/corpus.json")).unwrap(),
+    )
+    .unwrap();
+    let side = |k: &str| -> Vec<String> {
+        corpus[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (pos, neg) = (side("positive_corpus"), side("negative_corpus"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pos.txt"), pos[..30].join("\n")).unwrap();
+    std::fs::write(dir.path().join("neg.txt"), neg[..150].join("\n")).unwrap();
+    let index = dir.path().join("idx");
+    let m = sentinel_model();
+    ok(&[
+        "sentinel",
+        "build",
+        "--model",
+        s(&m),
+        "--positives",
+        s(&dir.path().join("pos.txt")),
+        "--negatives",
+        s(&dir.path().join("neg.txt")),
+        "--out",
+        s(&index),
+    ]);
+    let (input, run) = trained(dir.path(), "3000");
+    let data = dir.path().join("live");
+    let ingest = token(&data, "ingest");
+    let read = token(&data, "read");
+    let server = {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        cmd.args([
+            "serve",
+            "--data",
+            s(&data),
+            "--model",
+            s(&run.join("model")),
+        ])
+        .args(["--listen", "127.0.0.1:0", "--sentinel-index", s(&index)])
+        .args(["--sentinel-model", s(&m)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, addr }
+    };
+    // Held-out harmful messages (and a few ordinary ones) from one user, ordinary messages
+    // from another, all on one day, in two requests each.
+    let template = csv_rows(&input)
+        .into_iter()
+        .find(|r| r["event_type"] == "chat")
+        .unwrap();
+    let chat = |user: &str, i: usize, text: &str| {
+        let mut e = event_json(&template);
+        e["event_id"] = format!("rare-{user}-{i}").into();
+        e["user_id"] = user.into();
+        e["ts"] = format!("2026-02-20T10:{i:02}:00Z").into();
+        e["prompt"] = text.into();
+        e
+    };
+    let harmful: Vec<String> = pos[30..].iter().chain(&neg[160..164]).cloned().collect();
+    let plain: Vec<String> = neg[165..179].to_vec();
+    let mut last = HashMap::new();
+    for (user, texts) in [("u_rare_harm", &harmful), ("u_rare_plain", &plain)] {
+        let events: Vec<serde_json::Value> = texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| chat(user, i, t))
+            .collect();
+        for half in events.chunks(texts.len().div_ceil(2)) {
+            let res = server.events(&ingest, half);
+            for r in &res {
+                assert_eq!(r["status"], "accepted", "{r}");
+                assert!(r["rare_harm_affinity"].is_number(), "{r}");
+            }
+            last.insert(
+                user,
+                res.last().unwrap()["rare_harm_affinity"].as_f64().unwrap(),
+            );
+        }
+    }
+    // The same windows scored by `vigil sentinel score` (same index, model and defaults).
+    let groups = format!(
+        "{}\n{}\n",
+        serde_json::json!({"group": "u_rare_harm", "texts": harmful}),
+        serde_json::json!({"group": "u_rare_plain", "texts": plain})
+    );
+    std::fs::write(dir.path().join("g.jsonl"), groups).unwrap();
+    let out = ok(&[
+        "sentinel",
+        "score",
+        "--index",
+        s(&index),
+        "--model",
+        s(&m),
+        "--input",
+        s(&dir.path().join("g.jsonl")),
+    ]);
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let want = v["affinity"].as_f64().unwrap();
+        let got = last[v["group"].as_str().unwrap()];
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{}: live {got}, vigil sentinel score {want}",
+            v["group"]
+        );
+    }
+    assert!(
+        last["u_rare_harm"] > last["u_rare_plain"],
+        "harmful {} vs ordinary {}",
+        last["u_rare_harm"],
+        last["u_rare_plain"]
+    );
+    // The user's state shows each message's score; a what-if with a repeated text is served
+    // from the cache and stores nothing.
+    let (st, text) = server.get("/v1/users/u_rare_harm", Some(&read));
+    assert_eq!(st, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["rare_harm"]["messages"].as_array().unwrap().len(),
+        harmful.len()
+    );
+    assert_eq!(
+        v["rare_harm"]["affinity"].as_f64().unwrap(),
+        last["u_rare_harm"]
+    );
+    let what_if = serde_json::to_vec(&[chat("u_rare_plain", 30, &harmful[0])]).unwrap();
+    let (st, text) = server.post("/v1/score", Some(&read), "application/json", &what_if);
+    assert_eq!(st, 200, "{text}");
+    let r: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    assert!(
+        r[0]["rare_harm_affinity"].as_f64().unwrap() >= last["u_rare_plain"],
+        "{text}"
+    );
+    let (_, metrics) = server.get("/metrics", Some(&read));
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in /metrics"))
+    };
+    assert!(gauge("vigil_sentinel_cache_hits") >= 1.0);
+    assert_eq!(
+        gauge("vigil_sentinel_encoded_texts") as usize,
+        harmful.len() + plain.len(),
+        "a text was encoded twice"
+    );
+    let (_, text) = server.get("/v1/users/u_rare_plain", Some(&read));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        v["rare_harm"]["messages"].as_array().unwrap().len(),
+        plain.len()
+    );
+    assert!(server.stop().success());
+}

@@ -153,6 +153,8 @@ pub struct ServeConfig {
     pub idle_evict_days: u32,
     /// Chat messages kept per user (for the queue enrichment and rare-harm affinity).
     pub recent_messages: usize,
+    /// Distinct message texts whose rare-harm scores are cached (with `--sentinel-index`).
+    pub sentinel_cache_texts: usize,
     /// Most automated (non-`allow`, non-`escalate`) actions per UTC day of event time; past
     /// it an action becomes `escalate` with rule `safety_cap` and an alert is raised once.
     pub cap_actions_per_day: u64,
@@ -208,6 +210,7 @@ impl Default for ServeConfig {
             state_days: 2,
             idle_evict_days: 30,
             recent_messages: 20,
+            sentinel_cache_texts: 100_000,
             cap_actions_per_day: 10_000,
             cap_actions_per_rule_per_day: 5_000,
             cap_per_action_per_day: BTreeMap::new(),

@@ -215,6 +215,7 @@ pub async fn bench(
         model: Some(opts.model.clone()),
         config,
         config_path: None,
+        rare_harm: None,
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let stop = Arc::new(tokio::sync::Notify::new());

@@ -398,6 +398,85 @@ fn settle_actions(
     }
 }
 
+/// A user's rare-harm affinity and the scores of the messages in their window.
+struct Rare {
+    affinity: f64,
+    messages: Vec<(String, f64)>,
+}
+
+/// The message windows of `users` as the state holds them (`what_if`: with those events).
+fn windows(
+    svc: &Service,
+    users: &[String],
+    what_if: Option<&[Event]>,
+) -> Vec<(String, Vec<String>)> {
+    let n = svc.cfg.serve.recent_messages;
+    users
+        .iter()
+        .filter_map(|u| {
+            let v = match what_if {
+                Some(extra) => svc.state.what_if(u, extra),
+                None => svc.state.view(u),
+            }?;
+            let w = crate::rare::window(&v.prompts, n)
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            Some((u.clone(), w))
+        })
+        .collect()
+}
+
+/// Rare-harm affinity per user (empty without `--sentinel-index`); new texts are encoded on
+/// the blocking pool. A failure is logged and leaves the affinity out of the answer.
+async fn rare_of(svc: &Svc, windows: Vec<(String, Vec<String>)>) -> HashMap<String, Rare> {
+    let Some(r) = svc.rare.clone() else {
+        return HashMap::new();
+    };
+    let started = Instant::now();
+    let res = tokio::task::spawn_blocking(move || -> Result<_, ServeError> {
+        let texts: Vec<&str> = windows
+            .iter()
+            .flat_map(|(_, w)| w.iter().map(String::as_str))
+            .collect();
+        let scores = r.message_scores(&texts)?;
+        let mut out = HashMap::new();
+        let mut at = 0;
+        for (user, w) in &windows {
+            let s = &scores[at..at + w.len()];
+            at += w.len();
+            let refs: Vec<&str> = w.iter().map(String::as_str).collect();
+            out.insert(
+                user.clone(),
+                Rare {
+                    affinity: r.affinity(&refs, s),
+                    messages: w.iter().cloned().zip(s.iter().copied()).collect(),
+                },
+            );
+        }
+        Ok(out)
+    })
+    .await;
+    metrics::histogram!("vigil_rare_harm_seconds").record(started.elapsed().as_secs_f64());
+    match res {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::error!("rare-harm scoring failed: {e}");
+            HashMap::new()
+        }
+        Err(e) => {
+            tracing::error!("rare-harm scoring stopped: {e}");
+            HashMap::new()
+        }
+    }
+}
+
+fn distinct_users(keys: &[(String, i32)]) -> Vec<String> {
+    let mut users: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
+    users.dedup();
+    users
+}
+
 static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
@@ -461,6 +540,12 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
     settle_actions(&svc, &mut scores, &live, true);
     svc.cases
         .update(scores.iter().map(|((u, d), s)| (u.as_str(), *d, s)));
+    let rare = if svc.rare.is_some() {
+        let w = windows(&svc, &distinct_users(&keys), None);
+        rare_of(&svc, w).await
+    } else {
+        HashMap::new()
+    };
     let (mut accepted, mut duplicates) = (0u64, 0u64);
     let results: Vec<Value> = parsed
         .items
@@ -479,6 +564,9 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
                     .get(&(e.user_id.clone(), e.day()))
                     .map(|s| score_json(s, &live))
                     .unwrap_or_default();
+                if let Some(r) = rare.get(&e.user_id) {
+                    m.insert("rare_harm_affinity".into(), json!(r.affinity));
+                }
                 m.insert("event_id".into(), json!(e.event_id));
                 m.insert("status".into(), json!(status));
                 Value::Object(m)
@@ -521,6 +609,12 @@ async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> 
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
+    let rare = if svc.rare.is_some() {
+        let w = windows(&svc, &distinct_users(&keys), Some(&parsed.events));
+        rare_of(&svc, w).await
+    } else {
+        HashMap::new()
+    };
     let results: Vec<Value> = parsed
         .items
         .iter()
@@ -531,6 +625,9 @@ async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> 
                     .get(&(e.user_id.clone(), e.day()))
                     .map(|s| score_json(s, &live))
                     .unwrap_or_default();
+                if let Some(r) = rare.get(&e.user_id) {
+                    m.insert("rare_harm_affinity".into(), json!(r.affinity));
+                }
                 m.insert("event_id".into(), json!(e.event_id));
                 m.insert("status".into(), json!("scored"));
                 Value::Object(m)
@@ -572,6 +669,25 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
             })
         })
         .collect();
+    let rare = if svc.rare.is_some() {
+        let w = crate::rare::window(&view.prompts, svc.cfg.serve.recent_messages)
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        rare_of(&svc, vec![(id.clone(), w)]).await.remove(&id)
+    } else {
+        None
+    };
+    let rare_harm = rare.map(|r| {
+        json!({
+            "affinity": r.affinity,
+            "messages": r
+                .messages
+                .iter()
+                .map(|(t, s)| json!({"text": t, "score": s}))
+                .collect::<Vec<_>>(),
+        })
+    });
     let newest = chrono::DateTime::from_timestamp_micros(view.newest_ts)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true));
     metrics::histogram!("vigil_request_seconds", "route" => "user")
@@ -582,6 +698,7 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
         "context": view.context,
         "velocity": view.velocity,
         "days": days,
+        "rare_harm": rare_harm,
         "model_version": live.scorer.version(),
         "config_version": live.config_version,
     }))

@@ -14,6 +14,7 @@ pub mod cases;
 pub mod event;
 mod http;
 pub mod intake;
+pub mod rare;
 pub mod scoring;
 pub mod state;
 pub mod tokens;
@@ -73,6 +74,9 @@ pub enum ServeError {
     /// The review store.
     #[error(transparent)]
     Review(#[from] vigil_review::ReviewError),
+    /// The Sentinel index or encoder.
+    #[error(transparent)]
+    Sentinel(Box<vigil_sentinel::SentinelError>),
     /// Environment: the listening socket.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -115,6 +119,7 @@ impl Classify for ServeError {
             ServeError::Pipeline(e) => e.kind(),
             ServeError::Config(e) => e.kind(),
             ServeError::Review(e) => e.kind(),
+            ServeError::Sentinel(e) => e.kind(),
             ServeError::Internal(_) => ErrorKind::Bug,
         }
     }
@@ -131,6 +136,8 @@ pub struct ServeOptions {
     pub config: Config,
     /// The file `config` was read from, re-read on reload (`None`: the defaults).
     pub config_path: Option<PathBuf>,
+    /// The Sentinel index and encoder for rare-harm affinity (`None`: no affinity).
+    pub rare_harm: Option<rare::RareHarmOptions>,
     /// Where to listen.
     pub listen: SocketAddr,
 }
@@ -194,6 +201,7 @@ pub(crate) struct Service {
     pub actions: actions::Actions,
     pub webhooks: webhook::Webhooks,
     pub cases: cases::Cases,
+    pub rare: Option<Arc<rare::RareHarm>>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Where a reload reads from.
     model_arg: Option<PathBuf>,
@@ -283,6 +291,14 @@ impl Service {
                 old_s.idle_evict_days != new_s.idle_evict_days,
             ),
             ("serve.webhooks", old_s.webhooks != new_s.webhooks),
+            (
+                "serve.sentinel_cache_texts",
+                old_s.sentinel_cache_texts != new_s.sentinel_cache_texts,
+            ),
+            (
+                "serve.recent_messages",
+                old_s.recent_messages != new_s.recent_messages,
+            ),
             ("ingest", self.cfg.ingest != live.cfg.ingest),
         ] {
             if changed {
@@ -355,6 +371,17 @@ pub async fn serve_until(
     };
     let scorer = scoring::Scorer::load(&model)?;
     tracing::info!(model = %model.display(), version = scorer.version(), "model bundle loaded");
+    let rare = match &opts.rare_harm {
+        Some(r) => {
+            let r = r.clone();
+            let loaded = tokio::task::spawn_blocking(move || rare::RareHarm::load(&r))
+                .await
+                .map_err(|e| ServeError::Internal(e.to_string()))??;
+            tracing::info!(index = loaded.location(), "Sentinel index loaded");
+            Some(Arc::new(loaded))
+        }
+        None => None,
+    };
     // Hooks are checked (URL, secret in the environment) before the long state rebuild.
     let webhooks = webhook::Webhooks::start(&opts.config.serve.webhooks, &opts.data)?;
     let auth = tokens::Authenticator::new(TokenStore::open(&opts.data)?)?;
@@ -424,6 +451,7 @@ pub async fn serve_until(
         intake,
         auth,
         cases,
+        rare,
         metrics: metrics_handle()?,
         model_arg: opts.model.clone(),
         config_path: opts.config_path.clone(),
