@@ -211,8 +211,13 @@ fn close(a: f64, b: f64) -> bool {
 
 /// Generated events plus a model trained on them.
 fn trained(dir: &Path, events: &str) -> (PathBuf, PathBuf) {
+    trained_with(dir, events, &[])
+}
+
+/// [`trained`] with more `vigil generate` arguments.
+fn trained_with(dir: &Path, events: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
     let input = dir.join("events.csv");
-    ok(&[
+    let mut args = vec![
         "generate",
         "--events",
         events,
@@ -222,7 +227,9 @@ fn trained(dir: &Path, events: &str) -> (PathBuf, PathBuf) {
         "2026-03-01T00:00:00Z",
         "--out",
         s(&input),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ok(&args);
     let run = dir.join("run");
     ok(&["run", "--input", s(&input), "--out", s(&run)]);
     (input, run)
@@ -237,7 +244,8 @@ fn write_config(dir: &Path, serve: &str) -> PathBuf {
 #[test]
 fn streaming_events_through_the_service_equals_the_batch_run_and_score() {
     let dir = tempfile::tempdir().unwrap();
-    let (input, run) = trained(dir.path(), "20000");
+    // An incident day, so that the alert rules have something to raise.
+    let (input, run) = trained_with(dir.path(), "20000", &["--incident-day", "5"]);
     let model = run.join("model");
     let scored = dir.path().join("scored");
     ok(&[
@@ -250,9 +258,13 @@ fn streaming_events_through_the_service_equals_the_batch_run_and_score() {
         s(&scored),
     ]);
     let data = dir.path().join("live");
-    let cfg = write_config(dir.path(), "state_days = 60\nflush_interval_secs = 1");
+    let cfg = write_config(
+        dir.path(),
+        "state_days = 60\nflush_interval_secs = 1\nalert_interval_secs = 0",
+    );
     let ingest = token(&data, "ingest");
     let read = token(&data, "read");
+    let admin = token(&data, "admin");
     let server = Server::start(&data, &model, Some(&cfg));
 
     // Day by day, shuffled within each day, in batches of 1 to 400 events, alternating JSON
@@ -372,6 +384,79 @@ fn streaming_events_through_the_service_equals_the_batch_run_and_score() {
     }
     assert_eq!(compared, risk.len());
     assert_eq!(acted, actions.len());
+
+    // The day metrics are the batch's monitoring_metrics, and the alert rules raise the
+    // batch's alerts and open its incident (same id: dated at the newest event).
+    let (st, text) = server.get("/v1/alerts", Some(&read));
+    assert_eq!(st, 200, "{text}");
+    let live: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let batch_days = csv_rows(&run.join("monitoring_metrics.csv"));
+    assert_eq!(live["days"].as_array().unwrap().len(), batch_days.len());
+    for (l, b) in live["days"].as_array().unwrap().iter().zip(&batch_days) {
+        assert_eq!(l["day"], b["day"].as_str());
+        for col in [
+            "n_events",
+            "n_chat",
+            "n_active_users",
+            "n_blocked",
+            "n_warned",
+            "latency_ms_avg",
+        ] {
+            let want: f64 = b[col].parse().unwrap();
+            let got = l[col].as_f64().unwrap();
+            assert!(
+                close(got, want),
+                "{} {col}: live {got}, batch {want}",
+                b["day"]
+            );
+        }
+    }
+    let (st, text) = server.post("/v1/admin/evaluate", Some(&admin), "", b"");
+    assert_eq!(st, 200, "{text}");
+    let ev: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let key = |day: &str, t: &str, sev: &str, details: &str| format!("{day} {t} {sev} {details}");
+    let live_alerts: Vec<String> = ev["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            key(
+                a["day"].as_str().unwrap(),
+                a["alert_type"].as_str().unwrap(),
+                a["severity"].as_str().unwrap(),
+                a["details"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let batch_alerts: Vec<String> = csv_rows(&run.join("alerts.csv"))
+        .iter()
+        .map(|a| key(&a["day"], &a["alert_type"], &a["severity"], &a["details"]))
+        .collect();
+    assert!(
+        batch_alerts.iter().any(|a| a.contains(" high ")),
+        "the test data raise no high alert: {batch_alerts:?}"
+    );
+    assert_eq!(live_alerts, batch_alerts);
+    assert_eq!(ev["new_alerts"], ev["alerts"]);
+    let incidents = csv_rows(&run.join("incident_log.csv"));
+    match incidents.first() {
+        Some(inc) => {
+            assert_eq!(ev["incident"], inc["incident_id"].as_str());
+            let kept = csv_rows(&data.join("incident_log.csv"));
+            assert_eq!(kept.len(), 1);
+            assert_eq!(kept[0]["summary"], inc["summary"]);
+            assert!(
+                data.join(format!("incident_{}.md", inc["incident_id"]))
+                    .exists()
+            );
+        }
+        None => assert!(ev["incident"].is_null()),
+    }
+    // An alert is raised once: evaluating again raises nothing new.
+    let (_, text) = server.post("/v1/admin/evaluate", Some(&admin), "", b"");
+    let again: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(again["alerts"], ev["alerts"]);
+    assert!(again["new_alerts"].as_array().unwrap().is_empty() && again["incident"].is_null());
 
     // Sending it all again stores nothing twice.
     let again = server.events(

@@ -155,6 +155,9 @@ pub struct ServeConfig {
     pub recent_messages: usize,
     /// Distinct message texts whose rare-harm scores are cached (with `--sentinel-index`).
     pub sentinel_cache_texts: usize,
+    /// Evaluate `[monitoring]`'s alert rules over the live day metrics every this many
+    /// seconds (0: never).
+    pub alert_interval_secs: u64,
     /// Most automated (non-`allow`, non-`escalate`) actions per UTC day of event time; past
     /// it an action becomes `escalate` with rule `safety_cap` and an alert is raised once.
     pub cap_actions_per_day: u64,
@@ -211,6 +214,7 @@ impl Default for ServeConfig {
             idle_evict_days: 30,
             recent_messages: 20,
             sentinel_cache_texts: 100_000,
+            alert_interval_secs: 60,
             cap_actions_per_day: 10_000,
             cap_actions_per_rule_per_day: 5_000,
             cap_per_action_per_day: BTreeMap::new(),

@@ -33,6 +33,8 @@ pub(crate) fn router(svc: Svc) -> Router {
         .route("/v1/users/{id}", get(get_user))
         .route("/v1/admin/flush", post(post_flush))
         .route("/v1/admin/reload", post(post_reload))
+        .route("/v1/admin/evaluate", post(post_evaluate))
+        .route("/v1/alerts", get(get_alerts))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(svc)
 }
@@ -757,6 +759,105 @@ pub(crate) fn log_reload(done: &Result<Reloaded, ServeError>) {
             tracing::error!("reload refused, the running configuration and bundle are kept: {e}");
         }
     }
+}
+
+/// Evaluate the alert rules every `alert_interval_secs` of the configuration in force.
+pub(crate) async fn alerting(svc: Svc) {
+    loop {
+        let every = svc.live().cfg.serve.alert_interval_secs;
+        if every == 0 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_secs(every)).await;
+        if let Err(e) = evaluate_now(&svc).await {
+            metrics::counter!("vigil_alert_evaluations_total", "result" => "failed").increment(1);
+            tracing::error!("alert evaluation failed: {e}");
+        }
+    }
+}
+
+/// Evaluate the alert rules over the live day metrics now; new alerts go to the log, the
+/// `alert` webhooks and `live_alerts.jsonl`, a new high one opens an incident.
+pub(crate) async fn evaluate_now(svc: &Svc) -> Result<crate::monitor::Evaluation, ServeError> {
+    let started = Instant::now();
+    let live = svc.live();
+    let days = svc.state.day_totals();
+    let scratch = svc.monitor.scratch();
+    let rules = live.cfg.monitoring.clone();
+    let alerts =
+        tokio::task::spawn_blocking(move || crate::monitor::evaluate(&days, &rules, &scratch))
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))??;
+    let as_of = svc
+        .state
+        .newest_ts()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .unwrap_or_default();
+    let ev = svc.monitor.record(alerts, as_of)?;
+    metrics::counter!("vigil_alert_evaluations_total", "result" => "ok").increment(1);
+    metrics::histogram!("vigil_alert_evaluation_seconds").record(started.elapsed().as_secs_f64());
+    metrics::gauge!("vigil_alerts_firing").set(ev.alerts.len() as f64);
+    for a in &ev.new_alerts {
+        metrics::counter!("vigil_alerts_total", "severity" => a.severity.clone()).increment(1);
+        tracing::warn!(
+            alert = %a.alert_type,
+            severity = %a.severity,
+            day = %a.day,
+            "alert: {}",
+            a.details
+        );
+        svc.webhooks.send(&crate::webhook::Notice::new(
+            "alert",
+            &format!("monitoring\u{0}{}\u{0}{}", a.alert_type, a.day),
+            json!({
+                "kind": "alert",
+                "alert": a.alert_type,
+                "severity": a.severity,
+                "day": a.day,
+                "details": a.details,
+                "config_version": live.config_version,
+            }),
+        ));
+    }
+    if let Some(id) = &ev.incident {
+        metrics::counter!("vigil_incidents_total").increment(1);
+        tracing::error!(incident = %id, "high-severity alert: incident opened (incident_log.csv)");
+    }
+    Ok(ev)
+}
+
+async fn post_evaluate(State(svc): State<Svc>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&svc, &headers, Scope::Admin) {
+        return *r;
+    }
+    match evaluate_now(&svc).await {
+        Ok(ev) => axum::Json(ev).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn get_alerts(State(svc): State<Svc>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&svc, &headers, Scope::Read) {
+        return *r;
+    }
+    let days: Vec<Value> = svc
+        .state
+        .day_totals()
+        .iter()
+        .map(|(d, t)| {
+            json!({
+                "day": day_text(*d),
+                "n_events": t.n_events,
+                "n_chat": t.n_chat,
+                "n_active_users": t.n_active_users,
+                "n_blocked": t.n_blocked,
+                "n_warned": t.n_warned,
+                "latency_ms_avg": t.latency_sum as f64 / t.n_events.max(1) as f64,
+            })
+        })
+        .collect();
+    axum::Json(json!({"days": days, "last_evaluation": svc.monitor.last()})).into_response()
 }
 
 /// Score every user-day held in state and derive what the stored events imply: the review

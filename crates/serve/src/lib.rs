@@ -14,6 +14,7 @@ pub mod cases;
 pub mod event;
 mod http;
 pub mod intake;
+pub mod monitor;
 pub mod rare;
 pub mod scoring;
 pub mod state;
@@ -202,6 +203,7 @@ pub(crate) struct Service {
     pub webhooks: webhook::Webhooks,
     pub cases: cases::Cases,
     pub rare: Option<Arc<rare::RareHarm>>,
+    pub monitor: monitor::Monitor,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Where a reload reads from.
     model_arg: Option<PathBuf>,
@@ -247,6 +249,12 @@ impl Service {
                 None => find_bundle(&me.data)?,
             };
             let scorer = scoring::Scorer::load(&model)?;
+            // The alert rules must run over the live metrics before they replace the old.
+            monitor::evaluate(
+                &me.state.day_totals(),
+                &cfg.monitoring,
+                &me.monitor.scratch(),
+            )?;
             Ok((
                 Live {
                     scorer,
@@ -452,6 +460,7 @@ pub async fn serve_until(
         auth,
         cases,
         rare,
+        monitor: monitor::Monitor::open(&data),
         metrics: metrics_handle()?,
         model_arg: opts.model.clone(),
         config_path: opts.config_path.clone(),
@@ -461,7 +470,15 @@ pub async fn serve_until(
     // Review cases and the safety caps' counters are derived from the stored events again.
     let derived = tokio::task::spawn_blocking({
         let svc = svc.clone();
-        move || http::derive_all(&svc)
+        move || {
+            // The alert rules must run (a bad one stops the start, naming it).
+            monitor::evaluate(
+                &svc.state.day_totals(),
+                &svc.cfg.monitoring,
+                &svc.monitor.scratch(),
+            )?;
+            http::derive_all(&svc)
+        }
     })
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))??;
@@ -489,6 +506,7 @@ pub async fn serve_until(
     );
     let background = tokio::spawn(http::housekeeping(svc.clone()));
     let hangups = tokio::spawn(reload_on_hangup(svc.clone()));
+    let alerting = tokio::spawn(http::alerting(svc.clone()));
     on_ready(addr);
     let app = http::router(svc.clone());
     axum::serve(listener, app)
@@ -501,6 +519,8 @@ pub async fn serve_until(
     tracing::info!("stopping: flushing the log into the dataset");
     background.abort();
     hangups.abort();
+    alerting.abort();
+    let _ = alerting.await;
     let _ = background.await;
     let _ = hangups.await;
     let users = svc.state.users();

@@ -187,6 +187,23 @@ impl KeyIndex {
     }
 }
 
+/// One UTC day's totals over every user: the columns of `core_day_metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DayTotals {
+    /// Events.
+    pub n_events: i64,
+    /// Chat events.
+    pub n_chat: i64,
+    /// Users with an event that day.
+    pub n_active_users: i64,
+    /// Blocked events.
+    pub n_blocked: i64,
+    /// Warned events.
+    pub n_warned: i64,
+    /// Sum of `latency_ms`.
+    pub latency_sum: i64,
+}
+
 /// Every active user's state.
 #[derive(Debug)]
 pub struct State {
@@ -197,6 +214,8 @@ pub struct State {
     idle_evict_days: u32,
     /// The newest event time seen by the service (for idle eviction).
     watermark: std::sync::atomic::AtomicI64,
+    /// Totals per day over every user (for the alert rules), all days.
+    totals: Mutex<BTreeMap<i32, DayTotals>>,
 }
 
 impl State {
@@ -209,7 +228,18 @@ impl State {
             recent: cfg.recent_messages,
             idle_evict_days: cfg.idle_evict_days,
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
+            totals: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Totals per day, oldest first.
+    pub fn day_totals(&self) -> Vec<(i32, DayTotals)> {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(d, t)| (*d, *t))
+            .collect()
     }
 
     fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<String, UserState>> {
@@ -234,14 +264,26 @@ impl State {
     pub fn apply(&self, e: &Event) {
         self.watermark
             .fetch_max(e.ts, std::sync::atomic::Ordering::Relaxed);
-        let new_keys = {
+        let (new_keys, new_day) = {
             let mut shard = self.shard(&e.user_id);
             let u = shard.entry(e.user_id.clone()).or_default();
-            u.apply(e, self.days_kept, self.recent)
+            let new_day = u.active_days.binary_search(&e.day()).is_err();
+            (u.apply(e, self.days_kept, self.recent), new_day)
         };
         for k in new_keys {
             self.keys.add_user(k);
         }
+        let mut totals = self
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = totals.entry(e.day()).or_default();
+        t.n_events += 1;
+        t.n_chat += i64::from(e.event_type == "chat");
+        t.n_active_users += i64::from(new_day);
+        t.n_blocked += i64::from(e.blocked);
+        t.n_warned += i64::from(e.warned);
+        t.latency_sum += e.latency_ms;
     }
 
     /// Every user-day held in detail (for deriving cases and caps at start).
@@ -254,6 +296,12 @@ impl State {
             }
         }
         out
+    }
+
+    /// The time of the newest event seen (microseconds), once there is one.
+    pub fn newest_ts(&self) -> Option<i64> {
+        let w = self.watermark.load(std::sync::atomic::Ordering::Relaxed);
+        (w != i64::MIN).then_some(w)
     }
 
     /// The day of the newest event seen, once there is one.
