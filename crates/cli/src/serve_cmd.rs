@@ -185,6 +185,16 @@ pub(crate) struct BenchServeArgs {
     /// Give chat events prompt text.
     #[arg(long)]
     text: bool,
+    /// Distinct prompt texts (with --text): event i says text i mod N, so fewer distinct
+    /// texts than chat events means repeats.
+    #[arg(long, default_value_t = 5000)]
+    distinct_texts: usize,
+    /// Sentinel index: score each user's rare-harm affinity as `vigil serve` does.
+    #[arg(long)]
+    sentinel_index: Option<String>,
+    /// The encoder for --sentinel-index [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
+    #[arg(long, env = "VIGIL_MODEL")]
+    sentinel_model: Option<PathBuf>,
     /// Single-event requests per second (0 skips that phase).
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -211,6 +221,16 @@ pub(crate) fn bench(cmd: BenchCommand) -> Result<()> {
         connections: a.connections,
         users: a.users,
         text: a.text,
+        distinct_texts: a.distinct_texts,
+        rare_harm: a
+            .sentinel_index
+            .map(|index| vigil_serve::rare::RareHarmOptions {
+                index,
+                model: a
+                    .sentinel_model
+                    .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2")),
+                cache_texts: config.serve.sentinel_cache_texts,
+            }),
         rate: a.rate,
         seconds: a.seconds,
     };

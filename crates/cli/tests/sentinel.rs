@@ -5,24 +5,13 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+use common::model;
+
 fn shared() -> PathBuf {
     std::env::var_os("VIGIL_SHARED")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
-}
-
-fn model() -> PathBuf {
-    let dir = std::env::var_os("VIGIL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "no model at {}: run ./scripts/fetch-model.sh",
-        dir.display()
-    );
-    dir
 }
 
 fn vigil(args: &[&str]) -> String {

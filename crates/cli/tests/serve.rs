@@ -1417,21 +1417,6 @@ fn a_reload_swaps_bundle_and_settings_without_pausing_intake_and_a_bad_config_is
     assert!(server.stop().success());
 }
 
-/// The encoder the Sentinel tests use (fetched by scripts/test.sh).
-fn sentinel_model() -> PathBuf {
-    let dir = std::env::var_os("VIGIL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
-        });
-    assert!(
-        dir.join("model.safetensors").exists(),
-        "no model at {}: run ./scripts/fetch-model.sh",
-        dir.display()
-    );
-    dir
-}
-
 #[test]
 fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
     let shared = std::env::var_os("VIGIL_SHARED")
@@ -1454,7 +1439,7 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
     std::fs::write(dir.path().join("pos.txt"), pos[..30].join("\n")).unwrap();
     std::fs::write(dir.path().join("neg.txt"), neg[..150].join("\n")).unwrap();
     let index = dir.path().join("idx");
-    let m = sentinel_model();
+    let m = common::model();
     ok(&[
         "sentinel",
         "build",

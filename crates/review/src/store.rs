@@ -328,33 +328,13 @@ impl ReviewStore {
         .map_err(e)?;
         {
             let mut st = tx
-                .prepare(
-                    "INSERT INTO cases (review_id, day, user_id, risk_score, uncertainty, \
-                     priority, recent_prompts, suggested_action, suggested_reason, flags, \
-                     queue_pos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
-                     ON CONFLICT (review_id) DO UPDATE SET risk_score = excluded.risk_score, \
-                     uncertainty = excluded.uncertainty, priority = excluded.priority, \
-                     recent_prompts = excluded.recent_prompts, \
-                     suggested_action = excluded.suggested_action, \
-                     suggested_reason = excluded.suggested_reason, flags = excluded.flags, \
-                     queue_pos = excluded.queue_pos",
-                )
+                .prepare(&upsert_case_sql("?11", "excluded.queue_pos"))
                 .map_err(e)?;
             for c in cases {
-                st.execute(params![
-                    c.review_id,
-                    c.day,
-                    c.user_id,
-                    c.risk_score,
-                    c.uncertainty,
-                    c.priority,
-                    c.recent_prompts,
-                    c.suggested_action,
-                    c.suggested_reason,
-                    c.flags,
-                    c.queue_pos.map(|p| p as i64)
-                ])
-                .map_err(e)?;
+                let pos = c.queue_pos.map(|p| p as i64);
+                let mut row = case_row(c).to_vec();
+                row.push(&pos);
+                st.execute(&*row).map_err(e)?;
             }
         }
         tx.commit().map_err(e)
@@ -377,33 +357,13 @@ impl ReviewStore {
             .map_err(e)?;
         {
             let mut st = tx
-                .prepare(
-                    "INSERT INTO cases (review_id, day, user_id, risk_score, uncertainty, \
-                     priority, recent_prompts, suggested_action, suggested_reason, flags, \
-                     queue_pos) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-                     (SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM cases)) \
-                     ON CONFLICT (review_id) DO UPDATE SET risk_score = excluded.risk_score, \
-                     uncertainty = excluded.uncertainty, priority = excluded.priority, \
-                     recent_prompts = excluded.recent_prompts, \
-                     suggested_action = excluded.suggested_action, \
-                     suggested_reason = excluded.suggested_reason, flags = excluded.flags, \
-                     queue_pos = COALESCE(cases.queue_pos, excluded.queue_pos)",
-                )
+                .prepare(&upsert_case_sql(
+                    "(SELECT COALESCE(MAX(queue_pos), -1) + 1 FROM cases)",
+                    "COALESCE(cases.queue_pos, excluded.queue_pos)",
+                ))
                 .map_err(e)?;
             for c in queued {
-                st.execute(params![
-                    c.review_id,
-                    c.day,
-                    c.user_id,
-                    c.risk_score,
-                    c.uncertainty,
-                    c.priority,
-                    c.recent_prompts,
-                    c.suggested_action,
-                    c.suggested_reason,
-                    c.flags,
-                ])
-                .map_err(e)?;
+                st.execute(case_row(c)).map_err(e)?;
             }
             let mut out = tx
                 .prepare("UPDATE cases SET queue_pos = NULL WHERE review_id = ?1")
@@ -762,6 +722,38 @@ impl ReviewStore {
         }
         Ok(report)
     }
+}
+
+/// Insert a case or refresh it in place: `pos` is the SQL of a new row's `queue_pos`, `keep`
+/// the SQL of an existing row's (the case's own columns are `?1`..`?10`, [`case_row`]).
+fn upsert_case_sql(pos: &str, keep: &str) -> String {
+    format!(
+        "INSERT INTO cases (review_id, day, user_id, risk_score, uncertainty, priority, \
+         recent_prompts, suggested_action, suggested_reason, flags, queue_pos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {pos}) \
+         ON CONFLICT (review_id) DO UPDATE SET risk_score = excluded.risk_score, \
+         uncertainty = excluded.uncertainty, priority = excluded.priority, \
+         recent_prompts = excluded.recent_prompts, \
+         suggested_action = excluded.suggested_action, \
+         suggested_reason = excluded.suggested_reason, flags = excluded.flags, \
+         queue_pos = {keep}"
+    )
+}
+
+/// A case's own columns, in [`upsert_case_sql`]'s order.
+fn case_row(c: &Case) -> [&dyn rusqlite::ToSql; 10] {
+    [
+        &c.review_id,
+        &c.day,
+        &c.user_id,
+        &c.risk_score,
+        &c.uncertainty,
+        &c.priority,
+        &c.recent_prompts,
+        &c.suggested_action,
+        &c.suggested_reason,
+        &c.flags,
+    ]
 }
 
 fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {

@@ -33,6 +33,10 @@ pub struct BenchOptions {
     pub users: usize,
     /// Give chat events a prompt text.
     pub text: bool,
+    /// How many distinct prompt texts there are (event `i` says text `i % distinct_texts`).
+    pub distinct_texts: usize,
+    /// Score rare-harm affinity with this Sentinel index and encoder.
+    pub rare_harm: Option<crate::rare::RareHarmOptions>,
     /// Single-event requests per second in the second phase (0: skip it).
     pub rate: u64,
     /// Length of the single-event phase.
@@ -76,13 +80,16 @@ pub struct BenchReport {
 }
 
 /// A synthetic event as JSON text (valid for the validator; deterministic per index).
-fn event_text(i: usize, users: usize, text: bool, prefix: &str) -> String {
+fn event_text(i: usize, users: usize, text: Option<usize>, prefix: &str) -> String {
     let user = (i.wrapping_mul(2_654_435_761)) % users.max(1);
     let chat = !i.is_multiple_of(3);
     let ts = 1_767_225_600 + (i as i64 / 50);
     let dt = chrono::DateTime::from_timestamp(ts, 0).unwrap_or_default();
-    let prompt = if chat && text {
-        format!("please summarise document number {} for me", i % 5000)
+    let prompt = if let Some(distinct) = text.filter(|_| chat) {
+        format!(
+            "please summarise document number {} for me",
+            i % distinct.max(1)
+        )
     } else {
         String::new()
     };
@@ -215,7 +222,7 @@ pub async fn bench(
         model: Some(opts.model.clone()),
         config,
         config_path: None,
-        rare_harm: None,
+        rare_harm: opts.rare_harm.clone(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -238,13 +245,14 @@ pub async fn bench(
     let prefix = format!("b{}-", std::process::id());
     let mut phases = Vec::new();
 
+    let texts = opts.text.then_some(opts.distinct_texts);
     // Phase 1: batched, closed loop.
     let per_conn = opts.events.div_ceil(opts.connections.max(1));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..opts.connections.max(1) {
         let (token, prefix) = (token.clone(), prefix.clone());
-        let (batch, users, text) = (opts.batch.max(1), opts.users, opts.text);
+        let (batch, users, text) = (opts.batch.max(1), opts.users, texts);
         let (from, to) = (c * per_conn, ((c + 1) * per_conn).min(opts.events));
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -351,7 +359,7 @@ pub async fn bench(
         for k in 0..total as usize {
             let due = started + interval.mul_f64(k as f64);
             tokio::time::sleep_until(due.into()).await;
-            let body = event_text(base + k, opts.users, opts.text, &prefix);
+            let body = event_text(base + k, opts.users, texts, &prefix);
             if tx.send((due, body)).await.is_err() {
                 break;
             }

@@ -39,6 +39,9 @@ pub struct RareHarm {
     encoder: MiniLmEncoder,
     params: ScoreParams,
     cache: Mutex<Cache>,
+    /// One encoding at a time: the encoder already uses every core, and concurrent calls
+    /// only thrash the caches.
+    encoding: Mutex<()>,
     capacity: usize,
     location: String,
 }
@@ -87,6 +90,7 @@ impl RareHarm {
                 ..ScoreParams::default()
             },
             cache: Mutex::new(Cache::default()),
+            encoding: Mutex::new(()),
             capacity: opts.cache_texts.max(1),
             location: opts.index.clone(),
         })
@@ -117,11 +121,24 @@ impl RareHarm {
             }
         }
         if !missing.is_empty() {
-            let emb = self.encoder.encode(&missing).map_err(sentinel)?;
-            let obs = self
-                .scorer
-                .score_observations(&missing, &emb, &self.params)
-                .map_err(sentinel)?;
+            let one = self
+                .encoding
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Another request may have scored some of them while this one waited.
+            {
+                let c = self.lock();
+                missing.retain(|t| !c.scores.contains_key(t));
+            }
+            let obs = if missing.is_empty() {
+                Vec::new()
+            } else {
+                let emb = self.encoder.encode(&missing).map_err(sentinel)?;
+                self.scorer
+                    .score_observations(&missing, &emb, &self.params)
+                    .map_err(sentinel)?
+            };
+            drop(one);
             let mut c = self.lock();
             c.misses += missing.len() as u64;
             for (t, o) in missing.into_iter().zip(obs) {

@@ -38,10 +38,27 @@ fn insert_sorted(v: &mut Vec<u64>, x: u64) -> bool {
     match v.binary_search(&x) {
         Ok(_) => false,
         Err(i) => {
+            // Most users have one or two of each identifier: no room for four.
+            if v.len() < 8 {
+                v.reserve_exact(1);
+            }
             v.insert(i, x);
             true
         }
     }
+}
+
+/// The aggregate of `day`, inserted in order (with room for it alone) when new.
+fn day_entry(days: &mut Vec<(i32, DayAgg)>, day: i32) -> &mut DayAgg {
+    let at = match days.binary_search_by_key(&day, |(d, _)| *d) {
+        Ok(i) => i,
+        Err(i) => {
+            days.reserve_exact(1);
+            days.insert(i, (day, DayAgg::default()));
+            i
+        }
+    };
+    &mut days[at].1
 }
 
 /// One user-day's running aggregates (the columns of `core_user_day`).
@@ -144,7 +161,9 @@ pub struct UserView {
 
 #[derive(Debug, Default, Clone)]
 struct UserState {
-    days: BTreeMap<i32, DayAgg>,
+    /// Sorted by day; a vector, not a map: a user holds one or two days, and a B-tree node
+    /// has room for eleven.
+    days: Vec<(i32, DayAgg)>,
     /// Every day the user was active on (also the days no longer kept in detail).
     active_days: Vec<i32>,
     events: i64,
@@ -292,7 +311,7 @@ impl State {
         for s in &self.shards {
             let s = s.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for (user, u) in s.iter() {
-                out.extend(u.days.keys().map(|d| (user.clone(), *d)));
+                out.extend(u.days.iter().map(|(d, _)| (user.clone(), *d)));
             }
         }
         out
@@ -359,8 +378,8 @@ impl State {
         let days: Vec<DayFeatures> = u.days.iter().map(|(day, d)| features(*day, d)).collect();
         let prompts = u
             .days
-            .values()
-            .map(|d| d.prompts.iter().map(|p| p.2.clone()).collect())
+            .iter()
+            .map(|(_, d)| d.prompts.iter().map(|p| p.2.clone()).collect())
             .collect();
         let rate = |x: i64| {
             if u.chats > 0 {
@@ -449,7 +468,7 @@ impl UserState {
             u.newest_ts.max(e.ts)
         };
         if day > day_of(newest) - days_kept {
-            let d = u.days.entry(day).or_default();
+            let d = day_entry(&mut u.days, day);
             d.n_events += 1;
             d.n_chat += i64::from(chat);
             d.tokens_in += e.tokens_in;
@@ -476,7 +495,7 @@ impl UserState {
         if e.ts > u.newest_ts || u.events == 1 {
             u.newest_ts = e.ts;
             let keep_from = day_of(e.ts) - days_kept;
-            u.days.retain(|d, _| *d > keep_from);
+            u.days.retain(|(d, _)| *d > keep_from);
         }
         let at = u.window.partition_point(|w| w.0 <= e.ts);
         u.window.insert(at, (e.ts, ip, dev));

@@ -38,3 +38,19 @@ pub(crate) fn ok_output(args: &[&str]) -> (String, String) {
 pub(crate) fn ok(args: &[&str]) -> String {
     ok_output(args).0
 }
+
+/// The encoder the Sentinel tests use: `VIGIL_MODEL`, else the directory
+/// `scripts/fetch-model.sh` fills.
+pub(crate) fn model() -> std::path::PathBuf {
+    let dir = std::env::var_os("VIGIL_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "no model at {}: run ./scripts/fetch-model.sh",
+        dir.display()
+    );
+    dir
+}
