@@ -503,7 +503,14 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
                 profile: a.profile,
             },
         },
-    })
+    })?;
+    let out = a.out.display();
+    eprintln!(
+        "live service on this data and model (events in over HTTP, scored as they come):\n  \
+         vigil token create --data {out}/data --scope admin   # prints the token once\n  \
+         vigil serve --data {out}/data --model {out}/model    # http://127.0.0.1:8080"
+    );
+    Ok(())
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {

@@ -1456,31 +1456,7 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
     let data = dir.path().join("live");
     let ingest = token(&data, "ingest");
     let read = token(&data, "read");
-    let server = {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
-        cmd.args([
-            "serve",
-            "--data",
-            s(&data),
-            "--model",
-            s(&run.join("model")),
-        ])
-        .args(["--listen", "127.0.0.1:0", "--sentinel-index", s(&index)])
-        .args(["--sentinel-model", s(&m)])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server { child, addr }
-    };
+    let server = start_rare(&data, &run.join("model"), &index, &m, None);
     // Held-out harmful messages (and a few ordinary ones) from one user, ordinary messages
     // from another, all on one day, in two requests each.
     let template = csv_rows(&input)
@@ -1592,4 +1568,64 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
         plain.len()
     );
     assert!(server.stop().success());
+
+    // With a review threshold between the two, the next message of each user queues the
+    // harmful one's day for review (flag rare_harm) and not the ordinary one's.
+    let at = (last["u_rare_harm"] + last["u_rare_plain"]) / 2.0;
+    let cfg = write_config(dir.path(), &format!("rare_harm_review_at = {at}"));
+    let server = start_rare(&data, &run.join("model"), &index, &m, Some(&cfg));
+    for (user, text) in [("u_rare_harm", &neg[180]), ("u_rare_plain", &neg[181])] {
+        let r = server.events(&ingest, &[chat(user, 40, text)]);
+        assert_eq!(r[0]["status"], "accepted", "{r:?}");
+    }
+    assert!(server.stop().success());
+    let conn = rusqlite::Connection::open(data.join("review.db")).unwrap();
+    let flags = |user: &str| -> Option<String> {
+        conn.query_row(
+            "SELECT flags FROM cases WHERE user_id = ?1 AND queue_pos IS NOT NULL",
+            [user],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    let harm = flags("u_rare_harm");
+    assert!(
+        harm.as_deref().is_some_and(|f| f.contains("rare_harm")),
+        "{harm:?}"
+    );
+    let plain = flags("u_rare_plain");
+    assert!(
+        !plain.as_deref().is_some_and(|f| f.contains("rare_harm")),
+        "{plain:?}"
+    );
+}
+
+/// `vigil serve` with a Sentinel index and its encoder.
+fn start_rare(
+    data: &Path,
+    model: &Path,
+    index: &Path,
+    encoder: &Path,
+    config: Option<&Path>,
+) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    cmd.args(["serve", "--data", s(data), "--model", s(model)])
+        .args(["--listen", "127.0.0.1:0", "--sentinel-index", s(index)])
+        .args(["--sentinel-model", s(encoder)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(c) = config {
+        cmd.args(["--config", s(c)]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, addr }
 }

@@ -155,6 +155,9 @@ pub struct ServeConfig {
     pub recent_messages: usize,
     /// Distinct message texts whose rare-harm scores are cached (with `--sentinel-index`).
     pub sentinel_cache_texts: usize,
+    /// A user whose rare-harm affinity reaches this gets a review case for the day of the
+    /// message (flag `rare_harm`) even when the model does not flag it; unset: no such cases.
+    pub rare_harm_review_at: Option<f64>,
     /// Evaluate `[monitoring]`'s alert rules over the live day metrics every this many
     /// seconds (0: never).
     pub alert_interval_secs: u64,
@@ -214,6 +217,7 @@ impl Default for ServeConfig {
             idle_evict_days: 30,
             recent_messages: 20,
             sentinel_cache_texts: 100_000,
+            rare_harm_review_at: None,
             alert_interval_secs: 60,
             cap_actions_per_day: 10_000,
             cap_actions_per_rule_per_day: 5_000,
@@ -515,6 +519,9 @@ impl Config {
         }
         if sv.flush_interval_secs == 0 {
             return bad("serve.flush_interval_secs", "must be at least 1");
+        }
+        if sv.rare_harm_review_at.is_some_and(|t| !t.is_finite()) {
+            return bad("serve.rare_harm_review_at", "must be a finite number");
         }
         if let Some(a) = sv
             .cap_per_action_per_day

@@ -56,9 +56,10 @@ fn lock(s: &Shared) -> std::sync::MutexGuard<'_, (Pending, bool)> {
 }
 
 /// The case of a scored user-day (`None`: it does not need review). A flagged user-day is
-/// a case, and so is one whose automated action a safety cap turned into a review.
+/// a case, and so is one whose automated action a safety cap turned into a review, or whose
+/// user's rare-harm affinity reached `rare_harm_review_at`.
 pub fn case_of(user: &str, day: i32, s: &Score) -> Option<Case> {
-    if !s.needs_review && s.capped_by.is_none() {
+    if !s.needs_review && s.capped_by.is_none() && !s.rare_harm {
         return None;
     }
     let names: Vec<&str> = [
@@ -66,6 +67,7 @@ pub fn case_of(user: &str, day: i32, s: &Score) -> Option<Case> {
         (s.flag_heur, "heuristic"),
         (s.flag_uncertain, "uncertain"),
         (s.capped_by.is_some(), "safety_cap"),
+        (s.rare_harm, "rare_harm"),
     ]
     .iter()
     .filter(|x| x.0)

@@ -540,14 +540,19 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
         }
     };
     settle_actions(&svc, &mut scores, &live, true);
-    svc.cases
-        .update(scores.iter().map(|((u, d), s)| (u.as_str(), *d, s)));
     let rare = if svc.rare.is_some() {
         let w = windows(&svc, &distinct_users(&keys), None);
         rare_of(&svc, w).await
     } else {
         HashMap::new()
     };
+    if let Some(at) = live.cfg.serve.rare_harm_review_at {
+        for ((user, _), s) in scores.iter_mut() {
+            s.rare_harm = rare.get(user).is_some_and(|r| r.affinity >= at);
+        }
+    }
+    svc.cases
+        .update(scores.iter().map(|((u, d), s)| (u.as_str(), *d, s)));
     let (mut accepted, mut duplicates) = (0u64, 0u64);
     let results: Vec<Value> = parsed
         .items
@@ -868,11 +873,18 @@ pub(crate) fn derive_all(svc: &Service) -> Result<usize, ServeError> {
     // Time order, so the caps count a day's actions in the order the day went.
     keys.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     let live = svc.live();
+    // Rare-harm cases are not derived again (that would encode every message held): with
+    // them configured, a case is only ever added here, never taken out of the queue.
+    let keep_queued = svc.rare.is_some() && live.cfg.serve.rare_harm_review_at.is_some();
     for chunk in keys.chunks(8192) {
         let mut scores = score_keys(svc, &live.scorer, chunk, None)?;
         settle_actions(svc, &mut scores, &live, false);
-        svc.cases
-            .update(scores.iter().map(|((u, d), s)| (u.as_str(), *d, s)));
+        svc.cases.update(
+            scores
+                .iter()
+                .filter(|(_, s)| !keep_queued || s.needs_review || s.capped_by.is_some())
+                .map(|((u, d), s)| (u.as_str(), *d, s)),
+        );
     }
     Ok(keys.len())
 }

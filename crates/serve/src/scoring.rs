@@ -47,6 +47,10 @@ pub struct Score {
     /// case; never in an answer or a log).
     #[serde(skip)]
     pub recent_prompts: String,
+    /// The user's rare-harm affinity reached `[serve] rare_harm_review_at` (set by the
+    /// service, never by the scorer).
+    #[serde(skip)]
+    pub rare_harm: bool,
 }
 
 /// One row to score.
@@ -297,6 +301,7 @@ impl Scorer {
                 rule: reasons[i].clone(),
                 capped_by: None,
                 recent_prompts,
+                rare_harm: false,
             })
             .collect())
     }
