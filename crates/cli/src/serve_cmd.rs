@@ -24,6 +24,13 @@ pub(crate) struct ServeArgs {
     /// Address to listen on; port 0 picks a free port. Loopback unless told otherwise.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    #[command(flatten)]
+    sentinel: SentinelArgs,
+}
+
+/// Rare-harm affinity flags, shared by `vigil serve` and `vigil bench serve`.
+#[derive(Args, Debug)]
+pub(crate) struct SentinelArgs {
     /// Sentinel index (a directory or s3://bucket/prefix) for each user's rare-harm affinity
     /// over their recent chat messages [default: none, no affinity].
     #[arg(long)]
@@ -31,6 +38,19 @@ pub(crate) struct ServeArgs {
     /// The encoder for --sentinel-index [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
     #[arg(long, env = "VIGIL_MODEL")]
     sentinel_model: Option<PathBuf>,
+}
+
+impl SentinelArgs {
+    /// What the service loads, when an index is given.
+    fn options(self, config: &Config) -> Option<vigil_serve::rare::RareHarmOptions> {
+        let model = self.sentinel_model;
+        self.sentinel_index
+            .map(|index| vigil_serve::rare::RareHarmOptions {
+                index,
+                model: model.unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2")),
+                cache_texts: config.serve.sentinel_cache_texts,
+            })
+    }
 }
 
 /// `vigil token` subcommands.
@@ -76,15 +96,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
             a.listen
         );
     }
-    let rare_harm = a
-        .sentinel_index
-        .map(|index| vigil_serve::rare::RareHarmOptions {
-            index,
-            model: a
-                .sentinel_model
-                .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2")),
-            cache_texts: config.serve.sentinel_cache_texts,
-        });
+    let rare_harm = a.sentinel.options(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -189,12 +201,8 @@ pub(crate) struct BenchServeArgs {
     /// texts than chat events means repeats.
     #[arg(long, default_value_t = 5000)]
     distinct_texts: usize,
-    /// Sentinel index: score each user's rare-harm affinity as `vigil serve` does.
-    #[arg(long)]
-    sentinel_index: Option<String>,
-    /// The encoder for --sentinel-index [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
-    #[arg(long, env = "VIGIL_MODEL")]
-    sentinel_model: Option<PathBuf>,
+    #[command(flatten)]
+    sentinel: SentinelArgs,
     /// Single-event requests per second (0 skips that phase).
     #[arg(long, default_value_t = 2000)]
     rate: u64,
@@ -222,15 +230,7 @@ pub(crate) fn bench(cmd: BenchCommand) -> Result<()> {
         users: a.users,
         text: a.text,
         distinct_texts: a.distinct_texts,
-        rare_harm: a
-            .sentinel_index
-            .map(|index| vigil_serve::rare::RareHarmOptions {
-                index,
-                model: a
-                    .sentinel_model
-                    .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2")),
-                cache_texts: config.serve.sentinel_cache_texts,
-            }),
+        rare_harm: a.sentinel.options(&config),
         rate: a.rate,
         seconds: a.seconds,
     };
