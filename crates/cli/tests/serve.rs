@@ -1629,3 +1629,39 @@ fn start_rare(
         .to_string();
     Server { child, addr }
 }
+
+#[test]
+fn a_vigil_ingest_beside_the_running_service_stores_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, run) = trained(dir.path(), "3000");
+    let data = dir.path().join("live");
+    let cfg = write_config(dir.path(), "flush_interval_secs = 1");
+    let ingest = token(&data, "ingest");
+    let server = Server::start(&data, &run.join("model"), Some(&cfg));
+    let rows: Vec<serde_json::Value> = csv_rows(&input).iter().map(event_json).collect();
+    // Half through the service (logged, maybe flushed), then the whole file by `vigil
+    // ingest` into the same dataset, then the rest through the service, whose flushes
+    // must skip what the ingest stored.
+    for chunk in rows[..1500].chunks(100) {
+        server.events(&ingest, chunk);
+    }
+    ok(&["ingest", s(&input), "--data", s(&data)]);
+    for chunk in rows[1500..].chunks(100) {
+        for r in server.events(&ingest, chunk) {
+            assert!(
+                r["status"] == "accepted" || r["status"] == "duplicate",
+                "{r}"
+            );
+        }
+    }
+    assert!(server.stop().success());
+    let (stdout, _) = common::ok_output(&[
+        "sql",
+        "--data",
+        s(&data),
+        "--format",
+        "csv",
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS d FROM events",
+    ]);
+    assert_eq!(stdout.lines().nth(1), Some("3000,3000"), "{stdout}");
+}

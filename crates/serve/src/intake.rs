@@ -193,6 +193,7 @@ pub(crate) fn open(data: &Path) -> Result<(Log, Vec<Event>), ServeError> {
         ds,
         log_id,
         parts_seen: Vec::new(),
+        others: KeySet::default(),
     };
     log.settle()?;
     let pending = log.pending_events(i64::MAX)?;
@@ -207,6 +208,9 @@ pub(crate) struct Log {
     log_id: String,
     /// Dataset parts already folded into the known event keys.
     parts_seen: Vec<PathBuf>,
+    /// Keys of the events other writers (`vigil ingest`) stored since the start: a logged
+    /// event among them is not stored again, whenever it was logged.
+    others: KeySet,
 }
 
 /// The sequence numbers an ingest-log line of this log says were flushed.
@@ -404,9 +408,26 @@ impl Log {
             .map_err(self.sql())
     }
 
+    /// A second handle on the same log and dataset (its own SQLite connection), for the
+    /// flusher thread: WAL lets it read while the writer commits.
+    fn reopen(&self) -> Result<Log, ServeError> {
+        let conn = Connection::open(&self.path).map_err(self.sql())?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(self.sql())?;
+        Ok(Log {
+            conn,
+            path: self.path.clone(),
+            ds: Dataset::open(self.ds.root()).map_err(ServeError::Events)?,
+            log_id: self.log_id.clone(),
+            parts_seen: self.parts_seen.clone(),
+            others: KeySet::default(),
+        })
+    }
+
     /// Move every logged event into a dataset part and every rejection into the quarantine,
-    /// in one dataset commit; returns the events moved.
-    fn flush(&mut self, known: &mut KeySet) -> Result<usize, ServeError> {
+    /// in one dataset commit. The log rows are not deleted here: the writer deletes them
+    /// (`forget`) with what [`Flushed`] names, after this returns.
+    fn flush_out(&mut self) -> Result<Flushed, ServeError> {
         let (ev_through, events) = self.pending_events(i64::MAX)?;
         let rejected: Vec<(i64, String, i64, String, String)> = {
             let mut stmt = self
@@ -421,7 +442,7 @@ impl Log {
             rows.collect::<Result<_, _>>().map_err(self.sql())?
         };
         if events.is_empty() && rejected.is_empty() {
-            return Ok(0);
+            return Ok(Flushed::default());
         }
         let lock = self.ds.lock().map_err(ServeError::Events)?;
         // Parts another writer (`vigil ingest`) committed since we last looked: an event that
@@ -436,11 +457,12 @@ impl Log {
         self.ds
             .add_event_keys(&new_parts, &mut theirs)
             .map_err(ServeError::Events)?;
+        self.others.extend(theirs.iter().copied());
         let mut part = self.ds.new_part().map_err(ServeError::Events)?;
         let mut builder = EventBatchBuilder::with_capacity(events.len().min(65_536));
         let mut stored = 0usize;
         for e in &events {
-            if theirs.contains(&event_key(&e.event_id)) {
+            if self.others.contains(&event_key(&e.event_id)) {
                 continue;
             }
             builder.append(&e.as_row());
@@ -503,12 +525,23 @@ impl Log {
         seen.sort();
         seen.dedup();
         self.parts_seen = seen;
-        for k in theirs {
-            known.insert(k);
-        }
-        self.forget(ev_through, rej_through)?;
-        Ok(stored)
+        Ok(Flushed {
+            events_through: ev_through,
+            rejected_through: rej_through,
+            theirs,
+            stored,
+        })
     }
+}
+
+/// What a flush moved: the log rows to delete, and the keys of events another writer had
+/// stored meanwhile (so the writer's dedup knows them).
+#[derive(Default)]
+struct Flushed {
+    events_through: i64,
+    rejected_through: i64,
+    theirs: KeySet,
+    stored: usize,
 }
 
 /// Start the writer thread; it runs until every [`Intake`] handle is dropped, then flushes
@@ -552,39 +585,81 @@ fn writer_loop(
     interval: Duration,
     flush_at: usize,
 ) {
+    // The flusher thread writes the Parquet part and commits it to the dataset (the slow
+    // part) on its own connection while this thread goes on committing requests; this
+    // thread then deletes the flushed rows.
+    let (req_tx, req_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<Flushed, String>>();
+    let flusher = match log.reopen() {
+        Ok(mut flog) => std::thread::Builder::new()
+            .name("vigil-flush".into())
+            .spawn(move || {
+                while req_rx.recv().is_ok() {
+                    let r = flog.flush_out().map_err(|e| e.to_string());
+                    if done_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok(),
+        Err(e) => {
+            tracing::error!("cannot open the flusher's log connection: {e}");
+            None
+        }
+    };
+    if flusher.is_none() {
+        tracing::error!("no flusher thread: events stay in the log until the next start");
+    }
     let mut last_flush = Instant::now();
     let mut logged = log.pending_count().unwrap_or(0);
-    let flush_now = |log: &mut Log, known: &mut KeySet, logged: &mut usize| {
-        let started = Instant::now();
-        match log.flush(known) {
+    // Flush requests not yet covered by a flush, and those the running flush will answer.
+    let mut asked: Vec<oneshot::Sender<Result<usize, String>>> = Vec::new();
+    let mut answering: Vec<oneshot::Sender<Result<usize, String>>> = Vec::new();
+    let mut running: Option<Instant> = None;
+    let finish = |log: &mut Log,
+                  known: &mut KeySet,
+                  logged: &mut usize,
+                  started: Instant,
+                  r: Result<Flushed, String>|
+     -> Result<usize, String> {
+        let r = r.and_then(|f| {
+            log.forget(f.events_through, f.rejected_through)
+                .map_err(|e| e.to_string())?;
+            for k in f.theirs {
+                known.insert(k);
+            }
+            Ok(f.stored)
+        });
+        match &r {
             Ok(n) => {
-                if n > 0 {
+                if *n > 0 {
                     tracing::info!(
                         events = n,
                         "flushed into the dataset in {:.3} s",
                         started.elapsed().as_secs_f64()
                     );
                 }
-                *logged = 0;
-                metrics::counter!("vigil_flushed_events_total").increment(n as u64);
-                Ok(n)
+                metrics::counter!("vigil_flushed_events_total").increment(*n as u64);
             }
             Err(e) => {
                 tracing::error!("flush into the dataset failed (events stay in the log): {e}");
                 metrics::counter!("vigil_flush_failures_total").increment(1);
-                Err(e.to_string())
             }
         }
+        *logged = log.pending_count().unwrap_or(*logged);
+        r
     };
     loop {
-        let wait = interval.saturating_sub(last_flush.elapsed());
+        let mut wait = interval.saturating_sub(last_flush.elapsed());
+        if running.is_some() {
+            wait = wait.min(Duration::from_millis(20));
+        }
         let first = match rx.recv_timeout(wait) {
             Ok(j) => Some(j),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
         let mut writes: Vec<Waiting> = Vec::new();
-        let mut flushes = Vec::new();
         let mut n = 0usize;
         let mut next = first;
         while let Some(job) = next.take() {
@@ -597,7 +672,7 @@ fn writer_loop(
                     n += events.len() + rejected.len();
                     writes.push((events, rejected, reply));
                 }
-                Job::Flush(reply) => flushes.push(reply),
+                Job::Flush(reply) => asked.push(reply),
             }
             if n < max_group {
                 next = rx.try_recv().ok();
@@ -626,16 +701,50 @@ fn writer_loop(
             }
         }
         metrics::gauge!("vigil_log_events").set(logged as f64);
-        if !flushes.is_empty() {
-            let r = flush_now(log, known, &mut logged);
+        if let Some(started) = running
+            && let Ok(r) = done_rx.try_recv()
+        {
+            let r = finish(log, known, &mut logged, started, r);
+            running = None;
             last_flush = Instant::now();
-            for reply in flushes {
+            for reply in answering.drain(..) {
                 let _ = reply.send(r.clone());
             }
-        } else if logged >= flush_at || last_flush.elapsed() >= interval {
-            let _ = flush_now(log, known, &mut logged);
-            last_flush = Instant::now();
+        }
+        if running.is_none()
+            && flusher.is_some()
+            && (!asked.is_empty() || logged >= flush_at || last_flush.elapsed() >= interval)
+        {
+            if req_tx.send(()).is_ok() {
+                running = Some(Instant::now());
+                answering.append(&mut asked);
+            } else {
+                last_flush = Instant::now();
+            }
         }
     }
-    let _ = flush_now(log, known, &mut logged);
+    // Stopping: the running flush, then one more for what came after it.
+    if let Some(started) = running.take()
+        && let Ok(r) = done_rx.recv()
+    {
+        let r = finish(log, known, &mut logged, started, r);
+        for reply in answering.drain(..) {
+            let _ = reply.send(r.clone());
+        }
+    }
+    if flusher.is_some() && req_tx.send(()).is_ok() {
+        let started = Instant::now();
+        if let Ok(r) = done_rx.recv() {
+            let r = finish(log, known, &mut logged, started, r);
+            for reply in asked.drain(..) {
+                let _ = reply.send(r.clone());
+            }
+        }
+    }
+    drop(req_tx);
+    if let Some(t) = flusher
+        && t.join().is_err()
+    {
+        tracing::error!("the flusher thread panicked");
+    }
 }
