@@ -278,6 +278,23 @@ impl ReviewStore {
         if !path.exists() {
             return Err(ReviewError::Missing(path.to_path_buf()));
         }
+        // A writer killed inside a transaction leaves a hot journal, which only a writable
+        // connection may roll back (read-only, SQLite refuses to read at all). Rolling it
+        // back restores the last committed state: it changes nothing that was committed.
+        let journal = PathBuf::from(format!("{}-journal", path.display()));
+        if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0) {
+            let e = |source| ReviewError::Sqlite {
+                path: path.to_path_buf(),
+                source,
+            };
+            let conn = Connection::open(path).map_err(e)?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(e)?;
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(e)?;
+        }
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|source| ReviewError::Sqlite {
                 path: path.to_path_buf(),
@@ -1112,6 +1129,28 @@ mod tests {
         assert!(broken_at(&path, &k).unwrap().1.contains("was dropped"));
         assert!(broken_at(&path, &k).unwrap().1.contains("was dropped"));
         assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn verify_after_a_writer_killed_mid_transaction_reads_the_committed_chain() {
+        let (dir, path, k) = decided(2);
+        // A transaction left open with its journal: copies of the store and the journal
+        // taken then are what a kill -9 inside `decide` leaves behind.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA cache_size = 1; BEGIN IMMEDIATE; \
+             UPDATE cases SET recent_prompts = hex(randomblob(5000));",
+        )
+        .unwrap();
+        let copy = dir.path().join("copy.db");
+        std::fs::copy(&path, &copy).unwrap();
+        let journal = |p: &Path| PathBuf::from(format!("{}-journal", p.display()));
+        std::fs::copy(journal(&path), journal(&copy)).unwrap();
+        drop(conn);
+        let s = ReviewStore::open_read_only(&copy).unwrap();
+        let v = s.verify(Some(&k), None).unwrap();
+        assert_eq!(v.records, 2);
+        assert!(v.first_broken.is_none(), "{:?}", v.first_broken);
     }
 
     #[test]
