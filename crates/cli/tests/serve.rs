@@ -1485,6 +1485,10 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
             for r in &res {
                 assert_eq!(r["status"], "accepted", "{r}");
                 assert!(r["rare_harm_affinity"].is_number(), "{r}");
+                let (_, ready) = server.get("/readyz", None);
+                let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+                assert_eq!(r["index_version"], ready["index_version"], "{r}");
+                assert_eq!(r["index_version"].as_str().map(str::len), Some(16), "{r}");
             }
             last.insert(
                 user,

@@ -115,8 +115,12 @@ async fn healthz() -> Response {
 
 async fn readyz(State(svc): State<Svc>) -> Response {
     if svc.intake.alive() {
-        axum::Json(json!({"status": "ready", "model_version": svc.live().scorer.version()}))
-            .into_response()
+        axum::Json(json!({
+            "status": "ready",
+            "model_version": svc.live().scorer.version(),
+            "index_version": svc.rare.as_ref().map(|r| r.version()),
+        }))
+        .into_response()
     } else {
         unavailable("the intake writer has stopped; see the service log", 5)
     }
@@ -553,6 +557,7 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
     }
     svc.cases
         .update(scores.iter().map(|((u, d), s)| (u.as_str(), *d, s)));
+    let index_version = svc.rare.as_ref().map(|r| r.version());
     let (mut accepted, mut duplicates) = (0u64, 0u64);
     let results: Vec<Value> = parsed
         .items
@@ -573,6 +578,7 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
                     .unwrap_or_default();
                 if let Some(r) = rare.get(&e.user_id) {
                     m.insert("rare_harm_affinity".into(), json!(r.affinity));
+                    m.insert("index_version".into(), json!(index_version));
                 }
                 m.insert("event_id".into(), json!(e.event_id));
                 m.insert("status".into(), json!(status));

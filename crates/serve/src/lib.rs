@@ -385,7 +385,13 @@ pub async fn serve_until(
             let loaded = tokio::task::spawn_blocking(move || rare::RareHarm::load(&r))
                 .await
                 .map_err(|e| ServeError::Internal(e.to_string()))??;
-            tracing::info!(index = loaded.location(), "Sentinel index loaded");
+            tracing::info!(
+                index = loaded.location(),
+                version = loaded.version(),
+                "Sentinel index loaded"
+            );
+            metrics::gauge!("vigil_sentinel_index_info", "version" => loaded.version().to_string())
+                .set(1.0);
             Some(Arc::new(loaded))
         }
         None => None,

@@ -44,6 +44,7 @@ pub struct RareHarm {
     encoding: Mutex<()>,
     capacity: usize,
     location: String,
+    version: String,
 }
 
 impl std::fmt::Debug for RareHarm {
@@ -81,6 +82,21 @@ impl RareHarm {
                 encoder.dim()
             )));
         }
+        let version = {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            for side in [&index.positive, &index.negative] {
+                h.update((side.rows as u64).to_le_bytes());
+                for v in &side.data {
+                    h.update(v.to_le_bytes());
+                }
+            }
+            h.finalize()
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
         let index: &'static SentinelIndex = Box::leak(Box::new(index));
         Ok(Self {
             scorer: Scorer::new(index),
@@ -93,12 +109,18 @@ impl RareHarm {
             encoding: Mutex::new(()),
             capacity: opts.cache_texts.max(1),
             location: opts.index.clone(),
+            version,
         })
     }
 
     /// The index's location.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// SHA-256 (first 8 bytes, hex) of the index's embeddings: the version answers carry.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
