@@ -848,14 +848,10 @@ fn kill_9_under_load_loses_no_acknowledged_event_and_stores_none_twice() {
     // Restart, flush by SIGTERM: every acknowledged event is stored, exactly once.
     let server = Server::start(&data, &model, Some(&cfg));
     assert!(server.stop().success());
-    let (stdout, _) = common::ok_output(&[
-        "sql",
-        "--data",
-        s(&data),
-        "--format",
-        "csv",
+    let stdout = sql_csv(
+        &data,
         "SELECT event_id, COUNT(*) AS n FROM events GROUP BY event_id",
-    ]);
+    );
     let mut stored = std::collections::HashSet::new();
     for line in stdout.lines().skip(1) {
         let (id, n) = line.rsplit_once(',').unwrap();
@@ -880,6 +876,11 @@ fn kill_9_under_load_loses_no_acknowledged_event_and_stores_none_twice() {
     // The review store the kills interrupted still opens and lists.
     let listed = ok(&["review", "list", "--out", s(&data), "--limit", "1"]);
     assert!(listed.starts_with("    #"), "{listed}");
+}
+
+/// `vigil sql --data DATA --format csv QUERY`: its standard output.
+fn sql_csv(data: &Path, query: &str) -> String {
+    common::ok_output(&["sql", "--data", s(data), "--format", "csv", query]).0
 }
 
 fn dechunk_if(head: &str, body: &str) -> String {
@@ -1659,13 +1660,9 @@ fn a_vigil_ingest_beside_the_running_service_stores_every_event_once() {
         }
     }
     assert!(server.stop().success());
-    let (stdout, _) = common::ok_output(&[
-        "sql",
-        "--data",
-        s(&data),
-        "--format",
-        "csv",
+    let stdout = sql_csv(
+        &data,
         "SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS d FROM events",
-    ]);
+    );
     assert_eq!(stdout.lines().nth(1), Some("3000,3000"), "{stdout}");
 }
