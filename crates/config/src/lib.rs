@@ -711,6 +711,25 @@ impl Config {
         if self.automation.max_clusters < 2 {
             return bad("automation.max_clusters", "must be at least 2");
         }
+        if self.automation.min_df == 0 {
+            return bad(
+                "automation.min_df",
+                "must be at least 1 (a term in no case cannot be a feature)",
+            );
+        }
+        // A key shared by one user links nobody: below 2 entity resolution silently finds
+        // no rings at all.
+        for (key, v) in [
+            ("automation.ip_max_fanout", self.automation.ip_max_fanout),
+            ("automation.max_key_fanout", self.automation.max_key_fanout),
+        ] {
+            if v < 2 {
+                return bad(key, "must be at least 2");
+            }
+        }
+        if self.serve.sentinel_cache_texts == 0 {
+            return bad("serve.sentinel_cache_texts", "must be at least 1");
+        }
         for (i, r) in self.enforcement.rules.iter().enumerate() {
             if !ACTIONS.contains(&r.action.as_str()) {
                 return bad(
@@ -841,6 +860,24 @@ mod tests {
                 "sql.statement_timeout_secs",
             ),
             ("[ingest]\nmax_field_bytes = 0\n", "ingest.max_field_bytes"),
+            ("[automation]\nmin_df = 0\n", "automation.min_df"),
+            (
+                "[automation]\nip_max_fanout = 1\n",
+                "automation.ip_max_fanout",
+            ),
+            (
+                "[automation]\nmax_key_fanout = 0\n",
+                "automation.max_key_fanout",
+            ),
+            (
+                "[serve]\nsentinel_cache_texts = 0\n",
+                "serve.sentinel_cache_texts",
+            ),
+            (
+                "[serve]\nrare_harm_review_at = nan\n",
+                "serve.rare_harm_review_at",
+            ),
+            ("[serve]\nintake_queue = 0\n", "serve.intake_queue"),
         ] {
             let err = Config::from_toml_str(toml, Path::new("v.toml")).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");
