@@ -1187,6 +1187,17 @@ fn safety_caps_turn_excess_actions_into_reviews_and_webhooks_are_signed_and_retr
 
 #[test]
 fn undelivered_webhooks_are_kept_across_a_graceful_restart() {
+    undelivered_webhooks_are_sent_after_a_restart(false);
+}
+
+#[test]
+fn undelivered_webhooks_are_kept_across_a_kill_9() {
+    undelivered_webhooks_are_sent_after_a_restart(true);
+}
+
+/// Every answered automated action gets its notice after a restart (stop or kill -9) when
+/// no delivery could be made before, and a notice already delivered is not sent again.
+fn undelivered_webhooks_are_sent_after_a_restart(kill: bool) {
     let dir = tempfile::tempdir().unwrap();
     let (input, run) = trained(dir.path(), "5000");
     let model = run.join("model");
@@ -1215,24 +1226,42 @@ fn undelivered_webhooks_are_kept_across_a_graceful_restart() {
         }
     }
     assert!(!acted.is_empty(), "the test needs automated actions");
-    assert!(server.stop().success());
+    if kill {
+        server.kill9();
+    } else {
+        assert!(server.stop().success());
+    }
     drop(dead);
-    let pending = std::fs::read_to_string(data.join("webhooks_pending.jsonl")).unwrap();
-    assert!(pending.lines().count() >= acted.len(), "{pending}");
+    let undelivered = |data: &Path| -> usize {
+        let conn = rusqlite::Connection::open(data.join("webhooks.db")).unwrap();
+        conn.query_row(
+            "SELECT COUNT(*) FROM notices WHERE delivered = 0",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as usize
+    };
+    let pending = undelivered(&data);
+    assert!(
+        pending >= acted.len(),
+        "{pending} notices kept, {} acted",
+        acted.len()
+    );
 
-    // Restarted with a live receiver, the kept notices are delivered and the file is gone.
+    // Restarted with a live receiver, the kept notices are delivered, once each.
     let receiver = Receiver::start(0);
     std::fs::write(&cfg, format!("[serve]\n{}", hook(&receiver.addr))).unwrap();
     let server = Server::start_env(&data, &model, Some(&cfg), &env);
     let mut got = 0;
     for _ in 0..300 {
         got = receiver.deliveries().len();
-        if got >= pending.lines().count() {
+        if got >= pending && undelivered(&data) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(got, pending.lines().count());
+    assert_eq!(got, pending);
+    assert_eq!(undelivered(&data), 0);
     let users: std::collections::BTreeSet<String> = receiver
         .deliveries()
         .iter()
@@ -1248,8 +1277,16 @@ fn undelivered_webhooks_are_kept_across_a_graceful_restart() {
         users.len(),
         want.len()
     );
+    // The same events again: answered, nothing new to notify.
+    let again: Vec<serde_json::Value> = rows[..500].iter().map(event_json).collect();
+    server.events(&ingest, &again);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        receiver.deliveries().len(),
+        got,
+        "a delivered notice was sent again"
+    );
     assert!(server.stop().success());
-    assert!(!data.join("webhooks_pending.jsonl").exists());
 }
 
 /// Copy a bundle directory (flat: manifest, trees, model card).

@@ -57,6 +57,7 @@ pub(crate) async fn housekeeping(svc: Svc) {
             // Decisions and cap counters of days no longer held in state.
             if let Some(day) = svc.state.newest_day() {
                 svc.actions.forget_before(day - svc.state.days_kept());
+                svc.webhooks.forget_before(day - svc.state.days_kept());
             }
         }
         metrics::gauge!("vigil_users_in_state").set(svc.state.users() as f64);
@@ -371,32 +372,40 @@ fn settle_actions(
                         hit.limit, hit.cap, day_text(hit.day)
                     ),
                 }),
-            ));
+            ), hit.day);
         }
-        if notify && outcome.new && outcome.action != "allow" {
-            metrics::counter!("vigil_actions_total", "action" => outcome.action.clone())
-                .increment(1);
-            svc.webhooks.send(&crate::webhook::Notice::new(
-                "action",
-                &format!(
-                    "{user}\u{0}{day}\u{0}{}\u{0}{}",
-                    outcome.action, outcome.rule
+        // Every answer's automated action is offered to the webhooks, not only a new one:
+        // the notice record drops what it has seen, and a retried request after a kill -9
+        // (whose notice was never recorded) sends it then.
+        if notify && outcome.action != "allow" {
+            if outcome.new {
+                metrics::counter!("vigil_actions_total", "action" => outcome.action.clone())
+                    .increment(1);
+            }
+            svc.webhooks.send(
+                &crate::webhook::Notice::new(
+                    "action",
+                    &format!(
+                        "{user}\u{0}{day}\u{0}{}\u{0}{}",
+                        outcome.action, outcome.rule
+                    ),
+                    json!({
+                        "kind": "action",
+                        "user_id": user,
+                        "day": day_text(*day),
+                        "action": outcome.action,
+                        "rule": outcome.rule,
+                        "capped_by": outcome.capped_by,
+                        "suggested_action": s.action,
+                        "suggested_rule": s.rule,
+                        "risk": s.risk,
+                        "priority": s.priority,
+                        "model_version": live.scorer.version(),
+                        "config_version": live.config_version,
+                    }),
                 ),
-                json!({
-                    "kind": "action",
-                    "user_id": user,
-                    "day": day_text(*day),
-                    "action": outcome.action,
-                    "rule": outcome.rule,
-                    "capped_by": outcome.capped_by,
-                    "suggested_action": s.action,
-                    "suggested_rule": s.rule,
-                    "risk": s.risk,
-                    "priority": s.priority,
-                    "model_version": live.scorer.version(),
-                    "config_version": live.config_version,
-                }),
-            ));
+                *day,
+            );
         }
         s.action = outcome.action;
         s.rule = outcome.rule;
@@ -772,6 +781,14 @@ pub(crate) fn log_reload(done: &Result<Reloaded, ServeError>) {
     }
 }
 
+/// Days since 1970 of a `YYYY-MM-DD` day (0 if it is not one).
+fn day_number(day: &str) -> i32 {
+    chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(0, |t| (t.and_utc().timestamp().div_euclid(86_400)) as i32)
+}
+
 /// Evaluate the alert rules every `alert_interval_secs` of the configuration in force.
 pub(crate) async fn alerting(svc: Svc) {
     loop {
@@ -818,18 +835,21 @@ pub(crate) async fn evaluate_now(svc: &Svc) -> Result<crate::monitor::Evaluation
             "alert: {}",
             a.details
         );
-        svc.webhooks.send(&crate::webhook::Notice::new(
-            "alert",
-            &format!("monitoring\u{0}{}\u{0}{}", a.alert_type, a.day),
-            json!({
-                "kind": "alert",
-                "alert": a.alert_type,
-                "severity": a.severity,
-                "day": a.day,
-                "details": a.details,
-                "config_version": live.config_version,
-            }),
-        ));
+        svc.webhooks.send(
+            &crate::webhook::Notice::new(
+                "alert",
+                &format!("monitoring\u{0}{}\u{0}{}", a.alert_type, a.day),
+                json!({
+                    "kind": "alert",
+                    "alert": a.alert_type,
+                    "severity": a.severity,
+                    "day": a.day,
+                    "details": a.details,
+                    "config_version": live.config_version,
+                }),
+            ),
+            day_number(&a.day),
+        );
     }
     if let Some(id) = &ev.incident {
         metrics::counter!("vigil_incidents_total").increment(1);

@@ -6,8 +6,13 @@
 //! `Vigil-Timestamp` and an `Idempotency-Key` that is the same for every retry and for a
 //! repeat of the same notice. A delivery that fails (connection error, timeout, any status
 //! but 2xx) is retried with exponential backoff (0.5 s doubling to 60 s) for as long as the
-//! service runs; a graceful stop writes what is still undelivered to
-//! `DATA/webhooks_pending.jsonl`, and the next start sends it.
+//! service runs.
+//!
+//! Every notice is recorded in `DATA/webhooks.db` (SQLite, WAL) before it is queued, keyed
+//! by its idempotency key and hook, and marked when delivered: a notice already recorded is
+//! never queued again, undelivered ones are queued again at the next start (after a stop or
+//! a kill -9), and the start's re-derivation of the held user-days' actions sends the
+//! notices a killed process never got to record.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -72,12 +77,43 @@ impl std::fmt::Debug for Hook {
 /// Notices not yet delivered, by sequence number: (hook index, notice).
 type Pending = Arc<std::sync::Mutex<std::collections::BTreeMap<u64, (usize, Notice)>>>;
 
+/// The record of notices: `DATA/webhooks.db`.
+type Store = Arc<std::sync::Mutex<rusqlite::Connection>>;
+
+fn store_path(data: &Path) -> PathBuf {
+    data.join("webhooks.db")
+}
+
+fn open_store(data: &Path) -> Result<rusqlite::Connection, ServeError> {
+    let path = store_path(data);
+    let conn = rusqlite::Connection::open(&path).map_err(|e| ServeError::store(&path, e))?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| ServeError::store(&path, e))?;
+    // WAL with synchronous NORMAL: a committed record survives the process being killed
+    // (not a power cut), at no fsync per notice.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         CREATE TABLE IF NOT EXISTS notices (
+             key TEXT NOT NULL, hook INTEGER NOT NULL, kind TEXT NOT NULL, body TEXT NOT NULL,
+             day INTEGER NOT NULL, delivered INTEGER NOT NULL DEFAULT 0,
+             PRIMARY KEY (key, hook));",
+    )
+    .map_err(|e| ServeError::store(&path, e))?;
+    Ok(conn)
+}
+
+fn lock_store(s: &Store) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The delivery queue: notices go in without waiting; workers deliver them.
 #[derive(Debug, Clone)]
 pub struct Webhooks {
     tx: Option<mpsc::UnboundedSender<(u64, u32)>>,
     hooks: Arc<Vec<Hook>>,
     pending: Pending,
+    store: Option<Store>,
     seq: Arc<AtomicU64>,
     stop: Arc<tokio::sync::Notify>,
     stopped: Arc<tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>>,
@@ -119,10 +155,6 @@ fn hooks_of(cfg: &[WebhookConfig]) -> Result<Vec<Hook>, ServeError> {
         .collect()
 }
 
-fn pending_path(data: &Path) -> PathBuf {
-    data.join("webhooks_pending.jsonl")
-}
-
 /// The signature header value of `body` sent at `ts` (seconds since 1970).
 pub fn signature(secret: &[u8], ts: i64, body: &[u8]) -> String {
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret) {
@@ -155,6 +187,7 @@ impl Webhooks {
             tx: None,
             hooks: hooks.clone(),
             pending: Pending::default(),
+            store: None,
             seq: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(tokio::sync::Notify::new()),
             stopped: Arc::new(tokio::sync::Mutex::new(None)),
@@ -168,39 +201,63 @@ impl Webhooks {
             .map_err(|e| ServeError::Internal(format!("webhook client: {e}")))?;
         let (tx, mut rx) = mpsc::unbounded_channel::<(u64, u32)>();
         me.tx = Some(tx.clone());
-        // Carried over from the last run.
-        let path = pending_path(data);
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let mut n = 0;
-            for line in text.lines() {
-                if let Ok((hook, notice)) = serde_json::from_str::<(usize, Notice)>(line)
+        // Recorded but not delivered by an earlier run (stopped or killed).
+        let conn = open_store(data)?;
+        let left: Vec<(usize, Notice)> = {
+            let path = store_path(data);
+            let err = |e| ServeError::store(&path, e);
+            let mut st = conn
+                .prepare(
+                    "SELECT hook, kind, key, body FROM notices WHERE delivered = 0 ORDER BY rowid",
+                )
+                .map_err(err)?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })
+                .map_err(err)?;
+            let mut left = Vec::new();
+            for row in rows {
+                let (hook, kind, id, body) = row.map_err(err)?;
+                let Ok(body) = serde_json::from_str(&body) else {
+                    continue;
+                };
+                if let Ok(hook) = usize::try_from(hook)
                     && hook < hooks.len()
                 {
-                    me.enqueue(hook, notice);
-                    n += 1;
+                    left.push((hook, Notice { kind, id, body }));
                 }
             }
-            let _ = std::fs::remove_file(&path);
-            if n > 0 {
-                tracing::info!(
-                    notices = n,
-                    "re-sending webhook notices left by the last run"
-                );
-            }
+            left
+        };
+        me.store = Some(Arc::new(std::sync::Mutex::new(conn)));
+        if !left.is_empty() {
+            tracing::info!(
+                notices = left.len(),
+                "sending webhook notices an earlier run did not deliver"
+            );
+        }
+        for (hook, notice) in left {
+            me.enqueue(hook, notice);
         }
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         if let Ok(mut g) = me.stopped.try_lock() {
             *g = Some(done_rx);
         }
-        let (pending, stop, data) = (me.pending.clone(), me.stop.clone(), data.to_path_buf());
+        let (pending, stop, store) = (me.pending.clone(), me.stop.clone(), me.store.clone());
         tokio::spawn(async move {
             let mut inflight = tokio::task::JoinSet::new();
             loop {
                 tokio::select! {
                     job = rx.recv() => {
                         let Some((seq, attempt)) = job else { break };
-                        let (client, hooks, tx, pending) =
-                            (client.clone(), hooks.clone(), tx.clone(), pending.clone());
+                        let (client, hooks, tx, pending, store) =
+                            (client.clone(), hooks.clone(), tx.clone(), pending.clone(), store.clone());
                         inflight.spawn(async move {
                             if attempt > 0 {
                                 let backoff = 0.5 * 2f64.powi(attempt.min(8) as i32 - 1);
@@ -212,6 +269,19 @@ impl Webhooks {
                             match deliver(&client, &hooks[hook], &notice).await {
                                 Ok(()) => {
                                     lock(&pending).remove(&seq);
+                                    if let Some(store) = store {
+                                        let key = notice.id.clone();
+                                        let done = tokio::task::spawn_blocking(move || {
+                                            lock_store(&store).execute(
+                                                "UPDATE notices SET delivered = 1 WHERE key = ?1 AND hook = ?2",
+                                                rusqlite::params![key, hook as i64],
+                                            )
+                                        })
+                                        .await;
+                                        if !matches!(done, Ok(Ok(_))) {
+                                            tracing::warn!("a delivered webhook notice could not be marked; it may be sent again after a restart");
+                                        }
+                                    }
                                     metrics::counter!("vigil_webhook_deliveries_total", "result" => "delivered").increment(1);
                                 }
                                 Err(why) => {
@@ -229,8 +299,13 @@ impl Webhooks {
             }
             inflight.abort_all();
             while inflight.join_next().await.is_some() {}
-            let left: Vec<(usize, Notice)> = lock(&pending).values().cloned().collect();
-            save_pending(&data, &left);
+            let left = lock(&pending).len();
+            if left > 0 {
+                tracing::warn!(
+                    notices = left,
+                    "webhook notices not delivered yet are kept in webhooks.db for the next start"
+                );
+            }
             let _ = done_tx.send(());
         });
         Ok(me)
@@ -243,12 +318,50 @@ impl Webhooks {
         let _ = tx.send((seq, 0));
     }
 
-    /// Queue a notice for every hook that takes its kind.
-    pub fn send(&self, notice: &Notice) {
+    /// Record and queue a notice about `day` (days since 1970) for every hook that takes its
+    /// kind, unless that hook already has a notice with the same key (sent or pending). If
+    /// the record cannot be written the notice is still queued (and may be lost to a kill).
+    pub fn send(&self, notice: &Notice, day: i32) {
         for (i, h) in self.hooks.iter().enumerate() {
-            if h.kinds.iter().any(|k| k == &notice.kind) {
+            if !h.kinds.iter().any(|k| k == &notice.kind) {
+                continue;
+            }
+            let new = match &self.store {
+                Some(store) => lock_store(store)
+                    .execute(
+                        "INSERT OR IGNORE INTO notices (key, hook, kind, body, day) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        rusqlite::params![
+                            notice.id,
+                            i as i64,
+                            notice.kind,
+                            notice.body.to_string(),
+                            day
+                        ],
+                    )
+                    .map(|n| n == 1)
+                    .unwrap_or_else(|e| {
+                        tracing::error!("cannot record a webhook notice: {e}");
+                        true
+                    }),
+                None => true,
+            };
+            if new {
                 self.enqueue(i, notice.clone());
             }
+        }
+    }
+
+    /// Forget delivered notices about days before `day` (their user-days are no longer held,
+    /// so no start derives them again).
+    pub fn forget_before(&self, day: i32) {
+        if let Some(store) = &self.store
+            && let Err(e) = lock_store(store).execute(
+                "DELETE FROM notices WHERE delivered = 1 AND day < ?1",
+                [day],
+            )
+        {
+            tracing::warn!("cannot prune webhooks.db: {e}");
         }
     }
 
@@ -264,30 +377,6 @@ impl Webhooks {
         if let Some(rx) = rx {
             let _ = rx.await;
         }
-    }
-}
-
-fn save_pending(data: &Path, left: &[(usize, Notice)]) {
-    if left.is_empty() {
-        return;
-    }
-    let mut text = String::new();
-    for item in left {
-        if let Ok(line) = serde_json::to_string(item) {
-            text.push_str(&line);
-            text.push('\n');
-        }
-    }
-    match vigil_core::write_atomic(&pending_path(data), text.as_bytes()) {
-        Ok(()) => tracing::warn!(
-            notices = left.len(),
-            "webhook notices not delivered yet are kept in webhooks_pending.jsonl for the next start"
-        ),
-        Err((p, e)) => tracing::error!(
-            "{} webhook notices could not be kept ({}: {e})",
-            left.len(),
-            p.display()
-        ),
     }
 }
 
