@@ -897,6 +897,97 @@ fn mixed_csv(first: u32, n_good: u32, n_bad: u32) -> String {
     text
 }
 
+/// `vigil ARGS` allowed to write files of at most `blocks` x 512 bytes (RLIMIT_FSIZE): a
+/// full disk. Through the shell: `ulimit -f` counts 512-byte blocks, and an ignored SIGXFSZ
+/// stays ignored across exec, so a write past the limit fails with EFBIG.
+fn vigil_with_file_limit(blocks: u32, args: &[&str]) -> std::process::Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {blocks} && exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .env("VIGIL_AUDIT_KEY", common::test_audit_key())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_full_disk_during_vigil_run_fails_naming_the_file_and_leaves_the_output_marked_unfinished() {
+    let (dir, input) = small_generated_input();
+    let out = dir.path().join("o");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    // 60 KB files: the ingest's Parquet part (~55 KB) fits, the larger outputs do not.
+    let r = vigil_with_file_limit(117, &["run", "--input", i, "--out", o]);
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(o) && stderr.contains("cannot write"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.join(".run-incomplete").exists());
+    assert!(!out.join("run.json").exists());
+    let leftovers: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") || n.contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Readers refuse the half-written output; a rerun with room finishes it.
+    let q = vigil(&["sql", "--out", o, "SELECT COUNT(*) FROM core_users"]);
+    assert!(!q.status.success());
+    ok(&["run", "--input", i, "--out", o]);
+    assert!(out.join("run.json").exists() && !out.join(".run-incomplete").exists());
+}
+
+#[test]
+fn a_full_disk_during_review_decide_stores_nothing_and_the_chain_verifies() {
+    let (dir, input) = small_generated_input();
+    let out = dir.path().join("o");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    ok(&["run", "--input", i, "--out", o]);
+    let ids: Vec<String> = ok(&["review", "list", "--out", o, "--limit", "2"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    let decide = |id: &str| {
+        vec![
+            "review".to_string(),
+            "decide".into(),
+            "--out".into(),
+            o.into(),
+            id.into(),
+            "--decision".into(),
+            "block".into(),
+            "--reason".into(),
+            "spam".into(),
+            "--reviewer".into(),
+            "alice".into(),
+        ]
+    };
+    let first = decide(&ids[0]);
+    ok(&first.iter().map(String::as_str).collect::<Vec<_>>());
+    let before = std::fs::read(out.join("review.db")).unwrap();
+    // 4 KB files: SQLite cannot write its journal or any page past the first.
+    let second = decide(&ids[1]);
+    let r = vigil_with_file_limit(8, &second.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("review.db"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("review.db")).unwrap(), before);
+    let verified = ok(&["review", "verify", "--out", o]);
+    assert!(verified.contains("1 record(s) verified"), "{verified}");
+    // With room again the same decision is recorded, chained after the first.
+    ok(&second.iter().map(String::as_str).collect::<Vec<_>>());
+    let verified = ok(&["review", "verify", "--out", o]);
+    assert!(verified.contains("2 record(s) verified"), "{verified}");
+}
+
 fn lines_in(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
@@ -943,14 +1034,7 @@ fn a_full_disk_while_appending_the_quarantine_makes_nothing_of_the_ingest_visibl
         "--data",
         data.to_str().unwrap(),
     ];
-    // Through the shell: `ulimit -f` counts 512-byte blocks (293 = 150,016 bytes), and an
-    // ignored SIGXFSZ stays ignored across exec, so a write past it fails with EFBIG.
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg("trap '' XFSZ; ulimit -f 293 && exec \"$0\" \"$@\"")
-        .arg(env!("CARGO_BIN_EXE_vigil"))
-        .args(args);
-    let o = cmd.output().unwrap();
+    let o = vigil_with_file_limit(293, &args);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("quarantine.jsonl"), "{stderr}");
