@@ -631,6 +631,26 @@ fn every_endpoint_but_health_needs_a_token_of_the_right_scope() {
         403
     );
     assert_eq!(server.post("/v1/admin/flush", Some(&read), "", b"").0, 403);
+    // The admin endpoints that change state, and the alerts view.
+    for path in ["/v1/admin/reload", "/v1/admin/evaluate"] {
+        assert_eq!(server.post(path, None, "", b"").0, 401, "{path}");
+        assert_eq!(
+            server.post(path, Some("vgl_admin_nope"), "", b"").0,
+            401,
+            "{path}"
+        );
+        assert_eq!(server.post(path, Some(&read), "", b"").0, 403, "{path}");
+        assert_eq!(server.post(path, Some(&ingest), "", b"").0, 403, "{path}");
+    }
+    assert_eq!(server.get("/v1/alerts", None).0, 401);
+    assert_eq!(server.get("/v1/alerts", Some(&ingest)).0, 403);
+    // Refused, they did nothing: no evaluation recorded, no reload attempted.
+    assert!(!data.join("live_alerts.jsonl").exists());
+    let (_, alerts) = server.get("/v1/alerts", Some(&read));
+    let alerts: serde_json::Value = serde_json::from_str(&alerts).unwrap();
+    assert!(alerts["last_evaluation"].is_null(), "{alerts}");
+    let (_, metrics) = server.get("/metrics", Some(&read));
+    assert!(!metrics.contains("vigil_reloads_total"), "{metrics}");
     // The refused requests stored nothing: the same events are new now.
     let first = server.events(&ingest, &one);
     assert!(first.iter().all(|r| r["status"] == "accepted"), "{first:?}");

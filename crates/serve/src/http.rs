@@ -17,6 +17,7 @@ use vigil_events::reader::JsonEvent;
 use crate::event::{Event, day_text};
 use crate::intake::{Rejected, WriteError};
 use crate::scoring::{Row, Score, Scorer};
+use crate::state::UserView;
 use crate::tokens::Scope;
 use crate::{Live, Reloaded, ServeError, Service};
 
@@ -291,13 +292,13 @@ fn score_json(s: &Score, live: &Live) -> serde_json::Map<String, Value> {
     m
 }
 
-/// Score the user-days `keys` as they stand (or would stand, with `what_if` events).
-fn score_keys(
+/// Snapshots of the users of `keys` as they stand (or would stand, with `what_if` events);
+/// taken once per request and shared by scoring and the rare-harm windows.
+fn views_of(
     svc: &Service,
-    scorer: &Scorer,
     keys: &[(String, i32)],
     what_if: Option<&[Event]>,
-) -> Result<HashMap<(String, i32), Score>, crate::ServeError> {
+) -> HashMap<String, UserView> {
     let mut views = HashMap::new();
     for (user, _) in keys {
         if !views.contains_key(user) {
@@ -310,6 +311,15 @@ fn score_keys(
             }
         }
     }
+    views
+}
+
+/// Score the user-days `keys` from the users' snapshots.
+fn score_keys(
+    scorer: &Scorer,
+    keys: &[(String, i32)],
+    views: &HashMap<String, UserView>,
+) -> Result<HashMap<(String, i32), Score>, crate::ServeError> {
     let mut rows = Vec::new();
     let mut row_keys = Vec::new();
     for (user, day) in keys {
@@ -419,25 +429,17 @@ struct Rare {
     messages: Vec<(String, f64)>,
 }
 
-/// The message windows of `users` as the state holds them (`what_if`: with those events).
-fn windows(
-    svc: &Service,
-    users: &[String],
-    what_if: Option<&[Event]>,
-) -> Vec<(String, Vec<String>)> {
+/// Each user's message window (the last `recent_messages` prompts), from their snapshot.
+fn windows(svc: &Service, views: &HashMap<String, UserView>) -> Vec<(String, Vec<String>)> {
     let n = svc.cfg.serve.recent_messages;
-    users
+    views
         .iter()
-        .filter_map(|u| {
-            let v = match what_if {
-                Some(extra) => svc.state.what_if(u, extra),
-                None => svc.state.view(u),
-            }?;
+        .map(|(u, v)| {
             let w = crate::rare::window(&v.prompts, n)
                 .into_iter()
                 .map(str::to_string)
                 .collect();
-            Some((u.clone(), w))
+            (u.clone(), w)
         })
         .collect()
 }
@@ -484,12 +486,6 @@ async fn rare_of(svc: &Svc, windows: Vec<(String, Vec<String>)>) -> HashMap<Stri
             HashMap::new()
         }
     }
-}
-
-fn distinct_users(keys: &[(String, i32)]) -> Vec<String> {
-    let mut users: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
-    users.dedup();
-    users
 }
 
 static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -545,7 +541,8 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
     }
     let keys = distinct_keys(&events, |_| true);
     let live = svc.live();
-    let mut scores = match score_keys(&svc, &live.scorer, &keys, None) {
+    let views = views_of(&svc, &keys, None);
+    let mut scores = match score_keys(&live.scorer, &keys, &views) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("scoring failed after the events were stored: {e}");
@@ -554,11 +551,11 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
     };
     settle_actions(&svc, &mut scores, &live, true);
     let rare = if svc.rare.is_some() {
-        let w = windows(&svc, &distinct_users(&keys), None);
-        rare_of(&svc, w).await
+        rare_of(&svc, windows(&svc, &views)).await
     } else {
         HashMap::new()
     };
+    drop(views);
     if let Some(at) = live.cfg.serve.rare_harm_review_at {
         for ((user, _), s) in scores.iter_mut() {
             s.rare_harm = rare.get(user).is_some_and(|r| r.affinity >= at);
@@ -627,13 +624,13 @@ async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> 
     };
     let keys = distinct_keys(&parsed.events, |_| true);
     let live = svc.live();
-    let scores = match score_keys(&svc, &live.scorer, &keys, Some(&parsed.events)) {
+    let views = views_of(&svc, &keys, Some(&parsed.events));
+    let scores = match score_keys(&live.scorer, &keys, &views) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let rare = if svc.rare.is_some() {
-        let w = windows(&svc, &distinct_users(&keys), Some(&parsed.events));
-        rare_of(&svc, w).await
+        rare_of(&svc, windows(&svc, &views)).await
     } else {
         HashMap::new()
     };
@@ -675,7 +672,14 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
     };
     let keys: Vec<(String, i32)> = view.days.iter().map(|d| (id.clone(), d.day)).collect();
     let live = svc.live();
-    let scores = match score_keys(&svc, &live.scorer, &keys, None) {
+    let views = HashMap::from([(id.clone(), view)]);
+    let Some(view) = views.get(&id) else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the user's snapshot vanished",
+        );
+    };
+    let scores = match score_keys(&live.scorer, &keys, &views) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
@@ -692,11 +696,7 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
         })
         .collect();
     let rare = if svc.rare.is_some() {
-        let w = crate::rare::window(&view.prompts, svc.cfg.serve.recent_messages)
-            .into_iter()
-            .map(str::to_string)
-            .collect();
-        rare_of(&svc, vec![(id.clone(), w)]).await.remove(&id)
+        rare_of(&svc, windows(&svc, &views)).await.remove(&id)
     } else {
         None
     };
@@ -903,7 +903,7 @@ pub(crate) fn derive_all(svc: &Service) -> Result<usize, ServeError> {
     // them configured, a case is only ever added here, never taken out of the queue.
     let keep_queued = svc.rare.is_some() && live.cfg.serve.rare_harm_review_at.is_some();
     for chunk in keys.chunks(8192) {
-        let mut scores = score_keys(svc, &live.scorer, chunk, None)?;
+        let mut scores = score_keys(&live.scorer, chunk, &views_of(svc, chunk, None))?;
         settle_actions(svc, &mut scores, &live, false);
         svc.cases.update(
             scores
