@@ -148,6 +148,14 @@ enum Command {
         #[command(subcommand)]
         cmd: serve_cmd::TokenCommand,
     },
+    /// Reviewer console accounts of a service's data directory: add, list, passwd, disable.
+    #[command(
+        after_help = "Examples:\n  vigil user add ana --data vigil-data --role reviewer            # generates and prints a password once\n  printf '%s\\n' \"$PASSWORD\" | vigil user add lee --data vigil-data --role lead --password-stdin\n  vigil user list --data vigil-data\n  vigil user disable ana --data vigil-data\n\nThen open the console that `vigil serve --data vigil-data` serves at http://127.0.0.1:8080/"
+    )]
+    User {
+        #[command(subcommand)]
+        cmd: serve_cmd::UserCommand,
+    },
     /// Benchmarks that need a running service: `vigil bench serve`.
     #[command(
         after_help = "Examples:\n  vigil bench serve --model out/model\n  vigil bench serve --model out/model --events 1000000 --batch 2000 --rate 0\n  vigil bench serve --model out/model --events 0 --rate 2000 --seconds 30"
@@ -308,6 +316,11 @@ struct DemoArgs {
     /// Start from this profile's defaults (default or notebook).
     #[arg(long)]
     profile: Option<String>,
+    /// Then serve the demo's data: the live service and the reviewer console on ADDR
+    /// [default when given without a value: 127.0.0.1:8080], with an `admin` account whose
+    /// password is printed (a new one on every start).
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDR")]
+    serve: Option<std::net::SocketAddr>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -504,11 +517,16 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
             },
         },
     })?;
+    if let Some(listen) = a.serve {
+        return serve_cmd::serve_demo(&a.out.join("data"), &a.out.join("model"), listen);
+    }
     let out = a.out.display();
     eprintln!(
-        "live service on this data and model (events in over HTTP, scored as they come):\n  \
-         vigil token create --data {out}/data --scope admin   # prints the token once\n  \
-         vigil serve --data {out}/data --model {out}/model    # http://127.0.0.1:8080"
+        "live service and reviewer console on this data and model:\n  \
+         vigil user add admin --data {out}/data --role admin   # prints a password once\n  \
+         vigil token create --data {out}/data --scope admin    # API token, printed once\n  \
+         vigil serve --data {out}/data --model {out}/model     # console: http://127.0.0.1:8080/\n\
+         (or `vigil demo --serve` does all three)"
     );
     Ok(())
 }
@@ -784,7 +802,8 @@ fn kind_of(cause: &(dyn std::error::Error + 'static)) -> Option<vigil_core::Erro
         vigil_review::ReviewError,
         vigil_sentinel::SentinelError,
         vigil_config::ConfigError,
-        vigil_serve::ServeError
+        vigil_serve::ServeError,
+        vigil_console::ConsoleError
     );
     None
 }
@@ -829,6 +848,7 @@ fn main() -> ExitCode {
         Command::Sentinel { cmd } => sentinel_cmd::run(cmd),
         Command::Serve(a) => serve_cmd::serve(a),
         Command::Token { cmd } => serve_cmd::token(cmd),
+        Command::User { cmd } => serve_cmd::user(cmd),
         Command::Bench { cmd } => serve_cmd::bench(cmd),
         Command::Config { profile } => profile
             .parse::<Profile>()

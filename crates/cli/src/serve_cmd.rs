@@ -26,6 +26,10 @@ pub(crate) struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     sentinel: SentinelArgs,
+    /// The audit key the console's decisions are authenticated with (created, owner-only,
+    /// on first use) [default: ~/.config/vigil/audit.key, as `vigil review decide`].
+    #[arg(long, env = "VIGIL_AUDIT_KEY")]
+    audit_key: Option<PathBuf>,
 }
 
 /// Rare-harm affinity flags, shared by `vigil serve` and `vigil bench serve`.
@@ -108,13 +112,165 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
         config_path: a.config,
         rare_harm,
         listen: a.listen,
+        audit_key: a.audit_key,
     };
     runtime.block_on(vigil_serve::serve(opts, |addr| {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "listening on http://{addr}");
+        eprintln!(
+            "reviewer console: http://{addr}/ (accounts: `vigil user add NAME --role reviewer`)"
+        );
         let _ = out.flush();
     }))?;
+    Ok(())
+}
+
+/// `vigil demo --serve`: an `admin` account with a fresh password (printed), then the
+/// service and console on the demo's data and model.
+pub(crate) fn serve_demo(
+    data: &std::path::Path,
+    model: &std::path::Path,
+    listen: SocketAddr,
+) -> Result<()> {
+    let accounts = vigil_console::Accounts::open(data)?;
+    let password = vigil_console::accounts::generate_password();
+    let exists = accounts.list()?.iter().any(|a| a.name == "admin");
+    if exists {
+        accounts.set_disabled("admin", false)?;
+        accounts.set_password("admin", &password)?;
+    } else {
+        accounts.add("admin", vigil_console::Role::Admin, &password)?;
+    }
+    eprintln!(
+        "reviewer console login: admin / {password}   (a new password at every `vigil demo --serve`)"
+    );
+    serve(ServeArgs {
+        data: data.to_path_buf(),
+        model: Some(model.to_path_buf()),
+        config: None,
+        listen,
+        sentinel: SentinelArgs {
+            sentinel_index: None,
+            sentinel_model: None,
+        },
+        audit_key: None,
+    })
+}
+
+/// `vigil user` subcommands.
+#[derive(Subcommand, Debug)]
+pub(crate) enum UserCommand {
+    /// Add a console account. The password is read from stdin with --password-stdin;
+    /// otherwise one is generated and printed once (only its Argon2id hash is stored).
+    Add {
+        /// The login name (also the reviewer name in the audit log).
+        name: String,
+        /// The service's data directory.
+        #[arg(long, default_value = "vigil-data")]
+        data: PathBuf,
+        /// reviewer (decides cases), lead (also team views, reassigning, audit export) or
+        /// admin (also accounts).
+        #[arg(long, default_value = "reviewer")]
+        role: String,
+        /// Read the password from the first line of stdin (at least 12 characters).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts (names, roles, state; never passwords).
+    List {
+        /// The service's data directory.
+        #[arg(long, default_value = "vigil-data")]
+        data: PathBuf,
+    },
+    /// Set a new password (generated and printed, or --password-stdin); unlocks the account
+    /// and ends its sessions.
+    Passwd {
+        /// The account.
+        name: String,
+        /// The service's data directory.
+        #[arg(long, default_value = "vigil-data")]
+        data: PathBuf,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable an account (it can no longer log in; its sessions end). Decisions it made
+    /// stay in the audit log under its name.
+    Disable {
+        /// The account.
+        name: String,
+        /// The service's data directory.
+        #[arg(long, default_value = "vigil-data")]
+        data: PathBuf,
+    },
+}
+
+/// The password from stdin's first line, or a generated one (and whether it was generated).
+fn password(from_stdin: bool) -> Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((vigil_console::accounts::generate_password(), true));
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let pw = line.trim_end_matches(['\n', '\r']).to_string();
+    Ok((pw, false))
+}
+
+pub(crate) fn user(cmd: UserCommand) -> Result<()> {
+    use vigil_console::{Accounts, Role};
+    match cmd {
+        UserCommand::Add {
+            name,
+            data,
+            role,
+            password_stdin,
+        } => {
+            let role: Role = role.parse().map_err(|e: String| crate::BadArgument(e))?;
+            let (pw, generated) = password(password_stdin)?;
+            let a = Accounts::open(&data)?.add(&name, role, &pw)?;
+            if generated {
+                println!("{pw}");
+                eprintln!(
+                    "account {} ({}) added; its password (above) is shown only now",
+                    a.name,
+                    a.role.as_str()
+                );
+            } else {
+                eprintln!("account {} ({}) added", a.name, a.role.as_str());
+            }
+        }
+        UserCommand::List { data } => {
+            println!("{:<24} {:<9} {:<21} state", "name", "role", "created");
+            for a in Accounts::open(&data)?.list()? {
+                println!(
+                    "{:<24} {:<9} {:<21} {}",
+                    a.name,
+                    a.role.as_str(),
+                    a.created_at,
+                    if a.disabled { "disabled" } else { "active" }
+                );
+            }
+        }
+        UserCommand::Passwd {
+            name,
+            data,
+            password_stdin,
+        } => {
+            let (pw, generated) = password(password_stdin)?;
+            Accounts::open(&data)?.set_password(&name, &pw)?;
+            if generated {
+                println!("{pw}");
+            }
+            eprintln!("password of {name} set; its sessions ended");
+        }
+        UserCommand::Disable { name, data } => {
+            Accounts::open(&data)?.set_disabled(&name, true)?;
+            eprintln!("account {name} disabled; its sessions ended");
+        }
+    }
     Ok(())
 }
 
@@ -168,6 +324,23 @@ pub(crate) enum BenchCommand {
     /// Start the service on loopback and drive it with a bounded load: batched intake, then
     /// single events at a fixed rate; prints throughput, latency percentiles and peak memory.
     Serve(BenchServeArgs),
+    /// Time the reviewer console's pages (queue, deep pages, filtered, case) over loopback
+    /// against a temporary review store of --cases cases; prints latency percentiles.
+    Console(BenchConsoleArgs),
+}
+
+/// `vigil bench console` flags.
+#[derive(Args, Debug)]
+pub(crate) struct BenchConsoleArgs {
+    /// Cases in the queue.
+    #[arg(long, default_value_t = 100_000)]
+    cases: usize,
+    /// Requests timed per page kind.
+    #[arg(long, default_value_t = 300)]
+    requests: usize,
+    /// Share of the cases already decided.
+    #[arg(long, default_value_t = 0.1)]
+    decided: f64,
 }
 
 /// `vigil bench serve` flags.
@@ -212,7 +385,22 @@ pub(crate) struct BenchServeArgs {
 }
 
 pub(crate) fn bench(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Serve(a) = cmd;
+    let a = match cmd {
+        BenchCommand::Serve(a) => a,
+        BenchCommand::Console(c) => {
+            if !(0.0..=1.0).contains(&c.decided) {
+                return Err(crate::BadArgument("--decided must be between 0 and 1".into()).into());
+            }
+            eprintln!("filling a review store with {} cases...", c.cases);
+            let report = vigil_console::bench::run(&vigil_console::bench::BenchOptions {
+                cases: c.cases,
+                requests: c.requests,
+                decided: c.decided,
+            })?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(());
+        }
+    };
     let config = match &a.config {
         Some(p) => Config::load(p)?,
         None => Config::default(),

@@ -7,164 +7,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
 use common::ok;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// A running `vigil serve`; killed when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// Start the service and wait (at most 120 s) for its "listening on" line.
-    fn start(data: &Path, model: &Path, config: Option<&Path>) -> Server {
-        Self::start_env(data, model, config, &[])
-    }
-
-    /// [`Server::start`] with extra environment variables.
-    fn start_env(data: &Path, model: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
-        cmd.envs(env.iter().copied());
-        cmd.args(["serve", "--data", s(data), "--model", s(model)])
-            .args(["--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(c) = config {
-            cmd.args(["--config", s(c)]);
-        }
-        let mut child = cmd.spawn().expect("vigil serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("vigil serve says where it listens within 120 s");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server { child, addr }
-    }
-
-    /// SIGTERM, then the exit status (at most 60 s).
-    fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        for _ in 0..600 {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("vigil serve did not stop within 60 s of SIGTERM");
-    }
-
-    fn kill9(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-KILL", &pid]).status().unwrap();
-        let _ = self.child.wait();
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
-        http(&self.addr, "GET", path, token, "", b"")
-    }
-
-    fn post(&self, path: &str, token: Option<&str>, ctype: &str, body: &[u8]) -> (u16, String) {
-        http(&self.addr, "POST", path, token, ctype, body)
-    }
-
-    /// POST events as a JSON array; the parsed per-event results.
-    fn events(&self, token: &str, events: &[serde_json::Value]) -> Vec<serde_json::Value> {
-        let body = serde_json::to_vec(events).unwrap();
-        let (status, text) = self.post("/v1/events", Some(token), "application/json", &body);
-        assert_eq!(status, 200, "{text}");
-        serde_json::from_str(&text).unwrap()
-    }
-}
-
-/// One HTTP/1.1 request over a fresh loopback connection; (status, body).
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    ctype: &str,
-    body: &[u8],
-) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if !ctype.is_empty() {
-        head.push_str(&format!("Content-Type: {ctype}\r\n"));
-    }
-    head.push_str("\r\n");
-    c.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading the whole body and close.
-    let _ = c.write_all(body);
-    let mut raw = Vec::new();
-    let _ = c.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = &rest[n + 2..];
-    }
-    out
-}
-
-fn token(data: &Path, scope: &str) -> String {
-    ok(&["token", "create", "--data", s(data), "--scope", scope])
-        .trim()
-        .to_string()
-}
+use common::server::{Server, dechunk, http, s, token};
 
 /// The rows of a CSV file as maps from column to text.
 fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
@@ -1033,6 +881,7 @@ fn safety_caps_turn_excess_actions_into_reviews_and_webhooks_are_signed_and_retr
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(["serve", "--data", s(&data), "--model", s(&model)])
         .args(["--listen", "127.0.0.1:0", "--config", s(&cfg)])
+        .env("VIGIL_AUDIT_KEY", common::test_audit_key())
         .env_remove("VIGIL_TEST_HOOK_SECRET")
         .output()
         .unwrap();
@@ -1671,6 +1520,7 @@ fn start_rare(
     config: Option<&Path>,
 ) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    cmd.env("VIGIL_AUDIT_KEY", common::test_audit_key());
     cmd.args(["serve", "--data", s(data), "--model", s(model)])
         .args(["--listen", "127.0.0.1:0", "--sentinel-index", s(index)])
         .args(["--sentinel-model", s(encoder)])

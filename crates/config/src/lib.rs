@@ -94,6 +94,43 @@ pub struct Config {
     pub enforcement: EnforcementConfig,
     /// The live service (`vigil serve`).
     pub serve: ServeConfig,
+    /// The reviewer console served by `vigil serve`.
+    pub console: ConsoleConfig,
+}
+
+/// The reviewer console: sessions, claims, the queue's SLA, blurring.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A login lasts this long (seconds), then the reviewer logs in again.
+    pub session_ttl_secs: u64,
+    /// A claim on a case lasts this long (seconds) unless renewed; an abandoned claim then
+    /// returns the case to the queue.
+    pub claim_ttl_secs: u64,
+    /// A case may wait this many hours for a decision; older ones are SLA breaches.
+    pub sla_hours: f64,
+    /// Message text whose rare-harm score (or, without one, whose case's risk) is at least
+    /// this is blurred until the reviewer reveals it; each reveal is logged. 1.0 blurs only
+    /// certain harm, 0.0 everything.
+    pub blur_at: f64,
+    /// Failed logins in a row before an account is locked; each further failure doubles
+    /// the lock (30 s, 60 s, ... up to 15 minutes).
+    pub max_failed_logins: u32,
+    /// Cases per queue page.
+    pub page_size: usize,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 8 * 3600,
+            claim_ttl_secs: 15 * 60,
+            sla_hours: 24.0,
+            blur_at: 0.8,
+            max_failed_logins: 5,
+            page_size: 50,
+        }
+    }
 }
 
 impl Default for Config {
@@ -429,6 +466,7 @@ impl Config {
             automation: AutomationConfig::for_profile(profile),
             enforcement: EnforcementConfig::default(),
             serve: ServeConfig::default(),
+            console: ConsoleConfig::default(),
         }
     }
 
@@ -729,6 +767,38 @@ impl Config {
         }
         if self.serve.sentinel_cache_texts == 0 {
             return bad("serve.sentinel_cache_texts", "must be at least 1");
+        }
+        let c = &self.console;
+        for (key, v, lo) in [
+            ("console.session_ttl_secs", c.session_ttl_secs, 1),
+            ("console.claim_ttl_secs", c.claim_ttl_secs, 1),
+            (
+                "console.max_failed_logins",
+                u64::from(c.max_failed_logins),
+                1,
+            ),
+            ("console.page_size", c.page_size as u64, 1),
+        ] {
+            if v < lo {
+                return bad(key, "must be at least 1");
+            }
+        }
+        for (key, v) in [
+            ("console.session_ttl_secs", c.session_ttl_secs),
+            ("console.claim_ttl_secs", c.claim_ttl_secs),
+        ] {
+            if v > 30 * 86_400 {
+                return bad(key, "must be at most 30 days (2592000)");
+            }
+        }
+        if c.page_size > 1000 {
+            return bad("console.page_size", "must be at most 1000");
+        }
+        if !(c.sla_hours.is_finite() && c.sla_hours > 0.0) {
+            return bad("console.sla_hours", "must be a positive number of hours");
+        }
+        if !(0.0..=1.0).contains(&c.blur_at) {
+            return bad("console.blur_at", "must be between 0 and 1");
         }
         for (i, r) in self.enforcement.rules.iter().enumerate() {
             if !ACTIONS.contains(&r.action.as_str()) {

@@ -12,6 +12,7 @@
 pub mod anchor;
 pub mod queue;
 pub mod store;
+pub mod worklist;
 
 pub use anchor::{AuditKey, default_key_path};
 pub use queue::{Flags, QueueEntry, build_queue};

@@ -42,6 +42,21 @@ pub enum ReviewError {
     /// User: the reviewer name is empty.
     #[error("a decision needs a reviewer name (--reviewer)")]
     MissingReviewer,
+    /// User: another reviewer holds the case's claim (a claim is a lock with an expiry).
+    #[error(
+        "case `{case}` is claimed by {holder} until {until}; pick another case or wait for the claim to expire"
+    )]
+    Claimed {
+        /// The case.
+        case: String,
+        /// Who holds it.
+        holder: String,
+        /// When the claim expires (UTC).
+        until: String,
+    },
+    /// User: an appeal or second review that the rules do not allow (what and why).
+    #[error("{0}")]
+    NotAllowed(String),
     /// Environment: the audit key (or an anchor beside it) cannot be used.
     #[error("audit key {path}: {message}")]
     Key {
@@ -180,7 +195,7 @@ pub struct VerifyReport {
 }
 
 /// The columns [`ReviewStore::row_to_case`] reads, in its order.
-const CASE_COLUMNS: &str = "c.review_id, c.day, c.user_id, c.risk_score, c.uncertainty, \
+pub(crate) const CASE_COLUMNS: &str = "c.review_id, c.day, c.user_id, c.risk_score, c.uncertainty, \
      c.priority, c.recent_prompts, c.suggested_action, c.suggested_reason, c.flags, c.queue_pos";
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -209,12 +224,12 @@ CREATE TRIGGER IF NOT EXISTS audit_log_append_only_delete BEFORE DELETE ON audit
 /// The review store.
 #[derive(Debug)]
 pub struct ReviewStore {
-    conn: Connection,
-    path: PathBuf,
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
 }
 
 impl ReviewStore {
-    fn err(&self) -> impl Fn(rusqlite::Error) -> ReviewError + '_ {
+    pub(crate) fn err(&self) -> impl Fn(rusqlite::Error) -> ReviewError + '_ {
         move |source| ReviewError::Sqlite {
             path: self.path.clone(),
             source,
@@ -259,6 +274,12 @@ impl ReviewStore {
             conn.execute_batch("ALTER TABLE audit_log ADD COLUMN mac TEXT")
                 .map_err(e)?;
         }
+        // Stores from before the console gain the time a case first entered the queue.
+        if !has_column(&conn, "cases", "queued_at").map_err(e)? {
+            conn.execute_batch("ALTER TABLE cases ADD COLUMN queued_at TEXT")
+                .map_err(e)?;
+        }
+        conn.execute_batch(crate::worklist::SCHEMA).map_err(e)?;
         let id: [u8; 16] = rand::random();
         let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
         conn.execute(
@@ -392,7 +413,7 @@ impl ReviewStore {
         tx.commit().map_err(e)
     }
 
-    fn row_to_case(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
+    pub(crate) fn row_to_case(r: &rusqlite::Row<'_>) -> rusqlite::Result<Case> {
         Ok(Case {
             review_id: r.get(0)?,
             day: r.get(1)?,
@@ -527,6 +548,8 @@ impl ReviewStore {
             .optional()
             .map_err(e)?
             .ok_or_else(|| ReviewError::UnknownCase(d.review_id.clone()))?;
+        // Two reviewers never work the same case: a live claim by someone else refuses.
+        crate::worklist::check_claim(&tx, &d.review_id, d.reviewer.trim(), &path)?;
         let (last_seq, prev_hash): (i64, String) = tx
             .query_row(
                 "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -572,6 +595,9 @@ impl ReviewStore {
             ],
         )
         .map_err(e)?;
+        // The decision ends the decider's claim on the case.
+        tx.execute("DELETE FROM claims WHERE review_id = ?1", [&d.review_id])
+            .map_err(e)?;
         tx.commit().map_err(e)?;
         // After the commit: a failure here leaves the anchor one record behind, which verify
         // accepts (the records after it are still authenticated); the decision stands.
@@ -746,14 +772,15 @@ impl ReviewStore {
 fn upsert_case_sql(pos: &str, keep: &str) -> String {
     format!(
         "INSERT INTO cases (review_id, day, user_id, risk_score, uncertainty, priority, \
-         recent_prompts, suggested_action, suggested_reason, flags, queue_pos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {pos}) \
+         recent_prompts, suggested_action, suggested_reason, flags, queue_pos, queued_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, {pos}, \
+         strftime('%Y-%m-%dT%H:%M:%SZ', 'now')) \
          ON CONFLICT (review_id) DO UPDATE SET risk_score = excluded.risk_score, \
          uncertainty = excluded.uncertainty, priority = excluded.priority, \
          recent_prompts = excluded.recent_prompts, \
          suggested_action = excluded.suggested_action, \
          suggested_reason = excluded.suggested_reason, flags = excluded.flags, \
-         queue_pos = {keep}"
+         queue_pos = {keep}, queued_at = COALESCE(cases.queued_at, excluded.queued_at)"
     )
 }
 
@@ -781,7 +808,7 @@ fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     )
 }
 
-fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
     conn.query_row(
         "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
         [table, column],
@@ -789,7 +816,7 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<
     )
 }
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+pub(crate) fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
     Ok(AuditRecord {
         seq: r.get(0)?,
         review_id: r.get(1)?,
@@ -813,7 +840,9 @@ impl vigil_core::Classify for ReviewError {
             ReviewError::UnknownCase(_)
             | ReviewError::InvalidDecision { .. }
             | ReviewError::InvalidReason { .. }
-            | ReviewError::MissingReviewer => K::Usage,
+            | ReviewError::MissingReviewer
+            | ReviewError::Claimed { .. }
+            | ReviewError::NotAllowed(_) => K::Usage,
             ReviewError::Missing(_) | ReviewError::Key { .. } | ReviewError::Sqlite { .. } => {
                 K::Environment
             }

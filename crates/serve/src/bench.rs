@@ -224,6 +224,8 @@ pub async fn bench(
         config_path: None,
         rare_harm: opts.rare_harm.clone(),
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        // The bench's own key, beside its throwaway data (never the user's audit key).
+        audit_key: Some(data.join("audit.key")),
     };
     let stop = Arc::new(tokio::sync::Notify::new());
     let server = tokio::spawn({

@@ -315,7 +315,7 @@ fn views_of(
 }
 
 /// Score the user-days `keys` from the users' snapshots.
-fn score_keys(
+pub(crate) fn score_keys(
     scorer: &Scorer,
     keys: &[(String, i32)],
     views: &HashMap<String, UserView>,
@@ -424,13 +424,16 @@ fn settle_actions(
 }
 
 /// A user's rare-harm affinity and the scores of the messages in their window.
-struct Rare {
-    affinity: f64,
-    messages: Vec<(String, f64)>,
+pub(crate) struct Rare {
+    pub(crate) affinity: f64,
+    pub(crate) messages: Vec<(String, f64)>,
 }
 
 /// Each user's message window (the last `recent_messages` prompts), from their snapshot.
-fn windows(svc: &Service, views: &HashMap<String, UserView>) -> Vec<(String, Vec<String>)> {
+pub(crate) fn windows(
+    svc: &Service,
+    views: &HashMap<String, UserView>,
+) -> Vec<(String, Vec<String>)> {
     let n = svc.cfg.serve.recent_messages;
     views
         .iter()
@@ -446,7 +449,10 @@ fn windows(svc: &Service, views: &HashMap<String, UserView>) -> Vec<(String, Vec
 
 /// Rare-harm affinity per user (empty without `--sentinel-index`); new texts are encoded on
 /// the blocking pool. A failure is logged and leaves the affinity out of the answer.
-async fn rare_of(svc: &Svc, windows: Vec<(String, Vec<String>)>) -> HashMap<String, Rare> {
+pub(crate) async fn rare_of(
+    svc: &Svc,
+    windows: Vec<(String, Vec<String>)>,
+) -> HashMap<String, Rare> {
     let Some(r) = svc.rare.clone() else {
         return HashMap::new();
     };
@@ -782,7 +788,7 @@ pub(crate) fn log_reload(done: &Result<Reloaded, ServeError>) {
 }
 
 /// Days since 1970 of a `YYYY-MM-DD` day (0 if it is not one).
-fn day_number(day: &str) -> i32 {
+pub(crate) fn day_number(day: &str) -> i32 {
     chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))

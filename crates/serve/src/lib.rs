@@ -11,6 +11,7 @@
 pub mod actions;
 pub mod bench;
 pub mod cases;
+mod console_view;
 pub mod event;
 mod http;
 pub mod intake;
@@ -75,6 +76,9 @@ pub enum ServeError {
     /// The review store.
     #[error(transparent)]
     Review(#[from] vigil_review::ReviewError),
+    /// The reviewer console.
+    #[error(transparent)]
+    Console(#[from] vigil_console::ConsoleError),
     /// The Sentinel index or encoder.
     #[error(transparent)]
     Sentinel(Box<vigil_sentinel::SentinelError>),
@@ -120,6 +124,7 @@ impl Classify for ServeError {
             ServeError::Pipeline(e) => e.kind(),
             ServeError::Config(e) => e.kind(),
             ServeError::Review(e) => e.kind(),
+            ServeError::Console(e) => e.kind(),
             ServeError::Sentinel(e) => e.kind(),
             ServeError::Internal(_) => ErrorKind::Bug,
         }
@@ -141,6 +146,9 @@ pub struct ServeOptions {
     pub rare_harm: Option<rare::RareHarmOptions>,
     /// Where to listen.
     pub listen: SocketAddr,
+    /// The audit key the console's decisions are authenticated with (`None`: the default
+    /// path, as `vigil review decide`).
+    pub audit_key: Option<PathBuf>,
 }
 
 /// The newest bundle under a data directory: `DATA/model` or `DATA/models/*`.
@@ -396,6 +404,19 @@ pub async fn serve_until(
         }
         None => None,
     };
+    // The audit key is checked (or made) before the long state rebuild.
+    let audit_key = match opts
+        .audit_key
+        .clone()
+        .or_else(vigil_review::default_key_path)
+    {
+        Some(p) => vigil_review::AuditKey::load_or_create(&p)?,
+        None => {
+            return Err(ServeError::Usage(
+                "no audit key path: set --audit-key or VIGIL_AUDIT_KEY (HOME is not set)".into(),
+            ));
+        }
+    };
     // Hooks are checked (URL, secret in the environment) before the long state rebuild.
     let webhooks = webhook::Webhooks::start(&opts.config.serve.webhooks, &opts.data)?;
     let auth = tokens::Authenticator::new(TokenStore::open(&opts.data)?)?;
@@ -514,7 +535,20 @@ pub async fn serve_until(
     let hangups = tokio::spawn(reload_on_hangup(svc.clone()));
     let alerting = tokio::spawn(http::alerting(svc.clone()));
     on_ready(addr);
-    let app = http::router(svc.clone());
+    let console = Arc::new(vigil_console::Console::new(
+        &data,
+        &cases::store_path(&data),
+        audit_key,
+        svc.cfg.console.clone(),
+        Some(Arc::new(console_view::View(svc.clone()))),
+    )?);
+    if console.accounts().count()? == 0 {
+        tracing::warn!(
+            "no console accounts yet: add one with `vigil user add NAME --data {} --role admin`",
+            data.display()
+        );
+    }
+    let app = http::router(svc.clone()).merge(vigil_console::router(console));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

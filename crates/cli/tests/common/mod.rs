@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+pub(crate) mod server;
+
 /// Run `vigil ARGS`. The audit key lives in a directory of this test process, never in the
 /// home directory of whoever runs the tests.
 pub(crate) fn vigil(args: &[&str]) -> Output {

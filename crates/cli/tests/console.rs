@@ -1,0 +1,687 @@
+//! End-to-end tests of the reviewer console that `vigil serve` serves: access rules over
+//! real HTTP (logins, roles, CSRF, claims, session expiry, lockout), and a reviewer working
+//! the queue by keyboard in a real headless Chromium driven over the DevTools protocol.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::server::{Answer, Server, request, s};
+use common::{ok, ok_output};
+
+/// Generated events, a run over them, and the run's dataset as the service's data
+/// directory (the demo's layout): the service derives the review cases at start.
+fn world(dir: &Path) -> (PathBuf, PathBuf) {
+    let input = dir.join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        "20000",
+        "--seed",
+        "5",
+        "--end",
+        "2026-03-01T00:00:00Z",
+        "--out",
+        s(&input),
+    ]);
+    let run = dir.join("run");
+    ok(&["run", "--input", s(&input), "--out", s(&run)]);
+    (run.join("data"), run.join("model"))
+}
+
+/// `vigil user add NAME --role ROLE` with the password on stdin.
+fn add_user(data: &Path, name: &str, role: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["user", "add", name, "--data", s(data), "--role", role])
+        .arg("--password-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "a given password is never printed");
+}
+
+fn sqlite_count(db: &Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+/// The value of `name="NAME" value="..."` in a page.
+fn field(body: &str, name: &str) -> String {
+    let at = body
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no field {name} in {body}"));
+    let rest = &body[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// A browser-like session: the cookie it holds and the CSRF token of the last page.
+struct Client<'a> {
+    server: &'a Server,
+    cookie: String,
+}
+
+impl Client<'_> {
+    fn get(&self, path: &str) -> Answer {
+        request(
+            &self.server.addr,
+            "GET",
+            path,
+            &[("Cookie", &self.cookie)],
+            b"",
+        )
+    }
+
+    fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        self.post_with(path, form, &[])
+    }
+
+    fn post_with(&self, path: &str, form: &[(&str, &str)], extra: &[(&str, &str)]) -> Answer {
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = vec![
+            ("Cookie", self.cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        headers.extend_from_slice(extra);
+        request(&self.server.addr, "POST", path, &headers, body.as_bytes())
+    }
+
+    /// The CSRF token of the session (from the queue page).
+    fn csrf(&self) -> String {
+        let page = self.get("/");
+        assert_eq!(page.status, 200, "{}", page.body);
+        field(&page.body, "csrf")
+    }
+}
+
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Log in through the form (the login page's own CSRF cookie included); the answer and,
+/// on success, a client holding the session cookie.
+fn login<'a>(server: &'a Server, name: &str, password: &str) -> (Answer, Option<Client<'a>>) {
+    let page = request(&server.addr, "GET", "/login?next=/", &[], b"");
+    assert_eq!(page.status, 200);
+    let token = field(&page.body, "csrf");
+    let cookie = page
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("vigil_login="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = format!(
+        "csrf={token}&next=%2F&name={}&password={}",
+        enc(name),
+        enc(password)
+    );
+    let a = request(
+        &server.addr,
+        "POST",
+        "/login",
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    );
+    let session = a
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("vigil_session=") && !c.starts_with("vigil_session=;"))
+        .map(str::to_string);
+    let client = session.map(|c| {
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
+        Client {
+            server,
+            cookie: c.split(';').next().unwrap().to_string(),
+        }
+    });
+    (a, client)
+}
+
+/// The service writes the cases it derives at start every 250 ms: wait (at most 30 s) for
+/// the first ones.
+fn wait_for_cases(db: &Path) {
+    let start = Instant::now();
+    while !db.exists()
+        || sqlite_count(db, "SELECT COUNT(*) FROM cases WHERE queue_pos IS NOT NULL") == 0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the service derived no review cases from the stored events"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn console_config(dir: &Path, console: &str) -> PathBuf {
+    let p = dir.join("vigil.toml");
+    std::fs::write(&p, format!("[console]\n{console}\n")).unwrap();
+    p
+}
+
+#[test]
+fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_lock_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, model) = world(dir.path());
+    add_user(&data, "ana", "reviewer", "ana's long password");
+    add_user(&data, "lee", "lead", "lee's long password");
+    let cfg = console_config(
+        dir.path(),
+        "session_ttl_secs = 4\nmax_failed_logins = 3\nclaim_ttl_secs = 600",
+    );
+    let server = Server::start(&data, &model, Some(&cfg));
+    let db = data.join("review.db");
+    wait_for_cases(&db);
+
+    // Without a session: pages redirect to the login page, the API says 401, posts 401.
+    for page in ["/", "/lead", "/admin/users", "/case/x@2026-01-01"] {
+        let a = request(&server.addr, "GET", page, &[], b"");
+        assert_eq!(a.status, 303, "{page}");
+        assert!(
+            a.header("location").unwrap().starts_with("/login?next="),
+            "{page}"
+        );
+    }
+    assert_eq!(
+        request(&server.addr, "GET", "/v1/users/u1", &[], b"").status,
+        401
+    );
+    assert_eq!(request(&server.addr, "POST", "/next", &[], b"").status, 401);
+    // Security headers on every console page.
+    let login_page = request(&server.addr, "GET", "/login", &[], b"");
+    let csp = login_page.header("content-security-policy").unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"));
+
+    // Wrong password, a forged login form (no matching login cookie).
+    let (a, none) = login(&server, "ana", "not her password");
+    assert_eq!(a.status, 401);
+    assert!(none.is_none());
+    let forged = request(
+        &server.addr,
+        "POST",
+        "/login",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        b"csrf=abc&name=ana&password=ana%27s%20long%20password",
+    );
+    assert_eq!(forged.status, 403);
+    assert!(
+        forged
+            .all("set-cookie")
+            .iter()
+            .all(|c| !c.starts_with("vigil_session="))
+    );
+
+    let (a, ana) = login(&server, "ana", "ana's long password");
+    assert_eq!(a.status, 303);
+    assert_eq!(a.header("location"), Some("/"));
+    let ana = ana.unwrap();
+    let queue = ana.get("/");
+    assert_eq!(queue.status, 200);
+    assert!(queue.body.contains("Review queue") && queue.body.contains("data-href=\"/case/"));
+    // A reviewer is refused the lead and admin pages.
+    assert_eq!(ana.get("/lead").status, 403);
+    assert_eq!(ana.get("/lead/audit.csv").status, 403);
+    assert_eq!(ana.get("/admin/users").status, 403);
+
+    // State changes need the session's CSRF token and a same-site origin; refused ones
+    // change nothing.
+    let csrf = ana.csrf();
+    assert_eq!(ana.post("/next", &[]).status, 403);
+    assert_eq!(ana.post("/next", &[("csrf", "0000")]).status, 403);
+    assert_eq!(
+        ana.post_with(
+            "/next",
+            &[("csrf", &csrf)],
+            &[("Origin", "http://evil.example")]
+        )
+        .status,
+        403
+    );
+    assert_eq!(sqlite_count(&db, "SELECT COUNT(*) FROM claims"), 0);
+    let next = ana.post("/next", &[("csrf", &csrf)]);
+    assert_eq!(next.status, 303, "{}", next.body);
+    let case_url = next.header("location").unwrap().to_string();
+    assert!(case_url.starts_with("/case/"));
+    assert_eq!(
+        sqlite_count(&db, "SELECT COUNT(*) FROM claims WHERE reviewer = 'ana'"),
+        1
+    );
+    let page = ana.get(&case_url);
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("claimed by you"));
+
+    // The lead cannot decide the case Ana holds; Ana can, and the audit log names her
+    // whatever the form says.
+    let (_, lee) = login(&server, "lee", "lee's long password");
+    let lee = lee.unwrap();
+    let lee_csrf = lee.csrf();
+    let decide = format!("{case_url}/decide");
+    let refused = lee.post(
+        &decide,
+        &[
+            ("csrf", &lee_csrf),
+            ("decision", "block"),
+            ("reason_code", "spam"),
+        ],
+    );
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(refused.body.contains("claimed by ana"));
+    assert_eq!(sqlite_count(&db, "SELECT COUNT(*) FROM audit_log"), 0);
+    let no_csrf = ana.post(&decide, &[("decision", "block"), ("reason_code", "spam")]);
+    assert_eq!(no_csrf.status, 403);
+    assert_eq!(sqlite_count(&db, "SELECT COUNT(*) FROM audit_log"), 0);
+    let bad = ana.post(
+        &decide,
+        &[
+            ("csrf", &csrf),
+            ("decision", "nuke"),
+            ("reason_code", "spam"),
+        ],
+    );
+    assert_eq!(bad.status, 400);
+    let done = ana.post(
+        &decide,
+        &[
+            ("csrf", &csrf),
+            ("decision", "block"),
+            ("reason_code", "spam"),
+            ("notes", "ring member"),
+            ("reviewer", "mallory"),
+        ],
+    );
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert!(done.header("location").unwrap().ends_with("?recorded=1"));
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (who, decision): (String, String) = c
+        .query_row("SELECT reviewer, decision FROM audit_log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((who.as_str(), decision.as_str()), ("ana", "block"));
+    assert_eq!(
+        sqlite_count(&db, "SELECT COUNT(*) FROM claims"),
+        0,
+        "deciding ends the claim"
+    );
+    ok(&["review", "verify", "--out", s(&data)]);
+
+    // The lead's views: the chain verified, the export names Ana.
+    let (_, lee) = login(&server, "lee", "lee's long password");
+    let lee = lee.unwrap();
+    let team = lee.get("/lead");
+    assert_eq!(team.status, 200);
+    assert!(
+        team.body.contains("Audit chain verified: 1 records"),
+        "{}",
+        team.body
+    );
+    let csv = lee.get("/lead/audit.csv");
+    assert_eq!(csv.status, 200);
+    assert!(csv.body.lines().nth(1).unwrap().contains(",ana,"));
+    assert_eq!(
+        lee.get("/admin/users").status,
+        403,
+        "leads do not manage accounts"
+    );
+
+    // Sessions expire (4 s here).
+    std::thread::sleep(Duration::from_secs(5));
+    let expired = ana.get("/");
+    assert_eq!(expired.status, 303);
+    assert_eq!(ana.post("/next", &[("csrf", &csrf)]).status, 401);
+
+    // Three failures in a row lock the account; then even the right password waits.
+    for _ in 0..2 {
+        assert_eq!(login(&server, "lee", "wrong").0.status, 401);
+    }
+    assert_eq!(login(&server, "lee", "wrong").0.status, 429);
+    let (locked, none) = login(&server, "lee", "lee's long password");
+    assert_eq!(locked.status, 429);
+    assert!(none.is_none());
+    assert!(server.stop().success());
+}
+
+// ---- a real browser -------------------------------------------------------------------
+
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("VIGIL_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"] {
+        if let Ok(o) = Command::new("which").arg(name).output()
+            && o.status.success()
+        {
+            return PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        }
+    }
+    panic!(
+        "headless Chromium is needed for the console test and was not found: install it \
+         (`apt-get install chromium`, which ./scripts/test.sh does) or set VIGIL_CHROMIUM"
+    );
+}
+
+/// A headless Chromium with one page, driven over the DevTools protocol (JSON over a
+/// WebSocket). Console errors, exceptions and every requested URL are collected.
+struct Browser {
+    child: std::process::Child,
+    ws: tungstenite::WebSocket<std::net::TcpStream>,
+    session: String,
+    next_id: u64,
+    errors: Vec<String>,
+    requests: Vec<String>,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new(chromium())
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--remote-debugging-port=0",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start chromium");
+        // Chromium prints its DevTools address on stderr.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut sent = false;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if !sent && let Some(at) = line.find("ws://") {
+                    let _ = tx.send(line[at..].trim().to_string());
+                    sent = true;
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chromium prints its DevTools address within 60 s");
+        let rest = url.strip_prefix("ws://").unwrap();
+        let host = &rest[..rest.find('/').unwrap()];
+        let stream = std::net::TcpStream::connect(host).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let (ws, _) = tungstenite::client(url.as_str(), stream).expect("DevTools WebSocket");
+        let mut b = Browser {
+            child,
+            ws,
+            session: String::new(),
+            next_id: 0,
+            errors: Vec::new(),
+            requests: Vec::new(),
+            _profile: profile,
+        };
+        let target = b.call(
+            "Target.createTarget",
+            serde_json::json!({"url": "about:blank"}),
+        );
+        let target_id = target["targetId"].as_str().unwrap().to_string();
+        let attached = b.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": target_id, "flatten": true}),
+        );
+        b.session = attached["sessionId"].as_str().unwrap().to_string();
+        for domain in [
+            "Page.enable",
+            "Runtime.enable",
+            "Network.enable",
+            "Log.enable",
+        ] {
+            b.call(domain, serde_json::json!({}));
+        }
+        b
+    }
+
+    /// Send one command (to the page's session once attached) and wait for its answer,
+    /// collecting the events that arrive meanwhile.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            msg["sessionId"] = serde_json::Value::from(self.session.clone());
+        }
+        self.ws
+            .send(tungstenite::Message::Text(msg.to_string().into()))
+            .unwrap();
+        loop {
+            let m = self.ws.read().expect("DevTools answers");
+            let tungstenite::Message::Text(t) = m else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"].as_u64() == Some(id) {
+                // An evaluation can race a navigation ("context destroyed"): no value then.
+                if method == "Runtime.evaluate" && v.get("error").is_some() {
+                    return serde_json::Value::Null;
+                }
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+            self.event(&v);
+        }
+    }
+
+    fn event(&mut self, v: &serde_json::Value) {
+        match v["method"].as_str() {
+            Some("Runtime.exceptionThrown") => self.errors.push(v["params"].to_string()),
+            Some("Runtime.consoleAPICalled") if v["params"]["type"] == "error" => {
+                self.errors.push(v["params"].to_string());
+            }
+            Some("Log.entryAdded") if v["params"]["entry"]["level"] == "error" => {
+                self.errors.push(v["params"]["entry"].to_string());
+            }
+            Some("Network.requestWillBeSent") => {
+                if let Some(u) = v["params"]["request"]["url"].as_str() {
+                    self.requests.push(u.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn eval(&mut self, js: &str) -> serde_json::Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Wait (at most 30 s) until `js` is true in the page.
+    fn wait_for(&mut self, js: &str) {
+        let start = Instant::now();
+        loop {
+            if self.eval(&format!("document.readyState === 'complete' && !!({js})")) == true {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out waiting for {js}; page: {}",
+                self.eval("document.location.href + ' ' + document.body.innerText.slice(0, 400)")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn go(&mut self, url: &str) {
+        self.call("Page.navigate", serde_json::json!({"url": url}));
+    }
+
+    /// Press one key as a person would (key down, the character, key up).
+    fn press(&mut self, key: &str) {
+        let (code, text) = match key {
+            "Enter" => (13, "\r"),
+            k => (k.chars().next().unwrap().to_ascii_uppercase() as i64, k),
+        };
+        self.call(
+            "Input.dispatchKeyEvent",
+            serde_json::json!({"type": "keyDown", "key": key, "text": text,
+                               "windowsVirtualKeyCode": code}),
+        );
+        self.call(
+            "Input.dispatchKeyEvent",
+            serde_json::json!({"type": "keyUp", "key": key, "windowsVirtualKeyCode": code}),
+        );
+    }
+
+    fn screenshot(&mut self, path: &Path) {
+        use base64::Engine;
+        let r = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        );
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+#[test]
+fn a_reviewer_logs_in_takes_the_next_case_and_decides_by_keyboard_in_headless_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, model) = world(dir.path());
+    add_user(&data, "ana", "reviewer", "ana's long password");
+    let server = Server::start(&data, &model, None);
+    wait_for_cases(&data.join("review.db"));
+    let origin = format!("http://{}", server.addr);
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let mut b = Browser::start();
+    b.go(&format!("{origin}/"));
+    b.wait_for("document.location.pathname === '/login'");
+    b.eval(
+        "document.querySelector('input[name=name]').value = 'ana';\
+         document.querySelector('input[name=password]').value = \"ana's long password\";\
+         document.querySelector('form').requestSubmit(); true",
+    );
+    b.wait_for("document.querySelector('#queue tbody tr')");
+    b.screenshot(&shots.join("queue.png"));
+    // j selects the first row, j again the second, k back to the first.
+    b.press("j");
+    b.press("j");
+    b.press("k");
+    assert_eq!(
+        b.eval("Array.from(document.querySelectorAll('#queue tbody tr')).findIndex(r => r.classList.contains('sel'))"),
+        0
+    );
+    // ? opens the help, Escape closes it.
+    b.press("?");
+    assert_eq!(b.eval("document.getElementById('help').hidden"), false);
+    b.call(
+        "Input.dispatchKeyEvent",
+        serde_json::json!({"type": "keyDown", "key": "Escape", "windowsVirtualKeyCode": 27}),
+    );
+    assert_eq!(b.eval("document.getElementById('help').hidden"), true);
+    // n takes (claims) the top case.
+    b.press("n");
+    b.wait_for(
+        "document.location.pathname.startsWith('/case/') && document.getElementById('decide')",
+    );
+    let case = b.eval("decodeURIComponent(document.location.pathname.slice(6))");
+    let case = case.as_str().unwrap().to_string();
+    assert!(case.contains('@'));
+    b.screenshot(&shots.join("case.png"));
+    // 4 chooses block, Enter records it.
+    b.press("4");
+    assert_eq!(
+        b.eval("document.querySelector('input[name=decision]:checked').value"),
+        "block"
+    );
+    b.press("Enter");
+    b.wait_for("document.getElementById('recorded')");
+    assert!(
+        b.eval("document.getElementById('recorded').innerText")
+            .as_str()
+            .unwrap()
+            .contains("Decision #1 recorded")
+    );
+
+    // The decision is in the audit log under the logged-in reviewer, and the chain verifies.
+    let c = rusqlite::Connection::open(data.join("review.db")).unwrap();
+    let (id, who, decision): (String, String, String) = c
+        .query_row(
+            "SELECT review_id, reviewer, decision FROM audit_log",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (id.as_str(), who.as_str(), decision.as_str()),
+        (case.as_str(), "ana", "block")
+    );
+    let (out, _) = ok_output(&["review", "verify", "--out", s(&data)]);
+    assert!(out.contains("1 record"), "{out}");
+
+    // No script error, and nothing was requested from anywhere but this server.
+    b.eval("true");
+    assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);
+    assert!(!b.requests.is_empty());
+    for u in &b.requests {
+        assert!(
+            u.starts_with(&origin) || u.starts_with("data:") || u == "about:blank",
+            "a request left the server: {u}"
+        );
+    }
+    drop(b);
+    assert!(server.stop().success());
+}

@@ -1,0 +1,640 @@
+//! Working the queue together: claims (a lock with an expiry, so two reviewers never work the
+//! same case and an abandoned claim returns to the queue), filtered queue pages, reveals of
+//! blurred text, and the numbers leads watch. Lives in `review.db` beside the cases and the
+//! audit log, so the console, `vigil review` and the live service share one store.
+//!
+//! Every query binds its values as parameters; filter values never become SQL text.
+
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::store::{CASE_COLUMNS, Case, ReviewError, ReviewStore};
+
+/// Tables and indexes added for working the queue (created with the store).
+pub(crate) const SCHEMA: &str = "
+CREATE INDEX IF NOT EXISTS audit_log_by_user_day ON audit_log (user_id, day, seq);
+CREATE INDEX IF NOT EXISTS audit_log_by_reviewer ON audit_log (reviewer, decision_ts);
+CREATE TABLE IF NOT EXISTS claims (
+    review_id TEXT PRIMARY KEY, reviewer TEXT NOT NULL, expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS claims_by_reviewer ON claims (reviewer);
+CREATE INDEX IF NOT EXISTS cases_by_user ON cases (user_id, day);
+CREATE TABLE IF NOT EXISTS reveals (
+    id INTEGER PRIMARY KEY, review_id TEXT NOT NULL, reviewer TEXT NOT NULL,
+    revealed_at TEXT NOT NULL);
+";
+
+/// Which cases a queue page shows, by their decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Status {
+    /// No decision recorded yet (the default: the work left).
+    #[default]
+    Undecided,
+    /// At least one decision recorded.
+    Decided,
+    /// Both.
+    All,
+}
+
+impl Status {
+    /// The name used in URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Undecided => "undecided",
+            Status::Decided => "decided",
+            Status::All => "all",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "undecided" | "" => Ok(Status::Undecided),
+            "decided" => Ok(Status::Decided),
+            "all" => Ok(Status::All),
+            other => Err(format!(
+                "`{other}` is not a status; use undecided, decided or all"
+            )),
+        }
+    }
+}
+
+/// A queue page's filters; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct QueueFilter {
+    /// Cases carrying this flag (`ml`, `heuristic`, `uncertain`, ...).
+    pub flag: Option<String>,
+    /// Cases whose suggested action is this.
+    pub action: Option<String>,
+    /// Decided, undecided or all.
+    pub status: Status,
+    /// Cases whose live claim this reviewer holds.
+    pub claimed_by: Option<String>,
+}
+
+/// One row of a queue page.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueRow {
+    /// The case.
+    pub case: Case,
+    /// When the case first entered the queue (UTC, `None` for cases stored before that was
+    /// recorded).
+    pub queued_at: Option<String>,
+    /// The latest decision and who made it.
+    pub latest: Option<(String, String)>,
+    /// Who holds a live claim on it.
+    pub holder: Option<String>,
+}
+
+/// The queue's size and age, for leads.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueueStats {
+    /// Cases in the queue.
+    pub queued: usize,
+    /// Of those, without a decision.
+    pub undecided: usize,
+    /// Undecided cases queued longer than the SLA.
+    pub past_sla: usize,
+    /// Cases under a live claim.
+    pub claimed: usize,
+    /// When the oldest undecided case entered the queue.
+    pub oldest_undecided: Option<String>,
+}
+
+/// One reviewer's output, for leads.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReviewerStats {
+    /// The reviewer.
+    pub reviewer: String,
+    /// Decisions recorded in all.
+    pub decisions: usize,
+    /// Decisions in the last hour.
+    pub last_hour: usize,
+    /// Decisions in the last 24 hours.
+    pub last_day: usize,
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (the form `queued_at` and decision times use).
+pub fn utc_text(unix: i64) -> String {
+    chrono::DateTime::from_timestamp(unix, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// Refuse (inside the decision's transaction) when someone other than `reviewer` holds a
+/// live claim on the case.
+pub(crate) fn check_claim(
+    tx: &Transaction<'_>,
+    review_id: &str,
+    reviewer: &str,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    let now = chrono::Utc::now().timestamp();
+    let held: Option<(String, i64)> = tx
+        .query_row(
+            "SELECT reviewer, expires_at FROM claims WHERE review_id = ?1 AND expires_at > ?2",
+            params![review_id, now],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|source| ReviewError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match held {
+        Some((holder, until)) if holder != reviewer => Err(ReviewError::Claimed {
+            case: review_id.to_string(),
+            holder,
+            until: utc_text(until),
+        }),
+        _ => Ok(()),
+    }
+}
+
+const LATEST: &str = "(SELECT a.decision || char(31) || a.reviewer FROM audit_log a \
+     WHERE a.user_id = c.user_id AND a.day = c.day ORDER BY a.seq DESC LIMIT 1)";
+
+impl ReviewStore {
+    /// One page of the queue in rank order (priority, risk, then queue order), filtered,
+    /// and whether more rows follow. `now` is the Unix time claims are judged at.
+    pub fn queue_page(
+        &self,
+        filter: &QueueFilter,
+        now: i64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<QueueRow>, bool), ReviewError> {
+        let status = match filter.status {
+            Status::Undecided => {
+                "AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.user_id = c.user_id AND a.day = c.day)"
+            }
+            Status::Decided => {
+                "AND EXISTS (SELECT 1 FROM audit_log a WHERE a.user_id = c.user_id AND a.day = c.day)"
+            }
+            Status::All => "",
+        };
+        let sql = format!(
+            "SELECT {CASE_COLUMNS}, c.queued_at, {LATEST}, \
+             (SELECT k.reviewer FROM claims k WHERE k.review_id = c.review_id AND k.expires_at > ?1) \
+             FROM cases c WHERE c.queue_pos IS NOT NULL \
+             AND (?2 IS NULL OR instr(',' || c.flags || ',', ',' || ?2 || ',') > 0) \
+             AND (?3 IS NULL OR c.suggested_action = ?3) \
+             AND (?4 IS NULL OR EXISTS (SELECT 1 FROM claims k WHERE k.review_id = c.review_id \
+                  AND k.reviewer = ?4 AND k.expires_at > ?1)) \
+             {status} \
+             ORDER BY c.priority DESC, c.risk_score DESC, c.queue_pos LIMIT ?5 OFFSET ?6"
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let rows = st
+            .query_map(
+                params![
+                    now,
+                    filter.flag,
+                    filter.action,
+                    filter.claimed_by,
+                    limit as i64 + 1,
+                    offset as i64
+                ],
+                |r| {
+                    let latest: Option<String> = r.get(12)?;
+                    Ok(QueueRow {
+                        case: Self::row_to_case(r)?,
+                        queued_at: r.get(11)?,
+                        latest: latest.and_then(|l| {
+                            l.split_once('\u{1f}')
+                                .map(|(d, who)| (d.to_string(), who.to_string()))
+                        }),
+                        holder: r.get(13)?,
+                    })
+                },
+            )
+            .map_err(self.err())?;
+        let mut out = rows.collect::<Result<Vec<_>, _>>().map_err(self.err())?;
+        let more = out.len() > limit;
+        out.truncate(limit);
+        Ok((out, more))
+    }
+
+    /// Claim the top case of the queue that is undecided and not claimed by someone else,
+    /// for `ttl_secs`; the reviewer's other claims are released (one case at a time).
+    /// `None` when nothing is left.
+    pub fn claim_next(
+        &mut self,
+        reviewer: &str,
+        ttl_secs: i64,
+        now: i64,
+    ) -> Result<Option<String>, ReviewError> {
+        let e = self.err_owned();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&e)?;
+        let next: Option<String> = tx
+            .query_row(
+                "SELECT c.review_id FROM cases c WHERE c.queue_pos IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.user_id = c.user_id AND a.day = c.day) \
+                 AND NOT EXISTS (SELECT 1 FROM claims k WHERE k.review_id = c.review_id \
+                     AND k.expires_at > ?1 AND k.reviewer <> ?2) \
+                 ORDER BY c.priority DESC, c.risk_score DESC, c.queue_pos LIMIT 1",
+                params![now, reviewer],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(&e)?;
+        if let Some(id) = &next {
+            tx.execute(
+                "DELETE FROM claims WHERE reviewer = ?1 AND review_id <> ?2",
+                params![reviewer, id],
+            )
+            .map_err(&e)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO claims (review_id, reviewer, expires_at) VALUES (?1, ?2, ?3)",
+                params![id, reviewer, now + ttl_secs],
+            )
+            .map_err(&e)?;
+        }
+        tx.commit().map_err(&e)?;
+        Ok(next)
+    }
+
+    /// Claim (or renew the claim on) one case; refused when someone else holds it. Returns
+    /// when the claim expires.
+    pub fn claim(
+        &mut self,
+        review_id: &str,
+        reviewer: &str,
+        ttl_secs: i64,
+        now: i64,
+    ) -> Result<i64, ReviewError> {
+        let e = self.err_owned();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&e)?;
+        let known: bool = tx
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM cases WHERE review_id = ?1",
+                [review_id],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        if !known {
+            return Err(ReviewError::UnknownCase(review_id.to_string()));
+        }
+        let held: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT reviewer, expires_at FROM claims WHERE review_id = ?1 AND expires_at > ?2",
+                params![review_id, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(&e)?;
+        if let Some((holder, until)) = held
+            && holder != reviewer
+        {
+            return Err(ReviewError::Claimed {
+                case: review_id.to_string(),
+                holder,
+                until: utc_text(until),
+            });
+        }
+        let until = now + ttl_secs;
+        tx.execute(
+            "INSERT OR REPLACE INTO claims (review_id, reviewer, expires_at) VALUES (?1, ?2, ?3)",
+            params![review_id, reviewer, until],
+        )
+        .map_err(&e)?;
+        tx.commit().map_err(&e)?;
+        Ok(until)
+    }
+
+    /// Give a claim back (only its holder can); false when the reviewer held none.
+    pub fn release(&mut self, review_id: &str, reviewer: &str) -> Result<bool, ReviewError> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM claims WHERE review_id = ?1 AND reviewer = ?2",
+                params![review_id, reviewer],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    /// Who holds a live claim on the case, and until when (Unix time).
+    pub fn claim_of(
+        &self,
+        review_id: &str,
+        now: i64,
+    ) -> Result<Option<(String, i64)>, ReviewError> {
+        self.conn
+            .query_row(
+                "SELECT reviewer, expires_at FROM claims WHERE review_id = ?1 AND expires_at > ?2",
+                params![review_id, now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// A lead hands a case to `reviewer` for `ttl_secs`, taking it from whoever held it.
+    pub fn assign(
+        &mut self,
+        review_id: &str,
+        reviewer: &str,
+        ttl_secs: i64,
+        now: i64,
+    ) -> Result<(), ReviewError> {
+        let e = self.err_owned();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&e)?;
+        let known: bool = tx
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM cases WHERE review_id = ?1",
+                [review_id],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        if !known {
+            return Err(ReviewError::UnknownCase(review_id.to_string()));
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO claims (review_id, reviewer, expires_at) VALUES (?1, ?2, ?3)",
+            params![review_id, reviewer, now + ttl_secs],
+        )
+        .map_err(&e)?;
+        tx.commit().map_err(&e)
+    }
+
+    /// Every case of a user (queued or not), newest day first, with its latest decision.
+    pub fn cases_of_user(&self, user_id: &str) -> Result<Vec<(Case, Option<String>)>, ReviewError> {
+        let sql = format!(
+            "SELECT {CASE_COLUMNS}, (SELECT a.decision FROM audit_log a WHERE a.user_id = c.user_id \
+             AND a.day = c.day ORDER BY a.seq DESC LIMIT 1) FROM cases c WHERE c.user_id = ?1 \
+             ORDER BY c.day DESC LIMIT 100"
+        );
+        let mut st = self.conn.prepare_cached(&sql).map_err(self.err())?;
+        let rows = st
+            .query_map([user_id], |r| Ok((Self::row_to_case(r)?, r.get(11)?)))
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Record that `reviewer` revealed a case's blurred text (who and when, never the text).
+    pub fn record_reveal(
+        &mut self,
+        review_id: &str,
+        reviewer: &str,
+        now: i64,
+    ) -> Result<(), ReviewError> {
+        self.conn
+            .execute(
+                "INSERT INTO reveals (review_id, reviewer, revealed_at) VALUES (?1, ?2, ?3)",
+                params![review_id, reviewer, utc_text(now)],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// How many times each reviewer revealed the case's blurred text.
+    pub fn reveals(&self, review_id: &str) -> Result<Vec<(String, String)>, ReviewError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT reviewer, revealed_at FROM reveals WHERE review_id = ?1 ORDER BY id",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([review_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The queue's size and age at `now`, with `sla_secs` as the time a case may wait.
+    pub fn queue_stats(&self, now: i64, sla_secs: i64) -> Result<QueueStats, ReviewError> {
+        let cutoff = utc_text(now - sla_secs);
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(d IS NULL), 0), \
+                 COALESCE(SUM(d IS NULL AND queued_at IS NOT NULL AND queued_at < ?1), 0), \
+                 COALESCE(SUM(k), 0), MIN(CASE WHEN d IS NULL THEN queued_at END) FROM ( \
+                   SELECT c.queued_at, \
+                   (SELECT 1 FROM audit_log a WHERE a.user_id = c.user_id AND a.day = c.day LIMIT 1) AS d, \
+                   EXISTS (SELECT 1 FROM claims k WHERE k.review_id = c.review_id AND k.expires_at > ?2) AS k \
+                   FROM cases c WHERE c.queue_pos IS NOT NULL)",
+                params![cutoff, now],
+                |r| {
+                    Ok(QueueStats {
+                        queued: r.get::<_, i64>(0)? as usize,
+                        undecided: r.get::<_, i64>(1)? as usize,
+                        past_sla: r.get::<_, i64>(2)? as usize,
+                        claimed: r.get::<_, i64>(3)? as usize,
+                        oldest_undecided: r.get(4)?,
+                    })
+                },
+            )
+            .map_err(self.err())
+    }
+
+    /// Decisions per reviewer: in all, in the hour and the day before `now`.
+    pub fn reviewer_stats(&self, now: i64) -> Result<Vec<ReviewerStats>, ReviewError> {
+        let (hour, day) = (utc_text(now - 3600), utc_text(now - 86_400));
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT reviewer, COUNT(*), COALESCE(SUM(decision_ts >= ?1), 0), \
+                 COALESCE(SUM(decision_ts >= ?2), 0) FROM audit_log GROUP BY reviewer ORDER BY reviewer",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![hour, day], |r| {
+                Ok(ReviewerStats {
+                    reviewer: r.get(0)?,
+                    decisions: r.get::<_, i64>(1)? as usize,
+                    last_hour: r.get::<_, i64>(2)? as usize,
+                    last_day: r.get::<_, i64>(3)? as usize,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Every audit record in chain order (for export).
+    pub fn audit_records(&self) -> Result<Vec<crate::AuditRecord>, ReviewError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT seq, review_id, day, user_id, decision, reason_code, notes, reviewer, \
+                 decision_ts, prev_hash, hash, mac FROM audit_log ORDER BY seq",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], crate::store::row_to_record)
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    fn err_owned(&self) -> impl Fn(rusqlite::Error) -> ReviewError + use<> {
+        let path = self.path.clone();
+        move |source| ReviewError::Sqlite {
+            path: path.clone(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{AuditKey, Decision, case_id};
+
+    fn case(i: usize, priority: f64, flags: &str, action: &str) -> Case {
+        Case {
+            review_id: case_id(&format!("u{i}"), "2026-02-01"),
+            queue_pos: Some(i),
+            day: "2026-02-01".into(),
+            user_id: format!("u{i}"),
+            risk_score: 0.5,
+            uncertainty: 0.1,
+            priority,
+            recent_prompts: String::new(),
+            suggested_action: action.into(),
+            suggested_reason: "r".into(),
+            flags: flags.into(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, ReviewStore, AuditKey) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = ReviewStore::create(&dir.path().join("review.db")).unwrap();
+        s.upsert_cases(&[
+            case(0, 3.0, "ml", "block"),
+            case(1, 2.0, "ml,heuristic", "warn"),
+            case(2, 1.0, "uncertain", "block"),
+        ])
+        .unwrap();
+        let key = AuditKey::load_or_create(&dir.path().join("audit.key")).unwrap();
+        (dir, s, key)
+    }
+
+    fn decide(s: &mut ReviewStore, key: &AuditKey, id: &str, who: &str) -> Result<(), ReviewError> {
+        s.decide(
+            &Decision {
+                review_id: id.into(),
+                decision: "warn".into(),
+                reason_code: "spam".into(),
+                notes: String::new(),
+                reviewer: who.into(),
+            },
+            "2026-02-02T00:00:00Z",
+            key,
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn two_reviewers_never_hold_the_same_case_and_an_expired_claim_returns_to_the_queue() {
+        let (_d, mut s, key) = store();
+        let a = s.claim_next("ana", 60, 1_000).unwrap().unwrap();
+        let b = s.claim_next("bo", 60, 1_000).unwrap().unwrap();
+        assert_eq!(a, "u0@2026-02-01");
+        assert_eq!(b, "u1@2026-02-01");
+        // Bo cannot take or decide Ana's case while her claim lives.
+        assert!(matches!(
+            s.claim(&a, "bo", 60, 1_010),
+            Err(ReviewError::Claimed { .. })
+        ));
+        // (decide judges claims at the wall clock: a claim far in the future holds.)
+        s.claim(&a, "ana", 10_000_000_000, 1_010).unwrap();
+        assert!(matches!(
+            decide(&mut s, &key, &a, "bo"),
+            Err(ReviewError::Claimed { .. })
+        ));
+        assert_eq!(
+            s.audit_records().unwrap().len(),
+            0,
+            "a refused decision stores nothing"
+        );
+        decide(&mut s, &key, &a, "ana").unwrap();
+        assert_eq!(
+            s.claim_of(&a, 1_020).unwrap(),
+            None,
+            "deciding ends the claim"
+        );
+        // Bo's claim expires at 1_060: then Ana's next case is his abandoned one.
+        let next = s.claim_next("ana", 60, 1_061).unwrap().unwrap();
+        assert_eq!(next, b);
+        // Ana's next claim released her earlier one (one case at a time).
+        let later = s.claim_next("ana", 60, 1_062).unwrap().unwrap();
+        assert_eq!(later, b, "the top undecided case is still hers");
+        assert_eq!(
+            s.claim_next("bo", 60, 1_063).unwrap().unwrap(),
+            "u2@2026-02-01"
+        );
+        assert_eq!(s.claim_next("cy", 60, 1_064).unwrap(), None, "nothing left");
+    }
+
+    #[test]
+    fn queue_pages_filter_by_flag_action_status_and_holder_in_rank_order() {
+        let (_d, mut s, key) = store();
+        fn ids_of(s: &ReviewStore, f: &QueueFilter) -> Vec<String> {
+            s.queue_page(f, 1_000, 0, 10)
+                .unwrap()
+                .0
+                .into_iter()
+                .map(|r| r.case.user_id)
+                .collect()
+        }
+        assert_eq!(ids_of(&s, &QueueFilter::default()), ["u0", "u1", "u2"]);
+        let ml = QueueFilter {
+            flag: Some("ml".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids_of(&s, &ml), ["u0", "u1"]);
+        // A flag is matched whole, not as a substring of another flag.
+        let m = QueueFilter {
+            flag: Some("m".into()),
+            ..Default::default()
+        };
+        assert!(ids_of(&s, &m).is_empty());
+        let block = QueueFilter {
+            action: Some("block".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids_of(&s, &block), ["u0", "u2"]);
+        decide(&mut s, &key, "u1@2026-02-01", "ana").unwrap();
+        assert_eq!(ids_of(&s, &QueueFilter::default()), ["u0", "u2"]);
+        let decided = QueueFilter {
+            status: Status::Decided,
+            ..Default::default()
+        };
+        let (rows, more) = s.queue_page(&decided, 1_000, 0, 10).unwrap();
+        assert!(!more);
+        assert_eq!(rows[0].latest, Some(("warn".into(), "ana".into())));
+        s.claim("u2@2026-02-01", "bo", 60, 1_000).unwrap();
+        let mine = QueueFilter {
+            claimed_by: Some("bo".into()),
+            ..Default::default()
+        };
+        assert_eq!(ids_of(&s, &mine), ["u2"]);
+        let all = QueueFilter {
+            status: Status::All,
+            ..Default::default()
+        };
+        let (page, more) = s.queue_page(&all, 1_000, 1, 1).unwrap();
+        assert_eq!(page[0].case.user_id, "u1");
+        assert!(more);
+        assert_eq!(
+            s.queue_page(&all, 1_000, 0, 10).unwrap().0[2]
+                .holder
+                .as_deref(),
+            Some("bo")
+        );
+        let stats = s.queue_stats(1_000, 3600).unwrap();
+        assert_eq!((stats.queued, stats.undecided, stats.claimed), (3, 2, 1));
+    }
+}

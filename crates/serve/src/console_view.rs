@@ -1,0 +1,89 @@
+//! What the reviewer console's case page shows from the live service: the user-day's
+//! features, how the bundle scores it now, and the user's recent messages with their
+//! rare-harm scores (the same snapshot and code as `GET /v1/users/{id}`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use vigil_console::{LiveCase, LiveView, Message};
+
+use crate::Service;
+use crate::http::{day_number, rare_of, score_keys, windows};
+
+/// The service as the console sees it.
+#[derive(Debug)]
+pub(crate) struct View(pub(crate) Arc<Service>);
+
+/// A JSON object's fields as (name, text) pairs, in the object's order.
+fn fields(v: serde_json::Value) -> Vec<(String, String)> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .map(|(k, v)| {
+                let text = match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Number(n) => n
+                        .as_f64()
+                        .filter(|x| x.fract() != 0.0)
+                        .map_or_else(|| n.to_string(), |x| format!("{x:.4}")),
+                    other => other.to_string(),
+                };
+                (k, text)
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl LiveView for View {
+    fn case<'a>(
+        &'a self,
+        user_id: &'a str,
+        day: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Option<LiveCase>> + Send + 'a>> {
+        Box::pin(async move {
+            let svc = self.0.clone();
+            let view = svc.state.view(user_id)?;
+            let key = (user_id.to_string(), day_number(day));
+            let views = HashMap::from([(user_id.to_string(), view)]);
+            let v = views.get(user_id)?;
+            let mut out = LiveCase::default();
+            if let Some(d) = v.days.iter().find(|d| d.day == key.1) {
+                out.features = fields(serde_json::to_value(d).unwrap_or_default());
+                out.features.retain(|(k, _)| k != "day");
+            }
+            let live = svc.live();
+            if let Ok(scores) = score_keys(&live.scorer, std::slice::from_ref(&key), &views)
+                && let Some(s) = scores.get(&key)
+            {
+                out.scores = fields(serde_json::to_value(s).unwrap_or_default());
+                out.scores
+                    .push(("model_version".into(), live.scorer.version().to_string()));
+            }
+            if svc.rare.is_some() {
+                if let Some(r) = rare_of(&svc, windows(&svc, &views)).await.remove(user_id) {
+                    out.affinity = Some(r.affinity);
+                    out.messages = r
+                        .messages
+                        .into_iter()
+                        .map(|(text, s)| Message {
+                            text,
+                            score: Some(s),
+                        })
+                        .collect();
+                }
+            } else {
+                out.messages = crate::rare::window(&v.prompts, svc.cfg.serve.recent_messages)
+                    .into_iter()
+                    .map(|t| Message {
+                        text: t.to_string(),
+                        score: None,
+                    })
+                    .collect();
+            }
+            Some(out)
+        })
+    }
+}
