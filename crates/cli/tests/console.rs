@@ -641,6 +641,24 @@ fn a_reviewer_logs_in_takes_the_next_case_and_decides_by_keyboard_in_headless_ch
     let case = case.as_str().unwrap().to_string();
     assert!(case.contains('@'));
     b.screenshot(&shots.join("case.png"));
+    // Blurred text stays blurred until r reveals it, and the reveal is recorded.
+    // (The top case's risk is above the default blur_at, 0.8, so its text is blurred.)
+    let blurred = b.eval("document.querySelectorAll('.messages .blur').length");
+    assert!(
+        blurred.as_u64().unwrap() > 0,
+        "the top case's messages are blurred"
+    );
+    {
+        b.press("r");
+        b.wait_for("document.querySelectorAll('.messages .blur').length === 0");
+        assert_eq!(
+            sqlite_count(
+                &data.join("review.db"),
+                "SELECT COUNT(*) FROM reveals WHERE reviewer = 'ana'"
+            ),
+            1
+        );
+    }
     // 4 chooses block, Enter records it.
     b.press("4");
     assert_eq!(

@@ -116,9 +116,11 @@ async fn security_headers(mut r: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: with the latter a browser sends `Origin: null` on
+    // its own form posts, which the origin check must refuse.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
@@ -258,6 +260,12 @@ async fn require_post(
         Ok(Some(s)) => s,
     };
     if !same_origin(headers) {
+        tracing::warn!(
+            account = s.name,
+            origin = ?headers.get(header::ORIGIN),
+            host = ?headers.get(header::HOST),
+            "console request from another origin refused"
+        );
         return Err(problem(
             StatusCode::FORBIDDEN,
             Some(&s),
@@ -724,63 +732,6 @@ async fn case_page(
         }
     }
     b.push_str("</section>");
-    // Messages: the live window with scores when the service holds the user, else the
-    // prompts stored with the case. Text at or above blur_at is blurred until revealed.
-    let blur_at = c.cfg.blur_at;
-    let messages: Vec<(String, Option<f64>)> = match &live {
-        Some(l) if !l.messages.is_empty() => l
-            .messages
-            .iter()
-            .map(|m| (m.text.clone(), m.score))
-            .collect(),
-        _ => case
-            .recent_prompts
-            .split(" | ")
-            .filter(|p| !p.is_empty())
-            .map(|p| (p.to_string(), None))
-            .collect(),
-    };
-    let _ = write!(
-        b,
-        "<section class=\"card\"><h2>Recent messages</h2>\
-         <p class=\"muted\">Text scoring at least {blur_at} (or, unscored, in a case of risk at least \
-         {blur_at}) is blurred; <kbd>r</kbd> reveals it and the reveal is logged ({} so far).</p><ol class=\"messages\">",
-        reveals.len()
-    );
-    let mut blurred = 0;
-    for (text, score) in &messages {
-        let blur = score.unwrap_or(case.risk_score) >= blur_at;
-        blurred += usize::from(blur);
-        let _ = write!(
-            b,
-            "<li><span class=\"{}\">{}</span>{}</li>",
-            if blur { "blur" } else { "" },
-            esc(text),
-            score
-                .map(|x| format!(" <span class=\"score\">{x:.3}</span>"))
-                .unwrap_or_default()
-        );
-    }
-    b.push_str("</ol>");
-    if blurred > 0 {
-        let _ = write!(
-            b,
-            "<button type=\"button\" id=\"reveal\" data-url=\"/case/{enc}/reveal\">Reveal {blurred} blurred <kbd>r</kbd></button>"
-        );
-    }
-    if messages.is_empty() {
-        b.push_str("<p class=\"muted\">No messages on record.</p>");
-    }
-    b.push_str("</section>");
-    if let Some(l) = &live {
-        if !l.features.is_empty() {
-            b.push_str("<section class=\"card\"><h2>Features of the day</h2><table class=\"kv\">");
-            for (k, v) in &l.features {
-                let _ = write!(b, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
-            }
-            b.push_str("</table></section>");
-        }
-    }
     // History and the decision form.
     b.push_str("<section class=\"card\"><h2>Decisions on this case</h2>");
     if history.is_empty() {
@@ -845,6 +796,63 @@ async fn case_page(
         );
     }
     b.push_str("</section>");
+    // Messages: the live window with scores when the service holds the user, else the
+    // prompts stored with the case. Text at or above blur_at is blurred until revealed.
+    let blur_at = c.cfg.blur_at;
+    let messages: Vec<(String, Option<f64>)> = match &live {
+        Some(l) if !l.messages.is_empty() => l
+            .messages
+            .iter()
+            .map(|m| (m.text.clone(), m.score))
+            .collect(),
+        _ => case
+            .recent_prompts
+            .split(" | ")
+            .filter(|p| !p.is_empty())
+            .map(|p| (p.to_string(), None))
+            .collect(),
+    };
+    let _ = write!(
+        b,
+        "<section class=\"card\"><h2>Recent messages</h2>\
+         <p class=\"muted\">Text scoring at least {blur_at} (or, unscored, in a case of risk at least \
+         {blur_at}) is blurred; <kbd>r</kbd> reveals it and the reveal is logged ({} so far).</p><ol class=\"messages\">",
+        reveals.len()
+    );
+    let mut blurred = 0;
+    for (text, score) in &messages {
+        let blur = score.unwrap_or(case.risk_score) >= blur_at;
+        blurred += usize::from(blur);
+        let _ = write!(
+            b,
+            "<li><span class=\"{}\">{}</span>{}</li>",
+            if blur { "blur" } else { "" },
+            esc(text),
+            score
+                .map(|x| format!(" <span class=\"score\">{x:.3}</span>"))
+                .unwrap_or_default()
+        );
+    }
+    b.push_str("</ol>");
+    if blurred > 0 {
+        let _ = write!(
+            b,
+            "<button type=\"button\" id=\"reveal\" data-url=\"/case/{enc}/reveal\">Reveal {blurred} blurred <kbd>r</kbd></button>"
+        );
+    }
+    if messages.is_empty() {
+        b.push_str("<p class=\"muted\">No messages on record.</p>");
+    }
+    b.push_str("</section>");
+    if let Some(l) = &live {
+        if !l.features.is_empty() {
+            b.push_str("<section class=\"card\"><h2>Features of the day</h2><table class=\"kv\">");
+            for (k, v) in &l.features {
+                let _ = write!(b, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+            }
+            b.push_str("</table></section>");
+        }
+    }
     if others.len() > 1 {
         b.push_str("<section class=\"card\"><h2>This user's other cases</h2><table>");
         for (o, latest) in others.iter().filter(|(o, _)| o.review_id != case.review_id) {
