@@ -71,6 +71,9 @@ fn get(addr: SocketAddr, path: &str, cookie: &str) -> Result<(u16, usize), Conso
     Ok((status, raw.len()))
 }
 
+/// Makes the path of the next request of one page kind.
+type PathOf = Box<dyn FnMut(&mut rand_chacha::ChaCha8Rng) -> String>;
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -176,7 +179,7 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, ConsoleError> 
     });
     let page_size = vigil_config::ConsoleConfig::default().page_size;
     let pages = opts.cases / page_size;
-    let mut kinds: Vec<(&str, Box<dyn FnMut(&mut rand_chacha::ChaCha8Rng) -> String>)> = vec![
+    let mut kinds: Vec<(&str, PathOf)> = vec![
         ("queue, first page", Box::new(|_| "/".to_string())),
         (
             "queue, any page",
@@ -195,6 +198,10 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, ConsoleError> 
                     ["warn", "block"][r.random_range(0..2)]
                 )
             }),
+        ),
+        (
+            "team page (stats + chain verification)",
+            Box::new(|_| "/lead".to_string()),
         ),
         (
             "case page",

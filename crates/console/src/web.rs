@@ -722,14 +722,14 @@ async fn case_page(
         let _ = write!(b, "<tr><th>Rare-harm affinity</th><td>{a:.4}</td></tr>");
     }
     b.push_str("</table>");
-    if let Some(l) = &live {
-        if !l.scores.is_empty() {
-            b.push_str("<h3>How it was scored</h3><table class=\"kv\">");
-            for (k, v) in &l.scores {
-                let _ = write!(b, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
-            }
-            b.push_str("</table>");
+    if let Some(l) = &live
+        && !l.scores.is_empty()
+    {
+        b.push_str("<h3>How it was scored</h3><table class=\"kv\">");
+        for (k, v) in &l.scores {
+            let _ = write!(b, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
         }
+        b.push_str("</table>");
     }
     b.push_str("</section>");
     // History and the decision form.
@@ -844,14 +844,14 @@ async fn case_page(
         b.push_str("<p class=\"muted\">No messages on record.</p>");
     }
     b.push_str("</section>");
-    if let Some(l) = &live {
-        if !l.features.is_empty() {
-            b.push_str("<section class=\"card\"><h2>Features of the day</h2><table class=\"kv\">");
-            for (k, v) in &l.features {
-                let _ = write!(b, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
-            }
-            b.push_str("</table></section>");
+    if let Some(l) = &live
+        && !l.features.is_empty()
+    {
+        b.push_str("<section class=\"card\"><h2>Features of the day</h2><table class=\"kv\">");
+        for (k, v) in &l.features {
+            let _ = write!(b, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
         }
+        b.push_str("</table></section>");
     }
     if others.len() > 1 {
         b.push_str("<section class=\"card\"><h2>This user's other cases</h2><table>");
