@@ -511,6 +511,21 @@ pub async fn serve_until(
     .map_err(|e| ServeError::Internal(e.to_string()))??;
     let version = svc.live().scorer.version().to_string();
     metrics::gauge!("vigil_model_info", "version" => version.clone()).set(1.0);
+    // The console is ready before the address is announced (a SIGTERM right after the
+    // announcement must find the shutdown handler already waiting).
+    let console = Arc::new(vigil_console::Console::new(
+        &data,
+        &cases::store_path(&data),
+        audit_key,
+        svc.cfg.console.clone(),
+        Some(Arc::new(console_view::View(svc.clone()))),
+    )?);
+    if console.accounts().count()? == 0 {
+        tracing::warn!(
+            "no console accounts yet: add one with `vigil user add NAME --data {} --role admin`",
+            data.display()
+        );
+    }
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -535,19 +550,6 @@ pub async fn serve_until(
     let hangups = tokio::spawn(reload_on_hangup(svc.clone()));
     let alerting = tokio::spawn(http::alerting(svc.clone()));
     on_ready(addr);
-    let console = Arc::new(vigil_console::Console::new(
-        &data,
-        &cases::store_path(&data),
-        audit_key,
-        svc.cfg.console.clone(),
-        Some(Arc::new(console_view::View(svc.clone()))),
-    )?);
-    if console.accounts().count()? == 0 {
-        tracing::warn!(
-            "no console accounts yet: add one with `vigil user add NAME --data {} --role admin`",
-            data.display()
-        );
-    }
     let app = http::router(svc.clone()).merge(vigil_console::router(console));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -597,24 +599,31 @@ async fn reload_on_hangup(svc: Arc<Service>) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or Ctrl-C. The SIGTERM handler is installed when this is called, not when the
+/// future is first polled: a SIGTERM right after "listening on" must not kill the process
+/// before the server starts waiting for it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        #[cfg(unix)]
+        let term = async move {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            () = ctrl_c => {},
+            () = term => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("shutdown signal received: no new connections; finishing requests");
     }
-    tracing::info!("shutdown signal received: no new connections; finishing requests");
 }
