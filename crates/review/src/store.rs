@@ -550,6 +550,7 @@ impl ReviewStore {
             .ok_or_else(|| ReviewError::UnknownCase(d.review_id.clone()))?;
         // Two reviewers never work the same case: a live claim by someone else refuses.
         crate::worklist::check_claim(&tx, &d.review_id, d.reviewer.trim(), &path)?;
+        crate::worklist::check_appeal(&tx, &d.review_id, d.reviewer.trim(), &path)?;
         let (last_seq, prev_hash): (i64, String) = tx
             .query_row(
                 "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
@@ -595,6 +596,7 @@ impl ReviewStore {
             ],
         )
         .map_err(e)?;
+        crate::worklist::resolve_appeal(&tx, &d.review_id, rec.seq, &rec.decision, &path)?;
         // The decision ends the decider's claim on the case.
         tx.execute("DELETE FROM claims WHERE review_id = ?1", [&d.review_id])
             .map_err(e)?;

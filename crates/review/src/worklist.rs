@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS claims (
     review_id TEXT PRIMARY KEY, reviewer TEXT NOT NULL, expires_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS claims_by_reviewer ON claims (reviewer);
 CREATE INDEX IF NOT EXISTS cases_by_user ON cases (user_id, day);
+CREATE TABLE IF NOT EXISTS appeals (
+    id INTEGER PRIMARY KEY, review_id TEXT NOT NULL, appealed_seq INTEGER NOT NULL,
+    original_reviewer TEXT NOT NULL, opened_at TEXT NOT NULL, opened_by TEXT NOT NULL,
+    statement TEXT NOT NULL, resolved_seq INTEGER, outcome TEXT);
+CREATE INDEX IF NOT EXISTS appeals_open ON appeals (review_id) WHERE resolved_seq IS NULL;
 CREATE TABLE IF NOT EXISTS reveals (
     id INTEGER PRIMARY KEY, review_id TEXT NOT NULL, reviewer TEXT NOT NULL,
     revealed_at TEXT NOT NULL);
@@ -31,7 +36,9 @@ pub enum Status {
     Undecided,
     /// At least one decision recorded.
     Decided,
-    /// Both.
+    /// Under an open appeal (decided, and to be decided again by someone else).
+    Appealed,
+    /// Both decided and undecided.
     All,
 }
 
@@ -41,6 +48,7 @@ impl Status {
         match self {
             Status::Undecided => "undecided",
             Status::Decided => "decided",
+            Status::Appealed => "appealed",
             Status::All => "all",
         }
     }
@@ -52,9 +60,10 @@ impl std::str::FromStr for Status {
         match s {
             "undecided" | "" => Ok(Status::Undecided),
             "decided" => Ok(Status::Decided),
+            "appealed" => Ok(Status::Appealed),
             "all" => Ok(Status::All),
             other => Err(format!(
-                "`{other}` is not a status; use undecided, decided or all"
+                "`{other}` is not a status; use undecided, decided, appealed or all"
             )),
         }
     }
@@ -115,6 +124,107 @@ pub struct ReviewerStats {
     pub last_day: usize,
 }
 
+/// An appeal against a case's decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct Appeal {
+    /// Its number.
+    pub id: i64,
+    /// The case.
+    pub review_id: String,
+    /// The audit record appealed against.
+    pub appealed_seq: i64,
+    /// Who made that decision (the appeal goes to someone else).
+    pub original_reviewer: String,
+    /// When it was opened (UTC).
+    pub opened_at: String,
+    /// Who opened it (an account, or the API token's name).
+    pub opened_by: String,
+    /// What the appellant says.
+    pub statement: String,
+    /// The record that decided it, once decided.
+    pub resolved_seq: Option<i64>,
+    /// `upheld` (same action) or `overturned`, once decided.
+    pub outcome: Option<String>,
+}
+
+/// Appeals decided, by the rule that suggested the appealed action.
+#[derive(Debug, Clone, Serialize)]
+pub struct OverturnStats {
+    /// The enforcement rule (the case's suggested reason).
+    pub rule: String,
+    /// Appeals decided.
+    pub decided: usize,
+    /// Of those, overturned.
+    pub overturned: usize,
+}
+
+const APPEAL_COLUMNS: &str = "id, review_id, appealed_seq, original_reviewer, opened_at, \
+     opened_by, statement, resolved_seq, outcome";
+
+fn row_to_appeal(r: &rusqlite::Row<'_>) -> rusqlite::Result<Appeal> {
+    Ok(Appeal {
+        id: r.get(0)?,
+        review_id: r.get(1)?,
+        appealed_seq: r.get(2)?,
+        original_reviewer: r.get(3)?,
+        opened_at: r.get(4)?,
+        opened_by: r.get(5)?,
+        statement: r.get(6)?,
+        resolved_seq: r.get(7)?,
+        outcome: r.get(8)?,
+    })
+}
+
+/// Inside the decision's transaction: an open appeal may not be decided by the reviewer
+/// whose decision is appealed.
+pub(crate) fn check_appeal(
+    tx: &Transaction<'_>,
+    review_id: &str,
+    reviewer: &str,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    let original: Option<String> = tx
+        .query_row(
+            "SELECT original_reviewer FROM appeals WHERE review_id = ?1 AND resolved_seq IS NULL",
+            [review_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|source| ReviewError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match original {
+        Some(o) if o == reviewer => Err(ReviewError::NotAllowed(format!(
+            "case `{review_id}` is under appeal against {o}'s decision: another reviewer decides it"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Inside the decision's transaction, after the record `seq` was appended: it decides the
+/// case's open appeal, upheld when the action is the appealed one's, else overturned.
+pub(crate) fn resolve_appeal(
+    tx: &Transaction<'_>,
+    review_id: &str,
+    seq: i64,
+    decision: &str,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    tx.execute(
+        "UPDATE appeals SET resolved_seq = ?2, outcome = CASE WHEN ?3 = \
+         (SELECT a.decision FROM audit_log a WHERE a.seq = appeals.appealed_seq) \
+         THEN 'upheld' ELSE 'overturned' END \
+         WHERE review_id = ?1 AND resolved_seq IS NULL",
+        params![review_id, seq, decision],
+    )
+    .map_err(|source| ReviewError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (the form `queued_at` and decision times use).
 pub fn utc_text(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
@@ -172,6 +282,9 @@ impl ReviewStore {
             }
             Status::Decided => {
                 "AND EXISTS (SELECT 1 FROM audit_log a WHERE a.user_id = c.user_id AND a.day = c.day)"
+            }
+            Status::Appealed => {
+                "AND EXISTS (SELECT 1 FROM appeals p WHERE p.review_id = c.review_id AND p.resolved_seq IS NULL)"
             }
             Status::All => "",
         };
@@ -231,7 +344,23 @@ impl ReviewStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&e)?;
-        let next: Option<String> = tx
+        // Open appeals first (oldest first), never to the reviewer whose decision is
+        // appealed; then the top undecided case.
+        let appeal: Option<String> = tx
+            .query_row(
+                "SELECT p.review_id FROM appeals p WHERE p.resolved_seq IS NULL \
+                 AND p.original_reviewer <> ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM claims k WHERE k.review_id = p.review_id \
+                     AND k.expires_at > ?1 AND k.reviewer <> ?2) \
+                 ORDER BY p.id LIMIT 1",
+                params![now, reviewer],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(&e)?;
+        let next: Option<String> = match appeal {
+            Some(a) => Some(a),
+            None => tx
             .query_row(
                 "SELECT c.review_id FROM cases c WHERE c.queue_pos IS NOT NULL \
                  AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.user_id = c.user_id AND a.day = c.day) \
@@ -242,7 +371,8 @@ impl ReviewStore {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(&e)?;
+            .map_err(&e)?,
+        };
         if let Some(id) = &next {
             tx.execute(
                 "DELETE FROM claims WHERE reviewer = ?1 AND review_id <> ?2",
@@ -379,6 +509,113 @@ impl ReviewStore {
         let mut st = self.conn.prepare_cached(&sql).map_err(self.err())?;
         let rows = st
             .query_map([user_id], |r| Ok((Self::row_to_case(r)?, r.get(11)?)))
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Open an appeal against the case's latest decision; refused when it has none or is
+    /// under appeal already.
+    pub fn open_appeal(
+        &mut self,
+        review_id: &str,
+        statement: &str,
+        opened_by: &str,
+        now: i64,
+    ) -> Result<Appeal, ReviewError> {
+        let e = self.err_owned();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&e)?;
+        let latest: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT a.seq, a.reviewer FROM cases c JOIN audit_log a \
+                 ON a.user_id = c.user_id AND a.day = c.day WHERE c.review_id = ?1 \
+                 ORDER BY a.seq DESC LIMIT 1",
+                [review_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(&e)?;
+        let known: bool = tx
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM cases WHERE review_id = ?1",
+                [review_id],
+                |r| r.get(0),
+            )
+            .map_err(&e)?;
+        if !known {
+            return Err(ReviewError::UnknownCase(review_id.to_string()));
+        }
+        let Some((seq, original)) = latest else {
+            return Err(ReviewError::NotAllowed(format!(
+                "case `{review_id}` has no decision to appeal"
+            )));
+        };
+        let open: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM appeals WHERE review_id = ?1 AND resolved_seq IS NULL",
+                [review_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(&e)?;
+        if let Some(id) = open {
+            return Err(ReviewError::NotAllowed(format!(
+                "case `{review_id}` is under appeal already (appeal #{id})"
+            )));
+        }
+        tx.execute(
+            "INSERT INTO appeals (review_id, appealed_seq, original_reviewer, opened_at, opened_by, statement) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![review_id, seq, original, utc_text(now), opened_by, statement],
+        )
+        .map_err(&e)?;
+        let id = tx.last_insert_rowid();
+        let appeal = tx
+            .query_row(
+                &format!("SELECT {APPEAL_COLUMNS} FROM appeals WHERE id = ?1"),
+                [id],
+                row_to_appeal,
+            )
+            .map_err(&e)?;
+        tx.commit().map_err(&e)?;
+        Ok(appeal)
+    }
+
+    /// Every appeal on a case, oldest first.
+    pub fn appeals_of(&self, review_id: &str) -> Result<Vec<Appeal>, ReviewError> {
+        let mut st = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {APPEAL_COLUMNS} FROM appeals WHERE review_id = ?1 ORDER BY id"
+            ))
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([review_id], row_to_appeal)
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Decided appeals and how many were overturned, by the rule that suggested the
+    /// appealed case's action (the feedback from review to the detector's rules).
+    pub fn overturn_stats(&self) -> Result<Vec<OverturnStats>, ReviewError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT c.suggested_reason, COUNT(*), COALESCE(SUM(p.outcome = 'overturned'), 0) \
+                 FROM appeals p JOIN cases c ON c.review_id = p.review_id \
+                 WHERE p.resolved_seq IS NOT NULL GROUP BY c.suggested_reason ORDER BY c.suggested_reason",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(OverturnStats {
+                    rule: r.get(0)?,
+                    decided: r.get::<_, i64>(1)? as usize,
+                    overturned: r.get::<_, i64>(2)? as usize,
+                })
+            })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
@@ -576,6 +813,67 @@ mod tests {
             "u2@2026-02-01"
         );
         assert_eq!(s.claim_next("cy", 60, 1_064).unwrap(), None, "nothing left");
+    }
+
+    #[test]
+    fn an_appeal_goes_to_another_reviewer_and_its_outcome_is_counted_per_rule() {
+        let (_d, mut s, key) = store();
+        let id = "u0@2026-02-01";
+        assert!(
+            matches!(
+                s.open_appeal(id, "not me", "api", 1_000),
+                Err(ReviewError::NotAllowed(_))
+            ),
+            "nothing decided yet"
+        );
+        decide(&mut s, &key, id, "ana").unwrap();
+        let a = s.open_appeal(id, "it was a joke", "api", 1_000).unwrap();
+        assert_eq!((a.original_reviewer.as_str(), a.appealed_seq), ("ana", 1));
+        assert!(
+            s.open_appeal(id, "again", "api", 1_001).is_err(),
+            "one open appeal"
+        );
+        // Ana's next case is not her own appealed decision; Bo's is.
+        assert_ne!(s.claim_next("ana", 60, 1_002).unwrap().as_deref(), Some(id));
+        assert!(matches!(
+            decide(&mut s, &key, id, "ana"),
+            Err(ReviewError::NotAllowed(_))
+        ));
+        assert_eq!(s.claim_next("bo", 60, 1_003).unwrap().as_deref(), Some(id));
+        s.decide(
+            &Decision {
+                review_id: id.into(),
+                decision: "allow".into(),
+                reason_code: "false_positive".into(),
+                notes: String::new(),
+                reviewer: "bo".into(),
+            },
+            "2026-02-03T00:00:00Z",
+            &key,
+        )
+        .unwrap();
+        let a = &s.appeals_of(id).unwrap()[0];
+        assert_eq!(
+            (a.resolved_seq, a.outcome.as_deref()),
+            (Some(2), Some("overturned"))
+        );
+        let stats = s.overturn_stats().unwrap();
+        assert_eq!(
+            (
+                stats[0].rule.as_str(),
+                stats[0].decided,
+                stats[0].overturned
+            ),
+            ("r", 1, 1)
+        );
+        let f = QueueFilter {
+            status: Status::Appealed,
+            ..Default::default()
+        };
+        assert!(
+            s.queue_page(&f, 1_004, 0, 10).unwrap().0.is_empty(),
+            "resolved"
+        );
     }
 
     #[test]
