@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::server::{Answer, Server, request, s};
+use common::server::{Answer, Server, request, s, token};
 use common::{ok, ok_output};
 
 /// Generated events, a run over them, and the run's dataset as the service's data
@@ -200,6 +200,7 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
         dir.path(),
         "session_ttl_secs = 4\nmax_failed_logins = 3\nclaim_ttl_secs = 600",
     );
+    let review_token = token(&data, "review");
     let server = Server::start(&data, &model, Some(&cfg));
     let db = data.join("review.db");
     wait_for_cases(&db);
@@ -354,6 +355,92 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
         403,
         "leads do not manage accounts"
     );
+
+    // An appeal (service API, review scope) goes to a reviewer other than Ana; deciding it
+    // differently overturns it, and the team page counts that against the rule.
+    let case_id = case_url.trim_start_matches("/case/").to_string();
+    assert!(
+        !case_id.contains('%'),
+        "generated user ids need no escaping"
+    );
+    let body =
+        serde_json::json!({"case": case_id, "statement": "it was a joke", "opened_by": "ticket-7"})
+            .to_string();
+    let json = [("Content-Type", "application/json")];
+    assert_eq!(
+        request(&server.addr, "POST", "/v1/appeals", &json, body.as_bytes()).status,
+        401
+    );
+    let auth = format!("Bearer {review_token}");
+    let with_token = [
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    let opened = request(
+        &server.addr,
+        "POST",
+        "/v1/appeals",
+        &with_token,
+        body.as_bytes(),
+    );
+    assert_eq!(opened.status, 201, "{}", opened.body);
+    let appeal: serde_json::Value = serde_json::from_str(&opened.body).unwrap();
+    assert_eq!(appeal["original_reviewer"], "ana");
+    assert_eq!(
+        request(
+            &server.addr,
+            "POST",
+            "/v1/appeals",
+            &with_token,
+            body.as_bytes()
+        )
+        .status,
+        409,
+        "one open appeal per case"
+    );
+    let (_, ana) = login(&server, "ana", "ana's long password");
+    let ana = ana.unwrap();
+    let csrf = ana.csrf();
+    let ana_next = ana.post("/next", &[("csrf", &csrf)]);
+    assert_eq!(ana_next.status, 303);
+    assert_ne!(
+        ana_next.header("location"),
+        Some(case_url.as_str()),
+        "not her own appeal"
+    );
+    let own = ana.post(
+        &decide,
+        &[
+            ("csrf", &csrf),
+            ("decision", "allow"),
+            ("reason_code", "false_positive"),
+        ],
+    );
+    assert_eq!(own.status, 400, "{}", own.body);
+    let lee_csrf = lee.csrf();
+    let lee_next = lee.post("/next", &[("csrf", &lee_csrf)]);
+    assert_eq!(
+        lee_next.header("location"),
+        Some(case_url.as_str()),
+        "appeals come first"
+    );
+    let overturn = lee.post(
+        &decide,
+        &[
+            ("csrf", &lee_csrf),
+            ("decision", "allow"),
+            ("reason_code", "false_positive"),
+        ],
+    );
+    assert_eq!(overturn.status, 303, "{}", overturn.body);
+    let team = lee.get("/lead");
+    assert!(team.body.contains("id=\"overturns\""), "{}", team.body);
+    assert!(
+        team.body.contains("<td>1</td><td>1</td><td>100.0%</td>"),
+        "{}",
+        team.body
+    );
+    ok(&["review", "verify", "--out", s(&data)]);
 
     // Sessions expire (4 s here).
     std::thread::sleep(Duration::from_secs(5));

@@ -85,6 +85,7 @@ pub fn router(c: Con) -> Router {
         .route("/case/{id}/assign", post(assign))
         .route("/case/{id}/decide", post(decide))
         .route("/case/{id}/reveal", post(reveal))
+        .route("/case/{id}/appeal", post(appeal))
         .route("/lead", get(lead_page))
         .route("/lead/audit.csv", get(audit_csv))
         .route("/lead/audit.jsonl", get(audit_jsonl))
@@ -519,7 +520,7 @@ async fn queue_page(
             &["ml", "heuristic", "uncertain", "capped", "rare_harm"]
         ),
         sel("action", filter.action.as_ref(), &ACTIONS),
-        ["undecided", "decided", "all"]
+        ["undecided", "decided", "appealed", "all"]
             .iter()
             .map(|v| format!(
                 "<option value=\"{v}\"{}>{v}</option>",
@@ -657,10 +658,11 @@ async fn case_page(
         let claim = st.claim_of(&idc, t)?;
         let reveals = st.reveals(&idc)?;
         let others = st.cases_of_user(&case.user_id)?;
-        Ok((case, history, claim, reveals, others))
+        let appeals = st.appeals_of(&idc)?;
+        Ok((case, history, claim, reveals, others, appeals))
     })
     .await;
-    let (case, history, claim, reveals, others) = match res {
+    let (case, history, claim, reveals, others, appeals) = match res {
         Ok(x) => x,
         Err(ConsoleError::Review(vigil_review::ReviewError::UnknownCase(_))) => {
             return problem(StatusCode::NOT_FOUND, Some(&s), &format!("No case `{id}`."));
@@ -754,9 +756,39 @@ async fn case_page(
         }
         b.push_str("</table><p class=\"muted\">The latest record is in force; a new decision supersedes it (records are never edited).</p>");
     }
+    let open_appeal = appeals.iter().find(|a| a.resolved_seq.is_none());
+    for a in &appeals {
+        let _ = write!(
+            b,
+            "<p class=\"{}\" id=\"appeal-{}\">Appeal #{} opened {} by {} against decision #{} (by {}): \
+             \u{201c}{}\u{201d} \u{2014} {}</p>",
+            if a.resolved_seq.is_none() {
+                "notice"
+            } else {
+                "muted"
+            },
+            a.id,
+            a.id,
+            esc(&a.opened_at),
+            esc(&a.opened_by),
+            a.appealed_seq,
+            esc(&a.original_reviewer),
+            esc(&a.statement),
+            match (&a.outcome, a.resolved_seq) {
+                (Some(o), Some(seq)) => format!("{} by decision #{seq}", esc(o)),
+                _ => format!(
+                    "open: to be decided by a reviewer other than {}",
+                    esc(&a.original_reviewer)
+                ),
+            }
+        );
+    }
+    let appealed_by_me = open_appeal.is_some_and(|a| a.original_reviewer == s.name);
     let held_by_other = matches!(&claim, Some((who, _)) if *who != s.name);
     if held_by_other {
         b.push_str("<p class=\"error\">Another reviewer holds this case.</p>");
+    } else if appealed_by_me {
+        b.push_str("<p class=\"error\">This case is under appeal against your decision: another reviewer decides it.</p>");
     } else {
         let _ = write!(
             b,
@@ -783,6 +815,16 @@ async fn case_page(
         b.push_str(
             "</select></label><label>Notes <textarea name=\"notes\" rows=\"2\"></textarea></label>\
              <button type=\"submit\" class=\"primary\">Record decision <kbd>Enter</kbd></button></form>",
+        );
+    }
+    if !history.is_empty() && open_appeal.is_none() {
+        let _ = write!(
+            b,
+            "<details><summary>Record an appeal against the latest decision</summary>\
+             <form method=\"post\" action=\"/case/{enc}/appeal\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label>What the user says <textarea name=\"statement\" rows=\"2\" required></textarea></label>\
+             <button type=\"submit\">Open appeal</button></form></details>",
+            esc(&s.csrf)
         );
     }
     if s.role >= Role::Lead {
@@ -1014,11 +1056,9 @@ async fn decide(
         reviewer: s.name.clone(),
     };
     let cc = c.clone();
-    let ttl = c.cfg.claim_ttl_secs as i64;
     let res = with_store(&c, move |st| {
-        // Claim first (refused when another reviewer holds it), then record; the decision's
-        // own transaction checks the claim again.
-        st.claim(&d.review_id, &d.reviewer, ttl, now())?;
+        // The decision's own transaction refuses a case another reviewer holds (or an
+        // appeal against this reviewer's decision), so a refused one leaves no claim.
         let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         Ok(st.decide(&d, &ts, &cc.key)?)
     })
@@ -1033,6 +1073,39 @@ async fn decide(
                 "decision recorded"
             );
             see_other(&format!("/case/{}?recorded={}", path_seg(&id), rec.seq))
+        }
+        Err(e) => review_problem(&s, e),
+    }
+}
+
+async fn appeal(
+    State(c): State<Con>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let s = match require_post(&c, &headers, &f, Role::Reviewer).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let statement = f.get("statement").cloned().unwrap_or_default();
+    if statement.len() > 10_000 {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some(&s),
+            "The statement is longer than 10,000 bytes.",
+        );
+    }
+    let (who, idc) = (s.name.clone(), id.clone());
+    match with_store(&c, move |st| {
+        Ok(st.open_appeal(&idc, &statement, &who, now())?)
+    })
+    .await
+    {
+        Ok(a) => {
+            tracing::info!(by = s.name, appeal = a.id, case = id, "appeal opened");
+            see_other(&format!("/case/{}", path_seg(&id)))
         }
         Err(e) => review_problem(&s, e),
     }
@@ -1076,10 +1149,11 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
     let res = with_store(&c, move |st| {
         let q = st.queue_stats(t, sla)?;
         let r = st.reviewer_stats(t)?;
-        Ok((q, r))
+        let o = st.overturn_stats()?;
+        Ok((q, r, o))
     })
     .await;
-    let (q, reviewers) = match res {
+    let (q, reviewers, overturns) = match res {
         Ok(x) => x,
         Err(e) => return internal(Some(&s), e),
     };
@@ -1150,7 +1224,25 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
             r.decisions
         );
     }
-    b.push_str("</table></section></div>");
+    b.push_str("</table></section>");
+    b.push_str("<section class=\"card wide\"><h2>Appeals decided, by enforcement rule</h2>");
+    if overturns.is_empty() {
+        b.push_str("<p class=\"muted\">No appeal decided yet.</p>");
+    } else {
+        b.push_str("<table id=\"overturns\"><tr><th>Rule</th><th>Decided</th><th>Overturned</th><th>Overturn rate</th></tr>");
+        for o in &overturns {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+                esc(&o.rule),
+                o.decided,
+                o.overturned,
+                100.0 * o.overturned as f64 / o.decided.max(1) as f64
+            );
+        }
+        b.push_str("</table>");
+    }
+    b.push_str("</section></div>");
     html(StatusCode::OK, page("Team", Some(&s), &b))
 }
 

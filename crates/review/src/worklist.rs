@@ -430,6 +430,7 @@ impl ReviewStore {
                 until: utc_text(until),
             });
         }
+        check_appeal(&tx, review_id, reviewer, &self.path)?;
         let until = now + ttl_secs;
         tx.execute(
             "INSERT OR REPLACE INTO claims (review_id, reviewer, expires_at) VALUES (?1, ?2, ?3)",

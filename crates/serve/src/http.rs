@@ -36,6 +36,7 @@ pub(crate) fn router(svc: Svc) -> Router {
         .route("/v1/admin/reload", post(post_reload))
         .route("/v1/admin/evaluate", post(post_evaluate))
         .route("/v1/alerts", get(get_alerts))
+        .route("/v1/appeals", post(post_appeal))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(svc)
 }
@@ -617,6 +618,66 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
         started.elapsed().as_secs_f64() * 1e3
     );
     axum::Json(Value::Array(results)).into_response()
+}
+
+/// `POST /v1/appeals` (review scope): `{"case": "USER@DAY", "statement": "...",
+/// "opened_by": "ticket-123"}` opens an appeal against the case's latest decision; it goes
+/// to the console's queue for a reviewer other than the one who decided.
+async fn post_appeal(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = authorize(&svc, &headers, Scope::Review) {
+        return *r;
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        case: String,
+        #[serde(default)]
+        statement: String,
+        #[serde(default)]
+        opened_by: String,
+    }
+    let b: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "expected {{\"case\": \"USER@DAY\", \"statement\": \"...\", \"opened_by\": \"...\"}}: {e}"
+                ),
+            );
+        }
+    };
+    if b.statement.len() > 10_000 || b.opened_by.len() > 200 {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "statement at most 10,000 bytes, opened_by at most 200",
+        );
+    }
+    let db = crate::cases::store_path(&svc.data);
+    let res = tokio::task::spawn_blocking(move || {
+        let mut store = vigil_review::ReviewStore::open(&db)?;
+        let by = if b.opened_by.is_empty() {
+            "api".to_string()
+        } else {
+            format!("api: {}", b.opened_by)
+        };
+        store.open_appeal(&b.case, &b.statement, &by, chrono::Utc::now().timestamp())
+    })
+    .await;
+    match res {
+        Ok(Ok(a)) => {
+            tracing::info!(appeal = a.id, case = a.review_id, "appeal opened");
+            (StatusCode::CREATED, axum::Json(a)).into_response()
+        }
+        Ok(Err(vigil_review::ReviewError::UnknownCase(c))) => {
+            error(StatusCode::NOT_FOUND, format!("no case `{c}`"))
+        }
+        Ok(Err(e @ vigil_review::ReviewError::NotAllowed(_))) => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
