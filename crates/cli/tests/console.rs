@@ -790,3 +790,62 @@ fn a_reviewer_logs_in_takes_the_next_case_and_decides_by_keyboard_in_headless_ch
     drop(b);
     assert!(server.stop().success());
 }
+
+#[test]
+fn vigil_demo_serve_prints_a_first_login_that_opens_the_demo_queue() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "demo",
+            "--events",
+            "20000",
+            "--out",
+            s(&out),
+            "--serve",
+            "127.0.0.1:0",
+        ])
+        .env("VIGIL_AUDIT_KEY", common::test_audit_key())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.strip_prefix("reviewer console login: admin / ") {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+            }
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    let password = rx.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert!(password.len() >= 12);
+    let server = Server { child, addr };
+    let (a, admin) = login(&server, "admin", &password);
+    assert_eq!(a.status, 303);
+    let admin = admin.unwrap();
+    wait_for_cases(&out.join("data").join("review.db"));
+    let queue = admin.get("/");
+    assert_eq!(queue.status, 200);
+    assert!(
+        queue.body.contains("data-href=\"/case/"),
+        "the demo's cases are queued"
+    );
+    assert_eq!(admin.get("/admin/users").status, 200);
+    assert!(server.stop().success());
+}
