@@ -597,6 +597,14 @@ impl ReviewStore {
         )
         .map_err(e)?;
         crate::worklist::resolve_appeal(&tx, &d.review_id, rec.seq, &rec.decision, &path)?;
+        crate::worklist::resolve_second_review(
+            &tx,
+            &d.review_id,
+            rec.seq,
+            &rec.decision,
+            &rec.reviewer,
+            &path,
+        )?;
         // The decision ends the decider's claim on the case.
         tx.execute("DELETE FROM claims WHERE review_id = ?1", [&d.review_id])
             .map_err(e)?;

@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS appeals (
     original_reviewer TEXT NOT NULL, opened_at TEXT NOT NULL, opened_by TEXT NOT NULL,
     statement TEXT NOT NULL, resolved_seq INTEGER, outcome TEXT);
 CREATE INDEX IF NOT EXISTS appeals_open ON appeals (review_id) WHERE resolved_seq IS NULL;
+CREATE TABLE IF NOT EXISTS second_reviews (
+    review_id TEXT PRIMARY KEY, first_seq INTEGER NOT NULL, first_reviewer TEXT NOT NULL,
+    first_decision TEXT NOT NULL, first_reason TEXT NOT NULL,
+    second_seq INTEGER, second_reviewer TEXT, agreed INTEGER);
 CREATE TABLE IF NOT EXISTS reveals (
     id INTEGER PRIMARY KEY, review_id TEXT NOT NULL, reviewer TEXT NOT NULL,
     revealed_at TEXT NOT NULL);
@@ -225,6 +229,50 @@ pub(crate) fn resolve_appeal(
     Ok(())
 }
 
+/// Second reviews done, grouped by the first reviewer or by the first decision's reason.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
+    /// The reviewer or reason code.
+    pub key: String,
+    /// Second reviews done.
+    pub reviewed: usize,
+    /// Of those, the same action as the first decision.
+    pub agreed: usize,
+}
+
+/// Is the case in the sample for second review at `share` (0..1)? Decided by a hash of its
+/// id, so the same case is always in or out of a given share.
+pub fn in_second_review_sample(review_id: &str, share: f64) -> bool {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(review_id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    (u64::from_be_bytes(b) as f64 / 18_446_744_073_709_551_616.0) < share
+}
+
+/// Inside the decision's transaction: a decision by someone other than the first reviewer
+/// completes the case's pending second review (agreed = same action).
+pub(crate) fn resolve_second_review(
+    tx: &Transaction<'_>,
+    review_id: &str,
+    seq: i64,
+    decision: &str,
+    reviewer: &str,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    tx.execute(
+        "UPDATE second_reviews SET second_seq = ?2, second_reviewer = ?3, \
+         agreed = (first_decision = ?4) \
+         WHERE review_id = ?1 AND second_seq IS NULL AND first_reviewer <> ?3",
+        params![review_id, seq, reviewer, decision],
+    )
+    .map_err(|source| ReviewError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ` of a Unix time (the form `queued_at` and decision times use).
 pub fn utc_text(unix: i64) -> String {
     chrono::DateTime::from_timestamp(unix, 0)
@@ -358,7 +406,23 @@ impl ReviewStore {
             )
             .optional()
             .map_err(&e)?;
-        let next: Option<String> = match appeal {
+        // Then second reviews waiting for someone other than the first reviewer.
+        let second: Option<String> = match appeal {
+            Some(_) => None,
+            None => tx
+                .query_row(
+                    "SELECT r.review_id FROM second_reviews r WHERE r.second_seq IS NULL \
+                     AND r.first_reviewer <> ?2 \
+                     AND NOT EXISTS (SELECT 1 FROM claims k WHERE k.review_id = r.review_id \
+                         AND k.expires_at > ?1 AND k.reviewer <> ?2) \
+                     ORDER BY r.first_seq LIMIT 1",
+                    params![now, reviewer],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(&e)?,
+        };
+        let next: Option<String> = match appeal.or(second) {
             Some(a) => Some(a),
             None => tx
             .query_row(
@@ -596,6 +660,75 @@ impl ReviewStore {
             .query_map([review_id], row_to_appeal)
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Put the case of `rec` in the second-review sample when it is the case's first
+    /// decision and the case falls in `share`; true when it was added.
+    pub fn sample_second_review(
+        &mut self,
+        rec: &crate::AuditRecord,
+        share: f64,
+    ) -> Result<bool, ReviewError> {
+        if !in_second_review_sample(&rec.review_id, share) {
+            return Ok(false);
+        }
+        let n = self
+            .conn
+            .execute(
+                "INSERT OR IGNORE INTO second_reviews (review_id, first_seq, first_reviewer, \
+                 first_decision, first_reason) \
+                 SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS (SELECT 1 FROM audit_log a \
+                 WHERE a.user_id = ?6 AND a.day = ?7 AND a.seq < ?2)",
+                params![
+                    rec.review_id,
+                    rec.seq,
+                    rec.reviewer,
+                    rec.decision,
+                    rec.reason_code,
+                    rec.user_id,
+                    rec.day
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    /// The first reviewer of the case's pending second review, if one is pending (the
+    /// console hides earlier decisions from everyone else: the review is blind).
+    pub fn second_review_pending(&self, review_id: &str) -> Result<Option<String>, ReviewError> {
+        self.conn
+            .query_row(
+                "SELECT first_reviewer FROM second_reviews WHERE review_id = ?1 AND second_seq IS NULL",
+                [review_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Agreement of second reviews with the first decision, per first reviewer and per the
+    /// first decision's reason code.
+    pub fn agreement_stats(&self) -> Result<(Vec<Agreement>, Vec<Agreement>), ReviewError> {
+        let group = |col: &str| -> Result<Vec<Agreement>, ReviewError> {
+            let mut st = self
+                .conn
+                .prepare(&format!(
+                    "SELECT {col}, COUNT(*), COALESCE(SUM(agreed), 0) FROM second_reviews \
+                     WHERE second_seq IS NOT NULL GROUP BY {col} ORDER BY {col}"
+                ))
+                .map_err(self.err())?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok(Agreement {
+                        key: r.get(0)?,
+                        reviewed: r.get::<_, i64>(1)? as usize,
+                        agreed: r.get::<_, i64>(2)? as usize,
+                    })
+                })
+                .map_err(self.err())?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+        };
+        Ok((group("first_reviewer")?, group("first_reason")?))
     }
 
     /// Decided appeals and how many were overturned, by the rule that suggested the
@@ -875,6 +1008,44 @@ mod tests {
             s.queue_page(&f, 1_004, 0, 10).unwrap().0.is_empty(),
             "resolved"
         );
+    }
+
+    #[test]
+    fn a_sampled_first_decision_gets_a_blind_second_review_by_someone_else() {
+        let (_d, mut s, key) = store();
+        assert!(in_second_review_sample("anything", 1.0));
+        assert!(!in_second_review_sample("anything", 0.0));
+        let share = (0..1000)
+            .filter(|i| in_second_review_sample(&format!("u{i}@2026-02-01"), 0.1))
+            .count();
+        assert!((60..=140).contains(&share), "about 10% sampled: {share}");
+        let id = "u1@2026-02-01";
+        decide(&mut s, &key, id, "ana").unwrap();
+        let rec = s.audit_records().unwrap().pop().unwrap();
+        assert!(s.sample_second_review(&rec, 1.0).unwrap());
+        assert_eq!(s.second_review_pending(id).unwrap().as_deref(), Some("ana"));
+        // Not Ana's to do; Bo's next case is it (before the undecided top case u0).
+        assert_ne!(s.claim_next("ana", 60, 1_000).unwrap().as_deref(), Some(id));
+        assert_eq!(s.claim_next("bo", 60, 1_000).unwrap().as_deref(), Some(id));
+        // Ana amending her own decision is no second review.
+        s.release(id, "bo").unwrap();
+        decide(&mut s, &key, id, "ana").unwrap();
+        assert!(s.second_review_pending(id).unwrap().is_some());
+        decide(&mut s, &key, id, "bo").unwrap();
+        assert_eq!(s.second_review_pending(id).unwrap(), None);
+        let (by_reviewer, by_reason) = s.agreement_stats().unwrap();
+        assert_eq!(
+            (
+                by_reviewer[0].key.as_str(),
+                by_reviewer[0].reviewed,
+                by_reviewer[0].agreed
+            ),
+            ("ana", 1, 1)
+        );
+        assert_eq!(by_reason[0].key, "spam");
+        // A later decision is not a first decision: never sampled.
+        let later = s.audit_records().unwrap().pop().unwrap();
+        assert!(!s.sample_second_review(&later, 1.0).unwrap());
     }
 
     #[test]
