@@ -196,9 +196,10 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
     let (data, model) = world(dir.path());
     add_user(&data, "ana", "reviewer", "ana's long password");
     add_user(&data, "lee", "lead", "lee's long password");
+    add_user(&data, "bo", "reviewer", "bo's long password");
     let cfg = console_config(
         dir.path(),
-        "session_ttl_secs = 4\nmax_failed_logins = 3\nclaim_ttl_secs = 600",
+        "session_ttl_secs = 4\nmax_failed_logins = 3\nclaim_ttl_secs = 600\nsecond_review_share = 1.0",
     );
     let review_token = token(&data, "review");
     let server = Server::start(&data, &model, Some(&cfg));
@@ -336,6 +337,13 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
         "deciding ends the claim"
     );
     ok(&["review", "verify", "--out", s(&data)]);
+    // Every first decision is sampled here: the case waits for a blind second review, so
+    // another reviewer sees neither Ana's decision nor her notes.
+    let (_, bo) = login(&server, "bo", "bo's long password");
+    let blind = bo.unwrap().get(&case_url);
+    assert_eq!(blind.status, 200);
+    assert!(blind.body.contains("id=\"blind\""), "{}", blind.body);
+    assert!(!blind.body.contains("ring member"));
 
     // The lead's views: the chain verified, the export names Ana.
     let (_, lee) = login(&server, "lee", "lee's long password");
@@ -437,6 +445,13 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
     assert!(team.body.contains("id=\"overturns\""), "{}", team.body);
     assert!(
         team.body.contains("<td>1</td><td>1</td><td>100.0%</td>"),
+        "{}",
+        team.body
+    );
+    // The lead's decision was also the second review: it disagrees with Ana's.
+    assert!(
+        team.body
+            .contains("<tr><td>ana</td><td>1</td><td>0</td><td>0.0%</td></tr>"),
         "{}",
         team.body
     );

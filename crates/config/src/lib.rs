@@ -118,6 +118,9 @@ pub struct ConsoleConfig {
     pub max_failed_logins: u32,
     /// Cases per queue page.
     pub page_size: usize,
+    /// Share of first decisions (0..1) sent for a second, blind review by another
+    /// reviewer; the agreement rate is shown to leads. Chosen by a hash of the case id.
+    pub second_review_share: f64,
 }
 
 impl Default for ConsoleConfig {
@@ -129,6 +132,7 @@ impl Default for ConsoleConfig {
             blur_at: 0.8,
             max_failed_logins: 5,
             page_size: 50,
+            second_review_share: 0.1,
         }
     }
 }
@@ -799,6 +803,9 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&c.blur_at) {
             return bad("console.blur_at", "must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&c.second_review_share) {
+            return bad("console.second_review_share", "must be between 0 and 1");
         }
         for (i, r) in self.enforcement.rules.iter().enumerate() {
             if !ACTIONS.contains(&r.action.as_str()) {

@@ -581,10 +581,15 @@ async fn queue_page(
             esc(&cs.suggested_action),
             esc(&cs.suggested_reason),
             r.holder.as_deref().map(esc).unwrap_or_default(),
-            r.latest
-                .as_ref()
-                .map(|(d, who)| format!("{} <span class=\"muted\">by {}</span>", esc(d), esc(who)))
-                .unwrap_or_default(),
+            match (&r.latest, &r.second_review_of) {
+                (Some(_), Some(first)) if *first != s.name && s.role < Role::Lead => {
+                    "<i>second review</i>".to_string()
+                }
+                (Some((d, who)), _) => {
+                    format!("{} <span class=\"muted\">by {}</span>", esc(d), esc(who))
+                }
+                (None, _) => String::new(),
+            },
         );
     }
     b.push_str("</tbody></table>");
@@ -659,10 +664,11 @@ async fn case_page(
         let reveals = st.reveals(&idc)?;
         let others = st.cases_of_user(&case.user_id)?;
         let appeals = st.appeals_of(&idc)?;
-        Ok((case, history, claim, reveals, others, appeals))
+        let second = st.second_review_pending(&idc)?;
+        Ok((case, history, claim, reveals, others, appeals, second))
     })
     .await;
-    let (case, history, claim, reveals, others, appeals) = match res {
+    let (case, history, claim, reveals, others, appeals, second) = match res {
         Ok(x) => x,
         Err(ConsoleError::Review(vigil_review::ReviewError::UnknownCase(_))) => {
             return problem(StatusCode::NOT_FOUND, Some(&s), &format!("No case `{id}`."));
@@ -736,7 +742,16 @@ async fn case_page(
     b.push_str("</section>");
     // History and the decision form.
     b.push_str("<section class=\"card\"><h2>Decisions on this case</h2>");
-    if history.is_empty() {
+    // A pending second review is blind: only its first reviewer and leads see the
+    // earlier decision.
+    let blind = second
+        .as_ref()
+        .is_some_and(|first| *first != s.name && s.role < Role::Lead);
+    if blind {
+        b.push_str(
+            "<p class=\"notice\" id=\"blind\">Second review: earlier decisions are hidden until you decide.</p>",
+        );
+    } else if history.is_empty() {
         b.push_str("<p class=\"muted\">None yet.</p>");
     } else {
         b.push_str("<table><tr><th>#</th><th>Decision</th><th>Reason</th><th>By</th><th>When</th><th>Notes</th></tr>");
@@ -1060,7 +1075,11 @@ async fn decide(
         // The decision's own transaction refuses a case another reviewer holds (or an
         // appeal against this reviewer's decision), so a refused one leaves no claim.
         let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        Ok(st.decide(&d, &ts, &cc.key)?)
+        let rec = st.decide(&d, &ts, &cc.key)?;
+        // A sampled first decision waits for a second, blind review (after the decision's
+        // commit: a crash between the two only leaves the case out of the sample).
+        st.sample_second_review(&rec, cc.cfg.second_review_share)?;
+        Ok(rec)
     })
     .await;
     match res {
@@ -1150,10 +1169,11 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
         let q = st.queue_stats(t, sla)?;
         let r = st.reviewer_stats(t)?;
         let o = st.overturn_stats()?;
-        Ok((q, r, o))
+        let a = st.agreement_stats()?;
+        Ok((q, r, o, a))
     })
     .await;
-    let (q, reviewers, overturns) = match res {
+    let (q, reviewers, overturns, (by_reviewer, by_reason)) = match res {
         Ok(x) => x,
         Err(e) => return internal(Some(&s), e),
     };
@@ -1238,6 +1258,39 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
                 o.decided,
                 o.overturned,
                 100.0 * o.overturned as f64 / o.decided.max(1) as f64
+            );
+        }
+        b.push_str("</table>");
+    }
+    b.push_str("</section>");
+    let _ = write!(
+        b,
+        "<section class=\"card wide\"><h2>Second reviews: agreement with the first decision</h2>\
+         <p class=\"muted\">{}% of first decisions are sampled ([console] second_review_share).</p>",
+        fmt_num(c.cfg.second_review_share * 100.0)
+    );
+    if by_reviewer.is_empty() {
+        b.push_str("<p class=\"muted\">No second review done yet.</p>");
+    }
+    for (title, rows, id) in [
+        ("First reviewer", &by_reviewer, "agreement-reviewer"),
+        ("Reason", &by_reason, "agreement-reason"),
+    ] {
+        if rows.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            b,
+            "<table id=\"{id}\"><tr><th>{title}</th><th>Reviewed</th><th>Agreed</th><th>Agreement</th></tr>"
+        );
+        for a in rows.iter() {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+                esc(&a.key),
+                a.reviewed,
+                a.agreed,
+                100.0 * a.agreed as f64 / a.reviewed.max(1) as f64
             );
         }
         b.push_str("</table>");

@@ -98,6 +98,8 @@ pub struct QueueRow {
     pub latest: Option<(String, String)>,
     /// Who holds a live claim on it.
     pub holder: Option<String>,
+    /// The first reviewer, while the case waits for its second, blind review.
+    pub second_review_of: Option<String>,
 }
 
 /// The queue's size and age, for leads.
@@ -338,7 +340,8 @@ impl ReviewStore {
         };
         let sql = format!(
             "SELECT {CASE_COLUMNS}, c.queued_at, {LATEST}, \
-             (SELECT k.reviewer FROM claims k WHERE k.review_id = c.review_id AND k.expires_at > ?1) \
+             (SELECT k.reviewer FROM claims k WHERE k.review_id = c.review_id AND k.expires_at > ?1), \
+             (SELECT r.first_reviewer FROM second_reviews r WHERE r.review_id = c.review_id AND r.second_seq IS NULL) \
              FROM cases c WHERE c.queue_pos IS NOT NULL \
              AND (?2 IS NULL OR instr(',' || c.flags || ',', ',' || ?2 || ',') > 0) \
              AND (?3 IS NULL OR c.suggested_action = ?3) \
@@ -368,6 +371,7 @@ impl ReviewStore {
                                 .map(|(d, who)| (d.to_string(), who.to_string()))
                         }),
                         holder: r.get(13)?,
+                        second_review_of: r.get(14)?,
                     })
                 },
             )
