@@ -513,22 +513,6 @@ impl ReviewStore {
         decision_ts: &str,
         key: &AuditKey,
     ) -> Result<AuditRecord, ReviewError> {
-        // Parsed into the closed vocabularies: what is stored is always one of their names.
-        let action: vigil_core::Action =
-            d.decision
-                .parse()
-                .map_err(|_| ReviewError::InvalidDecision {
-                    value: d.decision.clone(),
-                })?;
-        let reason: vigil_core::ReasonCode =
-            d.reason_code
-                .parse()
-                .map_err(|_| ReviewError::InvalidReason {
-                    value: d.reason_code.clone(),
-                })?;
-        if d.reviewer.trim().is_empty() {
-            return Err(ReviewError::MissingReviewer);
-        }
         let store_id = self.store_id()?.unwrap_or_default();
         let path = self.path.clone();
         let e = |source| ReviewError::Sqlite {
@@ -539,85 +523,47 @@ impl ReviewStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        let (day, user_id): (String, String) = tx
-            .query_row(
-                "SELECT day, user_id FROM cases WHERE review_id = ?1",
-                [&d.review_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(e)?
-            .ok_or_else(|| ReviewError::UnknownCase(d.review_id.clone()))?;
-        // Two reviewers never work the same case: a live claim by someone else refuses.
-        crate::worklist::check_claim(&tx, &d.review_id, d.reviewer.trim(), &path)?;
-        crate::worklist::check_appeal(&tx, &d.review_id, d.reviewer.trim(), &path)?;
-        let (last_seq, prev_hash): (i64, String) = tx
-            .query_row(
-                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(e)?
-            .unwrap_or((0, GENESIS.to_string()));
-        let mut rec = AuditRecord {
-            seq: last_seq + 1,
-            review_id: d.review_id.clone(),
-            day,
-            user_id,
-            decision: action.as_str().to_string(),
-            reason_code: reason.as_str().to_string(),
-            notes: d.notes.clone(),
-            reviewer: d.reviewer.trim().to_string(),
-            decision_ts: decision_ts.to_string(),
-            prev_hash,
-            hash: String::new(),
-            mac: None,
-        };
-        rec.hash = rec.compute_hash();
-        rec.mac = Some(key.mac(&store_id, &rec.hash));
-        tx.execute(
-            "INSERT INTO audit_log (seq, review_id, day, user_id, decision, reason_code, notes, \
-             reviewer, decision_ts, prev_hash, hash, mac) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                rec.seq,
-                rec.review_id,
-                rec.day,
-                rec.user_id,
-                rec.decision,
-                rec.reason_code,
-                rec.notes,
-                rec.reviewer,
-                rec.decision_ts,
-                rec.prev_hash,
-                rec.hash,
-                rec.mac
-            ],
-        )
-        .map_err(e)?;
-        crate::worklist::resolve_appeal(&tx, &d.review_id, rec.seq, &rec.decision, &path)?;
-        crate::worklist::resolve_second_review(
-            &tx,
-            &d.review_id,
-            rec.seq,
-            &rec.decision,
-            &rec.reviewer,
-            &path,
-        )?;
-        // The decision ends the decider's claim on the case.
-        tx.execute("DELETE FROM claims WHERE review_id = ?1", [&d.review_id])
-            .map_err(e)?;
+        let rec = append(&tx, d, decision_ts, key, &store_id, &path)?;
         tx.commit().map_err(e)?;
-        // After the commit: a failure here leaves the anchor one record behind, which verify
-        // accepts (the records after it are still authenticated); the decision stands.
-        if let Err(err) = key.set_anchor(&store_id, rec.seq, &rec.hash) {
-            tracing::warn!(
-                "decision #{} recorded, but the anchor was not moved: {err}",
-                rec.seq
-            );
-        }
+        move_anchor(key, &store_id, &rec);
         Ok(rec)
+    }
+
+    /// Record many decisions in one transaction (a bulk decision over a group of cases):
+    /// all of them or, on an error, none. Cases another reviewer holds, or under appeal
+    /// against this reviewer, are skipped and returned with the reason.
+    pub fn decide_many(
+        &mut self,
+        decisions: &[Decision],
+        decision_ts: &str,
+        key: &AuditKey,
+    ) -> Result<(Vec<AuditRecord>, Vec<(String, String)>), ReviewError> {
+        let store_id = self.store_id()?.unwrap_or_default();
+        let path = self.path.clone();
+        let e = |source| ReviewError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let mut done = Vec::new();
+        let mut skipped = Vec::new();
+        for d in decisions {
+            match append(&tx, d, decision_ts, key, &store_id, &path) {
+                Ok(rec) => done.push(rec),
+                Err(err @ (ReviewError::Claimed { .. } | ReviewError::NotAllowed(_))) => {
+                    skipped.push((d.review_id.clone(), err.to_string()));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tx.commit().map_err(e)?;
+        if let Some(last) = done.last() {
+            move_anchor(key, &store_id, last);
+        }
+        Ok((done, skipped))
     }
 
     /// Walk the whole log in order and name the first record whose position, link, hash or
@@ -774,6 +720,120 @@ impl ReviewStore {
             );
         }
         Ok(report)
+    }
+}
+
+/// Validate one decision and append its record inside `tx` (checks the claim and any open
+/// appeal, resolves the appeal and a pending second review, ends the case's claim).
+/// Nothing is written when the decision, reason, reviewer or case is invalid.
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    d: &Decision,
+    decision_ts: &str,
+    key: &AuditKey,
+    store_id: &str,
+    path: &Path,
+) -> Result<AuditRecord, ReviewError> {
+    // Parsed into the closed vocabularies: what is stored is always one of their names.
+    let action: vigil_core::Action =
+        d.decision
+            .parse()
+            .map_err(|_| ReviewError::InvalidDecision {
+                value: d.decision.clone(),
+            })?;
+    let reason: vigil_core::ReasonCode =
+        d.reason_code
+            .parse()
+            .map_err(|_| ReviewError::InvalidReason {
+                value: d.reason_code.clone(),
+            })?;
+    if d.reviewer.trim().is_empty() {
+        return Err(ReviewError::MissingReviewer);
+    }
+    let e = |source| ReviewError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (day, user_id): (String, String) = tx
+        .query_row(
+            "SELECT day, user_id FROM cases WHERE review_id = ?1",
+            [&d.review_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(e)?
+        .ok_or_else(|| ReviewError::UnknownCase(d.review_id.clone()))?;
+    // Two reviewers never work the same case: a live claim by someone else refuses.
+    crate::worklist::check_claim(tx, &d.review_id, d.reviewer.trim(), path)?;
+    crate::worklist::check_appeal(tx, &d.review_id, d.reviewer.trim(), path)?;
+    let (last_seq, prev_hash): (i64, String) = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(e)?
+        .unwrap_or((0, GENESIS.to_string()));
+    let mut rec = AuditRecord {
+        seq: last_seq + 1,
+        review_id: d.review_id.clone(),
+        day,
+        user_id,
+        decision: action.as_str().to_string(),
+        reason_code: reason.as_str().to_string(),
+        notes: d.notes.clone(),
+        reviewer: d.reviewer.trim().to_string(),
+        decision_ts: decision_ts.to_string(),
+        prev_hash,
+        hash: String::new(),
+        mac: None,
+    };
+    rec.hash = rec.compute_hash();
+    rec.mac = Some(key.mac(store_id, &rec.hash));
+    tx.execute(
+        "INSERT INTO audit_log (seq, review_id, day, user_id, decision, reason_code, notes, \
+         reviewer, decision_ts, prev_hash, hash, mac) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            rec.seq,
+            rec.review_id,
+            rec.day,
+            rec.user_id,
+            rec.decision,
+            rec.reason_code,
+            rec.notes,
+            rec.reviewer,
+            rec.decision_ts,
+            rec.prev_hash,
+            rec.hash,
+            rec.mac
+        ],
+    )
+    .map_err(e)?;
+    crate::worklist::resolve_appeal(tx, &d.review_id, rec.seq, &rec.decision, path)?;
+    crate::worklist::resolve_second_review(
+        tx,
+        &d.review_id,
+        rec.seq,
+        &rec.decision,
+        &rec.reviewer,
+        path,
+    )?;
+    // The decision ends any claim on the case.
+    tx.execute("DELETE FROM claims WHERE review_id = ?1", [&d.review_id])
+        .map_err(e)?;
+    Ok(rec)
+}
+
+/// After the commit: a failure here leaves the anchor behind, which verify accepts (the
+/// records after it are still authenticated); the decisions stand.
+fn move_anchor(key: &AuditKey, store_id: &str, last: &AuditRecord) {
+    if let Err(err) = key.set_anchor(store_id, last.seq, &last.hash) {
+        tracing::warn!(
+            "decision #{} recorded, but the anchor was not moved: {err}",
+            last.seq
+        );
     }
 }
 
