@@ -792,6 +792,50 @@ fn a_reviewer_logs_in_takes_the_next_case_and_decides_by_keyboard_in_headless_ch
     let (out, _) = ok_output(&["review", "verify", "--out", s(&data)]);
     assert!(out.contains("1 record"), "{out}");
 
+    // Bulk: the top undecided case's cluster, decided together after a confirmation that
+    // says how many cases it touches; one audit record per case.
+    b.go(&format!("{origin}/"));
+    b.wait_for("document.querySelector('#queue tbody tr a')");
+    b.eval("document.querySelector('#queue tbody tr a').click(); true");
+    b.wait_for("document.getElementById('cluster-link')");
+    b.eval("document.getElementById('cluster-link').click(); true");
+    b.wait_for("document.getElementById('bulk')");
+    let members = b
+        .eval("document.querySelectorAll('#members a').length")
+        .as_u64()
+        .unwrap();
+    assert!(members >= 2, "a cluster of {members}");
+    b.eval(
+        "document.querySelector('#bulk select[name=decision]').value = 'warn';\
+         document.getElementById('bulk').requestSubmit(); true",
+    );
+    b.wait_for("document.getElementById('bulk-confirm')");
+    let shown = b.eval("document.querySelector('#bulk-count b').innerText");
+    assert_eq!(
+        shown.as_str().unwrap(),
+        members.to_string(),
+        "the confirmation counts the cases"
+    );
+    b.screenshot(&shots.join("bulk-confirm.png"));
+    b.eval("document.getElementById('bulk-confirm').requestSubmit(); true");
+    b.wait_for("document.getElementById('bulk-done')");
+    let done = b.eval("document.getElementById('bulk-done').innerText");
+    assert!(
+        done.as_str()
+            .unwrap()
+            .starts_with(&format!("{members} decisions recorded")),
+        "{done}"
+    );
+    assert_eq!(
+        sqlite_count(
+            &data.join("review.db"),
+            "SELECT COUNT(*) FROM audit_log WHERE reviewer = 'ana' AND decision = 'warn'"
+        ) as u64,
+        members
+    );
+    let (out, _) = ok_output(&["review", "verify", "--out", s(&data)]);
+    assert!(out.contains(&format!("{} record", members + 1)), "{out}");
+
     // No script error, and nothing was requested from anywhere but this server.
     b.eval("true");
     assert!(b.errors.is_empty(), "console errors: {:?}", b.errors);

@@ -161,6 +161,7 @@ fn run_in(dir: &Path, opts: &BenchOptions) -> Result<BenchReport, ConsoleError> 
         &db,
         AuditKey::load_or_create(&dir.join("audit.key"))?,
         vigil_config::ConsoleConfig::default(),
+        vigil_config::AutomationConfig::default(),
         None,
     )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -13,6 +13,7 @@
 
 pub mod accounts;
 pub mod bench;
+mod groups;
 mod html;
 pub mod web;
 

@@ -15,11 +15,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
-use vigil_config::ConsoleConfig;
+use vigil_config::{AutomationConfig, ConsoleConfig};
 use vigil_review::worklist::{QueueFilter, Status};
 use vigil_review::{AuditKey, Decision, ReviewStore};
 
 use crate::accounts::{Accounts, LoginRefused, Role, Session, generate_password, random_hex};
+use crate::groups::{Clusters, MAX_AGE, MAX_BULK};
 use crate::html::{bars, esc, fmt_num, page, path_seg};
 use crate::{ConsoleError, LiveView};
 
@@ -39,6 +40,10 @@ pub struct Console {
     key: AuditKey,
     cfg: ConsoleConfig,
     live: Option<Arc<dyn LiveView>>,
+    /// The batch's clustering settings, for the queue's clusters.
+    automation: AutomationConfig,
+    /// The latest clustering of the undecided queue.
+    clusters: Mutex<Option<Arc<Clusters>>>,
     /// Bounds the Argon2 work running at once (each takes ~19 MiB and tens of ms).
     logins: tokio::sync::Semaphore,
 }
@@ -51,9 +56,12 @@ impl Console {
         review_db: &Path,
         key: AuditKey,
         cfg: ConsoleConfig,
+        automation: AutomationConfig,
         live: Option<Arc<dyn LiveView>>,
     ) -> Result<Self, ConsoleError> {
         Ok(Self {
+            automation,
+            clusters: Mutex::new(None),
             accounts: Accounts::open(data)?,
             store: Mutex::new(ReviewStore::create(review_db)?),
             review_db: review_db.to_path_buf(),
@@ -86,6 +94,8 @@ pub fn router(c: Con) -> Router {
         .route("/case/{id}/decide", post(decide))
         .route("/case/{id}/reveal", post(reveal))
         .route("/case/{id}/appeal", post(appeal))
+        .route("/cluster/{n}", get(cluster_page))
+        .route("/bulk", post(bulk))
         .route("/lead", get(lead_page))
         .route("/lead/audit.csv", get(audit_csv))
         .route("/lead/audit.jsonl", get(audit_jsonl))
@@ -192,6 +202,29 @@ async fn with_store<T: Send + 'static>(
     })
     .await
     .map_err(|e| ConsoleError::Internal(e.to_string()))?
+}
+
+/// The clustering of the undecided queue, recomputed when older than [`MAX_AGE`].
+async fn clusters(c: &Con) -> Result<Arc<Clusters>, ConsoleError> {
+    let cached = c
+        .clusters
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(cl) = cached
+        && cl.at.elapsed() < MAX_AGE
+    {
+        return Ok(cl);
+    }
+    let cc = c.clone();
+    let fresh = with_store(c, move |st| {
+        crate::groups::compute(st, &cc.automation, now())
+    })
+    .await?;
+    *c.clusters
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh.clone());
+    Ok(fresh)
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -910,6 +943,17 @@ async fn case_page(
         }
         b.push_str("</table></section>");
     }
+    if history.is_empty()
+        && let Ok(cl) = clusters(&c).await
+        && let Some(&n) = cl.of.get(&case.review_id)
+    {
+        let _ = write!(
+            b,
+            "<section class=\"card\"><h2>Cluster</h2><p>One of <a href=\"/cluster/{n}\" id=\"cluster-link\">{} undecided \
+             cases in cluster {n}</a> (similar recent messages); decide them together there.</p></section>",
+            cl.members.get(n).map_or(0, Vec::len)
+        );
+    }
     if others.len() > 1 {
         b.push_str("<section class=\"card\"><h2>This user's other cases</h2><table>");
         for (o, latest) in others.iter().filter(|(o, _)| o.review_id != case.review_id) {
@@ -1150,6 +1194,210 @@ async fn reveal(
         Ok(()) => {
             tracing::info!(reviewer = s.name, case = id, "blurred text revealed");
             StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => review_problem(&s, e),
+    }
+}
+
+// ---- clusters and bulk decisions --------------------------------------------------------
+
+async fn cluster_page(
+    State(c): State<Con>,
+    headers: HeaderMap,
+    UrlPath(n): UrlPath<usize>,
+) -> Response {
+    let s = match require(&c, &headers, Role::Reviewer, &format!("/cluster/{n}")).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let cl = match clusters(&c).await {
+        Ok(cl) => cl,
+        Err(e) => return internal(Some(&s), e),
+    };
+    let Some(ids) = cl.members.get(n) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            &format!("No cluster {n} in the current clustering of the undecided queue."),
+        );
+    };
+    let mut b = format!(
+        "<header class=\"bar\"><h1>Cluster {n}</h1><span class=\"muted\">{} undecided cases with similar \
+         recent messages (clustered {} s ago)</span><a href=\"/\" class=\"back\">Queue <kbd>u</kbd></a></header>",
+        ids.len(),
+        cl.at.elapsed().as_secs()
+    );
+    if ids.len() > MAX_BULK {
+        let _ = write!(
+            b,
+            "<p class=\"error\">More than {MAX_BULK} cases: too many for one bulk decision; decide them in smaller groups.</p>"
+        );
+    } else {
+        let _ = write!(
+            b,
+            "<section class=\"card\"><h2>Decide all {} cases</h2>\
+             <form method=\"post\" action=\"/bulk\" id=\"bulk\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"hidden\" name=\"ids\" value=\"{}\">\
+             <label>Action <select name=\"decision\">{}</select></label> \
+             <label>Reason <select name=\"reason_code\">{}</select></label> \
+             <label>Notes <input name=\"notes\"></label> \
+             <button type=\"submit\">Review the bulk decision</button></form>\
+             <p class=\"muted\">One audit record per case; you confirm on the next page.</p></section>",
+            ids.len(),
+            esc(&s.csrf),
+            esc(&join_ids(ids.iter())),
+            ACTIONS
+                .iter()
+                .map(|a| format!("<option>{a}</option>"))
+                .collect::<String>(),
+            vigil_review::REASON_CODES
+                .iter()
+                .map(|r| format!("<option>{r}</option>"))
+                .collect::<String>(),
+        );
+    }
+    b.push_str("<section class=\"card wide\"><table id=\"members\"><tr><th>Case</th></tr>");
+    for id in ids.iter().take(500) {
+        let _ = write!(
+            b,
+            "<tr><td><a href=\"/case/{}\">{}</a></td></tr>",
+            path_seg(id),
+            esc(id)
+        );
+    }
+    b.push_str("</table></section>");
+    html(StatusCode::OK, page(&format!("Cluster {n}"), Some(&s), &b))
+}
+
+/// Case ids for a form field: each percent-encoded, separated by spaces (an id may hold
+/// any character, an encoded one no space).
+fn join_ids<'a>(ids: impl Iterator<Item = &'a String>) -> String {
+    ids.map(|id| path_seg(id)).collect::<Vec<_>>().join(" ")
+}
+
+/// The inverse of [`path_seg`] (a malformed escape is kept as it is).
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A bulk decision: without `confirm`, a page that says how many cases it touches and asks
+/// for confirmation; with it, one audit record per case in one transaction.
+async fn bulk(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = form(&body);
+    let s = match require_post(&c, &headers, &f, Role::Reviewer).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let ids: Vec<String> = f
+        .get("ids")
+        .map(|v| v.split_whitespace().map(pct_decode).collect())
+        .unwrap_or_default();
+    if ids.is_empty() || ids.len() > MAX_BULK {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some(&s),
+            &format!("A bulk decision covers 1 to {MAX_BULK} cases."),
+        );
+    }
+    let decision = f.get("decision").cloned().unwrap_or_default();
+    let reason = f.get("reason_code").cloned().unwrap_or_default();
+    let notes = f.get("notes").cloned().unwrap_or_default();
+    if decision.parse::<vigil_core::Action>().is_err()
+        || reason.parse::<vigil_core::ReasonCode>().is_err()
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            Some(&s),
+            "Unknown action or reason code.",
+        );
+    }
+    if f.get("confirm").map(String::as_str) != Some("1") {
+        let b = format!(
+            "<section class=\"card\"><h1>Confirm the bulk decision</h1>\
+             <p id=\"bulk-count\">This records <b>{}</b> decisions: <b>{}</b>, reason <b>{}</b>, one audit record per case, \
+             under your name. Cases decided meanwhile, held by another reviewer, or under appeal against you are skipped.</p>\
+             <form method=\"post\" action=\"/bulk\" id=\"bulk-confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <input type=\"hidden\" name=\"ids\" value=\"{}\"><input type=\"hidden\" name=\"decision\" value=\"{}\">\
+             <input type=\"hidden\" name=\"reason_code\" value=\"{}\"><input type=\"hidden\" name=\"notes\" value=\"{}\">\
+             <input type=\"hidden\" name=\"confirm\" value=\"1\">\
+             <button type=\"submit\" class=\"primary\">Record {} decisions</button> <a href=\"/\">Cancel</a></form></section>",
+            ids.len(),
+            esc(&decision),
+            esc(&reason),
+            esc(&s.csrf),
+            esc(&join_ids(ids.iter())),
+            esc(&decision),
+            esc(&reason),
+            esc(&notes),
+            ids.len()
+        );
+        return html(StatusCode::OK, page("Confirm", Some(&s), &b));
+    }
+    let decisions: Vec<Decision> = ids
+        .iter()
+        .map(|id| Decision {
+            review_id: id.clone(),
+            decision: decision.clone(),
+            reason_code: reason.clone(),
+            notes: notes.clone(),
+            reviewer: s.name.clone(),
+        })
+        .collect();
+    let cc = c.clone();
+    let res = with_store(&c, move |st| {
+        let ts = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (done, skipped) = st.decide_many(&decisions, &ts, &cc.key)?;
+        for rec in &done {
+            st.sample_second_review(rec, cc.cfg.second_review_share)?;
+        }
+        Ok((done, skipped))
+    })
+    .await;
+    match res {
+        Ok((done, skipped)) => {
+            tracing::info!(
+                reviewer = s.name,
+                recorded = done.len(),
+                skipped = skipped.len(),
+                "bulk decision recorded"
+            );
+            // The clustering changed: the next view computes it again.
+            *c.clusters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            let mut b = format!(
+                "<section class=\"card\"><h1>Bulk decision</h1><p class=\"notice\" id=\"bulk-done\">{} decisions recorded{}.</p>",
+                done.len(),
+                done.first()
+                    .zip(done.last())
+                    .map(|(a, z)| format!(" (#{}-#{})", a.seq, z.seq))
+                    .unwrap_or_default()
+            );
+            if !skipped.is_empty() {
+                let _ = write!(b, "<p>{} skipped:</p><ul>", skipped.len());
+                for (id, why) in &skipped {
+                    let _ = write!(b, "<li>{}: {}</li>", esc(id), esc(why));
+                }
+                b.push_str("</ul>");
+            }
+            b.push_str("<p><a href=\"/\">Back to the queue</a></p></section>");
+            html(StatusCode::OK, page("Bulk decision", Some(&s), &b))
         }
         Err(e) => review_problem(&s, e),
     }
@@ -1512,6 +1760,17 @@ mod tests {
         assert_eq!(n("//evil.example/x"), "/");
         assert_eq!(n("https://evil.example/"), "/");
         assert_eq!(n("/\\evil.example"), "/");
+    }
+
+    #[test]
+    fn case_ids_survive_a_form_field_whatever_they_hold() {
+        let ids = vec![
+            "u 1@2026-02-01".to_string(),
+            "a%b,c\n@2026-02-02".to_string(),
+        ];
+        let field = join_ids(ids.iter());
+        let back: Vec<String> = field.split_whitespace().map(pct_decode).collect();
+        assert_eq!(back, ids);
     }
 
     #[test]

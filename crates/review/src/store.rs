@@ -530,8 +530,9 @@ impl ReviewStore {
     }
 
     /// Record many decisions in one transaction (a bulk decision over a group of cases):
-    /// all of them or, on an error, none. Cases another reviewer holds, or under appeal
-    /// against this reviewer, are skipped and returned with the reason.
+    /// all of them or, on an error, none. Cases decided meanwhile, held by another
+    /// reviewer, or under appeal against this reviewer are skipped and returned with the
+    /// reason.
     pub fn decide_many(
         &mut self,
         decisions: &[Decision],
@@ -551,6 +552,19 @@ impl ReviewStore {
         let mut done = Vec::new();
         let mut skipped = Vec::new();
         for d in decisions {
+            // A bulk decision is over undecided cases: one decided meanwhile is left alone.
+            let decided: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM cases c JOIN audit_log a \
+                     ON a.user_id = c.user_id AND a.day = c.day WHERE c.review_id = ?1)",
+                    [&d.review_id],
+                    |r| r.get(0),
+                )
+                .map_err(e)?;
+            if decided {
+                skipped.push((d.review_id.clone(), "decided meanwhile".to_string()));
+                continue;
+            }
             match append(&tx, d, decision_ts, key, &store_id, &path) {
                 Ok(rec) => done.push(rec),
                 Err(err @ (ReviewError::Claimed { .. } | ReviewError::NotAllowed(_))) => {

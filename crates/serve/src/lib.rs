@@ -518,6 +518,7 @@ pub async fn serve_until(
         &cases::store_path(&data),
         audit_key,
         svc.cfg.console.clone(),
+        svc.cfg.automation.clone(),
         Some(Arc::new(console_view::View(svc.clone()))),
     )?);
     if console.accounts().count()? == 0 {
