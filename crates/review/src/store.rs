@@ -221,6 +221,9 @@ CREATE TRIGGER IF NOT EXISTS audit_log_append_only_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 ";
 
+/// Cases a bulk decision left alone, each with why.
+pub type Skipped = Vec<(String, String)>;
+
 /// The review store.
 #[derive(Debug)]
 pub struct ReviewStore {
@@ -538,7 +541,7 @@ impl ReviewStore {
         decisions: &[Decision],
         decision_ts: &str,
         key: &AuditKey,
-    ) -> Result<(Vec<AuditRecord>, Vec<(String, String)>), ReviewError> {
+    ) -> Result<(Vec<AuditRecord>, Skipped), ReviewError> {
         let store_id = self.store_id()?.unwrap_or_default();
         let path = self.path.clone();
         let e = |source| ReviewError::Sqlite {
