@@ -1449,6 +1449,28 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
         v["rare_harm"]["affinity"].as_f64().unwrap(),
         last["u_rare_harm"]
     );
+    // Each message that scored above 0 names its nearest harmful examples: texts of the
+    // index's positive side, most similar first; a message scored 0 names none.
+    let mut named = 0;
+    for m in v["rare_harm"]["messages"].as_array().unwrap() {
+        let near = m["nearest_harmful"].as_array().unwrap();
+        if m["score"].as_f64().unwrap() > 0.0 {
+            assert!(!near.is_empty() && near.len() <= 3, "{m}");
+            named += 1;
+        }
+        let sims: Vec<f64> = near
+            .iter()
+            .map(|n| n["similarity"].as_f64().unwrap())
+            .collect();
+        assert!(sims.windows(2).all(|w| w[0] >= w[1]), "{m}");
+        for n in near {
+            assert!(
+                pos[..30].contains(&n["text"].as_str().unwrap().to_string()),
+                "{n}"
+            );
+        }
+    }
+    assert!(named > 0, "some harmful message scored above 0");
     let what_if = serde_json::to_vec(&[chat("u_rare_plain", 30, &harmful[0])]).unwrap();
     let (st, text) = server.post("/v1/score", Some(&read), "application/json", &what_if);
     assert_eq!(st, 200, "{text}");
@@ -1489,6 +1511,25 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
         let r = server.events(&ingest, &[chat(user, 40, text)]);
         assert_eq!(r[0]["status"], "accepted", "{r:?}");
     }
+    // The reviewer console's case page shows the messages' nearest harmful examples.
+    common::server::add_user(&data, "ana", "reviewer", "ana's long password");
+    let (_, ana) = common::server::login(&server, "ana", "ana's long password");
+    let ana = ana.unwrap();
+    let started = std::time::Instant::now();
+    let page = loop {
+        let p = ana.get("/case/u_rare_harm@2026-02-20");
+        if p.status == 200 || started.elapsed() > Duration::from_secs(30) {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("nearest harmful examples"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Rare-harm affinity"));
     assert!(server.stop().success());
     let conn = rusqlite::Connection::open(data.join("review.db")).unwrap();
     let flags = |user: &str| -> Option<String> {

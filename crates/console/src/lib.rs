@@ -99,6 +99,9 @@ pub struct Message {
     pub text: String,
     /// Its rare-harm score, when the service scores messages.
     pub score: Option<f64>,
+    /// The harmful index examples nearest to it, with their similarity (scored messages
+    /// above 0 only).
+    pub nearest: Vec<(String, f64)>,
 }
 
 /// What the live service knows about a case's user beyond the stored case.

@@ -889,17 +889,17 @@ async fn case_page(
     // Messages: the live window with scores when the service holds the user, else the
     // prompts stored with the case. Text at or above blur_at is blurred until revealed.
     let blur_at = c.cfg.blur_at;
-    let messages: Vec<(String, Option<f64>)> = match &live {
-        Some(l) if !l.messages.is_empty() => l
-            .messages
-            .iter()
-            .map(|m| (m.text.clone(), m.score))
-            .collect(),
+    let messages: Vec<crate::Message> = match &live {
+        Some(l) if !l.messages.is_empty() => l.messages.clone(),
         _ => case
             .recent_prompts
             .split(" | ")
             .filter(|p| !p.is_empty())
-            .map(|p| (p.to_string(), None))
+            .map(|p| crate::Message {
+                text: p.to_string(),
+                score: None,
+                nearest: Vec::new(),
+            })
             .collect(),
     };
     let _ = write!(
@@ -910,15 +910,30 @@ async fn case_page(
         reveals.len()
     );
     let mut blurred = 0;
-    for (text, score) in &messages {
-        let blur = score.unwrap_or(case.risk_score) >= blur_at;
+    for m in &messages {
+        let blur = m.score.unwrap_or(case.risk_score) >= blur_at;
         blurred += usize::from(blur);
+        let cls = if blur { "blur" } else { "" };
+        let near: String = if m.nearest.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "<div class=\"nearest\">nearest harmful examples: {}</div>",
+                m.nearest
+                    .iter()
+                    .map(|(t, sim)| format!(
+                        "<span class=\"{cls}\">\u{201c}{}\u{201d}</span> {sim:.2}",
+                        esc(t)
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        };
         let _ = write!(
             b,
-            "<li><span class=\"{}\">{}</span>{}</li>",
-            if blur { "blur" } else { "" },
-            esc(text),
-            score
+            "<li><span class=\"{cls}\">{}</span>{}{near}</li>",
+            esc(&m.text),
+            m.score
                 .map(|x| format!(" <span class=\"score\">{x:.3}</span>"))
                 .unwrap_or_default()
         );

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vigil_console::{LiveCase, LiveView, Message};
 
 use crate::Service;
-use crate::http::{day_number, rare_of, score_keys, windows};
+use crate::http::{day_number, nearest_of, rare_of, score_keys, windows};
 
 /// The service as the console sees it.
 #[derive(Debug)]
@@ -66,11 +66,13 @@ impl LiveView for View {
             }
             if svc.rare.is_some() {
                 if let Some(r) = rare_of(&svc, windows(&svc, &views)).await.remove(user_id) {
+                    let mut nearest = nearest_of(&svc, &r).await;
                     out.affinity = Some(r.affinity);
                     out.messages = r
                         .messages
                         .into_iter()
                         .map(|(text, s)| Message {
+                            nearest: nearest.remove(&text).unwrap_or_default(),
                             text,
                             score: Some(s),
                         })
@@ -82,6 +84,7 @@ impl LiveView for View {
                     .map(|t| Message {
                         text: t.to_string(),
                         score: None,
+                        nearest: Vec::new(),
                     })
                     .collect();
             }

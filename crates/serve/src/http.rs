@@ -495,6 +495,44 @@ pub(crate) async fn rare_of(
     }
 }
 
+/// How many nearest harmful examples a scored message shows.
+pub(crate) const NEAREST: usize = 3;
+
+/// The nearest harmful examples of each distinct text that scored above 0 (empty without
+/// an index, or on an error, which is logged).
+pub(crate) async fn nearest_of(svc: &Svc, rare: &Rare) -> HashMap<String, Vec<(String, f64)>> {
+    let Some(r) = svc.rare.clone() else {
+        return HashMap::new();
+    };
+    let mut texts: Vec<String> = rare
+        .messages
+        .iter()
+        .filter(|(_, s)| *s > 0.0)
+        .map(|(t, _)| t.clone())
+        .collect();
+    texts.sort();
+    texts.dedup();
+    if texts.is_empty() {
+        return HashMap::new();
+    }
+    let res = tokio::task::spawn_blocking(move || {
+        r.nearest_harmful(&texts, NEAREST)
+            .map(|n| texts.into_iter().zip(n).collect::<HashMap<_, _>>())
+    })
+    .await;
+    match res {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            tracing::error!("nearest harmful examples failed: {e}");
+            HashMap::new()
+        }
+        Err(e) => {
+            tracing::error!("nearest harmful examples stopped: {e}");
+            HashMap::new()
+        }
+    }
+}
+
 static REQUEST_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> Response {
@@ -767,13 +805,23 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
     } else {
         None
     };
+    let nearest = match &rare {
+        Some(r) => nearest_of(&svc, r).await,
+        None => HashMap::new(),
+    };
     let rare_harm = rare.map(|r| {
         json!({
             "affinity": r.affinity,
             "messages": r
                 .messages
                 .iter()
-                .map(|(t, s)| json!({"text": t, "score": s}))
+                .map(|(t, s)| {
+                    let near: Vec<Value> = nearest
+                        .get(t)
+                        .map(|n| n.iter().map(|(x, sim)| json!({"text": x, "similarity": sim})).collect())
+                        .unwrap_or_default();
+                    json!({"text": t, "score": s, "nearest_harmful": near})
+                })
                 .collect::<Vec<_>>(),
         })
     });

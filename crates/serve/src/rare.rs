@@ -205,6 +205,54 @@ impl RareHarm {
         Ok(out)
     }
 
+    /// The harmful index examples nearest to each text (up to `limit`, most similar
+    /// first, with their cosine similarity), from the merged neighbours its score used.
+    /// The texts are encoded again (only scores are cached): for the case page and the
+    /// user API, never the event path.
+    pub fn nearest_harmful(
+        &self,
+        texts: &[String],
+        limit: usize,
+    ) -> Result<Vec<Vec<(String, f64)>>, ServeError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let one = self
+            .encoding
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let emb = self.encoder.encode(texts).map_err(sentinel)?;
+        drop(one);
+        let mut params = self.params;
+        params.explain = true;
+        params.neighbors_limit = params.top_k.saturating_mul(2);
+        let obs = self
+            .scorer
+            .score_observations(texts, &emb, &params)
+            .map_err(sentinel)?;
+        Ok(obs
+            .into_iter()
+            .map(|o| {
+                o.explanation
+                    .map(|e| {
+                        e.neighbors
+                            .into_iter()
+                            .filter(|n| n.sign == "+")
+                            .take(limit)
+                            .map(|n| {
+                                let text = match n.neighbor {
+                                    serde_json::Value::String(t) => t,
+                                    other => format!("example #{other}"),
+                                };
+                                (text, n.raw_score)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect())
+    }
+
     /// The affinity of a window of messages (oldest first): the aggregator over the
     /// distinct texts' scores, as `vigil sentinel score` computes a group's. An empty
     /// window has affinity 0.

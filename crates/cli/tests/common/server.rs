@@ -254,3 +254,144 @@ pub(crate) fn request(
         body,
     }
 }
+
+/// `vigil user add NAME --role ROLE` with the password on stdin.
+pub(crate) fn add_user(data: &Path, name: &str, role: &str, password: &str) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["user", "add", name, "--data", s(data), "--role", role])
+        .arg("--password-stdin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "a given password is never printed");
+}
+
+/// The value of `name="NAME" value="..."` in a page.
+pub(crate) fn field(body: &str, name: &str) -> String {
+    let at = body
+        .find(&format!("name=\"{name}\" value=\""))
+        .unwrap_or_else(|| panic!("no field {name} in {body}"));
+    let rest = &body[at + name.len() + 15..];
+    rest[..rest.find('"').unwrap()].to_string()
+}
+
+/// A browser-like session: the cookie it holds and the CSRF token of the last page.
+pub(crate) struct Client<'a> {
+    pub(crate) server: &'a Server,
+    pub(crate) cookie: String,
+}
+
+impl Client<'_> {
+    pub(crate) fn get(&self, path: &str) -> Answer {
+        request(
+            &self.server.addr,
+            "GET",
+            path,
+            &[("Cookie", &self.cookie)],
+            b"",
+        )
+    }
+
+    pub(crate) fn post(&self, path: &str, form: &[(&str, &str)]) -> Answer {
+        self.post_with(path, form, &[])
+    }
+
+    pub(crate) fn post_with(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> Answer {
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", enc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = vec![
+            ("Cookie", self.cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        headers.extend_from_slice(extra);
+        request(&self.server.addr, "POST", path, &headers, body.as_bytes())
+    }
+
+    /// The CSRF token of the session (from the queue page).
+    pub(crate) fn csrf(&self) -> String {
+        let page = self.get("/");
+        assert_eq!(page.status, 200, "{}", page.body);
+        field(&page.body, "csrf")
+    }
+}
+
+pub(crate) fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Log in through the form (the login page's own CSRF cookie included); the answer and,
+/// on success, a client holding the session cookie.
+pub(crate) fn login<'a>(
+    server: &'a Server,
+    name: &str,
+    password: &str,
+) -> (Answer, Option<Client<'a>>) {
+    let page = request(&server.addr, "GET", "/login?next=/", &[], b"");
+    assert_eq!(page.status, 200);
+    let token = field(&page.body, "csrf");
+    let cookie = page
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("vigil_login="))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let body = format!(
+        "csrf={token}&next=%2F&name={}&password={}",
+        enc(name),
+        enc(password)
+    );
+    let a = request(
+        &server.addr,
+        "POST",
+        "/login",
+        &[
+            ("Cookie", &cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        body.as_bytes(),
+    );
+    let session = a
+        .all("set-cookie")
+        .into_iter()
+        .find(|c| c.starts_with("vigil_session=") && !c.starts_with("vigil_session=;"))
+        .map(str::to_string);
+    let client = session.map(|c| {
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict"),
+            "{c}"
+        );
+        Client {
+            server,
+            cookie: c.split(';').next().unwrap().to_string(),
+        }
+    });
+    (a, client)
+}
