@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::server::{Server, add_user, login, request, s, token};
+use common::server::{Server, add_user, field, login, request, s, token};
 use common::{ok, ok_output};
 
 /// Generated events, a run over them, and the run's dataset as the service's data
@@ -773,5 +773,98 @@ fn vigil_demo_serve_prints_a_first_login_that_opens_the_demo_queue() {
         "the demo's cases are queued"
     );
     assert_eq!(admin.get("/admin/users").status, 200);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn linked_accounts_are_drawn_and_their_cases_decided_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        "20000",
+        "--seed",
+        "5",
+        "--rings",
+        "4",
+        "--end",
+        "2026-03-01T00:00:00Z",
+        "--out",
+        s(&input),
+    ]);
+    let run = dir.path().join("run");
+    ok(&["run", "--input", s(&input), "--out", s(&run)]);
+    let (data, model) = (run.join("data"), run.join("model"));
+    add_user(&data, "ana", "reviewer", "ana's long password");
+    let server = Server::start(&data, &model, None);
+    let db = data.join("review.db");
+    wait_for_cases(&db);
+    let (_, ana) = login(&server, "ana", "ana's long password");
+    let ana = ana.unwrap();
+    // A queued ring member's case page links to its linked accounts.
+    let queue = ana.get("/");
+    let cases: Vec<String> = queue
+        .body
+        .split("data-href=\"")
+        .skip(1)
+        .map(|rest| rest[..rest.find('"').unwrap()].to_string())
+        .collect();
+    assert!(!cases.is_empty());
+    let component = cases
+        .iter()
+        .find_map(|c| {
+            let page = ana.get(c);
+            let at = page.body.find("href=\"/component/")?;
+            let rest = &page.body[at + 6..];
+            Some(rest[..rest.find('"').unwrap()].to_string())
+        })
+        .expect("a queued ring member has linked accounts");
+    let page = ana.get(&component);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("<svg class=\"er-graph\""));
+    assert!(page.body.matches("<circle").count() >= 2);
+    assert!(
+        page.body.contains("<line class=\"shared_"),
+        "the links are drawn"
+    );
+    let ids = field(&page.body, "ids");
+    let n = ids.split_whitespace().count();
+    assert!(n >= 2, "{ids}");
+    let csrf = field(&page.body, "csrf");
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("ids", ids.as_str()),
+        ("decision", "block"),
+        ("reason_code", "coordinated_abuse"),
+    ];
+    let preview = ana.post("/bulk", &form);
+    assert_eq!(preview.status, 200);
+    assert!(
+        preview
+            .body
+            .contains(&format!("This records <b>{n}</b> decisions"))
+    );
+    assert_eq!(
+        sqlite_count(&db, "SELECT COUNT(*) FROM audit_log"),
+        0,
+        "nothing before confirming"
+    );
+    let mut confirmed = form.to_vec();
+    confirmed.push(("confirm", "1"));
+    let done = ana.post("/bulk", &confirmed);
+    assert!(
+        done.body.contains(&format!("{n} decisions recorded")),
+        "{}",
+        done.body
+    );
+    assert_eq!(
+        sqlite_count(
+            &db,
+            "SELECT COUNT(*) FROM audit_log WHERE decision = 'block' AND reason_code = 'coordinated_abuse' AND reviewer = 'ana'"
+        ),
+        n as i64
+    );
+    ok(&["review", "verify", "--out", s(&data)]);
     assert!(server.stop().success());
 }

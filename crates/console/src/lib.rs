@@ -125,4 +125,9 @@ pub trait LiveView: Send + Sync + std::fmt::Debug {
         user_id: &'a str,
         day: &'a str,
     ) -> Pin<Box<dyn Future<Output = Option<LiveCase>> + Send + 'a>>;
+
+    /// The identifiers each user has used (IPs, devices, payment tokens: opaque keys, equal
+    /// for equal identifiers), in the order given; a user the service does not hold has
+    /// none. Entity resolution links the queue's users through them.
+    fn identifiers(&self, users: &[String]) -> Vec<vigil_automate::er::UserKeys>;
 }

@@ -20,7 +20,7 @@ use vigil_review::worklist::{QueueFilter, Status};
 use vigil_review::{AuditKey, Decision, ReviewStore};
 
 use crate::accounts::{Accounts, LoginRefused, Role, Session, generate_password, random_hex};
-use crate::groups::{Clusters, MAX_AGE, MAX_BULK};
+use crate::groups::{Clusters, Components, MAX_AGE, MAX_BULK, graph_svg};
 use crate::html::{bars, esc, fmt_num, page, path_seg};
 use crate::{ConsoleError, LiveView};
 
@@ -44,6 +44,8 @@ pub struct Console {
     automation: AutomationConfig,
     /// The latest clustering of the undecided queue.
     clusters: Mutex<Option<Arc<Clusters>>>,
+    /// The latest entity resolution of the undecided queue's users.
+    components: Mutex<Option<Arc<Components>>>,
     /// Bounds the Argon2 work running at once (each takes ~19 MiB and tens of ms).
     logins: tokio::sync::Semaphore,
 }
@@ -62,6 +64,7 @@ impl Console {
         Ok(Self {
             automation,
             clusters: Mutex::new(None),
+            components: Mutex::new(None),
             accounts: Accounts::open(data)?,
             store: Mutex::new(ReviewStore::create(review_db)?),
             review_db: review_db.to_path_buf(),
@@ -95,6 +98,7 @@ pub fn router(c: Con) -> Router {
         .route("/case/{id}/reveal", post(reveal))
         .route("/case/{id}/appeal", post(appeal))
         .route("/cluster/{n}", get(cluster_page))
+        .route("/component/{n}", get(component_page))
         .route("/bulk", post(bulk))
         .route("/lead", get(lead_page))
         .route("/lead/audit.csv", get(audit_csv))
@@ -225,6 +229,78 @@ async fn clusters(c: &Con) -> Result<Arc<Clusters>, ConsoleError> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh.clone());
     Ok(fresh)
+}
+
+/// The linked accounts of the undecided queue (`None` without a live service), recomputed
+/// when older than [`MAX_AGE`].
+async fn components(c: &Con) -> Result<Option<Arc<Components>>, ConsoleError> {
+    let Some(live) = c.live.clone() else {
+        return Ok(None);
+    };
+    let cached = c
+        .components
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(cm) = cached
+        && cm.at.elapsed() < MAX_AGE
+    {
+        return Ok(Some(cm));
+    }
+    let cc = c.clone();
+    let fresh = with_store(c, move |st| {
+        crate::groups::compute_components(st, live.as_ref(), &cc.automation, now())
+    })
+    .await?;
+    *c.components
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fresh.clone());
+    Ok(Some(fresh))
+}
+
+/// The form that decides every case of a group (cluster or component), or why not.
+fn bulk_form(csrf: &str, ids: &[String]) -> String {
+    if ids.len() > MAX_BULK {
+        return format!(
+            "<p class=\"error\">More than {MAX_BULK} cases: too many for one bulk decision; decide them in smaller groups.</p>"
+        );
+    }
+    format!(
+        "<section class=\"card\"><h2>Decide all {} cases</h2>\
+         <form method=\"post\" action=\"/bulk\" id=\"bulk\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+         <input type=\"hidden\" name=\"ids\" value=\"{}\">\
+         <label>Action <select name=\"decision\">{}</select></label> \
+         <label>Reason <select name=\"reason_code\">{}</select></label> \
+         <label>Notes <input name=\"notes\"></label> \
+         <button type=\"submit\">Review the bulk decision</button></form>\
+         <p class=\"muted\">One audit record per case; you confirm on the next page.</p></section>",
+        ids.len(),
+        esc(csrf),
+        esc(&join_ids(ids.iter())),
+        ACTIONS
+            .iter()
+            .map(|a| format!("<option>{a}</option>"))
+            .collect::<String>(),
+        vigil_review::REASON_CODES
+            .iter()
+            .map(|r| format!("<option>{r}</option>"))
+            .collect::<String>(),
+    )
+}
+
+fn members_table(ids: &[String]) -> String {
+    let mut b =
+        String::from("<section class=\"card wide\"><table id=\"members\"><tr><th>Case</th></tr>");
+    for id in ids.iter().take(500) {
+        let _ = write!(
+            b,
+            "<tr><td><a href=\"/case/{}\">{}</a></td></tr>",
+            path_seg(id),
+            esc(id)
+        );
+    }
+    b.push_str("</table></section>");
+    b
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -969,6 +1045,20 @@ async fn case_page(
             cl.members.get(n).map_or(0, Vec::len)
         );
     }
+    if let Ok(Some(cm)) = components(&c).await
+        && let Some(&n) = cm.of.get(&case.review_id)
+    {
+        let users = &cm.users[n];
+        let _ = write!(
+            b,
+            "<section class=\"card\"><h2>Linked accounts</h2><p>{} users share devices, payment tokens or IPs with \
+             this one; <a href=\"/component/{n}\" id=\"component-link\">{} undecided cases</a> among them.</p>{}{}</section>",
+            users.len(),
+            cm.members[n].len(),
+            graph_svg(users, &cm.edges[n], &case.user_id),
+            LEGEND
+        );
+    }
     if others.len() > 1 {
         b.push_str("<section class=\"card\"><h2>This user's other cases</h2><table>");
         for (o, latest) in others.iter().filter(|(o, _)| o.review_id != case.review_id) {
@@ -1242,47 +1332,61 @@ async fn cluster_page(
         ids.len(),
         cl.at.elapsed().as_secs()
     );
-    if ids.len() > MAX_BULK {
-        let _ = write!(
-            b,
-            "<p class=\"error\">More than {MAX_BULK} cases: too many for one bulk decision; decide them in smaller groups.</p>"
-        );
-    } else {
-        let _ = write!(
-            b,
-            "<section class=\"card\"><h2>Decide all {} cases</h2>\
-             <form method=\"post\" action=\"/bulk\" id=\"bulk\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-             <input type=\"hidden\" name=\"ids\" value=\"{}\">\
-             <label>Action <select name=\"decision\">{}</select></label> \
-             <label>Reason <select name=\"reason_code\">{}</select></label> \
-             <label>Notes <input name=\"notes\"></label> \
-             <button type=\"submit\">Review the bulk decision</button></form>\
-             <p class=\"muted\">One audit record per case; you confirm on the next page.</p></section>",
-            ids.len(),
-            esc(&s.csrf),
-            esc(&join_ids(ids.iter())),
-            ACTIONS
-                .iter()
-                .map(|a| format!("<option>{a}</option>"))
-                .collect::<String>(),
-            vigil_review::REASON_CODES
-                .iter()
-                .map(|r| format!("<option>{r}</option>"))
-                .collect::<String>(),
-        );
-    }
-    b.push_str("<section class=\"card wide\"><table id=\"members\"><tr><th>Case</th></tr>");
-    for id in ids.iter().take(500) {
-        let _ = write!(
-            b,
-            "<tr><td><a href=\"/case/{}\">{}</a></td></tr>",
-            path_seg(id),
-            esc(id)
-        );
-    }
-    b.push_str("</table></section>");
+    b.push_str(&bulk_form(&s.csrf, ids));
+    b.push_str(&members_table(ids));
     html(StatusCode::OK, page(&format!("Cluster {n}"), Some(&s), &b))
 }
+
+async fn component_page(
+    State(c): State<Con>,
+    headers: HeaderMap,
+    UrlPath(n): UrlPath<usize>,
+) -> Response {
+    let s = match require(&c, &headers, Role::Reviewer, &format!("/component/{n}")).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let cm = match components(&c).await {
+        Ok(Some(cm)) => cm,
+        Ok(None) => {
+            return problem(
+                StatusCode::NOT_FOUND,
+                Some(&s),
+                "Linked accounts need the live service (vigil serve).",
+            );
+        }
+        Err(e) => return internal(Some(&s), e),
+    };
+    let (Some(ids), Some(users), Some(edges)) =
+        (cm.members.get(n), cm.users.get(n), cm.edges.get(n))
+    else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            &format!("No linked-account group {n} among the undecided queue's users."),
+        );
+    };
+    let mut b = format!(
+        "<header class=\"bar\"><h1>Linked accounts {n}</h1><span class=\"muted\">{} users sharing identifiers, \
+         {} undecided cases (resolved {} s ago)</span><a href=\"/\" class=\"back\">Queue <kbd>u</kbd></a></header>\
+         <section class=\"card wide\">{}{}</section>",
+        users.len(),
+        ids.len(),
+        cm.at.elapsed().as_secs(),
+        graph_svg(users, edges, ""),
+        LEGEND
+    );
+    b.push_str(&bulk_form(&s.csrf, ids));
+    b.push_str(&members_table(ids));
+    html(
+        StatusCode::OK,
+        page(&format!("Linked accounts {n}"), Some(&s), &b),
+    )
+}
+
+const LEGEND: &str = "<p class=\"legend muted\"><span>orange: shared device</span>\
+<span>purple: shared payment token</span><span>grey dashes: shared IP</span> \
+(identifiers are shown as opaque keys)</p>";
 
 /// Case ids for a form field: each percent-encoded, separated by spaces (an id may hold
 /// any character, an encoded one no space).
@@ -1394,6 +1498,9 @@ async fn bulk(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Response
             );
             // The clustering changed: the next view computes it again.
             *c.clusters
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            *c.components
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             let mut b = format!(

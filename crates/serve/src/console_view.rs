@@ -91,4 +91,20 @@ impl LiveView for View {
             Some(out)
         })
     }
+
+    fn identifiers(&self, users: &[String]) -> Vec<vigil_automate::er::UserKeys> {
+        let hex = |keys: Vec<u64>| keys.into_iter().map(|k| format!("{k:016x}")).collect();
+        users
+            .iter()
+            .map(|u| {
+                let (ips, devices, payments) = self.0.state.identifiers(u).unwrap_or_default();
+                vigil_automate::er::UserKeys {
+                    user_id: u.clone(),
+                    ips: hex(ips),
+                    devices: hex(devices),
+                    payments: hex(payments),
+                }
+            })
+            .collect()
+    }
 }

@@ -373,6 +373,15 @@ impl State {
         Some(self.snapshot(u, &new_keys))
     }
 
+    /// The identifier keys a user has used, ever: (IPs, devices, payment tokens), each the
+    /// dataset's 64-bit key of the identifier, sorted. `None` for a user not held.
+    pub fn identifiers(&self, user: &str) -> Option<(Vec<u64>, Vec<u64>, Vec<u64>)> {
+        let shard = self.shard(user);
+        shard
+            .get(user)
+            .map(|u| (u.ips.clone(), u.devices.clone(), u.payments.clone()))
+    }
+
     /// A user's view; `extra_keys` are identifiers the user would newly share.
     fn snapshot(&self, u: &UserState, extra_keys: &[u64]) -> UserView {
         let days: Vec<DayFeatures> = u.days.iter().map(|(day, d)| features(*day, d)).collect();
