@@ -311,6 +311,11 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
     let team = lee.get("/lead");
     assert!(team.body.contains("id=\"overturns\""), "{}", team.body);
     assert!(
+        team.body.contains("id=\"overturns-by-flag\""),
+        "overturns by detector threshold: {}",
+        team.body
+    );
+    assert!(
         team.body.contains("<td>1</td><td>1</td><td>100.0%</td>"),
         "{}",
         team.body

@@ -1539,11 +1539,12 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
         let q = st.queue_stats(t, sla)?;
         let r = st.reviewer_stats(t)?;
         let o = st.overturn_stats()?;
+        let of = st.overturn_by_flag()?;
         let a = st.agreement_stats()?;
-        Ok((q, r, o, a))
+        Ok((q, r, (o, of), a))
     })
     .await;
-    let (q, reviewers, overturns, (by_reviewer, by_reason)) = match res {
+    let (q, reviewers, (overturns, overturns_by_flag), (by_reviewer, by_reason)) = match res {
         Ok(x) => x,
         Err(e) => return internal(Some(&s), e),
     };
@@ -1615,22 +1616,34 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
         );
     }
     b.push_str("</table></section>");
-    b.push_str("<section class=\"card wide\"><h2>Appeals decided, by enforcement rule</h2>");
+    b.push_str("<section class=\"card wide\"><h2>Appeals decided: overturn rates by rule and by detector threshold</h2>");
     if overturns.is_empty() {
         b.push_str("<p class=\"muted\">No appeal decided yet.</p>");
     } else {
-        b.push_str("<table id=\"overturns\"><tr><th>Rule</th><th>Decided</th><th>Overturned</th><th>Overturn rate</th></tr>");
-        for o in &overturns {
+        for (id, title, rows) in [
+            ("overturns", "Enforcement rule", &overturns),
+            (
+                "overturns-by-flag",
+                "Detector threshold (flag)",
+                &overturns_by_flag,
+            ),
+        ] {
             let _ = write!(
                 b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
-                esc(&o.rule),
-                o.decided,
-                o.overturned,
-                100.0 * o.overturned as f64 / o.decided.max(1) as f64
+                "<table id=\"{id}\"><tr><th>{title}</th><th>Decided</th><th>Overturned</th><th>Overturn rate</th></tr>"
             );
+            for o in rows.iter() {
+                let _ = write!(
+                    b,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
+                    esc(&o.rule),
+                    o.decided,
+                    o.overturned,
+                    100.0 * o.overturned as f64 / o.decided.max(1) as f64
+                );
+            }
+            b.push_str("</table>");
         }
-        b.push_str("</table>");
     }
     b.push_str("</section>");
     let _ = write!(

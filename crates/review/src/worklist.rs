@@ -758,6 +758,33 @@ impl ReviewStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
+    /// Decided appeals and how many were overturned, by the detector threshold that queued
+    /// the appealed case (its flags: `ml` = the model's risk threshold, `heuristic`,
+    /// `uncertain`, `capped`, `rare_harm`; a case with two flags counts for both).
+    pub fn overturn_by_flag(&self) -> Result<Vec<OverturnStats>, ReviewError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT f.flag, COUNT(*), COALESCE(SUM(p.outcome = 'overturned'), 0) \
+                 FROM appeals p JOIN cases c ON c.review_id = p.review_id \
+                 JOIN (SELECT 'ml' AS flag UNION ALL SELECT 'heuristic' UNION ALL \
+                       SELECT 'uncertain' UNION ALL SELECT 'capped' UNION ALL SELECT 'rare_harm') f \
+                   ON instr(',' || c.flags || ',', ',' || f.flag || ',') > 0 \
+                 WHERE p.resolved_seq IS NOT NULL GROUP BY f.flag ORDER BY f.flag",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(OverturnStats {
+                    rule: r.get(0)?,
+                    decided: r.get::<_, i64>(1)? as usize,
+                    overturned: r.get::<_, i64>(2)? as usize,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
     /// Record that `reviewer` revealed a case's blurred text (who and when, never the text).
     pub fn record_reveal(
         &mut self,
