@@ -64,6 +64,7 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
     add_user(&data, "ana", "reviewer", "ana's long password");
     add_user(&data, "lee", "lead", "lee's long password");
     add_user(&data, "bo", "reviewer", "bo's long password");
+    add_user(&data, "root", "admin", "root's long password");
     let cfg = console_config(
         dir.path(),
         "session_ttl_secs = 4\nmax_failed_logins = 3\nclaim_ttl_secs = 600\nsecond_review_share = 1.0",
@@ -328,6 +329,49 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
         team.body
     );
     ok(&["review", "verify", "--out", s(&data)]);
+
+    // Admins manage API tokens from the console: a new token works at once, a revoked one
+    // is refused at once; a reviewer cannot make one.
+    assert_eq!(
+        ana.post("/admin/tokens", &[("csrf", &csrf), ("scope", "admin")])
+            .status,
+        403
+    );
+    let (_, root) = login(&server, "root", "root's long password");
+    let root = root.unwrap();
+    let root_csrf = root.csrf();
+    let made = root.post(
+        "/admin/tokens",
+        &[
+            ("csrf", &root_csrf),
+            ("scope", "read"),
+            ("name", "dashboard"),
+        ],
+    );
+    assert_eq!(made.status, 200, "{}", made.body);
+    let marker = "id=\"new-token\">";
+    let at = made.body.find(marker).unwrap() + marker.len();
+    let new_token = made.body[at..at + made.body[at..].find('<').unwrap()].to_string();
+    let at = made.body.find("Token ").unwrap() + 6;
+    let token_id = made.body[at..at + made.body[at..].find(' ').unwrap()].to_string();
+    let bearer = format!("Bearer {new_token}");
+    let read = |h: &str| {
+        request(
+            &server.addr,
+            "GET",
+            "/v1/users/nobody",
+            &[("Authorization", h)],
+            b"",
+        )
+        .status
+    };
+    assert_eq!(read(&bearer), 404, "the new read token works at once");
+    let revoked = root.post(
+        &format!("/admin/tokens/{token_id}/revoke"),
+        &[("csrf", &root_csrf)],
+    );
+    assert_eq!(revoked.status, 303, "{}", revoked.body);
+    assert_eq!(read(&bearer), 401, "a revoked token is refused at once");
 
     // Sessions expire (4 s here).
     std::thread::sleep(Duration::from_secs(5));

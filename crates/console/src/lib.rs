@@ -130,4 +130,29 @@ pub trait LiveView: Send + Sync + std::fmt::Debug {
     /// for equal identifiers), in the order given; a user the service does not hold has
     /// none. Entity resolution links the queue's users through them.
     fn identifiers(&self, users: &[String]) -> Vec<vigil_automate::er::UserKeys>;
+
+    /// The service's API tokens (never the tokens themselves), oldest first.
+    fn tokens(&self) -> Result<Vec<TokenRow>, String>;
+
+    /// Make a token of `scope` (ingest, read, review or admin); returns it (the only time
+    /// it is seen) and its id. It is live at once.
+    fn create_token(&self, scope: &str, name: &str) -> Result<(String, String), String>;
+
+    /// Revoke a token by id (false: no such live token). It is refused at once.
+    fn revoke_token(&self, id: &str) -> Result<bool, String>;
+}
+
+/// One API token as the admin page lists it.
+#[derive(Debug, Clone)]
+pub struct TokenRow {
+    /// Public id.
+    pub id: String,
+    /// A name for people.
+    pub name: String,
+    /// What it may do.
+    pub scope: String,
+    /// When it was made (UTC).
+    pub created_at: String,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<String>,
 }

@@ -105,6 +105,8 @@ pub fn router(c: Con) -> Router {
         .route("/lead/audit.jsonl", get(audit_jsonl))
         .route("/admin/users", get(users_page).post(add_user))
         .route("/admin/users/{name}/disable", post(disable_user))
+        .route("/admin/tokens", post(create_token))
+        .route("/admin/tokens/{id}/revoke", post(revoke_token))
         .route(
             "/static/console.css",
             get(|| async { asset(CSS, "text/css") }),
@@ -1810,6 +1812,48 @@ async fn users_view(c: &Con, s: &Session, status: StatusCode, notice: &str) -> R
          <button type=\"submit\">Add (the password is shown once)</button></form></section>",
         esc(&s.csrf)
     );
+    if let Some(live) = c.live.clone() {
+        let rows = match tokio::task::spawn_blocking(move || live.tokens()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return internal(Some(s), e),
+            Err(e) => return internal(Some(s), e),
+        };
+        b.push_str(
+            "<section class=\"card wide\"><h2>API tokens</h2><table id=\"tokens\"><tr><th>Id</th><th>Name</th>\
+             <th>Scope</th><th>Created</th><th>Revoked</th><th></th></tr>",
+        );
+        for t in &rows {
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&t.id),
+                esc(&t.name),
+                esc(&t.scope),
+                esc(&t.created_at),
+                esc(t.revoked_at.as_deref().unwrap_or("")),
+                if t.revoked_at.is_some() {
+                    String::new()
+                } else {
+                    post_button(
+                        &format!("/admin/tokens/{}/revoke", path_seg(&t.id)),
+                        &s.csrf,
+                        "Revoke",
+                        &[],
+                    )
+                }
+            );
+        }
+        let _ = write!(
+            b,
+            "</table><form method=\"post\" action=\"/admin/tokens\" id=\"token-form\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label>Scope <select name=\"scope\"><option>ingest</option><option>read</option>\
+             <option>review</option><option>admin</option></select></label> \
+             <label>Name <input name=\"name\" maxlength=\"100\"></label> \
+             <button type=\"submit\">Create token (shown once)</button></form></section>",
+            esc(&s.csrf)
+        );
+    }
     html(status, page("Accounts", Some(s), &b))
 }
 
@@ -1847,6 +1891,74 @@ async fn add_user(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Resp
         Ok(Err(e @ ConsoleError::Usage(_))) => {
             problem(StatusCode::BAD_REQUEST, Some(&s), &e.to_string())
         }
+        Ok(Err(e)) => internal(Some(&s), e),
+        Err(e) => internal(Some(&s), e),
+    }
+}
+
+async fn create_token(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = form(&body);
+    let s = match require_post(&c, &headers, &f, Role::Admin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(live) = c.live.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            "API tokens belong to the live service.",
+        );
+    };
+    let scope = f.get("scope").cloned().unwrap_or_default();
+    let name: String = f
+        .get("name")
+        .cloned()
+        .unwrap_or_default()
+        .chars()
+        .take(100)
+        .collect();
+    let (sc, nm) = (scope.clone(), name.clone());
+    match tokio::task::spawn_blocking(move || live.create_token(&sc, &nm)).await {
+        Ok(Ok((token, id))) => {
+            tracing::info!(admin = s.name, token = id, scope, "API token created");
+            let notice = format!(
+                "<p class=\"notice\" role=\"status\">Token {} ({}) created. It is shown only now: \
+                 <code id=\"new-token\">{}</code></p>",
+                esc(&id),
+                esc(&scope),
+                esc(&token)
+            );
+            users_view(&c, &s, StatusCode::OK, &notice).await
+        }
+        Ok(Err(e)) => problem(StatusCode::BAD_REQUEST, Some(&s), &e),
+        Err(e) => internal(Some(&s), e),
+    }
+}
+
+async fn revoke_token(
+    State(c): State<Con>,
+    headers: HeaderMap,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Response {
+    let s = match require_post(&c, &headers, &form(&body), Role::Admin).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(live) = c.live.clone() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            Some(&s),
+            "API tokens belong to the live service.",
+        );
+    };
+    let i2 = id.clone();
+    match tokio::task::spawn_blocking(move || live.revoke_token(&i2)).await {
+        Ok(Ok(true)) => {
+            tracing::info!(admin = s.name, token = id, "API token revoked");
+            see_other("/admin/users")
+        }
+        Ok(Ok(false)) => problem(StatusCode::NOT_FOUND, Some(&s), "No such live token."),
         Ok(Err(e)) => internal(Some(&s), e),
         Err(e) => internal(Some(&s), e),
     }

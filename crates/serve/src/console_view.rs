@@ -107,4 +107,35 @@ impl LiveView for View {
             })
             .collect()
     }
+
+    fn tokens(&self) -> Result<Vec<vigil_console::TokenRow>, String> {
+        let store = crate::TokenStore::open(&self.0.data).map_err(|e| e.to_string())?;
+        Ok(store
+            .list()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|t| vigil_console::TokenRow {
+                id: t.id,
+                name: t.name,
+                scope: t.scope.as_str().to_string(),
+                created_at: t.created_at,
+                revoked_at: t.revoked_at,
+            })
+            .collect())
+    }
+
+    fn create_token(&self, scope: &str, name: &str) -> Result<(String, String), String> {
+        let scope: crate::Scope = scope.parse()?;
+        let store = crate::TokenStore::open(&self.0.data).map_err(|e| e.to_string())?;
+        let (token, info) = store.create(scope, name).map_err(|e| e.to_string())?;
+        self.0.auth.refresh().map_err(|e| e.to_string())?;
+        Ok((token, info.id))
+    }
+
+    fn revoke_token(&self, id: &str) -> Result<bool, String> {
+        let store = crate::TokenStore::open(&self.0.data).map_err(|e| e.to_string())?;
+        let done = store.revoke(id).map_err(|e| e.to_string())?;
+        self.0.auth.refresh().map_err(|e| e.to_string())?;
+        Ok(done)
+    }
 }
