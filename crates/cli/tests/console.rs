@@ -618,6 +618,8 @@ fn a_reviewer_logs_in_takes_the_next_case_and_decides_by_keyboard_in_headless_ch
     let dir = tempfile::tempdir().unwrap();
     let (data, model) = world(dir.path());
     add_user(&data, "ana", "reviewer", "ana's long password");
+    add_user(&data, "bo", "reviewer", "bo's long password");
+    let review_token = token(&data, "review");
     let server = Server::start(&data, &model, None);
     wait_for_cases(&data.join("review.db"));
     let origin = format!("http://{}", server.addr);
@@ -751,6 +753,56 @@ fn a_reviewer_logs_in_takes_the_next_case_and_decides_by_keyboard_in_headless_ch
     );
     let (out, _) = ok_output(&["review", "verify", "--out", s(&data)]);
     assert!(out.contains(&format!("{} record", members + 1)), "{out}");
+
+    // An appeal against Ana's keyboard decision goes to another reviewer: Bo logs in, and
+    // his next case is the appealed one, which he decides differently (overturned).
+    let body = serde_json::json!({"case": case, "statement": "not spam"}).to_string();
+    let auth = format!("Bearer {review_token}");
+    let opened = request(
+        &server.addr,
+        "POST",
+        "/v1/appeals",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &auth),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(opened.status, 201, "{}", opened.body);
+    b.go(&format!("{origin}/"));
+    b.wait_for("document.querySelector('form[action=\"/logout\"]')");
+    b.eval("document.querySelector('form[action=\"/logout\"]').requestSubmit(); true");
+    b.wait_for("document.location.pathname === '/login'");
+    b.eval(
+        "document.querySelector('input[name=name]').value = 'bo';\
+         document.querySelector('input[name=password]').value = \"bo's long password\";\
+         document.querySelector('form').requestSubmit(); true",
+    );
+    b.wait_for("document.querySelector('#queue')");
+    b.press("n");
+    b.wait_for(
+        "document.location.pathname.startsWith('/case/') && document.getElementById('decide')",
+    );
+    assert_eq!(
+        b.eval("decodeURIComponent(document.location.pathname.slice(6))"),
+        serde_json::Value::from(case.clone()),
+        "appeals come first"
+    );
+    assert!(
+        b.eval("document.body.innerText")
+            .as_str()
+            .unwrap()
+            .contains("open: to be decided by a reviewer other than ana")
+    );
+    b.press("1");
+    b.press("Enter");
+    b.wait_for("document.getElementById('recorded')");
+    let c = rusqlite::Connection::open(data.join("review.db")).unwrap();
+    let outcome: String = c
+        .query_row("SELECT outcome FROM appeals", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(outcome, "overturned");
+    ok(&["review", "verify", "--out", s(&data)]);
 
     // No script error, and nothing was requested from anywhere but this server.
     b.eval("true");
