@@ -121,6 +121,9 @@ pub struct ConsoleConfig {
     /// Share of first decisions (0..1) sent for a second, blind review by another
     /// reviewer; the agreement rate is shown to leads. Chosen by a hash of the case id.
     pub second_review_share: f64,
+    /// Mark the session cookies `Secure` (browsers then send them over HTTPS only): turn
+    /// on when the console is reached through a TLS proxy.
+    pub secure_cookies: bool,
 }
 
 impl Default for ConsoleConfig {
@@ -133,6 +136,7 @@ impl Default for ConsoleConfig {
             max_failed_logins: 5,
             page_size: 50,
             second_review_share: 0.1,
+            secure_cookies: false,
         }
     }
 }

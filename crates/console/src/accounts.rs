@@ -343,7 +343,7 @@ impl Accounts {
             )
             .optional()
             .map_err(self.err())?;
-        let Some((role, phc, disabled, failed, locked_until)) = row else {
+        let Some((role, phc, disabled, _failed, locked_until)) = row else {
             verify_password(password, decoy_hash());
             return Ok(Err(LoginRefused::Wrong));
         };
@@ -351,18 +351,27 @@ impl Accounts {
             return Ok(Err(LoginRefused::Locked(locked_until - now)));
         }
         if !verify_password(password, &phc) || disabled {
-            let failed = failed.saturating_add(1);
+            // One atomic increment: concurrent wrong guesses each count.
+            let failed: u32 = c
+                .query_row(
+                    "UPDATE users SET failed = failed + 1 WHERE name = ?1 RETURNING failed",
+                    [name],
+                    |r| r.get(0),
+                )
+                .map_err(self.err())?;
             let lock = if failed >= max_failed {
                 let doublings = (failed - max_failed).min(10);
                 now + (FIRST_LOCK_SECS << doublings).min(MAX_LOCK_SECS)
             } else {
                 0
             };
-            c.execute(
-                "UPDATE users SET failed = ?2, locked_until = ?3 WHERE name = ?1",
-                params![name, failed, lock],
-            )
-            .map_err(self.err())?;
+            if lock > 0 {
+                c.execute(
+                    "UPDATE users SET locked_until = MAX(locked_until, ?2) WHERE name = ?1",
+                    params![name, lock],
+                )
+                .map_err(self.err())?;
+            }
             if lock > 0 {
                 tracing::warn!(account = name, failed, "account locked after failed logins");
                 return Ok(Err(LoginRefused::Locked(lock - now)));

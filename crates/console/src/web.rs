@@ -434,22 +434,39 @@ fn same_origin(headers: &HeaderMap) -> bool {
 /// A local path to return to after logging in (never another site).
 fn local_next(next: Option<&String>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.clone(),
+        // Browsers drop tabs and newlines from URLs (`/<TAB>/evil` becomes `//evil`): no
+        // control character or space is followed either.
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.contains('\\')
+                && !n.bytes().any(|b| b.is_ascii_control() || b == b' ') =>
+        {
+            n.clone()
+        }
         _ => "/".into(),
     }
 }
 
-fn session_cookie(token: &str, max_age: i64) -> String {
-    format!("{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}")
+fn session_cookie(token: &str, max_age: i64, secure: bool) -> String {
+    format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+        if secure { "; Secure" } else { "" }
+    )
 }
 
 // ---- login ----------------------------------------------------------------------------
 
-async fn login_page(Query(q): Query<HashMap<String, String>>) -> Response {
-    login_form(&q, StatusCode::OK, "")
+async fn login_page(State(c): State<Con>, Query(q): Query<HashMap<String, String>>) -> Response {
+    login_form(&q, StatusCode::OK, "", c.cfg.secure_cookies)
 }
 
-fn login_form(q: &HashMap<String, String>, status: StatusCode, message: &str) -> Response {
+fn login_form(
+    q: &HashMap<String, String>,
+    status: StatusCode,
+    message: &str,
+    secure: bool,
+) -> Response {
     let token = random_hex(16);
     let next = local_next(q.get("next"));
     let msg = if message.is_empty() {
@@ -469,7 +486,8 @@ fn login_form(q: &HashMap<String, String>, status: StatusCode, message: &str) ->
     );
     let mut r = html(status, page("Log in", None, &body));
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login; Max-Age=3600"
+        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/login; Max-Age=3600{}",
+        if secure { "; Secure" } else { "" }
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
@@ -485,6 +503,7 @@ async fn login(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Respons
             &f,
             StatusCode::FORBIDDEN,
             "The login form expired; please try again.",
+            c.cfg.secure_cookies,
         );
     }
     let name = f.get("name").cloned().unwrap_or_default();
@@ -504,7 +523,8 @@ async fn login(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Respons
         Ok(Ok(Ok((token, s)))) => {
             tracing::info!(account = s.name, role = s.role.as_str(), "console login");
             let mut r = see_other(&local_next(f.get("next")));
-            if let Ok(v) = HeaderValue::from_str(&session_cookie(&token, ttl)) {
+            if let Ok(v) = HeaderValue::from_str(&session_cookie(&token, ttl, c.cfg.secure_cookies))
+            {
                 r.headers_mut().append(header::SET_COOKIE, v);
             }
             if let Ok(v) =
@@ -516,7 +536,12 @@ async fn login(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Respons
         }
         Ok(Ok(Err(LoginRefused::Wrong))) => {
             tracing::warn!(account = name, "console login refused");
-            login_form(&f, StatusCode::UNAUTHORIZED, "Wrong name or password.")
+            login_form(
+                &f,
+                StatusCode::UNAUTHORIZED,
+                "Wrong name or password.",
+                c.cfg.secure_cookies,
+            )
         }
         Ok(Ok(Err(LoginRefused::Locked(secs)))) => {
             tracing::warn!(
@@ -528,6 +553,7 @@ async fn login(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Respons
                 &f,
                 StatusCode::TOO_MANY_REQUESTS,
                 &format!("Too many failed logins: try again in {secs} s."),
+                c.cfg.secure_cookies,
             )
         }
         Ok(Err(e)) => internal(None, e),
@@ -547,7 +573,7 @@ async fn logout(State(c): State<Con>, headers: HeaderMap, body: Bytes) -> Respon
     }
     tracing::info!(account = s.name, "console logout");
     let mut r = see_other("/login");
-    if let Ok(v) = HeaderValue::from_str(&session_cookie("", 0)) {
+    if let Ok(v) = HeaderValue::from_str(&session_cookie("", 0, c.cfg.secure_cookies)) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -575,7 +601,12 @@ async fn queue_page(
         status,
         claimed_by: q.get("mine").filter(|v| *v == "1").map(|_| s.name.clone()),
     };
-    let offset: usize = q.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0);
+    // Bounded so that no arithmetic on it overflows (and SQLite sees a real offset).
+    let offset: usize = q
+        .get("offset")
+        .and_then(|o| o.parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(1 << 40);
     let limit = c.cfg.page_size;
     let f2 = filter.clone();
     let t = now();
@@ -1063,17 +1094,21 @@ async fn case_page(
     }
     if others.len() > 1 {
         b.push_str("<section class=\"card\"><h2>This user's other cases</h2><table>");
-        for (o, latest) in others.iter().filter(|(o, _)| o.review_id != case.review_id) {
+        for u in others.iter().filter(|u| u.case.review_id != case.review_id) {
+            // A pending second review stays blind here too.
+            let shown = match (&u.latest, &u.second_review_of) {
+                (Some(_), Some(first)) if *first != s.name && s.role < Role::Lead => {
+                    "<i>second review</i>".to_string()
+                }
+                (Some(d), _) => esc(d),
+                (None, _) => "undecided".into(),
+            };
             let _ = write!(
                 b,
-                "<tr><td><a href=\"/case/{}\">{}</a></td><td>risk {:.3}</td><td>{}</td></tr>",
-                path_seg(&o.review_id),
-                esc(&o.review_id),
-                o.risk_score,
-                latest
-                    .as_deref()
-                    .map(esc)
-                    .unwrap_or_else(|| "undecided".into())
+                "<tr><td><a href=\"/case/{}\">{}</a></td><td>risk {:.3}</td><td>{shown}</td></tr>",
+                path_seg(&u.case.review_id),
+                esc(&u.case.review_id),
+                u.case.risk_score,
             );
         }
         b.push_str("</table></section>");
@@ -1743,7 +1778,7 @@ async fn audit_export(c: Con, headers: HeaderMap, jsonl: bool) -> Response {
 /// One CSV cell: quoted when needed; a cell a spreadsheet would run as a formula is
 /// prefixed with `'`.
 fn csv_cell(v: &str) -> String {
-    let v = if v.starts_with(['=', '+', '-', '@']) && v.parse::<f64>().is_err() {
+    let v = if v.starts_with(['=', '+', '-', '@', '\t', '\r']) && v.parse::<f64>().is_err() {
         format!("'{v}")
     } else {
         v.to_string()
@@ -2007,6 +2042,8 @@ mod tests {
         assert_eq!(n("//evil.example/x"), "/");
         assert_eq!(n("https://evil.example/"), "/");
         assert_eq!(n("/\\evil.example"), "/");
+        assert_eq!(n("/\t/evil.example"), "/", "a tab is dropped by browsers");
+        assert_eq!(n("/\n/evil.example"), "/");
     }
 
     #[test]

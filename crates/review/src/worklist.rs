@@ -102,6 +102,17 @@ pub struct QueueRow {
     pub second_review_of: Option<String>,
 }
 
+/// One of a user's cases, as the case page lists the user's others.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserCase {
+    /// The case.
+    pub case: Case,
+    /// Its latest decision.
+    pub latest: Option<String>,
+    /// The first reviewer, while its second, blind review is pending.
+    pub second_review_of: Option<String>,
+}
+
 /// The queue's size and age, for leads.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueueStats {
@@ -203,6 +214,34 @@ pub(crate) fn check_appeal(
     match original {
         Some(o) if o == reviewer => Err(ReviewError::NotAllowed(format!(
             "case `{review_id}` is under appeal against {o}'s decision: another reviewer decides it"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A pending second review may not be claimed by (or assigned to) its first reviewer: they
+/// could otherwise hold it from everyone else for ever. (Amending their own decision needs
+/// no claim and stays possible.)
+pub(crate) fn check_second_review(
+    tx: &Transaction<'_>,
+    review_id: &str,
+    reviewer: &str,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    let first: Option<String> = tx
+        .query_row(
+            "SELECT first_reviewer FROM second_reviews WHERE review_id = ?1 AND second_seq IS NULL",
+            [review_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(|source| ReviewError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    match first {
+        Some(f) if f == reviewer => Err(ReviewError::NotAllowed(format!(
+            "case `{review_id}` waits for a second review of {f}'s decision by another reviewer"
         ))),
         _ => Ok(()),
     }
@@ -499,6 +538,7 @@ impl ReviewStore {
             });
         }
         check_appeal(&tx, review_id, reviewer, &self.path)?;
+        check_second_review(&tx, review_id, reviewer, &self.path)?;
         let until = now + ttl_secs;
         tx.execute(
             "INSERT OR REPLACE INTO claims (review_id, reviewer, expires_at) VALUES (?1, ?2, ?3)",
@@ -560,6 +600,9 @@ impl ReviewStore {
         if !known {
             return Err(ReviewError::UnknownCase(review_id.to_string()));
         }
+        // Not to the reviewer an open appeal or a pending second review is about.
+        check_appeal(&tx, review_id, reviewer, &self.path)?;
+        check_second_review(&tx, review_id, reviewer, &self.path)?;
         tx.execute(
             "INSERT OR REPLACE INTO claims (review_id, reviewer, expires_at) VALUES (?1, ?2, ?3)",
             params![review_id, reviewer, now + ttl_secs],
@@ -568,16 +611,26 @@ impl ReviewStore {
         tx.commit().map_err(&e)
     }
 
-    /// Every case of a user (queued or not), newest day first, with its latest decision.
-    pub fn cases_of_user(&self, user_id: &str) -> Result<Vec<(Case, Option<String>)>, ReviewError> {
+    /// Every case of a user (queued or not), newest day first, with its latest decision
+    /// and, while one is pending, its second review's first reviewer (so a page can keep
+    /// that review blind).
+    pub fn cases_of_user(&self, user_id: &str) -> Result<Vec<UserCase>, ReviewError> {
         let sql = format!(
             "SELECT {CASE_COLUMNS}, (SELECT a.decision FROM audit_log a WHERE a.user_id = c.user_id \
-             AND a.day = c.day ORDER BY a.seq DESC LIMIT 1) FROM cases c WHERE c.user_id = ?1 \
+             AND a.day = c.day ORDER BY a.seq DESC LIMIT 1), \
+             (SELECT r.first_reviewer FROM second_reviews r WHERE r.review_id = c.review_id \
+             AND r.second_seq IS NULL) FROM cases c WHERE c.user_id = ?1 \
              ORDER BY c.day DESC LIMIT 100"
         );
         let mut st = self.conn.prepare_cached(&sql).map_err(self.err())?;
         let rows = st
-            .query_map([user_id], |r| Ok((Self::row_to_case(r)?, r.get(11)?)))
+            .query_map([user_id], |r| {
+                Ok(UserCase {
+                    case: Self::row_to_case(r)?,
+                    latest: r.get(11)?,
+                    second_review_of: r.get(12)?,
+                })
+            })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
@@ -641,6 +694,12 @@ impl ReviewStore {
         )
         .map_err(&e)?;
         let id = tx.last_insert_rowid();
+        // The original reviewer may not decide it: their claim on the case ends.
+        tx.execute(
+            "DELETE FROM claims WHERE review_id = ?1 AND reviewer = ?2",
+            params![review_id, original],
+        )
+        .map_err(&e)?;
         let appeal = tx
             .query_row(
                 &format!("SELECT {APPEAL_COLUMNS} FROM appeals WHERE id = ?1"),
@@ -992,7 +1051,18 @@ mod tests {
             "nothing decided yet"
         );
         decide(&mut s, &key, id, "ana").unwrap();
+        // A claim Ana took on her decided case ends when the appeal opens (she may not
+        // decide it, so she must not hold it from others).
+        s.claim(id, "ana", 10_000_000_000, 1_000).unwrap();
         let a = s.open_appeal(id, "it was a joke", "api", 1_000).unwrap();
+        assert_eq!(s.claim_of(id, 1_000).unwrap(), None);
+        assert!(
+            matches!(
+                s.assign(id, "ana", 60, 1_000),
+                Err(ReviewError::NotAllowed(_))
+            ),
+            "nor can a lead hand it to her"
+        );
         assert_eq!((a.original_reviewer.as_str(), a.appealed_seq), ("ana", 1));
         assert!(
             s.open_appeal(id, "again", "api", 1_001).is_err(),
@@ -1058,8 +1128,14 @@ mod tests {
         // Not Ana's to do; Bo's next case is it (before the undecided top case u0).
         assert_ne!(s.claim_next("ana", 60, 1_000).unwrap().as_deref(), Some(id));
         assert_eq!(s.claim_next("bo", 60, 1_000).unwrap().as_deref(), Some(id));
-        // Ana amending her own decision is no second review.
+        // Once Bo lets it go, Ana cannot claim it (she could hold it from everyone else for
+        // ever).
         s.release(id, "bo").unwrap();
+        assert!(matches!(
+            s.claim(id, "ana", 60, 1_001),
+            Err(ReviewError::NotAllowed(_))
+        ));
+        // Ana amending her own decision is no second review.
         decide(&mut s, &key, id, "ana").unwrap();
         assert!(s.second_review_pending(id).unwrap().is_some());
         decide(&mut s, &key, id, "bo").unwrap();
