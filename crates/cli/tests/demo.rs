@@ -187,10 +187,37 @@ window.addEventListener('load', () => {
     return r.width > 50 && r.height > 20 &&
       shapes.some(x => { const b = x.getBBox(); return b.width > 0 || b.height > 0; });
   });
+  // Layout: no element sticks out of its card, and no two cards overlap.
+  const cards = [...document.querySelectorAll('.card')];
+  const spill = [];
+  for (const c of cards) {
+    const r = c.getBoundingClientRect();
+    for (const el of c.querySelectorAll('*')) {
+      const b = el.getBoundingClientRect();
+      if (b.width === 0 && b.height === 0) continue;
+      if (b.right > r.right + 1 || b.left < r.left - 1 || b.bottom > r.bottom + 1) {
+        spill.push((c.querySelector('h2') || c).textContent.slice(0, 40));
+        break;
+      }
+    }
+  }
+  let overlap = 0;
+  const rects = cards.map(c => c.getBoundingClientRect());
+  for (let i = 0; i < rects.length; i++) for (let j = i + 1; j < rects.length; j++) {
+    const a = rects[i], b = rects[j];
+    if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1) overlap++;
+  }
+  // Axes: the tick labels of each chart differ from one another.
+  const degenerate = svgs.filter(s => {
+    const t = [...s.querySelectorAll('text.tick')].map(x => x.textContent);
+    return t.length < 2 || new Set(t).size !== t.length;
+  }).length;
   const out = document.createElement('pre');
   out.id = 'probe';
   out.textContent = 'charts=' + svgs.length + ' drawn=' + drawn.length +
-    ' errors=' + window.__errors.length + ' tables=' + document.querySelectorAll('table').length;
+    ' errors=' + window.__errors.length + ' tables=' + document.querySelectorAll('table').length +
+    ' spill=' + spill.length + ' overlap=' + overlap + ' degenerate=' + degenerate +
+    ' spilled:' + spill.join('|');
   document.body.appendChild(out);
 });
 </script></body>"#;
@@ -206,6 +233,7 @@ window.addEventListener('load', () => {
             "--enable-logging=stderr",
             "--v=0",
             "--virtual-time-budget=5000",
+            "--window-size=1280,1000",
             "--dump-dom",
         ])
         .arg(format!("file://{}", page.display()))
@@ -223,6 +251,12 @@ window.addEventListener('load', () => {
         "{line}"
     );
     assert!(line.contains("tables=4"), "{line}");
+    // The layout holds: nothing overflows its card, cards do not overlap, and every
+    // chart's axis ticks differ (no axis of identical labels).
+    assert!(
+        line.contains("spill=0 overlap=0 degenerate=0"),
+        "the report's layout does not hold: {line}"
+    );
     for l in log.lines() {
         let lower = l.to_lowercase();
         assert!(

@@ -64,11 +64,8 @@ impl ChartData {
     /// between the smallest and largest; no bins for an empty sample.
     pub fn histogram(values: &[f64], bins: usize) -> Self {
         let (edges, counts) = svg::histogram(values, bins);
-        let labels = edges
-            .iter()
-            .take(counts.len())
-            .map(|&e| svg::fmt_tick(e))
-            .collect();
+        let mut labels = svg::fmt_ticks(&edges);
+        labels.truncate(counts.len());
         ChartData::Histogram {
             labels,
             edges,
@@ -141,9 +138,9 @@ fn html_table(headers: &[String], rows: &[Vec<String>]) -> String {
 const STYLE: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;\
 margin:24px;color:#1f2933;background:#fff}h1{margin:0 0 4px}.sub{color:#616e7c;margin-bottom:16px}\
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:16px}\
-.card{border:1px solid #e4e7eb;border-radius:8px;padding:12px}h2{font-size:15px;margin:0 0 8px}\
+.card{border:1px solid #e4e7eb;border-radius:8px;padding:12px;min-width:0;overflow-x:auto}h2{font-size:15px;margin:0 0 8px}\
 table{border-collapse:collapse;font-size:12px;width:100%}th,td{border-bottom:1px solid #e4e7eb;\
-padding:3px 6px;text-align:left;vertical-align:top}th{background:#f5f7fa}\
+padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#f5f7fa}\
 svg{width:100%;height:auto}svg text{font-size:11px;fill:#3e4c59}";
 
 /// The report as one self-contained HTML page.

@@ -27,6 +27,24 @@ pub fn fmt_tick(v: f64) -> String {
     }
 }
 
+/// Labels for a run of axis values (ticks or bin edges): [`fmt_tick`]'s short form when
+/// it tells them apart, else as many decimals as it takes (up to 9) so that neighbouring
+/// labels differ: a narrow range such as 0.9991-0.9999 never shows every tick as "1.000".
+pub fn fmt_ticks(values: &[f64]) -> Vec<String> {
+    let distinct = |l: &[String]| l.windows(2).all(|w| w[0] != w[1]);
+    let short: Vec<String> = values.iter().map(|&v| fmt_tick(v)).collect();
+    if distinct(&short) {
+        return short;
+    }
+    for d in 0..=9 {
+        let l: Vec<String> = values.iter().map(|v| format!("{v:.d$}")).collect();
+        if distinct(&l) {
+            return l;
+        }
+    }
+    values.iter().map(|v| format!("{v:e}")).collect()
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -50,16 +68,17 @@ impl Frame {
             H - B,
             W - R
         ));
-        for k in 0..=4 {
-            let v = self.y_min + (self.y_max - self.y_min) * f64::from(k) / 4.0;
-            let y = self.y(v);
+        let ticks: Vec<f64> = (0..=4)
+            .map(|k| self.y_min + (self.y_max - self.y_min) * f64::from(k) / 4.0)
+            .collect();
+        for (v, label) in ticks.iter().zip(fmt_ticks(&ticks)) {
+            let y = self.y(*v);
             out.push_str(&format!(
                 "<line x1=\"{}\" y1=\"{y:.1}\" x2=\"{L}\" y2=\"{y:.1}\" stroke=\"#9aa5b1\"/>\
-                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+                 <text class=\"tick\" x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{label}</text>",
                 L - 4.0,
                 L - 6.0,
                 y + 4.0,
-                fmt_tick(v)
             ));
         }
     }
@@ -208,6 +227,13 @@ pub fn histogram(values: &[f64], bins: usize) -> (Vec<f64>, Vec<f64>) {
     if lo > hi {
         return (vec![], vec![]);
     }
+    // A constant sample (or one within rounding of it) is one bin, not many empty ones
+    // whose edges cannot be told apart.
+    let bins = if hi - lo <= 1e-9 * hi.abs().max(1.0) {
+        1
+    } else {
+        bins
+    };
     let width = ((hi - lo) / bins as f64).max(1e-12);
     let mut counts = vec![0.0; bins];
     for v in finite() {
@@ -241,6 +267,15 @@ pub fn render(c: &Chart) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrow_ranges_get_ticks_that_differ() {
+        let t = fmt_ticks(&[0.9991, 0.9993, 0.9995, 0.9997, 0.9999]);
+        assert!(t.windows(2).all(|w| w[0] != w[1]), "{t:?}");
+        assert_eq!(fmt_ticks(&[0.0, 250.0, 500.0]), ["0", "250", "500"]);
+        let (edges, counts) = histogram(&[1.0, 1.0, 1.0], 10);
+        assert_eq!((edges.len(), counts), (2, vec![3.0]));
+    }
 
     #[test]
     fn histogram_counts_every_value() {
