@@ -137,10 +137,11 @@ fn html_table(headers: &[String], rows: &[Vec<String>]) -> String {
 
 const STYLE: &str = "body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;\
 margin:24px;color:#1f2933;background:#fff}h1{margin:0 0 4px}.sub{color:#616e7c;margin-bottom:16px}\
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:16px}\
-.card{border:1px solid #e4e7eb;border-radius:8px;padding:12px;min-width:0;overflow-x:auto}h2{font-size:15px;margin:0 0 8px}\
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:16px;grid-auto-flow:dense}\
+.card{border:1px solid #e4e7eb;border-radius:8px;padding:12px;min-width:0;overflow-x:auto}\
+.wide{grid-column:1/-1}h2{font-size:15px;margin:0 0 8px}\
 table{border-collapse:collapse;font-size:12px;width:100%}th,td{border-bottom:1px solid #e4e7eb;\
-padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#f5f7fa}\
+padding:3px 6px;text-align:left;vertical-align:top;overflow-wrap:break-word}th{background:#f5f7fa}\
 svg{width:100%;height:auto}svg text{font-size:11px;fill:#3e4c59}";
 
 /// The report as one self-contained HTML page.
@@ -166,7 +167,16 @@ pub fn render_html(r: &Report) -> String {
     ));
     h.push_str("</div>");
     for t in &r.tables {
-        h.push_str(&format!("<div class=\"card\"><h2>{}</h2>", esc(&t.title)));
+        // A table of many columns gets the page's whole width instead of squeezing them.
+        let class = if t.headers.len() > 5 {
+            "card wide"
+        } else {
+            "card"
+        };
+        h.push_str(&format!(
+            "<div class=\"{class}\"><h2>{}</h2>",
+            esc(&t.title)
+        ));
         h.push_str(&html_table(&t.headers, &t.rows));
         h.push_str("</div>");
     }

@@ -4,11 +4,13 @@
 use crate::{Chart, ChartData};
 
 const W: f64 = 440.0;
-const H: f64 = 240.0;
-const L: f64 = 52.0; // left margin
+const H: f64 = 252.0;
+const L: f64 = 56.0; // left margin
 const R: f64 = 12.0;
 const T: f64 = 12.0;
-const B: f64 = 46.0;
+// Room under the x axis for labels of up to `X_LABEL_CHARS` characters rotated by 35°.
+const B: f64 = 58.0;
+const X_LABEL_CHARS: usize = 10;
 const COLORS: [&str; 4] = ["#2f6fde", "#e0563b", "#2a9d8f", "#8e6bbf"];
 
 /// A short axis label for `v` (3 significant figures at most, k and M for large values).
@@ -84,18 +86,31 @@ impl Frame {
     }
 }
 
+/// The axis top for a largest value `v`: the next round number above it (1, 1.2, 2, 4, 6,
+/// 8 times a power of ten), so the four tick steps are round too.
 fn nice_max(v: f64) -> f64 {
     if v <= 0.0 || !v.is_finite() {
         return 1.0;
     }
-    v * 1.05
+    let p = 10f64.powf(v.log10().floor());
+    [1.0, 1.2, 2.0, 4.0, 6.0, 8.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|top| *top >= v * 1.02)
+        .unwrap_or(v * 1.05)
 }
 
 fn x_labels(labels: &[String], xs: &[f64], out: &mut String) {
     let every = (labels.len() / 8).max(1);
     for (i, (l, x)) in labels.iter().zip(xs).enumerate() {
         if i % every == 0 {
-            let short: String = l.chars().take(14).collect();
+            let short: String = if l.chars().count() > X_LABEL_CHARS {
+                let mut t: String = l.chars().take(X_LABEL_CHARS - 1).collect();
+                t.push('…');
+                t
+            } else {
+                l.clone()
+            };
             out.push_str(&format!(
                 "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"end\" transform=\"rotate(-35 {x:.1} {:.1})\">{}</text>",
                 H - B + 14.0,
@@ -267,6 +282,14 @@ pub fn render(c: &Chart) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn axis_tops_are_round_numbers_above_the_data() {
+        assert_eq!(nice_max(15_118.0), 20_000.0);
+        assert_eq!(nice_max(0.186), 0.2);
+        assert_eq!(nice_max(1.0), 1.2);
+        assert_eq!(nice_max(0.0), 1.0);
+    }
 
     #[test]
     fn narrow_ranges_get_ticks_that_differ() {
