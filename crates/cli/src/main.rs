@@ -525,8 +525,8 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         "live service and reviewer console on this data and model:\n  \
          vigil user add admin --data {out}/data --role admin   # prints a password once\n  \
          vigil token create --data {out}/data --scope admin    # API token, printed once\n  \
-         vigil serve --data {out}/data --model {out}/model     # console: http://127.0.0.1:8080/\n\
-         (or `vigil demo --serve` does all three)"
+         vigil serve --data {out}/data --model {out}/model    # console: http://127.0.0.1:8080/\n\
+         (or `vigil demo --serve`: the demo, then the console with an admin login printed)"
     );
     Ok(())
 }

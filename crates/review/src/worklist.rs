@@ -923,6 +923,18 @@ impl ReviewStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
     }
 
+    /// The audit log's last record (sequence number and hash), if any.
+    pub fn audit_head(&self) -> Result<Option<(i64, String)>, ReviewError> {
+        self.conn
+            .query_row(
+                "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
     /// Every audit record in chain order (for export).
     pub fn audit_records(&self) -> Result<Vec<crate::AuditRecord>, ReviewError> {
         let mut st = self
