@@ -23,4 +23,6 @@ if [ -z "${VIGIL_MOTO_SERVER:-}" ]; then
   fi
   export VIGIL_MOTO_SERVER="$(pwd)/.venv-test/bin/moto_server"
 fi
+# Every declared dependency is used (rustc's unused_crate_dependencies is too noisy here).
+python3 ./scripts/check-deps.py
 cargo test --workspace --locked "$@"
