@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS claims (
     review_id TEXT PRIMARY KEY, reviewer TEXT NOT NULL, expires_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS claims_by_reviewer ON claims (reviewer);
 CREATE INDEX IF NOT EXISTS cases_by_user ON cases (user_id, day);
+CREATE INDEX IF NOT EXISTS cases_by_queued_at ON cases (queued_at) WHERE queue_pos IS NOT NULL;
 CREATE TABLE IF NOT EXISTS appeals (
     id INTEGER PRIMARY KEY, review_id TEXT NOT NULL, appealed_seq INTEGER NOT NULL,
     original_reviewer TEXT NOT NULL, opened_at TEXT NOT NULL, opened_by TEXT NOT NULL,
@@ -877,27 +878,53 @@ impl ReviewStore {
     /// The queue's size and age at `now`, with `sla_secs` as the time a case may wait.
     pub fn queue_stats(&self, now: i64, sla_secs: i64) -> Result<QueueStats, ReviewError> {
         let cutoff = utc_text(now - sla_secs);
-        self.conn
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(d IS NULL), 0), \
-                 COALESCE(SUM(d IS NULL AND queued_at IS NOT NULL AND queued_at < ?1), 0), \
-                 COALESCE(SUM(k), 0), MIN(CASE WHEN d IS NULL THEN queued_at END) FROM ( \
-                   SELECT c.queued_at, \
-                   (SELECT 1 FROM audit_log a WHERE a.user_id = c.user_id AND a.day = c.day LIMIT 1) AS d, \
-                   EXISTS (SELECT 1 FROM claims k WHERE k.review_id = c.review_id AND k.expires_at > ?2) AS k \
-                   FROM cases c WHERE c.queue_pos IS NOT NULL)",
-                params![cutoff, now],
-                |r| {
-                    Ok(QueueStats {
-                        queued: r.get::<_, i64>(0)? as usize,
-                        undecided: r.get::<_, i64>(1)? as usize,
-                        past_sla: r.get::<_, i64>(2)? as usize,
-                        claimed: r.get::<_, i64>(3)? as usize,
-                        oldest_undecided: r.get(4)?,
-                    })
-                },
+        // Driven by the (few) decisions and claims, not by a lookup per queued case.
+        let one = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<i64, ReviewError> {
+            self.conn
+                .prepare_cached(sql)
+                .and_then(|mut st| st.query_row(p, |r| r.get::<_, i64>(0)))
+                .map_err(self.err())
+        };
+        let queued = one(
+            "SELECT COUNT(*) FROM cases WHERE queue_pos IS NOT NULL",
+            &[],
+        )?;
+        let decided = one(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT user_id, day FROM audit_log) d \
+             JOIN cases c ON c.user_id = d.user_id AND c.day = d.day WHERE c.queue_pos IS NOT NULL",
+            &[],
+        )?;
+        let late_all = one(
+            "SELECT COUNT(*) FROM cases WHERE queue_pos IS NOT NULL AND queued_at < ?1",
+            &[&cutoff],
+        )?;
+        let late_decided = one(
+            "SELECT COUNT(*) FROM (SELECT DISTINCT user_id, day FROM audit_log) d \
+             JOIN cases c ON c.user_id = d.user_id AND c.day = d.day \
+             WHERE c.queue_pos IS NOT NULL AND c.queued_at < ?1",
+            &[&cutoff],
+        )?;
+        let claimed = one(
+            "SELECT COUNT(*) FROM claims k JOIN cases c ON c.review_id = k.review_id \
+             WHERE k.expires_at > ?1 AND c.queue_pos IS NOT NULL",
+            &[&now],
+        )?;
+        let oldest_undecided: Option<String> = self
+            .conn
+            .prepare_cached(
+                "SELECT c.queued_at FROM cases c WHERE c.queue_pos IS NOT NULL \
+                 AND c.queued_at IS NOT NULL AND NOT EXISTS (SELECT 1 FROM audit_log a \
+                 WHERE a.user_id = c.user_id AND a.day = c.day) ORDER BY c.queued_at LIMIT 1",
             )
-            .map_err(self.err())
+            .and_then(|mut st| st.query_row([], |r| r.get(0)).optional())
+            .map_err(self.err())?;
+        Ok(QueueStats {
+            queued: queued as usize,
+            undecided: (queued - decided).max(0) as usize,
+            past_sla: (late_all - late_decided).max(0) as usize,
+            claimed: claimed as usize,
+            oldest_undecided,
+        })
     }
 
     /// Decisions per reviewer: in all, in the hour and the day before `now`.
@@ -1225,5 +1252,12 @@ mod tests {
         );
         let stats = s.queue_stats(1_000, 3600).unwrap();
         assert_eq!((stats.queued, stats.undecided, stats.claimed), (3, 2, 1));
+        // A day from now, every undecided case has waited past a one-minute SLA, none past
+        // a ten-day one; the oldest undecided one is named.
+        let later = chrono::Utc::now().timestamp() + 86_400;
+        let late = s.queue_stats(later, 60).unwrap();
+        assert_eq!((late.undecided, late.past_sla), (2, 2));
+        assert!(late.oldest_undecided.is_some());
+        assert_eq!(s.queue_stats(later, 10 * 86_400).unwrap().past_sla, 0);
     }
 }
