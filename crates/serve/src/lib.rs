@@ -316,6 +316,7 @@ impl Service {
                 old_s.recent_messages != new_s.recent_messages,
             ),
             ("ingest", self.cfg.ingest != live.cfg.ingest),
+            ("console", self.cfg.console != live.cfg.console),
         ] {
             if changed {
                 needs_restart.push(key.to_string());
