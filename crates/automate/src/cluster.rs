@@ -194,6 +194,19 @@ pub fn minibatch_kmeans(rows: &[SparseRow], dim: usize, k: usize, seed: u64) -> 
     labels.into_iter().map(|l| new_id[l]).collect()
 }
 
+/// [`cluster_texts`] with the `[automation]` settings (the batch queue's clustering and
+/// the console's use the same).
+pub fn cluster_with(docs: &[&str], a: &vigil_config::AutomationConfig) -> Vec<usize> {
+    cluster_texts(
+        docs,
+        a.min_cases_to_cluster,
+        a.max_clusters,
+        a.min_df,
+        a.max_features,
+        a.seed,
+    )
+}
+
 /// Cluster documents as the spec: fewer than `min_cases` documents all go to cluster 0.
 pub fn cluster_texts(
     docs: &[&str],

@@ -36,6 +36,14 @@ fn sqlite_count(db: &Path, sql: &str) -> i64 {
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// The least role a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Reviewer,
+    Lead,
+    Admin,
+}
+
 /// The service writes the cases it derives at start every 250 ms: wait (at most 30 s) for
 /// the first ones.
 fn wait_for_cases(db: &Path) {
@@ -52,9 +60,7 @@ fn wait_for_cases(db: &Path) {
 }
 
 fn console_config(dir: &Path, console: &str) -> PathBuf {
-    let p = dir.join("vigil.toml");
-    std::fs::write(&p, format!("[console]\n{console}\n")).unwrap();
-    p
+    common::server::write_config(dir, "console", console)
 }
 
 #[test]
@@ -139,6 +145,71 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
         403
     );
     assert_eq!(sqlite_count(&db, "SELECT COUNT(*) FROM claims"), 0);
+    // Every state-changing route: no session is 401, a session without the CSRF token is
+    // 403, a reviewer on a lead or admin route is 403 even with it; and nothing changes.
+    let some_case = {
+        let page = ana.get("/");
+        let at = page.body.find("data-href=\"").unwrap() + 11;
+        page.body[at..at + page.body[at..].find('"').unwrap()].to_string()
+    };
+    let state = || {
+        let console = data.join("console.db");
+        [
+            sqlite_count(&db, "SELECT COUNT(*) FROM claims"),
+            sqlite_count(&db, "SELECT COUNT(*) FROM audit_log"),
+            sqlite_count(&db, "SELECT COUNT(*) FROM appeals"),
+            sqlite_count(&db, "SELECT COUNT(*) FROM reveals"),
+            sqlite_count(&console, "SELECT COUNT(*) FROM users"),
+            sqlite_count(&data.join("tokens.db"), "SELECT COUNT(*) FROM tokens"),
+        ]
+    };
+    let before = state();
+    let routes = [
+        ("/next", Role::Reviewer),
+        ("/logout", Role::Reviewer),
+        ("/bulk", Role::Reviewer),
+        (&format!("{some_case}/claim") as &str, Role::Reviewer),
+        (&format!("{some_case}/release"), Role::Reviewer),
+        (&format!("{some_case}/decide"), Role::Reviewer),
+        (&format!("{some_case}/reveal"), Role::Reviewer),
+        (&format!("{some_case}/appeal"), Role::Reviewer),
+        (&format!("{some_case}/assign"), Role::Lead),
+        ("/admin/users", Role::Admin),
+        ("/admin/users/lee/disable", Role::Admin),
+        ("/admin/tokens", Role::Admin),
+    ];
+    let form = [
+        ("decision", "block"),
+        ("reason_code", "spam"),
+        ("ids", some_case.trim_start_matches("/case/")),
+        ("confirm", "1"),
+        ("statement", "x"),
+        ("to", "ana"),
+        ("name", "mallory"),
+        ("role", "admin"),
+        ("scope", "admin"),
+    ];
+    for (route, needs) in routes {
+        let anon = request(
+            &server.addr,
+            "POST",
+            route,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            b"decision=block",
+        );
+        assert_eq!(anon.status, 401, "{route} without a session");
+        assert_eq!(
+            ana.post(route, &form).status,
+            403,
+            "{route} without the CSRF token"
+        );
+        if needs != Role::Reviewer {
+            let mut with = form.to_vec();
+            with.push(("csrf", &csrf));
+            assert_eq!(ana.post(route, &with).status, 403, "{route} as a reviewer");
+        }
+    }
+    assert_eq!(state(), before, "a refused request changed something");
     let next = ana.post("/next", &[("csrf", &csrf)]);
     assert_eq!(next.status, 303, "{}", next.body);
     let case_url = next.header("location").unwrap().to_string();
@@ -392,23 +463,6 @@ fn console_access_needs_a_session_the_right_role_and_the_csrf_token_and_claims_l
 
 // ---- a real browser -------------------------------------------------------------------
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("VIGIL_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"] {
-        if let Ok(o) = Command::new("which").arg(name).output()
-            && o.status.success()
-        {
-            return PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        }
-    }
-    panic!(
-        "headless Chromium is needed for the console test and was not found: install it \
-         (`apt-get install chromium`, which ./scripts/test.sh does) or set VIGIL_CHROMIUM"
-    );
-}
-
 /// A headless Chromium with one page, driven over the DevTools protocol (JSON over a
 /// WebSocket). Console errors, exceptions and every requested URL are collected.
 struct Browser {
@@ -431,7 +485,7 @@ impl Drop for Browser {
 impl Browser {
     fn start() -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let mut child = Command::new(chromium())
+        let mut child = Command::new(common::server::chromium())
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -823,23 +877,14 @@ fn vigil_demo_serve_prints_a_first_login_that_opens_the_demo_queue() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("demo");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args([
-            "demo",
-            "--events",
-            "20000",
-            "--out",
-            s(&out),
-            "--serve",
-            "127.0.0.1:0",
-        ])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    cmd.args(["demo", "--events", "20000", "--out", s(&out)])
+        .args(["--serve", "127.0.0.1:0"])
         .env("VIGIL_AUDIT_KEY", common::test_audit_key())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+        .stderr(Stdio::piped());
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut server = Server::spawned(cmd);
+    let stderr = server.child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr)
             .lines()
@@ -850,19 +895,8 @@ fn vigil_demo_serve_prints_a_first_login_that_opens_the_demo_queue() {
             }
         }
     });
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
     let password = rx.recv_timeout(Duration::from_secs(60)).unwrap();
     assert!(password.len() >= 12);
-    let server = Server { child, addr };
     let (a, admin) = login(&server, "admin", &password);
     assert_eq!(a.status, 303);
     let admin = admin.unwrap();

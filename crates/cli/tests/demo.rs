@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+mod common;
+
 fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(args)
@@ -149,23 +151,6 @@ fn default_entity_resolution_gives_small_pure_components() {
     );
 }
 
-fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("VIGIL_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"] {
-        if let Ok(o) = Command::new("which").arg(name).output()
-            && o.status.success()
-        {
-            return PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-        }
-    }
-    panic!(
-        "headless Chromium is needed to check report.html and was not found: install it \
-         (`apt-get install chromium`, which ./scripts/test.sh does) or set VIGIL_CHROMIUM"
-    );
-}
-
 #[test]
 fn report_renders_in_headless_chromium_with_every_chart_and_no_errors() {
     let html = std::fs::read_to_string(out().join("report.html")).unwrap();
@@ -224,7 +209,7 @@ window.addEventListener('load', () => {
     let dir = tempfile::tempdir().unwrap();
     let page = dir.path().join("probe.html");
     std::fs::write(&page, html.replace("</body>", probe)).unwrap();
-    let o = Command::new(chromium())
+    let o = Command::new(common::server::chromium())
         .args([
             "--headless",
             "--no-sandbox",

@@ -84,9 +84,7 @@ fn trained_with(dir: &Path, events: &str, extra: &[&str]) -> (PathBuf, PathBuf) 
 }
 
 fn write_config(dir: &Path, serve: &str) -> PathBuf {
-    let p = dir.join("vigil.toml");
-    std::fs::write(&p, format!("[serve]\n{serve}\n")).unwrap();
-    p
+    common::server::write_config(dir, "serve", serve)
 }
 
 #[test]
@@ -1565,22 +1563,11 @@ fn start_rare(
     cmd.args(["serve", "--data", s(data), "--model", s(model)])
         .args(["--listen", "127.0.0.1:0", "--sentinel-index", s(index)])
         .args(["--sentinel-model", s(encoder)])
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     if let Some(c) = config {
         cmd.args(["--config", s(c)]);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Server { child, addr }
+    Server::spawned(cmd)
 }
 
 #[test]

@@ -44,14 +44,7 @@ pub(crate) fn compute(
         .iter()
         .map(|&i| rows[i].case.recent_prompts.as_str())
         .collect();
-    let labels = vigil_automate::cluster::cluster_texts(
-        &docs,
-        a.min_cases_to_cluster,
-        a.max_clusters,
-        a.min_df,
-        a.max_features,
-        a.seed,
-    );
+    let labels = vigil_automate::cluster::cluster_with(&docs, a);
     // Duplicates are per day (as the batch's dedup): (day, text key) -> cluster.
     let mut by_key: HashMap<(&str, &str), usize> = HashMap::new();
     for (&i, &l) in originals.iter().zip(&labels) {

@@ -1667,21 +1667,12 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
                 &overturns_by_flag,
             ),
         ] {
-            let _ = write!(
-                b,
-                "<table id=\"{id}\"><tr><th>{title}</th><th>Decided</th><th>Overturned</th><th>Overturn rate</th></tr>"
-            );
-            for o in rows.iter() {
-                let _ = write!(
-                    b,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
-                    esc(&o.rule),
-                    o.decided,
-                    o.overturned,
-                    100.0 * o.overturned as f64 / o.decided.max(1) as f64
-                );
-            }
-            b.push_str("</table>");
+            b.push_str(&rate_table(
+                id,
+                [title, "Decided", "Overturned", "Overturn rate"],
+                rows.iter()
+                    .map(|o| (o.rule.as_str(), o.decided, o.overturned)),
+            ));
         }
     }
     b.push_str("</section>");
@@ -1701,24 +1692,37 @@ async fn lead_page(State(c): State<Con>, headers: HeaderMap) -> Response {
         if rows.is_empty() {
             continue;
         }
-        let _ = write!(
-            b,
-            "<table id=\"{id}\"><tr><th>{title}</th><th>Reviewed</th><th>Agreed</th><th>Agreement</th></tr>"
-        );
-        for a in rows.iter() {
-            let _ = write!(
-                b,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td></tr>",
-                esc(&a.key),
-                a.reviewed,
-                a.agreed,
-                100.0 * a.agreed as f64 / a.reviewed.max(1) as f64
-            );
-        }
-        b.push_str("</table>");
+        b.push_str(&rate_table(
+            id,
+            [title, "Reviewed", "Agreed", "Agreement"],
+            rows.iter().map(|a| (a.key.as_str(), a.reviewed, a.agreed)),
+        ));
     }
     b.push_str("</section></div>");
     html(StatusCode::OK, page("Team", Some(&s), &b))
+}
+
+/// A table of (key, count, part of it) rows with the part's share as a percentage.
+fn rate_table<'a>(
+    id: &str,
+    headers: [&str; 4],
+    rows: impl Iterator<Item = (&'a str, usize, usize)>,
+) -> String {
+    let mut t = format!("<table id=\"{id}\"><tr>");
+    for h in headers {
+        let _ = write!(t, "<th>{}</th>", esc(h));
+    }
+    t.push_str("</tr>");
+    for (key, n, part) in rows {
+        let _ = write!(
+            t,
+            "<tr><td>{}</td><td>{n}</td><td>{part}</td><td>{:.1}%</td></tr>",
+            esc(key),
+            100.0 * part as f64 / n.max(1) as f64
+        );
+    }
+    t.push_str("</table>");
+    t
 }
 
 /// Verify the whole audit chain (read-only, as `vigil review verify`); the verdict as HTML.

@@ -516,6 +516,18 @@ impl ReviewStore {
         decision_ts: &str,
         key: &AuditKey,
     ) -> Result<AuditRecord, ReviewError> {
+        let (rec, store_id) =
+            self.immediate(|tx, store_id, path| append(tx, d, decision_ts, key, store_id, path))?;
+        move_anchor(key, &store_id, &rec);
+        Ok(rec)
+    }
+
+    /// Run `f` in one IMMEDIATE transaction (given the store's id and path) and commit when
+    /// it succeeds; returns its result and the store's id.
+    fn immediate<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>, &str, &Path) -> Result<T, ReviewError>,
+    ) -> Result<(T, String), ReviewError> {
         let store_id = self.store_id()?.unwrap_or_default();
         let path = self.path.clone();
         let e = |source| ReviewError::Sqlite {
@@ -526,10 +538,9 @@ impl ReviewStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        let rec = append(&tx, d, decision_ts, key, &store_id, &path)?;
+        let out = f(&tx, &store_id, &path)?;
         tx.commit().map_err(e)?;
-        move_anchor(key, &store_id, &rec);
-        Ok(rec)
+        Ok((out, store_id))
     }
 
     /// Record many decisions in one transaction (a bulk decision over a group of cases):
@@ -542,41 +553,36 @@ impl ReviewStore {
         decision_ts: &str,
         key: &AuditKey,
     ) -> Result<(Vec<AuditRecord>, Skipped), ReviewError> {
-        let store_id = self.store_id()?.unwrap_or_default();
-        let path = self.path.clone();
-        let e = |source| ReviewError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(e)?;
-        let mut done = Vec::new();
-        let mut skipped = Vec::new();
-        for d in decisions {
-            // A bulk decision is over undecided cases: one decided meanwhile is left alone.
-            let decided: bool = tx
-                .query_row(
-                    "SELECT EXISTS (SELECT 1 FROM cases c JOIN audit_log a \
+        let ((done, skipped), store_id) = self.immediate(|tx, store_id, path| {
+            let mut done = Vec::new();
+            let mut skipped = Vec::new();
+            for d in decisions {
+                // A bulk decision is over undecided cases: one decided meanwhile is left alone.
+                let decided: bool = tx
+                    .query_row(
+                        "SELECT EXISTS (SELECT 1 FROM cases c JOIN audit_log a \
                      ON a.user_id = c.user_id AND a.day = c.day WHERE c.review_id = ?1)",
-                    [&d.review_id],
-                    |r| r.get(0),
-                )
-                .map_err(e)?;
-            if decided {
-                skipped.push((d.review_id.clone(), "decided meanwhile".to_string()));
-                continue;
-            }
-            match append(&tx, d, decision_ts, key, &store_id, &path) {
-                Ok(rec) => done.push(rec),
-                Err(err @ (ReviewError::Claimed { .. } | ReviewError::NotAllowed(_))) => {
-                    skipped.push((d.review_id.clone(), err.to_string()));
+                        [&d.review_id],
+                        |r| r.get(0),
+                    )
+                    .map_err(|source| ReviewError::Sqlite {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
+                if decided {
+                    skipped.push((d.review_id.clone(), "decided meanwhile".to_string()));
+                    continue;
                 }
-                Err(err) => return Err(err),
+                match append(tx, d, decision_ts, key, store_id, path) {
+                    Ok(rec) => done.push(rec),
+                    Err(err @ (ReviewError::Claimed { .. } | ReviewError::NotAllowed(_))) => {
+                        skipped.push((d.review_id.clone(), err.to_string()));
+                    }
+                    Err(err) => return Err(err),
+                }
             }
-        }
-        tx.commit().map_err(e)?;
+            Ok((done, skipped))
+        })?;
         if let Some(last) = done.last() {
             move_anchor(key, &store_id, last);
         }

@@ -193,6 +193,96 @@ fn row_to_appeal(r: &rusqlite::Row<'_>) -> rusqlite::Result<Appeal> {
     })
 }
 
+/// A SQLite error of the store at `path`.
+fn sqlite(path: &std::path::Path) -> impl Fn(rusqlite::Error) -> ReviewError + '_ {
+    move |source| ReviewError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The live claim on a case at `now`: (holder, expiry).
+fn live_claim(
+    conn: &rusqlite::Connection,
+    review_id: &str,
+    now: i64,
+    path: &std::path::Path,
+) -> Result<Option<(String, i64)>, ReviewError> {
+    conn.query_row(
+        "SELECT reviewer, expires_at FROM claims WHERE review_id = ?1 AND expires_at > ?2",
+        params![review_id, now],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .map_err(sqlite(path))
+}
+
+/// Refuse when someone other than `reviewer` holds a live claim on the case at `now`.
+fn refuse_held(
+    conn: &rusqlite::Connection,
+    review_id: &str,
+    reviewer: &str,
+    now: i64,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    match live_claim(conn, review_id, now, path)? {
+        Some((holder, until)) if holder != reviewer => Err(ReviewError::Claimed {
+            case: review_id.to_string(),
+            holder,
+            until: utc_text(until),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse an unknown case id.
+fn known_case(
+    conn: &rusqlite::Connection,
+    review_id: &str,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    let known: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM cases WHERE review_id = ?1",
+            [review_id],
+            |r| r.get(0),
+        )
+        .map_err(sqlite(path))?;
+    if known {
+        Ok(())
+    } else {
+        Err(ReviewError::UnknownCase(review_id.to_string()))
+    }
+}
+
+/// The reviewer an open appeal (`appeals`) or a pending second review (`second_reviews`)
+/// of the case is about.
+fn pending_about(
+    conn: &rusqlite::Connection,
+    table: Pending,
+    review_id: &str,
+    path: &std::path::Path,
+) -> Result<Option<String>, ReviewError> {
+    let sql = match table {
+        Pending::Appeal => {
+            "SELECT original_reviewer FROM appeals WHERE review_id = ?1 AND resolved_seq IS NULL"
+        }
+        Pending::SecondReview => {
+            "SELECT first_reviewer FROM second_reviews WHERE review_id = ?1 AND second_seq IS NULL"
+        }
+    };
+    conn.query_row(sql, [review_id], |r| r.get(0))
+        .optional()
+        .map_err(sqlite(path))
+}
+
+/// What a case may be waiting for from someone other than a given reviewer.
+#[derive(Clone, Copy)]
+enum Pending {
+    Appeal,
+    SecondReview,
+}
+
 /// Inside the decision's transaction: an open appeal may not be decided by the reviewer
 /// whose decision is appealed.
 pub(crate) fn check_appeal(
@@ -201,17 +291,7 @@ pub(crate) fn check_appeal(
     reviewer: &str,
     path: &std::path::Path,
 ) -> Result<(), ReviewError> {
-    let original: Option<String> = tx
-        .query_row(
-            "SELECT original_reviewer FROM appeals WHERE review_id = ?1 AND resolved_seq IS NULL",
-            [review_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|source| ReviewError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let original = pending_about(tx, Pending::Appeal, review_id, path)?;
     match original {
         Some(o) if o == reviewer => Err(ReviewError::NotAllowed(format!(
             "case `{review_id}` is under appeal against {o}'s decision: another reviewer decides it"
@@ -229,17 +309,7 @@ pub(crate) fn check_second_review(
     reviewer: &str,
     path: &std::path::Path,
 ) -> Result<(), ReviewError> {
-    let first: Option<String> = tx
-        .query_row(
-            "SELECT first_reviewer FROM second_reviews WHERE review_id = ?1 AND second_seq IS NULL",
-            [review_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(|source| ReviewError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let first = pending_about(tx, Pending::SecondReview, review_id, path)?;
     match first {
         Some(f) if f == reviewer => Err(ReviewError::NotAllowed(format!(
             "case `{review_id}` waits for a second review of {f}'s decision by another reviewer"
@@ -264,10 +334,7 @@ pub(crate) fn resolve_appeal(
          WHERE review_id = ?1 AND resolved_seq IS NULL",
         params![review_id, seq, decision],
     )
-    .map_err(|source| ReviewError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    .map_err(sqlite(path))?;
     Ok(())
 }
 
@@ -308,10 +375,7 @@ pub(crate) fn resolve_second_review(
          WHERE review_id = ?1 AND second_seq IS NULL AND first_reviewer <> ?3",
         params![review_id, seq, reviewer, decision],
     )
-    .map_err(|source| ReviewError::Sqlite {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    .map_err(sqlite(path))?;
     Ok(())
 }
 
@@ -331,26 +395,13 @@ pub(crate) fn check_claim(
     reviewer: &str,
     path: &std::path::Path,
 ) -> Result<(), ReviewError> {
-    let now = chrono::Utc::now().timestamp();
-    let held: Option<(String, i64)> = tx
-        .query_row(
-            "SELECT reviewer, expires_at FROM claims WHERE review_id = ?1 AND expires_at > ?2",
-            params![review_id, now],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(|source| ReviewError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    match held {
-        Some((holder, until)) if holder != reviewer => Err(ReviewError::Claimed {
-            case: review_id.to_string(),
-            holder,
-            until: utc_text(until),
-        }),
-        _ => Ok(()),
-    }
+    refuse_held(
+        tx,
+        review_id,
+        reviewer,
+        chrono::Utc::now().timestamp(),
+        path,
+    )
 }
 
 const LATEST: &str = "(SELECT a.decision || char(31) || a.reviewer FROM audit_log a \
@@ -511,33 +562,8 @@ impl ReviewStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&e)?;
-        let known: bool = tx
-            .query_row(
-                "SELECT COUNT(*) > 0 FROM cases WHERE review_id = ?1",
-                [review_id],
-                |r| r.get(0),
-            )
-            .map_err(&e)?;
-        if !known {
-            return Err(ReviewError::UnknownCase(review_id.to_string()));
-        }
-        let held: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT reviewer, expires_at FROM claims WHERE review_id = ?1 AND expires_at > ?2",
-                params![review_id, now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(&e)?;
-        if let Some((holder, until)) = held
-            && holder != reviewer
-        {
-            return Err(ReviewError::Claimed {
-                case: review_id.to_string(),
-                holder,
-                until: utc_text(until),
-            });
-        }
+        known_case(&tx, review_id, &self.path)?;
+        refuse_held(&tx, review_id, reviewer, now, &self.path)?;
         check_appeal(&tx, review_id, reviewer, &self.path)?;
         check_second_review(&tx, review_id, reviewer, &self.path)?;
         let until = now + ttl_secs;
@@ -568,14 +594,7 @@ impl ReviewStore {
         review_id: &str,
         now: i64,
     ) -> Result<Option<(String, i64)>, ReviewError> {
-        self.conn
-            .query_row(
-                "SELECT reviewer, expires_at FROM claims WHERE review_id = ?1 AND expires_at > ?2",
-                params![review_id, now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(self.err())
+        live_claim(&self.conn, review_id, now, &self.path)
     }
 
     /// A lead hands a case to `reviewer` for `ttl_secs`, taking it from whoever held it.
@@ -591,16 +610,7 @@ impl ReviewStore {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&e)?;
-        let known: bool = tx
-            .query_row(
-                "SELECT COUNT(*) > 0 FROM cases WHERE review_id = ?1",
-                [review_id],
-                |r| r.get(0),
-            )
-            .map_err(&e)?;
-        if !known {
-            return Err(ReviewError::UnknownCase(review_id.to_string()));
-        }
+        known_case(&tx, review_id, &self.path)?;
         // Not to the reviewer an open appeal or a pending second review is about.
         check_appeal(&tx, review_id, reviewer, &self.path)?;
         check_second_review(&tx, review_id, reviewer, &self.path)?;
@@ -660,16 +670,7 @@ impl ReviewStore {
             )
             .optional()
             .map_err(&e)?;
-        let known: bool = tx
-            .query_row(
-                "SELECT COUNT(*) > 0 FROM cases WHERE review_id = ?1",
-                [review_id],
-                |r| r.get(0),
-            )
-            .map_err(&e)?;
-        if !known {
-            return Err(ReviewError::UnknownCase(review_id.to_string()));
-        }
+        known_case(&tx, review_id, &self.path)?;
         let Some((seq, original)) = latest else {
             return Err(ReviewError::NotAllowed(format!(
                 "case `{review_id}` has no decision to appeal"
@@ -760,14 +761,7 @@ impl ReviewStore {
     /// The first reviewer of the case's pending second review, if one is pending (the
     /// console hides earlier decisions from everyone else: the review is blind).
     pub fn second_review_pending(&self, review_id: &str) -> Result<Option<String>, ReviewError> {
-        self.conn
-            .query_row(
-                "SELECT first_reviewer FROM second_reviews WHERE review_id = ?1 AND second_seq IS NULL",
-                [review_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err())
+        pending_about(&self.conn, Pending::SecondReview, review_id, &self.path)
     }
 
     /// Agreement of second reviews with the first decision, per first reviewer and per the
@@ -798,40 +792,31 @@ impl ReviewStore {
     /// Decided appeals and how many were overturned, by the rule that suggested the
     /// appealed case's action (the feedback from review to the detector's rules).
     pub fn overturn_stats(&self) -> Result<Vec<OverturnStats>, ReviewError> {
-        let mut st = self
-            .conn
-            .prepare_cached(
-                "SELECT c.suggested_reason, COUNT(*), COALESCE(SUM(p.outcome = 'overturned'), 0) \
-                 FROM appeals p JOIN cases c ON c.review_id = p.review_id \
-                 WHERE p.resolved_seq IS NOT NULL GROUP BY c.suggested_reason ORDER BY c.suggested_reason",
-            )
-            .map_err(self.err())?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(OverturnStats {
-                    rule: r.get(0)?,
-                    decided: r.get::<_, i64>(1)? as usize,
-                    overturned: r.get::<_, i64>(2)? as usize,
-                })
-            })
-            .map_err(self.err())?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+        self.overturns("c.suggested_reason", "")
     }
 
     /// Decided appeals and how many were overturned, by the detector threshold that queued
     /// the appealed case (its flags: `ml` = the model's risk threshold, `heuristic`,
     /// `uncertain`, `capped`, `rare_harm`; a case with two flags counts for both).
     pub fn overturn_by_flag(&self) -> Result<Vec<OverturnStats>, ReviewError> {
+        self.overturns(
+            "f.flag",
+            "JOIN (SELECT 'ml' AS flag UNION ALL SELECT 'heuristic' UNION ALL \
+             SELECT 'uncertain' UNION ALL SELECT 'capped' UNION ALL SELECT 'rare_harm') f \
+             ON instr(',' || c.flags || ',', ',' || f.flag || ',') > 0",
+        )
+    }
+
+    /// Decided appeals grouped by `key` (a fixed column expression, never user text) after
+    /// the extra fixed `join`.
+    fn overturns(&self, key: &str, join: &str) -> Result<Vec<OverturnStats>, ReviewError> {
         let mut st = self
             .conn
-            .prepare_cached(
-                "SELECT f.flag, COUNT(*), COALESCE(SUM(p.outcome = 'overturned'), 0) \
-                 FROM appeals p JOIN cases c ON c.review_id = p.review_id \
-                 JOIN (SELECT 'ml' AS flag UNION ALL SELECT 'heuristic' UNION ALL \
-                       SELECT 'uncertain' UNION ALL SELECT 'capped' UNION ALL SELECT 'rare_harm') f \
-                   ON instr(',' || c.flags || ',', ',' || f.flag || ',') > 0 \
-                 WHERE p.resolved_seq IS NOT NULL GROUP BY f.flag ORDER BY f.flag",
-            )
+            .prepare_cached(&format!(
+                "SELECT {key}, COUNT(*), COALESCE(SUM(p.outcome = 'overturned'), 0) \
+                 FROM appeals p JOIN cases c ON c.review_id = p.review_id {join} \
+                 WHERE p.resolved_seq IS NOT NULL GROUP BY {key} ORDER BY {key}"
+            ))
             .map_err(self.err())?;
         let rows = st
             .query_map([], |r| {

@@ -49,7 +49,13 @@ impl Server {
         if let Some(c) = config {
             cmd.args(["--config", s(c)]);
         }
-        let mut child = cmd.spawn().expect("vigil serve starts");
+        Self::spawned(cmd)
+    }
+
+    /// Spawn `cmd` (a `vigil` command that serves) with stdout piped and wait (at most
+    /// 120 s) for its "listening on" line.
+    pub(crate) fn spawned(mut cmd: Command) -> Server {
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("vigil starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -123,40 +129,16 @@ pub(crate) fn http(
     ctype: &str,
     body: &[u8],
 ) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).unwrap();
-    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = Vec::new();
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
     }
     if !ctype.is_empty() {
-        head.push_str(&format!("Content-Type: {ctype}\r\n"));
+        headers.push(("Content-Type", ctype));
     }
-    head.push_str("\r\n");
-    c.write_all(head.as_bytes()).unwrap();
-    // A server may answer (413) before reading the whole body and close.
-    let _ = c.write_all(body);
-    let mut raw = Vec::new();
-    let _ = c.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"));
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    (status, body)
+    let a = request(addr, method, path, &headers, body);
+    (a.status, a.body)
 }
 
 pub(crate) fn dechunk(mut s: &str) -> String {
@@ -170,6 +152,31 @@ pub(crate) fn dechunk(mut s: &str) -> String {
         s = &rest[n + 2..];
     }
     out
+}
+
+/// A `vigil.toml` in `dir` holding one table.
+pub(crate) fn write_config(dir: &Path, table: &str, body: &str) -> std::path::PathBuf {
+    let p = dir.join("vigil.toml");
+    std::fs::write(&p, format!("[{table}]\n{body}\n")).unwrap();
+    p
+}
+
+/// The headless Chromium of the browser tests: `VIGIL_CHROMIUM`, else one on the PATH.
+pub(crate) fn chromium() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("VIGIL_CHROMIUM") {
+        return std::path::PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"] {
+        if let Ok(o) = Command::new("which").arg(name).output()
+            && o.status.success()
+        {
+            return std::path::PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+        }
+    }
+    panic!(
+        "headless Chromium is needed for the browser tests and was not found: install it \
+         (`apt-get install chromium`, which ./scripts/test.sh does) or set VIGIL_CHROMIUM"
+    );
 }
 
 pub(crate) fn token(data: &Path, scope: &str) -> String {
@@ -225,6 +232,7 @@ pub(crate) fn request(
     }
     head.push_str("\r\n");
     c.write_all(head.as_bytes()).unwrap();
+    // A server may answer (413) before reading the whole body and close.
     let _ = c.write_all(body);
     let mut raw = Vec::new();
     let _ = c.read_to_end(&mut raw);

@@ -134,14 +134,7 @@ pub(crate) fn automation(
         .iter()
         .map(|&i| q.recent_prompts[i].as_str())
         .collect();
-    let clusters = vigil_automate::cluster::cluster_texts(
-        &docs,
-        a.min_cases_to_cluster,
-        a.max_clusters,
-        a.min_df,
-        a.max_features,
-        a.seed,
-    );
+    let clusters = vigil_automate::cluster::cluster_with(&docs, a);
     out.csv(&extend(
         "clusters",
         &take(&dedup_t, &nondup)?,
