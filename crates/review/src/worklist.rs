@@ -283,21 +283,15 @@ enum Pending {
     SecondReview,
 }
 
-/// Inside the decision's transaction: an open appeal may not be decided by the reviewer
-/// whose decision is appealed.
+/// Inside the decision's (or claim's) transaction: an open appeal may not be decided,
+/// claimed or assigned by the reviewer whose decision is appealed.
 pub(crate) fn check_appeal(
     tx: &Transaction<'_>,
     review_id: &str,
     reviewer: &str,
     path: &std::path::Path,
 ) -> Result<(), ReviewError> {
-    let original = pending_about(tx, Pending::Appeal, review_id, path)?;
-    match original {
-        Some(o) if o == reviewer => Err(ReviewError::NotAllowed(format!(
-            "case `{review_id}` is under appeal against {o}'s decision: another reviewer decides it"
-        ))),
-        _ => Ok(()),
-    }
+    refuse_pending(tx, Pending::Appeal, review_id, reviewer, path)
 }
 
 /// A pending second review may not be claimed by (or assigned to) its first reviewer: they
@@ -309,11 +303,26 @@ pub(crate) fn check_second_review(
     reviewer: &str,
     path: &std::path::Path,
 ) -> Result<(), ReviewError> {
-    let first = pending_about(tx, Pending::SecondReview, review_id, path)?;
-    match first {
-        Some(f) if f == reviewer => Err(ReviewError::NotAllowed(format!(
-            "case `{review_id}` waits for a second review of {f}'s decision by another reviewer"
-        ))),
+    refuse_pending(tx, Pending::SecondReview, review_id, reviewer, path)
+}
+
+/// Refuse `reviewer` when the case waits (`kind`) for someone other than them.
+fn refuse_pending(
+    conn: &rusqlite::Connection,
+    kind: Pending,
+    review_id: &str,
+    reviewer: &str,
+    path: &std::path::Path,
+) -> Result<(), ReviewError> {
+    match pending_about(conn, kind, review_id, path)? {
+        Some(about) if about == reviewer => Err(ReviewError::NotAllowed(match kind {
+            Pending::Appeal => format!(
+                "case `{review_id}` is under appeal against {about}'s decision: another reviewer decides it"
+            ),
+            Pending::SecondReview => format!(
+                "case `{review_id}` waits for a second review of {about}'s decision by another reviewer"
+            ),
+        })),
         _ => Ok(()),
     }
 }
