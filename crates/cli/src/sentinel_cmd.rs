@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use vigil_sentinel::compare::{CompareRow, compare_row};
 use vigil_sentinel::encoder::MODEL_HELP;
 use vigil_sentinel::harness::{
-    EncodedGroups, EvalRow, Grid, LabeledGroup, compare_aggregators, run_grid_search, score_groups,
+    EncodedGroups, EvalRow, Grid, LabeledGroup, compare_aggregators, group_affinity,
+    run_grid_search, score_groups,
 };
 use vigil_sentinel::index::read_safetensors;
 use vigil_sentinel::{
-    Aggregator, CachedEncoder, Encoder, Matrix, MiniLmEncoder, Precision, ScoreParams, Scorer,
-    SentinelIndex,
+    Aggregator, CachedEncoder, CalibratedScorer, Encoder, GroupAggregator, Matrix, MiniLmEncoder,
+    Precision, ScoreParams, Scorer, SentinelIndex,
 };
 
 /// Sentinel subcommands.
@@ -30,6 +32,44 @@ pub(crate) enum SentinelCommand {
     Sweep(SweepArgs),
     /// Score groups of texts: JSONL lines {"group", "texts"} in, one result line per group out.
     Score(ScoreArgs),
+    /// Fit the calibrated scorer of an existing index from its own examples and store it
+    /// beside the index (two files the reference library ignores).
+    Calibrate(CalibrateArgs),
+}
+
+/// Which scorer `vigil sentinel score` uses.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScorerChoice {
+    /// The reference library's contrastive nearest-neighbour scoring (exactly as it scores).
+    Reference,
+    /// Per-message probabilities from the index's calibrated scorer (`vigil sentinel build`
+    /// fits it; `vigil sentinel calibrate` adds it to an existing index).
+    Calibrated,
+}
+
+/// Which scorers `vigil sentinel eval` reports.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EvalScorers {
+    /// `both` when the index has a calibrated scorer, else `reference`.
+    Auto,
+    /// The reference harness's rows (the reference library's columns).
+    Reference,
+    /// The calibrated scorer's aggregators, side-by-side columns.
+    Calibrated,
+    /// Both scorers side by side: ROC-AUC, average precision, recall at 1% and 5%
+    /// false-positive rate, with bootstrap intervals.
+    Both,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CalibrateArgs {
+    /// Index: a directory or s3://bucket/prefix (AWS_* environment for credentials and
+    /// endpoint).
+    #[arg(long)]
+    index: String,
+    /// Seed of the cross-validation folds and the simulated groups.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +124,9 @@ pub(crate) struct BuildArgs {
     /// Seed for that choice.
     #[arg(long)]
     seed: Option<u64>,
+    /// Do not fit the calibrated scorer (only the reference library's three files are written).
+    #[arg(long)]
+    no_calibrated: bool,
 }
 
 #[derive(Args, Debug)]
@@ -106,9 +149,14 @@ pub(crate) struct ScoreArgs {
     /// Skip an exact match at the top of the neighbour list.
     #[arg(long)]
     prevent_exact_match: bool,
-    /// skewness, mean_of_positives, top_k_mean, percentile_score, softmax_weighted_mean, max_score.
-    #[arg(long, default_value = "skewness")]
-    aggregator: String,
+    /// Which scorer: the reference library's method, or the index's calibrated scorer.
+    #[arg(long, value_enum, default_value = "reference")]
+    scorer: ScorerChoice,
+    /// Reference: skewness (default), mean_of_positives, top_k_mean, percentile_score,
+    /// softmax_weighted_mean, max_score. Calibrated: also expected_count, noisy_or, llr_sum
+    /// [default: the one the scorer chose when it was fitted].
+    #[arg(long)]
+    aggregator: Option<String>,
     /// Keep floor(positives x R) random negatives on load, or `none` for all.
     #[arg(long, default_value = "none")]
     load_ratio: String,
@@ -194,6 +242,15 @@ pub(crate) struct EvalArgs {
     /// Fixed decision threshold [default: the best-F1 threshold].
     #[arg(long)]
     threshold: Option<f64>,
+    /// Which scorers to report.
+    #[arg(long, value_enum, default_value = "auto")]
+    scorer: EvalScorers,
+    /// Bootstrap resamples of the groups behind each side-by-side interval.
+    #[arg(long, default_value_t = 1000)]
+    resamples: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Output format.
     #[arg(long, value_enum, default_value = "table")]
     format: RowFormat,
@@ -454,16 +511,46 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
                 "index with {} positives and {} negatives saved to {}",
                 idx.positive.rows, idx.negative.rows, a.out
             );
+            if !a.no_calibrated {
+                calibrate(&idx, &a.out, a.seed.unwrap_or(1))?;
+            }
+        }
+        SentinelCommand::Calibrate(a) => {
+            let idx = SentinelIndex::load_from(&a.index, None, None)?;
+            calibrate(&idx, &a.index, a.seed)?;
         }
         SentinelCommand::Score(a) => score(a)?,
         SentinelCommand::Eval(a) => {
             let index = SentinelIndex::load_from(&a.index, None, None)?;
+            let calibrated = CalibratedScorer::load_from(&a.index)?;
+            let scorers = match (a.scorer, &calibrated) {
+                (EvalScorers::Auto, Some(_)) => EvalScorers::Both,
+                (EvalScorers::Auto, None) => {
+                    eprintln!(
+                        "{} has no calibrated scorer: reference rows only (add one with \
+                         `vigil sentinel calibrate --index {}`)",
+                        a.index, a.index
+                    );
+                    EvalScorers::Reference
+                }
+                (EvalScorers::Calibrated | EvalScorers::Both, None) => bail!(
+                    "{} has no calibrated scorer: fit one with `vigil sentinel calibrate --index {}`",
+                    a.index,
+                    a.index
+                ),
+                (s, _) => s,
+            };
             let enc = a.model.load()?;
             check_dim(&index, &enc, Path::new(&a.index))?;
             let encoded = encode_groups(&enc, read_groups(&a.groups)?)?;
-            let scores = score_groups(&index, &encoded, a.top_k)?;
-            let rows = compare_aggregators(&scores, a.min_score, a.top_n, a.threshold);
-            print_rows(&rows, a.format)?;
+            if scorers == EvalScorers::Reference {
+                let scores = score_groups(&index, &encoded, a.top_k)?;
+                let rows = compare_aggregators(&scores, a.min_score, a.top_n, a.threshold);
+                print_rows(&rows, a.format)?;
+            } else {
+                let rows = side_by_side(&index, calibrated.as_ref(), &encoded, &a, scorers)?;
+                print_compare(&rows, a.format)?;
+            }
         }
         SentinelCommand::Sweep(a) => {
             let index = SentinelIndex::load_from(&a.index, None, None)?;
@@ -498,6 +585,184 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
     Ok(())
 }
 
+/// Fit the calibrated scorer on an index's examples and store it at `location`.
+fn calibrate(index: &SentinelIndex, location: &str, seed: u64) -> Result<()> {
+    let pb = ProgressBar::new_spinner();
+    pb.set_message(format!(
+        "fitting the calibrated scorer on {} + {} examples (5-fold cross-validation)",
+        index.positive.rows, index.negative.rows
+    ));
+    pb.enable_steady_tick(std::time::Duration::from_millis(200));
+    let fitted = CalibratedScorer::fit(index, seed);
+    pb.finish_and_clear();
+    let scorer = fitted?;
+    scorer.save_to(location)?;
+    let m = &scorer.manifest;
+    let lexical = match &m.lexical {
+        Some(l) => format!(", text n-grams {:.3}", l.cv_roc_auc),
+        None => ", no example texts in the index: embeddings only".into(),
+    };
+    eprintln!(
+        "calibrated scorer saved to {location}: per-message out-of-fold ROC-AUC {:.3} \
+         (embeddings {:.3}{lexical}); default aggregator {} (chosen on groups simulated from \
+         the index's own examples)",
+        m.cv_roc_auc, m.embedding.cv_roc_auc, m.default_aggregator
+    );
+    Ok(())
+}
+
+/// Group affinities of the reference scorer (its six aggregators) and of the calibrated
+/// scorer (its nine), compared on the same bootstrap resamples.
+fn side_by_side(
+    index: &SentinelIndex,
+    calibrated: Option<&CalibratedScorer>,
+    encoded: &EncodedGroups,
+    a: &EvalArgs,
+    scorers: EvalScorers,
+) -> Result<Vec<CompareRow>> {
+    let labels: Vec<bool> = encoded.groups.iter().map(|g| g.label == 1).collect();
+    let mut rows = Vec::new();
+    if scorers == EvalScorers::Both {
+        let scores = score_groups(index, encoded, a.top_k)?;
+        for agg in Aggregator::ALL {
+            let aff: Vec<f64> = scores
+                .iter()
+                .map(|g| group_affinity(&g.observation_scores, agg, a.min_score))
+                .collect();
+            rows.push(compare_row(
+                "reference",
+                agg.name(),
+                &aff,
+                &labels,
+                a.resamples,
+                a.seed,
+            ));
+        }
+    }
+    if let Some(c) = calibrated {
+        let probs: Vec<Vec<f64>> = encoded
+            .groups
+            .iter()
+            .zip(&encoded.embeddings)
+            .map(|(g, m)| c.probabilities(m, &g.observations))
+            .collect::<Result<_, _>>()?;
+        let default = c.default_aggregator()?;
+        for agg in GroupAggregator::all() {
+            let aff: Vec<f64> = probs.iter().map(|p| c.aggregate(p, agg)).collect();
+            let name = if agg == default {
+                format!("{} (default)", agg.name())
+            } else {
+                agg.name().to_string()
+            };
+            rows.push(compare_row(
+                "calibrated",
+                &name,
+                &aff,
+                &labels,
+                a.resamples,
+                a.seed,
+            ));
+        }
+    }
+    Ok(rows)
+}
+
+fn print_compare(rows: &[CompareRow], format: RowFormat) -> Result<()> {
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let f = |v: Option<f64>| v.map_or_else(String::new, |x| format!("{x:.4}"));
+    match format {
+        RowFormat::Json => {
+            for r in rows {
+                writeln!(out, "{}", serde_json::to_string(r)?)?;
+            }
+        }
+        RowFormat::Csv => {
+            writeln!(
+                out,
+                "scorer,aggregator,n_groups,n_positive,roc_auc,roc_auc_low,roc_auc_high,\
+                 average_precision,average_precision_low,average_precision_high,\
+                 recall_at_1pct_fpr,recall_at_1pct_fpr_low,recall_at_1pct_fpr_high,\
+                 recall_at_5pct_fpr,recall_at_5pct_fpr_low,recall_at_5pct_fpr_high,resamples"
+            )?;
+            for r in rows {
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                    r.scorer,
+                    r.aggregator,
+                    r.n_groups,
+                    r.n_positive,
+                    f(r.roc_auc),
+                    f(r.roc_auc_low),
+                    f(r.roc_auc_high),
+                    f(r.average_precision),
+                    f(r.average_precision_low),
+                    f(r.average_precision_high),
+                    f(r.recall_at_1pct_fpr),
+                    f(r.recall_at_1pct_fpr_low),
+                    f(r.recall_at_1pct_fpr_high),
+                    f(r.recall_at_5pct_fpr),
+                    f(r.recall_at_5pct_fpr_low),
+                    f(r.recall_at_5pct_fpr_high),
+                    r.resamples
+                )?;
+            }
+        }
+        RowFormat::Table => {
+            let cell = |v: Option<f64>, lo: Option<f64>, hi: Option<f64>| match (v, lo, hi) {
+                (Some(v), Some(lo), Some(hi)) => format!("{v:.3} [{lo:.3}-{hi:.3}]"),
+                (Some(v), _, _) => format!("{v:.3}"),
+                _ => "-".into(),
+            };
+            writeln!(
+                out,
+                "{:<10} {:<26} {:>21} {:>21} {:>21} {:>21}",
+                "scorer",
+                "aggregator",
+                "roc_auc",
+                "average_precision",
+                "recall@1%fpr",
+                "recall@5%fpr"
+            )?;
+            for r in rows {
+                writeln!(
+                    out,
+                    "{:<10} {:<26} {:>21} {:>21} {:>21} {:>21}",
+                    r.scorer,
+                    r.aggregator,
+                    cell(r.roc_auc, r.roc_auc_low, r.roc_auc_high),
+                    cell(
+                        r.average_precision,
+                        r.average_precision_low,
+                        r.average_precision_high
+                    ),
+                    cell(
+                        r.recall_at_1pct_fpr,
+                        r.recall_at_1pct_fpr_low,
+                        r.recall_at_1pct_fpr_high
+                    ),
+                    cell(
+                        r.recall_at_5pct_fpr,
+                        r.recall_at_5pct_fpr_low,
+                        r.recall_at_5pct_fpr_high
+                    ),
+                )?;
+            }
+            if let Some(r) = rows.first() {
+                writeln!(
+                    out,
+                    "\n{} groups, {} harmful. [low-high]: 95% bootstrap interval over {} resamples \
+                     of the groups. With a few hundred groups these intervals are wide: scorers \
+                     whose intervals overlap are not shown apart by this data.",
+                    r.n_groups, r.n_positive, r.resamples
+                )?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// An index built with another encoder cannot be searched with this one.
 fn check_dim(index: &SentinelIndex, enc: &MiniLmEncoder, path: &Path) -> Result<()> {
     if index.dim() != enc.dim() {
@@ -513,7 +778,30 @@ fn check_dim(index: &SentinelIndex, enc: &MiniLmEncoder, path: &Path) -> Result<
 }
 
 fn score(a: ScoreArgs) -> Result<()> {
-    let aggregator: Aggregator = a.aggregator.parse().map_err(anyhow::Error::msg)?;
+    let calibrated = match a.scorer {
+        ScorerChoice::Reference => None,
+        ScorerChoice::Calibrated => Some(CalibratedScorer::load_from(&a.index)?.with_context(|| {
+            format!(
+                "{} has no calibrated scorer: fit one with `vigil sentinel calibrate --index {}`",
+                a.index, a.index
+            )
+        })?),
+    };
+    let group_aggregator = match (&calibrated, &a.aggregator) {
+        (Some(c), None) => Some(c.default_aggregator()?),
+        (Some(_), Some(name)) => Some(
+            name.parse::<GroupAggregator>()
+                .map_err(anyhow::Error::msg)?,
+        ),
+        (None, _) => None,
+    };
+    let aggregator: Aggregator = a
+        .aggregator
+        .as_deref()
+        .filter(|_| calibrated.is_none())
+        .unwrap_or("skewness")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let ratio = match a.load_ratio.as_str() {
         "none" => None,
         r => Some(
@@ -575,6 +863,22 @@ fn score(a: ScoreArgs) -> Result<()> {
             (None, Some(enc)) => enc.encode(texts)?,
             (None, None) => bail!("no encoder and no embeddings"),
         };
+        if let (Some(c), Some(agg)) = (&calibrated, group_aggregator) {
+            let p = c
+                .probabilities(&emb, texts)
+                .with_context(|| format!("group {name:?}"))?;
+            let line = serde_json::json!({
+                "group": name,
+                "scorer": "calibrated",
+                "affinity": c.aggregate(&p, agg),
+                "aggregation_name": agg.name(),
+                "num_texts": texts.len(),
+                "per_observation_probabilities": p,
+            });
+            writeln!(out, "{line}")?;
+            pb.inc(1);
+            continue;
+        }
         let r = scorer
             .score_group(texts, &emb, &params)
             .with_context(|| format!("group {name:?}"))?;

@@ -15,10 +15,14 @@ pub mod bert;
 mod build;
 #[cfg(feature = "encoder")]
 pub mod cache;
+pub mod calibrated;
+pub mod compare;
 #[cfg(feature = "encoder")]
 pub mod encoder;
 pub mod harness;
 pub mod index;
+pub mod lexical;
+pub mod logistic;
 pub mod matrix;
 #[cfg(feature = "encoder")]
 pub mod quant;
@@ -32,6 +36,7 @@ use std::path::PathBuf;
 pub use aggregate::Aggregator;
 #[cfg(feature = "encoder")]
 pub use cache::CachedEncoder;
+pub use calibrated::{CalibratedScorer, GroupAggregator};
 #[cfg(feature = "encoder")]
 pub use encoder::{Encoder, MiniLmEncoder};
 pub use index::{IndexConfig, SentinelIndex};

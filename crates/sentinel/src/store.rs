@@ -191,6 +191,46 @@ impl SentinelIndex {
     }
 }
 
+/// Read the named files of an index location (a directory or `s3://bucket/prefix`): `None` for
+/// a missing file that is not required, an error for a missing required one.
+pub fn read_files(
+    location: &str,
+    names: &[(&str, bool)],
+) -> Result<Vec<Option<Vec<u8>>>, SentinelError> {
+    match Location::parse(location)? {
+        Location::Local(dir) => names
+            .iter()
+            .map(|(name, required)| {
+                let path = dir.join(name);
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => Ok(None),
+                    Err(source) => Err(SentinelError::Io { path, source }),
+                }
+            })
+            .collect(),
+        Location::S3 { bucket, prefix } => s3::get(&bucket, &prefix, names),
+    }
+}
+
+/// Write whole files into an index location (each local file replaced atomically).
+pub fn write_files(location: &str, files: Vec<(&str, Vec<u8>)>) -> Result<(), SentinelError> {
+    match Location::parse(location)? {
+        Location::Local(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|source| SentinelError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            for (name, bytes) in files {
+                vigil_core::write_atomic(&dir.join(name), &bytes)
+                    .map_err(|(path, source)| SentinelError::Io { path, source })?;
+            }
+            Ok(())
+        }
+        Location::S3 { bucket, prefix } => s3::put(&bucket, &prefix, files),
+    }
+}
+
 /// Whether a location string names S3.
 pub fn is_s3(location: &str) -> bool {
     location.starts_with("s3://")
