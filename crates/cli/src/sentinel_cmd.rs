@@ -512,7 +512,18 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
                 idx.positive.rows, idx.negative.rows, a.out
             );
             if !a.no_calibrated {
-                calibrate(&idx, &a.out, a.seed.unwrap_or(1))?;
+                match calibrate(&idx, &a.out, a.seed.unwrap_or(1)) {
+                    // Too few examples for cross-validation: the index itself is still good.
+                    Err(e)
+                        if e.downcast_ref::<vigil_sentinel::SentinelError>()
+                            .is_some_and(|s| {
+                                matches!(s, vigil_sentinel::SentinelError::BadInput(_))
+                            }) =>
+                    {
+                        eprintln!("no calibrated scorer: {e}");
+                    }
+                    other => other?,
+                }
             }
         }
         SentinelCommand::Calibrate(a) => {

