@@ -544,11 +544,9 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
                     );
                     EvalScorers::Reference
                 }
-                (EvalScorers::Calibrated | EvalScorers::Both, None) => bail!(
-                    "{} has no calibrated scorer: fit one with `vigil sentinel calibrate --index {}`",
-                    a.index,
-                    a.index
-                ),
+                (EvalScorers::Calibrated | EvalScorers::Both, None) => {
+                    return Err(no_calibrated(&a.index));
+                }
                 (s, _) => s,
             };
             let enc = a.model.load()?;
@@ -594,6 +592,13 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The user asked for a calibrated scorer the index does not have.
+fn no_calibrated(index: &str) -> anyhow::Error {
+    anyhow::Error::new(crate::BadArgument(format!(
+        "{index} has no calibrated scorer: fit one with `vigil sentinel calibrate --index {index}`"
+    )))
 }
 
 /// Fit the calibrated scorer on an index's examples and store it at `location`.
@@ -791,19 +796,14 @@ fn check_dim(index: &SentinelIndex, enc: &MiniLmEncoder, path: &Path) -> Result<
 fn score(a: ScoreArgs) -> Result<()> {
     let calibrated = match a.scorer {
         ScorerChoice::Reference => None,
-        ScorerChoice::Calibrated => Some(CalibratedScorer::load_from(&a.index)?.with_context(|| {
-            format!(
-                "{} has no calibrated scorer: fit one with `vigil sentinel calibrate --index {}`",
-                a.index, a.index
-            )
-        })?),
+        ScorerChoice::Calibrated => {
+            Some(CalibratedScorer::load_from(&a.index)?.ok_or_else(|| no_calibrated(&a.index))?)
+        }
     };
+    let bad = |e: String| anyhow::Error::new(crate::BadArgument(e));
     let group_aggregator = match (&calibrated, &a.aggregator) {
         (Some(c), None) => Some(c.default_aggregator()?),
-        (Some(_), Some(name)) => Some(
-            name.parse::<GroupAggregator>()
-                .map_err(anyhow::Error::msg)?,
-        ),
+        (Some(_), Some(name)) => Some(name.parse::<GroupAggregator>().map_err(bad)?),
         (None, _) => None,
     };
     let aggregator: Aggregator = a
@@ -812,7 +812,7 @@ fn score(a: ScoreArgs) -> Result<()> {
         .filter(|_| calibrated.is_none())
         .unwrap_or("skewness")
         .parse()
-        .map_err(anyhow::Error::msg)?;
+        .map_err(bad)?;
     let ratio = match a.load_ratio.as_str() {
         "none" => None,
         r => Some(

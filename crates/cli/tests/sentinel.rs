@@ -304,7 +304,7 @@ fn build_and_score_with_the_real_model() {
         ])
         .output()
         .unwrap();
-    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2), "the user's choice, exit 2");
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("vigil sentinel calibrate --index"),
         "{}",
