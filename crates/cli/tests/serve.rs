@@ -1393,7 +1393,13 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
                 let (_, ready) = server.get("/readyz", None);
                 let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
                 assert_eq!(r["index_version"], ready["index_version"], "{r}");
-                assert_eq!(r["index_version"].as_str().map(str::len), Some(16), "{r}");
+                // The build fitted a calibrated scorer, and the service uses it.
+                assert_eq!(ready["rare_harm_scorer"], "calibrated", "{ready}");
+                let version = r["index_version"].as_str().unwrap();
+                assert!(
+                    version.len() == 16 + "+calibrated".len() && version.ends_with("+calibrated"),
+                    "{r}"
+                );
             }
             last.insert(
                 user,
@@ -1401,7 +1407,8 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
             );
         }
     }
-    // The same windows scored by `vigil sentinel score` (same index, model and defaults).
+    // The same windows scored by `vigil sentinel score` (same index, model, scorer and
+    // defaults).
     let groups = format!(
         "{}\n{}\n",
         serde_json::json!({"group": "u_rare_harm", "texts": harmful}),
@@ -1417,6 +1424,8 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
         s(&m),
         "--input",
         s(&dir.path().join("g.jsonl")),
+        "--scorer",
+        "calibrated",
     ]);
     for line in out.lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -1447,14 +1456,19 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
         v["rare_harm"]["affinity"].as_f64().unwrap(),
         last["u_rare_harm"]
     );
-    // Each message that scored above 0 names its nearest harmful examples: texts of the
-    // index's positive side, most similar first; a message scored 0 names none.
+    assert_eq!(v["rare_harm"]["scorer"], "calibrated");
+    // Each message at least as likely harmful as not names its nearest harmful examples:
+    // texts of the index's positive side, most similar first; a less likely one names none.
     let mut named = 0;
     for m in v["rare_harm"]["messages"].as_array().unwrap() {
         let near = m["nearest_harmful"].as_array().unwrap();
-        if m["score"].as_f64().unwrap() > 0.0 {
+        let p = m["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p), "a probability: {m}");
+        if p >= 0.5 {
             assert!(!near.is_empty() && near.len() <= 3, "{m}");
             named += 1;
+        } else {
+            assert!(near.is_empty(), "{m}");
         }
         let sims: Vec<f64> = near
             .iter()
@@ -1468,7 +1482,7 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
             );
         }
     }
-    assert!(named > 0, "some harmful message scored above 0");
+    assert!(named > 0, "some harmful message is likely harmful");
     let what_if = serde_json::to_vec(&[chat("u_rare_plain", 30, &harmful[0])]).unwrap();
     let (st, text) = server.post("/v1/score", Some(&read), "application/json", &what_if);
     assert_eq!(st, 200, "{text}");

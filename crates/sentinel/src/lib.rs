@@ -24,6 +24,7 @@ pub mod index;
 pub mod lexical;
 pub mod logistic;
 pub mod matrix;
+pub mod messages;
 #[cfg(feature = "encoder")]
 pub mod quant;
 pub mod score;
@@ -41,6 +42,7 @@ pub use calibrated::{CalibratedScorer, GroupAggregator};
 pub use encoder::{Encoder, MiniLmEncoder};
 pub use index::{IndexConfig, SentinelIndex};
 pub use matrix::Matrix;
+pub use messages::{MessageScorer, ScorerKind};
 #[cfg(feature = "encoder")]
 pub use quant::Precision;
 pub use score::{GroupResult, ScaleFn, ScoreParams, Scorer};

@@ -122,6 +122,7 @@ async fn readyz(State(svc): State<Svc>) -> Response {
             "status": "ready",
             "model_version": svc.live().scorer.version(),
             "index_version": svc.rare.as_ref().map(|r| r.version()),
+            "rare_harm_scorer": svc.rare.as_ref().map(|r| r.kind().name()),
         }))
         .into_response()
     } else {
@@ -498,7 +499,8 @@ pub(crate) async fn rare_of(
 /// How many nearest harmful examples a scored message shows.
 pub(crate) const NEAREST: usize = 3;
 
-/// The nearest harmful examples of each distinct text that scored above 0 (empty without
+/// The nearest harmful examples of each distinct text whose score is notable (above 0, or a
+/// calibrated probability of at least one half; empty without
 /// an index, or on an error, which is logged).
 pub(crate) async fn nearest_of(svc: &Svc, rare: &Rare) -> HashMap<String, Vec<(String, f64)>> {
     let Some(r) = svc.rare.clone() else {
@@ -507,7 +509,7 @@ pub(crate) async fn nearest_of(svc: &Svc, rare: &Rare) -> HashMap<String, Vec<(S
     let mut texts: Vec<String> = rare
         .messages
         .iter()
-        .filter(|(_, s)| *s > 0.0)
+        .filter(|(_, s)| r.is_notable(*s))
         .map(|(t, _)| t.clone())
         .collect();
     texts.sort();
@@ -809,9 +811,11 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
         Some(r) => nearest_of(&svc, r).await,
         None => HashMap::new(),
     };
+    let scorer = svc.rare.as_ref().map(|r| r.kind().name());
     let rare_harm = rare.map(|r| {
         json!({
             "affinity": r.affinity,
+            "scorer": scorer,
             "messages": r
                 .messages
                 .iter()

@@ -1,7 +1,8 @@
 //! Rare-harm affinity in the live service: each chat message is scored once against the
-//! configured Sentinel index (the reference's contrastive score, `vigil sentinel score`'s
-//! code), and a user's affinity is the index's aggregator over the distinct texts of their
-//! last `recent_messages` messages, recomputed from the cached per-message scores.
+//! configured Sentinel index through `vigil_sentinel::MessageScorer` (the index's calibrated
+//! scorer when it has one, else the reference's contrastive score: `vigil sentinel score`'s
+//! code either way), and a user's affinity is that scorer's aggregator over their last
+//! `recent_messages` messages, recomputed from the cached per-message scores.
 //!
 //! Only texts not seen before are encoded; a bounded cache maps a text to its score (a
 //! repeated "hi" or a copied spam line costs a hash lookup). Encoding runs on the blocking
@@ -10,7 +11,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-use vigil_sentinel::{Encoder, MiniLmEncoder, ScoreParams, Scorer, SentinelIndex};
+use vigil_sentinel::{
+    CalibratedScorer, Encoder, MessageScorer, MiniLmEncoder, ScorerKind, SentinelIndex,
+};
 
 use crate::ServeError;
 
@@ -35,9 +38,8 @@ struct Cache {
 
 /// The loaded index, encoder and score cache.
 pub struct RareHarm {
-    scorer: Scorer<'static>,
+    messages: MessageScorer<'static>,
     encoder: MiniLmEncoder,
-    params: ScoreParams,
     cache: Mutex<Cache>,
     /// One encoding at a time: the encoder already uses every core, and concurrent calls
     /// only thrash the caches.
@@ -97,20 +99,38 @@ impl RareHarm {
                 .map(|b| format!("{b:02x}"))
                 .collect()
         };
+        let calibrated = CalibratedScorer::load_from(&opts.index).map_err(sentinel)?;
+        // The version names the scorer too: the same index scores differently with one.
+        let version = match &calibrated {
+            Some(_) => format!("{version}+calibrated"),
+            None => version,
+        };
         let index: &'static SentinelIndex = Box::leak(Box::new(index));
+        let messages = MessageScorer::new(index, calibrated).map_err(sentinel)?;
+        tracing::info!(
+            "rare-harm scoring with the {} scorer ({} over each window)",
+            messages.kind().name(),
+            messages.aggregator_name()
+        );
         Ok(Self {
-            scorer: Scorer::new(index),
+            messages,
             encoder,
-            params: ScoreParams {
-                explain: false,
-                ..ScoreParams::default()
-            },
             cache: Mutex::new(Cache::default()),
             encoding: Mutex::new(()),
             capacity: opts.cache_texts.max(1),
             location: opts.index.clone(),
             version,
         })
+    }
+
+    /// The scorer in use.
+    pub fn kind(&self) -> ScorerKind {
+        self.messages.kind()
+    }
+
+    /// Whether a message's score is worth its nearest harmful examples.
+    pub fn is_notable(&self, score: f64) -> bool {
+        self.messages.is_notable(score)
     }
 
     /// The index's location.
@@ -156,15 +176,13 @@ impl RareHarm {
                 Vec::new()
             } else {
                 let emb = self.encoder.encode(&missing).map_err(sentinel)?;
-                self.scorer
-                    .score_observations(&missing, &emb, &self.params)
-                    .map_err(sentinel)?
+                self.messages.scores(&missing, &emb).map_err(sentinel)?
             };
             drop(one);
             let mut c = self.lock();
             c.misses += missing.len() as u64;
-            for (t, o) in missing.into_iter().zip(obs) {
-                if c.scores.insert(t.clone(), o.score).is_none() {
+            for (t, score) in missing.into_iter().zip(obs) {
+                if c.scores.insert(t.clone(), score).is_none() {
                     c.order.push_back(t);
                 }
             }
@@ -194,12 +212,9 @@ impl RareHarm {
         if !again.is_empty() {
             let texts_again: Vec<String> = again.iter().map(|&i| texts[i].to_string()).collect();
             let emb = self.encoder.encode(&texts_again).map_err(sentinel)?;
-            let obs = self
-                .scorer
-                .score_observations(&texts_again, &emb, &self.params)
-                .map_err(sentinel)?;
-            for (&i, o) in again.iter().zip(obs) {
-                out[i] = o.score;
+            let scores = self.messages.scores(&texts_again, &emb).map_err(sentinel)?;
+            for (&i, score) in again.iter().zip(scores) {
+                out[i] = score;
             }
         }
         Ok(out)
@@ -223,53 +238,16 @@ impl RareHarm {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let emb = self.encoder.encode(texts).map_err(sentinel)?;
         drop(one);
-        let mut params = self.params;
-        params.explain = true;
-        params.neighbors_limit = params.top_k.saturating_mul(2);
-        let obs = self
-            .scorer
-            .score_observations(texts, &emb, &params)
-            .map_err(sentinel)?;
-        Ok(obs
-            .into_iter()
-            .map(|o| {
-                o.explanation
-                    .map(|e| {
-                        e.neighbors
-                            .into_iter()
-                            .filter(|n| n.sign == "+")
-                            .take(limit)
-                            .map(|n| {
-                                let text = match n.neighbor {
-                                    serde_json::Value::String(t) => t,
-                                    other => format!("example #{other}"),
-                                };
-                                (text, n.raw_score)
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            })
-            .collect())
+        self.messages
+            .nearest_harmful(texts, &emb, limit)
+            .map_err(sentinel)
     }
 
-    /// The affinity of a window of messages (oldest first): the aggregator over the
-    /// distinct texts' scores, as `vigil sentinel score` computes a group's. An empty
-    /// window has affinity 0.
+    /// The affinity of a window of messages (oldest first) from their scores, as
+    /// `vigil sentinel score` computes a group's with the same scorer. An empty window has
+    /// affinity 0.
     pub fn affinity(&self, window: &[&str], scores: &[f64]) -> f64 {
-        let mut order: Vec<&str> = Vec::new();
-        let mut last: HashMap<&str, f64> = HashMap::new();
-        for (t, s) in window.iter().zip(scores) {
-            if last.insert(t, *s).is_none() {
-                order.push(t);
-            }
-        }
-        let values: Vec<f64> = order.iter().map(|t| last[t]).collect();
-        if values.is_empty() {
-            0.0
-        } else {
-            self.params.aggregator.apply(&values)
-        }
+        self.messages.affinity(window, scores)
     }
 }
 
