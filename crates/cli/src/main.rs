@@ -254,11 +254,25 @@ struct RunTarget {
     /// not fix, monitoring, drift, automation; default: the bundle's own).
     #[command(flatten)]
     opts: InputOpts,
+    /// A Sentinel index (directory or s3://bucket/prefix): score every chat message with it
+    /// and add each user-day's rare-harm affinity to the features ([sentinel] index).
+    #[arg(long)]
+    sentinel_index: Option<String>,
+    /// The encoder for the rare-harm stage [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
+    #[arg(long, env = "VIGIL_MODEL")]
+    sentinel_model: Option<PathBuf>,
 }
 
 impl RunTarget {
-    fn options(&self, config: Config, models: vigil_pipeline::Models) -> RunOptions {
+    fn options(&self, mut config: Config, models: vigil_pipeline::Models) -> RunOptions {
+        if let Some(index) = &self.sentinel_index {
+            config.sentinel.index = Some(index.clone());
+        }
         RunOptions {
+            sentinel_model: self
+                .sentinel_model
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2")),
             models,
             inputs: self.inputs.clone(),
             out: self.out.clone(),
@@ -321,6 +335,12 @@ struct DemoArgs {
     /// password is printed (a new one on every start).
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDR")]
     serve: Option<std::net::SocketAddr>,
+    /// A Sentinel index: the run scores every chat message with it (the rare-harm stage).
+    #[arg(long)]
+    sentinel_index: Option<String>,
+    /// The encoder for the rare-harm stage [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
+    #[arg(long, env = "VIGIL_MODEL")]
+    sentinel_model: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -515,6 +535,8 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
                 config: None,
                 profile: a.profile,
             },
+            sentinel_index: a.sentinel_index.clone(),
+            sentinel_model: a.sentinel_model.clone(),
         },
     })?;
     if let Some(listen) = a.serve {
@@ -604,6 +626,28 @@ fn run_stages(opts: &RunOptions) -> Result<()> {
             }
             if let Some(pb) = b.as_ref() {
                 pb.set_position(done);
+            }
+        }
+        Progress::Messages { done, total } => {
+            let mut b = bar.borrow_mut();
+            if b.as_ref()
+                .is_none_or(|pb| pb.length() != Some(total as u64))
+            {
+                if let Some(pb) = b.take() {
+                    pb.finish_and_clear();
+                }
+                let pb = ProgressBar::new(total as u64);
+                pb.set_style(
+                    ProgressStyle::with_template(
+                        "rare harm [{bar:30}] {human_pos}/{human_len} texts {per_sec} eta {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                *b = Some(pb);
+            }
+            if let Some(pb) = b.as_ref() {
+                pb.set_position(done as u64);
             }
         }
         Progress::StageEnd(name, secs) => {

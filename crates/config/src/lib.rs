@@ -96,6 +96,34 @@ pub struct Config {
     pub serve: ServeConfig,
     /// The reviewer console served by `vigil serve`.
     pub console: ConsoleConfig,
+    /// The rare-harm stage of `vigil run` / `vigil score` (off without an index).
+    pub sentinel: SentinelConfig,
+}
+
+/// The rare-harm stage: every chat message scored with a Sentinel index (its calibrated
+/// scorer when it has one), each user-day's and each user's trailing affinity added to the
+/// user-day features the boosted model learns from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// A Sentinel index: a directory or `s3://bucket/prefix`; unset, the stage is off.
+    pub index: Option<String>,
+    /// Days of a user's messages behind `rare_harm_affinity_window` (the day itself and the
+    /// days before it).
+    pub window_days: u32,
+    /// How many of the highest-scored messages `rare_harm_messages.csv` lists, each with its
+    /// nearest harmful examples.
+    pub top_messages: usize,
+}
+
+impl Default for SentinelConfig {
+    fn default() -> Self {
+        Self {
+            index: None,
+            window_days: 7,
+            top_messages: 100,
+        }
+    }
 }
 
 /// The reviewer console: sessions, claims, the queue's SLA, blurring.
@@ -475,6 +503,7 @@ impl Config {
             enforcement: EnforcementConfig::default(),
             serve: ServeConfig::default(),
             console: ConsoleConfig::default(),
+            sentinel: SentinelConfig::default(),
         }
     }
 
@@ -772,6 +801,23 @@ impl Config {
             if v < 2 {
                 return bad(key, "must be at least 2");
             }
+        }
+        if !(1..=366).contains(&self.sentinel.window_days) {
+            return bad("sentinel.window_days", "must be between 1 and 366");
+        }
+        if self.sentinel.top_messages > 100_000 {
+            return bad("sentinel.top_messages", "must be at most 100000");
+        }
+        if self
+            .sentinel
+            .index
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty())
+        {
+            return bad(
+                "sentinel.index",
+                "must name a directory or an s3:// location",
+            );
         }
         if self.serve.sentinel_cache_texts == 0 {
             return bad("serve.sentinel_cache_texts", "must be at least 1");

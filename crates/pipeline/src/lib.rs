@@ -12,7 +12,7 @@ mod summary;
 mod tables;
 
 pub use bundle::{BundleError, ModelBundle, apply_batch};
-pub use protect::{CompiledPolicy, suggest_actions};
+pub use protect::{CompiledPolicy, RARE_HARM_FEATURES, RareHarmInfo, suggest_actions};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +73,9 @@ pub enum PipelineError {
     /// A model bundle could not be used or written.
     #[error(transparent)]
     Bundle(#[from] BundleError),
+    /// The rare-harm stage's index or encoder (kind from the Sentinel error).
+    #[error("rare-harm stage: {0}")]
+    Sentinel(Box<vigil_sentinel::SentinelError>),
     /// Internal: a bug (an Arrow table could not be assembled).
     #[error("internal error: {0}")]
     Internal(String),
@@ -122,6 +125,9 @@ pub struct RunOptions {
     /// The instant an incident is dated (microseconds since the epoch); default: the last
     /// event's timestamp, so reruns on the same data are byte-identical.
     pub as_of_micros: Option<i64>,
+    /// The sentence-transformers model the rare-harm stage encodes with (used only when
+    /// `[sentinel] index` is set, or the applied bundle was trained with the stage).
+    pub sentinel_model: PathBuf,
 }
 
 /// Progress events for the caller to display.
@@ -137,6 +143,13 @@ pub enum Progress<'a> {
         done: u64,
         /// File size in bytes.
         total: u64,
+    },
+    /// The rare-harm stage has scored `done` of `total` distinct message texts.
+    Messages {
+        /// Texts scored.
+        done: usize,
+        /// Distinct texts to score.
+        total: usize,
     },
     /// A stage ended after `seconds`.
     StageEnd(&'a str, f64),
@@ -188,6 +201,9 @@ pub struct RunManifest {
     pub incidents: usize,
     /// The report page.
     pub report: String,
+    /// The rare-harm stage, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rare_harm: Option<protect::RareHarmInfo>,
 }
 
 struct Stages<'a> {
@@ -398,9 +414,12 @@ pub fn run(
     if let Models::Apply { bundle, dir } = &opts.models
         && opts.config.sql.dir.is_none()
     {
+        let rare =
+            bundle.manifest.config.sentinel.index.is_some() || opts.config.sentinel.index.is_some();
         let known: Vec<String> = vigil_config::USER_DAY_FEATURES
             .iter()
             .chain(vigil_config::USER_CONTEXT_FEATURES.iter())
+            .chain(protect::RARE_HARM_FEATURES.iter().filter(|_| rare))
             .map(|s| s.to_string())
             .collect();
         bundle::check_features(bundle, dir, &known)?;
@@ -437,15 +456,31 @@ pub fn run(
     // the enforcement policy) replace the configuration's.
     let applied_cfg;
     let cfg = match &opts.models {
-        Models::Fit => &opts.config,
         Models::Apply { bundle, .. } => {
             let mut c = opts.config.clone();
             c.detection = bundle.manifest.config.detection.clone();
             c.review = bundle.manifest.review.clone();
             c.enforcement = bundle.manifest.enforcement.clone();
+            // A bundle trained with the rare-harm stage needs its features: its index,
+            // unless the run names another.
+            if c.sentinel.index.is_none() {
+                c.sentinel = bundle.manifest.config.sentinel.clone();
+            }
             applied_cfg = c;
             &applied_cfg
         }
+        Models::Fit if opts.config.sentinel.index.is_some() => {
+            // The boosted model learns from the rare-harm features too.
+            let mut c = opts.config.clone();
+            for f in protect::RARE_HARM_FEATURES {
+                if !c.detection.gbt_features.iter().any(|g| g == f) {
+                    c.detection.gbt_features.push(f.to_string());
+                }
+            }
+            applied_cfg = c;
+            &applied_cfg
+        }
+        Models::Fit => &opts.config,
     };
     let mut stages = Stages {
         seconds: Vec::new(),
@@ -527,11 +562,35 @@ pub fn run(
         Ok((alerts, metrics))
     })?;
 
+    let rare_index = cfg.sentinel.index.clone();
     let features = stages.run("features", || {
         let f = wh.build("user_day_features")?;
-        out.csv_and_parquet(&f)?;
+        if rare_index.is_none() {
+            out.csv_and_parquet(&f)?;
+        }
         Ok(f)
     })?;
+    let (features, rare_harm) = match &rare_index {
+        None => (features, None),
+        Some(index) => stages.run("rare_harm", || {
+            let mut w = protect::Written::default();
+            let tick = |done: usize, total: usize| {
+                progress(Progress::Messages { done, total });
+            };
+            let (f, info) = protect::rare_harm(
+                &wh,
+                &features,
+                cfg,
+                index,
+                &opts.sentinel_model,
+                &tick,
+                &mut w,
+            )?;
+            w.csv_and_parquet(&f)?;
+            out.write(w)?;
+            Ok((f, Some(info)))
+        })?,
+    };
 
     let drift = stages.run("drift", || {
         let d = vigil_monitor::compute_drift(&features, &cfg.drift)?;
@@ -722,6 +781,7 @@ pub fn run(
         queue_size: queue.entries.len(),
         er_quality: automation.quality.clone(),
         incidents: usize::from(incident.is_some()),
+        rare_harm: rare_harm.clone(),
         report: opts.out.join("report.html").display().to_string(),
     };
     let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
@@ -757,6 +817,7 @@ impl vigil_core::Classify for PipelineError {
             PipelineError::Detect(e) => e.kind(),
             PipelineError::Review(e) => e.kind(),
             PipelineError::Bundle(e) => e.kind(),
+            PipelineError::Sentinel(e) => e.kind(),
             PipelineError::Incomplete { .. }
             | PipelineError::GroundTruth { .. }
             | PipelineError::Io { .. } => K::Environment,

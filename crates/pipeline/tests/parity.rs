@@ -38,6 +38,7 @@ fn outputs() -> &'static Path {
             ingest: Default::default(),
             ground_truth: None,
             as_of_micros: Some(1_771_133_198_215_190),
+            sentinel_model: Default::default(),
         };
         let m = run(&opts, &|_| {}).unwrap();
         assert_eq!(m.inputs[0].accepted, 50_000);

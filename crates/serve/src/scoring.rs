@@ -130,6 +130,32 @@ impl Scorer {
             .take(8)
             .map(|b| format!("{b:02x}"))
             .collect();
+        let uses_rare_harm = [
+            &bundle.manifest.logistic.as_ref().map(|l| &l.features),
+            &bundle.manifest.boosted.as_ref().map(|b| &b.features),
+        ]
+        .iter()
+        .filter_map(|f| f.as_ref())
+        .any(|f| {
+            f.iter()
+                .any(|c| vigil_pipeline::RARE_HARM_FEATURES.contains(&c.as_str()))
+        });
+        if uses_rare_harm {
+            return Err(ServeError::Usage(format!(
+                "the model bundle {} was trained with the rare-harm stage ([sentinel] index = \
+                 {}): the live service does not compute the rare-harm user-day features yet; \
+                 serve a bundle trained without `[sentinel] index` (rare-harm affinity stays \
+                 available live through --sentinel-index)",
+                dir.display(),
+                bundle
+                    .manifest
+                    .config
+                    .sentinel
+                    .index
+                    .as_deref()
+                    .unwrap_or("?")
+            )));
+        }
         let policy = CompiledPolicy::compile(&bundle.manifest.enforcement, queue_schema())
             .map_err(ServeError::Pipeline)?;
         Ok(Self {

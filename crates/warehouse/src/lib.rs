@@ -147,7 +147,7 @@ pub fn parse_expression(text: &str) -> Result<String, String> {
 }
 
 /// The built-in SQL of each named table, in the order the pipeline builds them.
-pub const BUILTIN_SQL: [(&str, &str); 8] = [
+pub const BUILTIN_SQL: [(&str, &str); 9] = [
     ("core_users", include_str!("../sql/core_users.sql")),
     ("core_user_day", include_str!("../sql/core_user_day.sql")),
     (
@@ -165,6 +165,7 @@ pub const BUILTIN_SQL: [(&str, &str); 8] = [
     ("user_keys", include_str!("../sql/user_keys.sql")),
     ("user_context", include_str!("../sql/user_context.sql")),
     ("queue_prompts", include_str!("../sql/queue_prompts.sql")),
+    ("chat_messages", include_str!("../sql/chat_messages.sql")),
 ];
 
 /// One named table held in memory.

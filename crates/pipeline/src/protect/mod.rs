@@ -8,6 +8,7 @@ mod detection;
 mod enforcement;
 mod incidents;
 mod queue;
+mod rare_harm;
 
 pub(crate) use automation::{Automation, automation, read_ground_truth};
 pub(crate) use detection::{DetectWith, detection};
@@ -15,6 +16,8 @@ pub(crate) use enforcement::{Actions, enforcement};
 pub use enforcement::{CompiledPolicy, suggest_actions};
 pub(crate) use incidents::incidents;
 pub(crate) use queue::{Queue, review_queue};
+pub(crate) use rare_harm::rare_harm;
+pub use rare_harm::{RARE_HARM_FEATURES, RareHarmInfo};
 
 use vigil_detect::Detection;
 use vigil_monitor::column_f64;

@@ -1,0 +1,262 @@
+//! The rare-harm stage of `vigil run` / `vigil score`: chat messages scored with a Sentinel
+//! index, user-day affinities as features of the boosted model, the highest-scored messages
+//! with their nearest harmful examples, and a bundle that scores the same without refitting.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::{model, ok, ok_output, vigil};
+
+fn shared() -> PathBuf {
+    std::env::var_os("VIGIL_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let headers = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            headers
+                .iter()
+                .zip(rec.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_scores_the_same() {
+    let texts: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared().join("conformance/texts.json")).unwrap(),
+    )
+    .unwrap();
+    let list = |k: &str| -> Vec<String> {
+        texts[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pos.txt"), list("index_positive_texts").join("\n")).unwrap();
+    std::fs::write(d.join("neg.txt"), list("index_negative_texts").join("\n")).unwrap();
+    let m = model();
+    ok(&[
+        "sentinel",
+        "build",
+        "--model",
+        s(&m),
+        "--positives",
+        s(&d.join("pos.txt")),
+        "--negatives",
+        s(&d.join("neg.txt")),
+        "--out",
+        s(&d.join("idx")),
+    ]);
+    // A generated world, plus harmful messages (not in the index) from three users who
+    // otherwise behave like everyone else: copies of one of their own chat events.
+    let events = d.join("events.csv");
+    ok(&[
+        "generate",
+        "--events",
+        "20000",
+        "--seed",
+        "3",
+        "--end",
+        "2026-02-15T00:00:00Z",
+        "--out",
+        s(&events),
+    ]);
+    let rows = csv_rows(&events);
+    let harmful = list("harmful_not_in_index");
+    let targets = ["u_00010", "u_00020", "u_00030"];
+    let mut extra = csv::Writer::from_writer(Vec::new());
+    let headers: Vec<String> = csv::Reader::from_path(&events)
+        .unwrap()
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_string)
+        .collect();
+    let mut injected_day = std::collections::HashMap::new();
+    for (k, user) in targets.iter().enumerate() {
+        let template = rows
+            .iter()
+            .find(|r| r["user_id"] == *user && r["event_type"] == "chat")
+            .expect("the user chats");
+        injected_day.insert(user.to_string(), template["ts"][..10].to_string());
+        for (j, text) in harmful[k * 5..k * 5 + 5].iter().enumerate() {
+            let mut r = template.clone();
+            r.insert("event_id".into(), format!("rare_{k}_{j}"));
+            r.insert("prompt".into(), text.clone());
+            extra
+                .write_record(headers.iter().map(|h| r[h].as_str()))
+                .unwrap();
+        }
+    }
+    let mut all = std::fs::read(&events).unwrap();
+    all.extend(extra.into_inner().unwrap());
+    std::fs::write(&events, all).unwrap();
+
+    let out = d.join("run");
+    let (_, err) = ok_output(&[
+        "run",
+        "--input",
+        s(&events),
+        "--out",
+        s(&out),
+        "--sentinel-index",
+        s(&d.join("idx")),
+        "--sentinel-model",
+        s(&m),
+    ]);
+    assert!(err.contains("rare_harm"), "the stage is timed: {err}");
+    let features = csv_rows(&out.join("user_day_features.csv"));
+    let mut ranked: Vec<(f64, String, String)> = features
+        .iter()
+        .map(|r| {
+            (
+                r["rare_harm_affinity"].parse::<f64>().unwrap(),
+                r["user_id"].clone(),
+                r["day"].clone(),
+            )
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+    // The three injected user-days are the three highest, far above everyone else.
+    let top: Vec<(String, String)> = ranked[..3]
+        .iter()
+        .map(|(_, u, d)| (u.clone(), d.clone()))
+        .collect();
+    for u in targets {
+        assert!(
+            top.contains(&(u.to_string(), injected_day[u].clone())),
+            "{u} not in the top three: {:?}",
+            &ranked[..5]
+        );
+    }
+    let median = ranked[ranked.len() / 2].0;
+    assert!(
+        ranked[2].0 > 2.0 && median < 0.5,
+        "{:?} median {median}",
+        &ranked[..3]
+    );
+    // The window feature carries the harm into the user's following days.
+    for r in &features {
+        let w: f64 = r["rare_harm_affinity_window"].parse().unwrap();
+        let a: f64 = r["rare_harm_affinity"].parse().unwrap();
+        assert!(w >= a - 1e-9, "the window holds the day: {r:?}");
+    }
+    // The highest-scored messages are the injected ones, each with index positives as its
+    // nearest examples.
+    let messages = csv_rows(&out.join("rare_harm_messages.csv"));
+    let positives = list("index_positive_texts");
+    for r in &messages[..15] {
+        assert!(targets.contains(&r["user_id"].as_str()), "{r:?}");
+        assert!(harmful.contains(&r["text"]), "{r:?}");
+        assert!(positives.contains(&r["nearest_1"]), "{r:?}");
+        let (s1, s2): (f64, f64) = (
+            r["similarity_1"].parse().unwrap(),
+            r["similarity_2"].parse().unwrap(),
+        );
+        assert!(s1 >= s2, "{r:?}");
+    }
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["rare_harm"]["scorer"], "calibrated");
+    assert_eq!(run["rare_harm"]["window_days"], 7);
+    let distinct: std::collections::HashSet<&str> = rows
+        .iter()
+        .filter(|r| r["event_type"] == "chat" && !r["prompt"].is_empty())
+        .map(|r| r["prompt"].as_str())
+        .chain(harmful[..15].iter().map(String::as_str))
+        .collect();
+    assert_eq!(run["rare_harm"]["distinct_texts"], distinct.len());
+    // The boosted model learnt from the two features, and the bundle names the index.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("model/manifest.json")).unwrap())
+            .unwrap();
+    let boosted: Vec<&str> = manifest["boosted"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        boosted.contains(&"rare_harm_affinity") && boosted.contains(&"rare_harm_affinity_window")
+    );
+    assert_eq!(manifest["config"]["sentinel"]["index"], s(&d.join("idx")));
+
+    // `vigil score` with the bundle (its index, no flag) reproduces the scored rows.
+    let again = d.join("again");
+    ok(&[
+        "score",
+        "--model",
+        s(&out.join("model")),
+        "--data",
+        s(&out.join("data")),
+        "--out",
+        s(&again),
+        "--sentinel-model",
+        s(&m),
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("user_day_scored.csv")).unwrap(),
+        std::fs::read(again.join("user_day_scored.csv")).unwrap()
+    );
+    // Without the encoder the stage refuses with how to get it (the user's to fix).
+    let o = vigil(&[
+        "score",
+        "--model",
+        s(&out.join("model")),
+        "--data",
+        s(&out.join("data")),
+        "--out",
+        s(&d.join("nomodel")),
+        "--sentinel-model",
+        s(&d.join("no-such-model")),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("fetch-model"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // The live service does not compute these features yet, and says so at start.
+    let o = vigil(&[
+        "serve",
+        "--data",
+        s(&out.join("data")),
+        "--model",
+        s(&out.join("model")),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("rare-harm stage"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -1,0 +1,242 @@
+//! The rare-harm stage: every chat message scored with a Sentinel index through
+//! `vigil_sentinel::MessageScorer` (the live service's code, so a user-day scores the same in
+//! batch and live), each distinct text encoded once. It adds two user-day features,
+//! `rare_harm_affinity` (the day's messages) and `rare_harm_affinity_window` (the user's
+//! messages of the day and the `window_days - 1` days before), and lists the highest-scored
+//! messages with their nearest harmful examples in `rare_harm_messages`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use vigil_config::Config;
+use vigil_monitor::column_text;
+use vigil_sentinel::{
+    CalibratedScorer, Encoder, Matrix, MessageScorer, MiniLmEncoder, SentinelIndex,
+};
+use vigil_warehouse::{Table, Warehouse};
+
+use crate::PipelineError;
+use crate::tables::{Col, Strings, extend_table, table};
+
+use super::Written;
+
+/// The two feature columns the stage adds to `user_day_features`.
+pub const RARE_HARM_FEATURES: [&str; 2] = ["rare_harm_affinity", "rare_harm_affinity_window"];
+
+/// Nearest harmful examples listed per message.
+const NEAREST: usize = 3;
+/// Texts encoded per call (progress is reported between calls).
+const CHUNK: usize = 1024;
+
+/// What the stage used and saw (recorded in `run.json` and the report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RareHarmInfo {
+    /// The index location.
+    pub index: String,
+    /// `calibrated` or `reference`.
+    pub scorer: String,
+    /// The window aggregator.
+    pub aggregator: String,
+    /// Chat messages scored.
+    pub messages: usize,
+    /// Distinct texts encoded.
+    pub distinct_texts: usize,
+    /// Days behind `rare_harm_affinity_window`.
+    pub window_days: u32,
+}
+
+fn sentinel(e: vigil_sentinel::SentinelError) -> PipelineError {
+    PipelineError::Sentinel(Box::new(e))
+}
+
+/// Run the stage over the stored events; returns the features with the two columns added
+/// (registered in the warehouse under the same name) and what it used.
+pub(crate) fn rare_harm(
+    wh: &Warehouse,
+    features: &Table,
+    cfg: &Config,
+    index_location: &str,
+    model: &Path,
+    progress: &dyn Fn(usize, usize),
+    out: &mut Written,
+) -> Result<(Table, RareHarmInfo), PipelineError> {
+    if !model.join("model.safetensors").exists() {
+        return Err(PipelineError::Config(format!(
+            "the rare-harm stage ([sentinel] index) needs the encoder: no model at {}; {} \
+             (for `vigil run` / `vigil score` / `vigil demo`: --sentinel-model DIR)",
+            model.display(),
+            vigil_sentinel::encoder::MODEL_HELP
+        )));
+    }
+    let index = SentinelIndex::load_from(index_location, None, None).map_err(sentinel)?;
+    let calibrated = CalibratedScorer::load_from(index_location).map_err(sentinel)?;
+    let encoder = MiniLmEncoder::load(model).map_err(sentinel)?;
+    if encoder.dim() != index.dim() {
+        return Err(PipelineError::Config(format!(
+            "the Sentinel index {index_location} has {}-dimensional embeddings but the model \
+             at {} produces {}",
+            index.dim(),
+            model.display(),
+            encoder.dim()
+        )));
+    }
+    let scorer = MessageScorer::new(&index, calibrated).map_err(sentinel)?;
+
+    let msgs = wh.build("chat_messages")?;
+    let (users, days, prompts) = (
+        column_text(&msgs, "user_id")?,
+        column_text(&msgs, "day")?,
+        column_text(&msgs, "prompt")?,
+    );
+    // Each distinct text once.
+    let mut slot: HashMap<&str, usize> = HashMap::new();
+    let mut distinct: Vec<String> = Vec::new();
+    let text_of: Vec<usize> = prompts
+        .iter()
+        .map(|p| {
+            *slot.entry(p.as_str()).or_insert_with(|| {
+                distinct.push(p.clone());
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let mut scores = Vec::with_capacity(distinct.len());
+    for chunk in distinct.chunks(CHUNK) {
+        let emb = encoder.encode(chunk).map_err(sentinel)?;
+        scores.extend(scorer.scores(chunk, &emb).map_err(sentinel)?);
+        progress(scores.len(), distinct.len());
+    }
+
+    // Messages per user, by day, in time order.
+    let mut by_user: HashMap<&str, BTreeMap<&str, Vec<usize>>> = HashMap::new();
+    for i in 0..prompts.len() {
+        by_user
+            .entry(users[i].as_str())
+            .or_default()
+            .entry(days[i].as_str())
+            .or_default()
+            .push(i);
+    }
+    let window_days = i64::from(cfg.sentinel.window_days);
+    let mut affinity: HashMap<(&str, &str), (f64, f64)> = HashMap::new();
+    for (user, by_day) in &by_user {
+        let dated: Vec<(Option<chrono::NaiveDate>, &str, &Vec<usize>)> = by_day
+            .iter()
+            .map(|(d, m)| (d.parse::<chrono::NaiveDate>().ok(), *d, m))
+            .collect();
+        for (k, (date, day, messages)) in dated.iter().enumerate() {
+            let group = |ids: &mut dyn Iterator<Item = usize>| -> f64 {
+                let ids: Vec<usize> = ids.collect();
+                let window: Vec<&str> = ids.iter().map(|&i| prompts[i].as_str()).collect();
+                let s: Vec<f64> = ids.iter().map(|&i| scores[text_of[i]]).collect();
+                scorer.affinity(&window, &s)
+            };
+            let day_affinity = group(&mut messages.iter().copied());
+            let in_window = |d: &Option<chrono::NaiveDate>| match (date, d) {
+                (Some(a), Some(b)) => (*a - *b).num_days() < window_days && *b <= *a,
+                _ => false,
+            };
+            let window_affinity = group(
+                &mut dated[..=k]
+                    .iter()
+                    .filter(|(d, _, _)| in_window(d))
+                    .flat_map(|(_, _, m)| m.iter().copied()),
+            );
+            affinity.insert((*user, *day), (day_affinity, window_affinity));
+        }
+    }
+    let f_users = Strings::read(features, "user_id")?;
+    let f_days = Strings::read(features, "day")?;
+    let (mut day_col, mut window_col) = (Vec::new(), Vec::new());
+    for r in 0..f_users.len() {
+        let (d, w) = affinity
+            .get(&(f_users.get(r), f_days.get(r)))
+            .copied()
+            .unwrap_or((0.0, 0.0));
+        day_col.push(d);
+        window_col.push(w);
+    }
+    let extended = extend_table(
+        &features.name,
+        features,
+        vec![
+            (RARE_HARM_FEATURES[0], day_col),
+            (RARE_HARM_FEATURES[1], window_col),
+        ],
+    )?;
+    wh.register(&extended)?;
+
+    // The highest-scored messages (one line per user, day and text), with their nearest
+    // harmful examples.
+    let mut seen: HashMap<(&str, &str, usize), ()> = HashMap::new();
+    let mut top: Vec<usize> = (0..prompts.len())
+        .filter(|&i| {
+            seen.insert((users[i].as_str(), days[i].as_str(), text_of[i]), ())
+                .is_none()
+        })
+        .collect();
+    top.sort_by(|&a, &b| {
+        scores[text_of[b]]
+            .total_cmp(&scores[text_of[a]])
+            .then(users[a].cmp(&users[b]))
+            .then(days[a].cmp(&days[b]))
+    });
+    top.truncate(cfg.sentinel.top_messages);
+    let top_texts: Vec<String> = top.iter().map(|&i| prompts[i].clone()).collect();
+    let nearest = if top_texts.is_empty() {
+        Vec::new()
+    } else {
+        let emb: Matrix = encoder.encode(&top_texts).map_err(sentinel)?;
+        scorer
+            .nearest_harmful(&top_texts, &emb, NEAREST)
+            .map_err(sentinel)?
+    };
+    let near = |k: usize, j: usize| -> (String, f64) {
+        nearest
+            .get(k)
+            .and_then(|n| n.get(j))
+            .cloned()
+            .unwrap_or_else(|| (String::new(), f64::NAN))
+    };
+    let mut cols = vec![
+        (
+            "user_id",
+            Col::Str(top.iter().map(|&i| users[i].clone()).collect()),
+        ),
+        (
+            "day",
+            Col::Str(top.iter().map(|&i| days[i].clone()).collect()),
+        ),
+        (
+            "score",
+            Col::F64(top.iter().map(|&i| scores[text_of[i]]).collect()),
+        ),
+        ("text", Col::Str(top_texts.clone())),
+    ];
+    let names = [
+        ("nearest_1", "similarity_1"),
+        ("nearest_2", "similarity_2"),
+        ("nearest_3", "similarity_3"),
+    ];
+    for (j, (t, s)) in names.iter().enumerate() {
+        cols.push((t, Col::Str((0..top.len()).map(|k| near(k, j).0).collect())));
+        cols.push((s, Col::F64((0..top.len()).map(|k| near(k, j).1).collect())));
+    }
+    out.csv(&table("rare_harm_messages", cols)?)?;
+    let info = RareHarmInfo {
+        index: index_location.to_string(),
+        scorer: scorer.kind().name().to_string(),
+        aggregator: scorer.aggregator_name().to_string(),
+        messages: prompts.len(),
+        distinct_texts: distinct.len(),
+        window_days: cfg.sentinel.window_days,
+    };
+    tracing::info!(
+        "rare harm: {} messages ({} distinct) scored with the {} scorer",
+        info.messages,
+        info.distinct_texts,
+        info.scorer
+    );
+    Ok((extended, info))
+}
