@@ -198,6 +198,21 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
     );
     assert_eq!(manifest["config"]["sentinel"]["index"], s(&d.join("idx")));
 
+    // The report has a rare-harm section led by the three users.
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let at = report
+        .find("Top 10 rare-harm user-days")
+        .expect("a rare-harm table");
+    let section = &report[at..];
+    for u in targets {
+        let pos = section.find(u).unwrap_or(usize::MAX);
+        assert!(pos < section.find("</table>").unwrap(), "{u} in the table");
+    }
+    let summary = std::fs::read_to_string(out.join("executive_summary.csv")).unwrap();
+    assert!(
+        summary.contains("Rare harm,Scorer (window aggregator),calibrated (expected_count)"),
+        "{summary}"
+    );
     // `vigil score` with the bundle (its index, no flag) reproduces the scored rows.
     let again = d.join("again");
     ok(&[

@@ -699,6 +699,7 @@ pub fn run(
             automation: &automation,
             actions: &actions,
             incidents: usize::from(incident.is_some()),
+            rare_harm: rare_harm.as_ref(),
             subtitle,
         })?;
         let rows = &report.summary;

@@ -73,6 +73,7 @@ pub(crate) struct SummaryInputs<'a> {
     pub actions: &'a Actions,
     pub incidents: usize,
     pub subtitle: String,
+    pub rare_harm: Option<&'a crate::protect::RareHarmInfo>,
 }
 
 fn scalar(wh: &Warehouse, sql: &str) -> Result<f64, PipelineError> {
@@ -491,13 +492,84 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
         },
     });
 
+    let mut tables = vec![riskiest, components, clusters];
+    if let Some(info) = i.rare_harm {
+        let (rows_rh, table) = rare_harm_section(s, q, info)?;
+        rows.extend(rows_rh);
+        tables.push(table);
+    }
     Ok(Report {
         title: "Vigil — Trust & Safety executive report".into(),
         subtitle: i.subtitle.clone(),
         summary: rows,
-        tables: vec![riskiest, components, clusters],
+        tables,
         charts,
     })
+}
+
+/// The rare-harm stage's lines and its top-10 user-days (by the day's affinity), with
+/// whether the queue holds them: what the text signal found that behaviour may not.
+fn rare_harm_section(
+    s: &Scored,
+    q: &Queue,
+    info: &crate::protect::RareHarmInfo,
+) -> Result<(Vec<SummaryRow>, HtmlTable), PipelineError> {
+    let day = column_f64(&s.table, "rare_harm_affinity")?;
+    let window = column_f64(&s.table, "rare_harm_affinity_window")?;
+    let mut order: Vec<usize> = (0..day.len()).collect();
+    order.sort_by(|&a, &b| day[b].total_cmp(&day[a]).then(a.cmp(&b)));
+    let queued: std::collections::HashSet<usize> = q.entries.iter().map(|e| e.row).collect();
+    let top: Vec<usize> = order.into_iter().take(10).collect();
+    let row = |metric: &str, value: String| SummaryRow {
+        section: "Rare harm".into(),
+        metric: metric.into(),
+        value,
+    };
+    let summary = vec![
+        row(
+            "Chat messages scored (distinct texts)",
+            format!("{} ({})", info.messages, info.distinct_texts),
+        ),
+        row(
+            "Scorer (window aggregator)",
+            format!("{} ({})", info.scorer, info.aggregator),
+        ),
+        row(
+            "Top-10 rare-harm user-days in the review queue",
+            format!(
+                "{} of {}",
+                top.iter().filter(|r| queued.contains(r)).count(),
+                top.len()
+            ),
+        ),
+    ];
+    let table = HtmlTable {
+        title: "Top 10 rare-harm user-days".into(),
+        headers: [
+            "day",
+            "user_id",
+            "rare_harm_affinity",
+            "rare_harm_affinity_window",
+            "risk_score",
+            "queued",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: top
+            .iter()
+            .map(|&r| {
+                vec![
+                    s.day.get(r).to_string(),
+                    s.user.get(r).to_string(),
+                    r4(day[r]),
+                    r4(window[r]),
+                    r4(s.risk[r]),
+                    if queued.contains(&r) { "yes" } else { "no" }.into(),
+                ]
+            })
+            .collect(),
+    };
+    Ok((summary, table))
 }
 
 #[cfg(test)]
