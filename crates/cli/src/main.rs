@@ -201,6 +201,15 @@ struct GenerateArgs {
     /// Number of coordinated rings sharing payment tokens and devices.
     #[arg(long, default_value_t = 0)]
     rings: usize,
+    /// notebook (the notebook's world, byte for byte) or realistic (abusers without a
+    /// giveaway IP block, noisy benign users, label noise, rare-harm users found only
+    /// through what they write).
+    #[arg(long, default_value = "notebook")]
+    scenario: vigil_events::generator::Scenario,
+    /// The realistic scenario's message pools: JSONL {"text", "class"} with class benign,
+    /// spam, evasion or rare (a class left out keeps the built-in lines).
+    #[arg(long)]
+    text_pool: Option<PathBuf>,
     /// Output file (.csv or .parquet).
     #[arg(long)]
     out: PathBuf,
@@ -440,6 +449,12 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         incident_day: a.incident_day,
         drift: a.drift,
         rings: a.rings,
+        scenario: a.scenario,
+        pool: a
+            .text_pool
+            .as_deref()
+            .map(vigil_events::generator::TextPool::from_jsonl)
+            .transpose()?,
     };
     let pb = ProgressBar::new(a.events);
     pb.set_style(
@@ -520,6 +535,8 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         incident_day: Some(9),
         drift: true,
         rings: a.rings,
+        scenario: vigil_events::generator::Scenario::Notebook,
+        text_pool: None,
         out: input.clone(),
     })?;
     eprintln!("2/2 running every stage");

@@ -80,6 +80,10 @@ pub struct GeneratorConfig {
     pub drift: bool,
     /// Number of coordinated rings sharing payment tokens and devices.
     pub rings: usize,
+    /// Which world: the notebook's, or one where detection is not trivial.
+    pub scenario: Scenario,
+    /// The realistic scenario's message pools (default: [`TextPool::builtin`]).
+    pub pool: Option<TextPool>,
 }
 
 impl Default for GeneratorConfig {
@@ -94,6 +98,149 @@ impl Default for GeneratorConfig {
             incident_day: None,
             drift: false,
             rings: 0,
+            scenario: Scenario::Notebook,
+            pool: None,
+        }
+    }
+}
+
+/// Which synthetic world `generate` draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scenario {
+    /// The notebook's generative model, byte for byte (abusers on their own IP block: a
+    /// detector separates them perfectly).
+    #[default]
+    Notebook,
+    /// Abusers on ordinary IPs with behaviour that overlaps heavy benign users; noisy benign
+    /// users (false-positive blocks); 2% label noise; rings linked only by shared devices
+    /// and payments; and a few rare-harm users who behave like anyone else and show only in
+    /// what they write. Messages come from [`TextPool`]s, with light variation.
+    Realistic,
+}
+
+impl std::str::FromStr for Scenario {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "notebook" => Ok(Self::Notebook),
+            "realistic" => Ok(Self::Realistic),
+            other => Err(format!(
+                "unknown scenario `{other}` (expected notebook or realistic)"
+            )),
+        }
+    }
+}
+
+/// Message pools by class, for the realistic scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextPool {
+    /// Ordinary chat.
+    pub benign: Vec<String>,
+    /// Spam.
+    pub spam: Vec<String>,
+    /// Policy evasion.
+    pub evasion: Vec<String>,
+    /// The rare harmful class (account-takeover and payment-scam approaches by default).
+    pub rare: Vec<String>,
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Words a realistic message may start with (light variation of the pool lines).
+const OPENERS: &str = include_str!("../pools/openers.txt");
+/// Words it may end with.
+const CLOSERS: &str = include_str!("../pools/closers.txt");
+
+impl TextPool {
+    /// The pools that ship with Vigil: `crates/events/pools/benign.txt` and `rare.txt`, and
+    /// the notebook's spam and evasion lines.
+    pub fn builtin() -> Self {
+        Self {
+            benign: lines(include_str!("../pools/benign.txt")),
+            spam: SPAM_PROMPTS.iter().map(|s| s.to_string()).collect(),
+            evasion: EVASION_PROMPTS.iter().map(|s| s.to_string()).collect(),
+            rare: lines(include_str!("../pools/rare.txt")),
+        }
+    }
+
+    /// Read JSONL lines `{"text": ..., "class": "benign" | "spam" | "evasion" | "rare"}`;
+    /// a class the file leaves empty keeps the built-in lines.
+    pub fn from_jsonl(path: &Path) -> Result<Self, EventsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| EventsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |line: usize, message: String| EventsError::BadInput {
+            path: path.to_path_buf(),
+            message: format!("line {line}: {message}"),
+        };
+        let mut pool = Self {
+            benign: Vec::new(),
+            spam: Vec::new(),
+            evasion: Vec::new(),
+            rare: Vec::new(),
+        };
+        for (i, l) in text.lines().enumerate() {
+            if l.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(l).map_err(|e| bad(i + 1, format!("invalid JSON: {e}")))?;
+            let (Some(t), Some(class)) = (v["text"].as_str(), v["class"].as_str()) else {
+                return Err(bad(i + 1, "needs \"text\" and \"class\" strings".into()));
+            };
+            let t = t.trim();
+            if t.is_empty() || t.len() > 2000 {
+                return Err(bad(i + 1, "a text must hold 1 to 2000 bytes".into()));
+            }
+            match class {
+                "benign" => pool.benign.push(t.into()),
+                "spam" => pool.spam.push(t.into()),
+                "evasion" => pool.evasion.push(t.into()),
+                "rare" => pool.rare.push(t.into()),
+                other => {
+                    return Err(bad(
+                        i + 1,
+                        format!("class `{other}` is not benign, spam, evasion or rare"),
+                    ));
+                }
+            }
+        }
+        let builtin = Self::builtin();
+        for (mine, theirs) in [
+            (&mut pool.benign, builtin.benign),
+            (&mut pool.spam, builtin.spam),
+            (&mut pool.evasion, builtin.evasion),
+            (&mut pool.rare, builtin.rare),
+        ] {
+            if mine.is_empty() {
+                *mine = theirs;
+            }
+        }
+        if [&pool.benign, &pool.spam, &pool.evasion, &pool.rare]
+            .iter()
+            .any(|l| l.len() > usize::from(u16::MAX))
+        {
+            return Err(EventsError::BadInput {
+                path: path.to_path_buf(),
+                message: format!("at most {} texts per class", u16::MAX),
+            });
+        }
+        Ok(pool)
+    }
+
+    fn list(&self, class: u8) -> &[String] {
+        match class {
+            0 => &self.benign,
+            1 => &self.spam,
+            2 => &self.evasion,
+            _ => &self.rare,
         }
     }
 }
@@ -121,6 +268,22 @@ struct User {
     payment: Option<String>,
     abuser: bool,
     actor: String,
+    /// Realistic scenario: what the user is, the label the events carry (noisy) and how
+    /// active the user is.
+    kind: Kind,
+    label: bool,
+    weight: f64,
+}
+
+/// What a user is in the realistic scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Benign,
+    /// Benign, but often blocked or warned by mistake.
+    Noisy,
+    Abuser,
+    /// Behaves like a benign user; some messages belong to the rare harmful class.
+    RareHarm,
 }
 
 fn cumulative(p: &[f64; 7]) -> [f64; 7] {
@@ -154,6 +317,9 @@ fn make_users(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> Vec<User> {
                 payment,
                 abuser: false,
                 actor: String::new(),
+                kind: Kind::Benign,
+                label: false,
+                weight: 1.0,
             }
         })
         .collect();
@@ -192,6 +358,77 @@ fn make_users(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> Vec<User> {
             user.actor = cluster;
         }
     }
+    for u in &mut users {
+        u.label = u.abuser;
+        if u.abuser {
+            u.kind = Kind::Abuser;
+        }
+    }
+    users
+}
+
+/// Share of users who are rare-harm users in the realistic scenario (at least one).
+const RARE_HARM_RATE: f64 = 0.005;
+/// Share of benign users who are noisy.
+const NOISY_RATE: f64 = 0.05;
+/// Share of users whose events carry the wrong label.
+const LABEL_NOISE: f64 = 0.02;
+
+/// The realistic scenario's users: everyone on the same IP range and their own devices;
+/// rings share devices and payment tokens only; activity varies (log-normal weights), so
+/// heavy benign users look busy too.
+fn make_users_realistic(cfg: &GeneratorConfig, rng: &mut ChaCha8Rng) -> Vec<User> {
+    let n = cfg.users;
+    let activity = rand_distr::LogNormal::new(0.0, 0.8).ok();
+    let mut users: Vec<User> = (0..n)
+        .map(|_| User {
+            ip: format!("203.0.113.{}", rng.random_range(1..=229)),
+            device: format!("dev_{:06}", rng.random_range(1..(2 * n).max(2))),
+            payment: (rng.random::<f64>() < 0.65)
+                .then(|| format!("pay_{:06}", rng.random_range(1..(n / 2 + 50)))),
+            abuser: false,
+            actor: String::new(),
+            kind: Kind::Benign,
+            label: false,
+            weight: activity.map_or(1.0, |d| d.sample(rng)),
+        })
+        .collect();
+    let n_abusers = (((n as f64) * cfg.abuse_rate).floor() as usize).min(n);
+    let n_rare =
+        (((n as f64) * RARE_HARM_RATE).round() as usize).clamp(1, n - n_abusers.min(n - 1));
+    let picked = rand::seq::index::sample(rng, n, (n_abusers + n_rare).min(n)).into_vec();
+    let (abusers, rare) = picked.split_at(n_abusers.min(picked.len()));
+    let ring_members = if cfg.rings > 0 {
+        (n_abusers / 2).max(cfg.rings.min(n_abusers))
+    } else {
+        0
+    };
+    for (i, &u) in abusers.iter().enumerate() {
+        let user = &mut users[u];
+        user.abuser = true;
+        user.kind = Kind::Abuser;
+        if i < ring_members {
+            let r = i % cfg.rings;
+            let j = i / cfg.rings;
+            user.actor = format!("ring_{r:03}");
+            user.device = format!("dev_ring_{r:03}_{}", j % 2);
+            user.payment = Some(format!("pay_ring_{r:03}"));
+        } else {
+            user.actor = format!("abuser_{i:05}");
+        }
+    }
+    for (i, &u) in rare.iter().enumerate() {
+        let user = &mut users[u];
+        user.abuser = true;
+        user.kind = Kind::RareHarm;
+        user.actor = format!("rare_harm_{i:04}");
+    }
+    for u in &mut users {
+        if u.kind == Kind::Benign && rng.random::<f64>() < NOISY_RATE {
+            u.kind = Kind::Noisy;
+        }
+        u.label = u.abuser != (rng.random::<f64>() < LABEL_NOISE);
+    }
     users
 }
 
@@ -208,8 +445,84 @@ enum Sink {
     Parquet(Box<(ArrowWriter<File>, EventBatchBuilder)>),
 }
 
-/// The three prompt lists, indexed by a sampled event's prompt kind.
-const PROMPTS: [&[&str]; 3] = [&BENIGN_PROMPTS, &SPAM_PROMPTS, &EVASION_PROMPTS];
+/// The texts chats are made of: the notebook's three lists, or the realistic scenario's
+/// pools with their openers and closers.
+struct Texts {
+    pool: TextPool,
+    quoted: [Vec<String>; 4],
+    openers: Vec<String>,
+    closers: Vec<String>,
+}
+
+impl Texts {
+    fn new(cfg: &GeneratorConfig) -> Self {
+        let pool = match cfg.scenario {
+            Scenario::Notebook => TextPool {
+                benign: BENIGN_PROMPTS.iter().map(|s| s.to_string()).collect(),
+                spam: SPAM_PROMPTS.iter().map(|s| s.to_string()).collect(),
+                evasion: EVASION_PROMPTS.iter().map(|s| s.to_string()).collect(),
+                rare: Vec::new(),
+            },
+            Scenario::Realistic => cfg.pool.clone().unwrap_or_else(TextPool::builtin),
+        };
+        let quoted = [0u8, 1, 2, 3].map(|c| pool.list(c).iter().map(|t| csv_quote(t)).collect());
+        Self {
+            pool,
+            quoted,
+            openers: lines(OPENERS),
+            closers: lines(CLOSERS),
+        }
+    }
+
+    /// The chat's text.
+    fn text(&self, p: Prompt) -> std::borrow::Cow<'_, str> {
+        let line = &self.pool.list(p.class)[usize::from(p.line)];
+        if p.opener == 0 && p.closer == 0 {
+            return std::borrow::Cow::Borrowed(line);
+        }
+        let mut t = String::with_capacity(line.len() + 24);
+        if p.opener > 0 {
+            t.push_str(&self.openers[usize::from(p.opener) - 1]);
+            t.push(' ');
+        }
+        t.push_str(line);
+        if p.closer > 0 {
+            t.push(' ');
+            t.push_str(&self.closers[usize::from(p.closer) - 1]);
+        }
+        std::borrow::Cow::Owned(t)
+    }
+
+    /// The chat's text as a CSV field.
+    fn csv(&self, p: Prompt) -> std::borrow::Cow<'_, str> {
+        if p.opener == 0 && p.closer == 0 {
+            return std::borrow::Cow::Borrowed(
+                &self.quoted[usize::from(p.class)][usize::from(p.line)],
+            );
+        }
+        std::borrow::Cow::Owned(csv_quote(&self.text(p)))
+    }
+}
+
+/// Which text a chat carries.
+#[derive(Debug, Clone, Copy)]
+struct Prompt {
+    class: u8,
+    line: u16,
+    opener: u8,
+    closer: u8,
+}
+
+impl Prompt {
+    fn plain(class: u8, line: usize) -> Self {
+        Self {
+            class,
+            line: line as u16,
+            opener: 0,
+            closer: 0,
+        }
+    }
+}
 
 /// One sampled event, before any text is made of it.
 #[derive(Debug, Clone, Copy)]
@@ -219,8 +532,9 @@ struct Sampled {
     event_type: u8,
     surface: u8,
     product: u8,
-    /// (list in [`PROMPTS`], index in it) for chats.
-    prompt: Option<(u8, u8)>,
+    /// For chats: the class (benign, spam, evasion, rare), the line's index in its list,
+    /// and the opener and closer added around it (0 = none; always none in the notebook).
+    prompt: Option<Prompt>,
     blocked: i8,
     warned: i8,
     tokens_in: i64,
@@ -232,6 +546,9 @@ struct Sampled {
 struct Sampler<'a> {
     cfg: &'a GeneratorConfig,
     users: &'a [User],
+    texts: &'a Texts,
+    /// Realistic scenario: cumulative activity weights of the users.
+    cum_weight: Vec<f64>,
     cum_abuser: [f64; 7],
     cum_benign: [f64; 7],
     /// Token and latency distributions: `[chat, other]`.
@@ -269,11 +586,25 @@ impl Sampler<'_> {
             buf.clear();
             for _ in 0..k {
                 let ts = rng.random_range(c_start..c_end);
-                let user = rng.random_range(0..self.users.len()) as u32;
+                let user = match self.cum_weight.last() {
+                    Some(&total) => {
+                        let x = rng.random::<f64>() * total;
+                        self.cum_weight
+                            .partition_point(|&c| c <= x)
+                            .min(self.users.len() - 1) as u32
+                    }
+                    None => rng.random_range(0..self.users.len()) as u32,
+                };
                 buf.push((ts, user));
             }
             buf.sort_unstable();
-            let chunk: Vec<Sampled> = buf.iter().map(|&(ts, u)| self.event(rng, ts, u)).collect();
+            let chunk: Vec<Sampled> = buf
+                .iter()
+                .map(|&(ts, u)| match cfg.scenario {
+                    Scenario::Notebook => self.event(rng, ts, u),
+                    Scenario::Realistic => self.event_realistic(rng, ts, u),
+                })
+                .collect();
             if tx.send(chunk).is_err() {
                 return;
             }
@@ -303,12 +634,12 @@ impl Sampler<'_> {
         if is_chat {
             if u.abuser && rng.random::<f64>() < 0.55 {
                 if rng.random::<f64>() < 0.7 {
-                    prompt = Some((1, rng.random_range(0..SPAM_PROMPTS.len()) as u8));
+                    prompt = Some(Prompt::plain(1, rng.random_range(0..SPAM_PROMPTS.len())));
                     if rng.random::<f64>() < 0.25 {
                         warned = 1;
                     }
                 } else {
-                    prompt = Some((2, rng.random_range(0..EVASION_PROMPTS.len()) as u8));
+                    prompt = Some(Prompt::plain(2, rng.random_range(0..EVASION_PROMPTS.len())));
                     if rng.random::<f64>() < 0.6 {
                         blocked = 1;
                     } else if rng.random::<f64>() < 0.5 {
@@ -316,7 +647,7 @@ impl Sampler<'_> {
                     }
                 }
             } else {
-                prompt = Some((0, rng.random_range(0..BENIGN_PROMPTS.len()) as u8));
+                prompt = Some(Prompt::plain(0, rng.random_range(0..BENIGN_PROMPTS.len())));
             }
         }
         if et == POLICY_BLOCK {
@@ -335,6 +666,123 @@ impl Sampler<'_> {
             if rng.random::<f64>() < 0.12 {
                 blocked = 1;
             }
+        }
+        let which = usize::from(!is_chat);
+        let mut tin = self.tokens_in[which].sample(rng);
+        let mut tout = self.tokens_out[which].sample(rng);
+        let mut lat = self.latency[which].sample(rng);
+        if cfg.drift && is_chat && day >= drift_from_day {
+            tin *= 1.6;
+            tout *= 1.5;
+            lat += 350.0;
+        }
+        Sampled {
+            ts,
+            user: uid,
+            event_type: et as u8,
+            surface,
+            product,
+            prompt,
+            blocked,
+            warned,
+            tokens_in: tin.max(1.0) as i64,
+            tokens_out: tout.max(1.0) as i64,
+            latency_ms: lat.max(5.0) as i64,
+        }
+    }
+}
+
+impl Sampler<'_> {
+    /// A chat text of `class` with light variation (an opener, a closer, each 30% of the time).
+    fn varied(&self, rng: &mut ChaCha8Rng, class: u8) -> Prompt {
+        let n = self.texts.pool.list(class).len().max(1);
+        let line = rng.random_range(0..n) as u16;
+        let opener = if rng.random::<f64>() < 0.3 {
+            rng.random_range(1..=self.texts.openers.len().max(1)) as u8
+        } else {
+            0
+        };
+        let closer = if rng.random::<f64>() < 0.3 {
+            rng.random_range(1..=self.texts.closers.len().max(1)) as u8
+        } else {
+            0
+        };
+        Prompt {
+            class,
+            line,
+            opener: opener.min(self.texts.openers.len() as u8),
+            closer: closer.min(self.texts.closers.len() as u8),
+        }
+    }
+
+    /// The realistic scenario's draws: abusers half the time act like benign users, noisy
+    /// users get blocked by mistake, rare-harm users behave like benign users and write some
+    /// messages of the rare class (which filters do not catch).
+    fn event_realistic(&self, rng: &mut ChaCha8Rng, ts: i64, uid: u32) -> Sampled {
+        let cfg = self.cfg;
+        let first_day =
+            (cfg.end_micros - i64::from(cfg.days) * 86_400_000_000).div_euclid(86_400_000_000);
+        let drift_from_day = (cfg.end_micros - 1).div_euclid(86_400_000_000) - 2;
+        let u = &self.users[uid as usize];
+        let acts_abusive = u.kind == Kind::Abuser && rng.random::<f64>() < 0.5;
+        let et = pick(
+            if acts_abusive {
+                &self.cum_abuser
+            } else {
+                &self.cum_benign
+            },
+            rng.random(),
+        );
+        let surface = rng.random_range(0..SURFACES.len()) as u8;
+        let product = rng.random_range(0..PRODUCTS.len()) as u8;
+        let is_chat = et == CHAT;
+        let (mut blocked, mut warned) = (0i8, 0i8);
+        let mut prompt = None;
+        if is_chat {
+            match u.kind {
+                Kind::Abuser if rng.random::<f64>() < 0.35 => {
+                    if rng.random::<f64>() < 0.7 {
+                        prompt = Some(self.varied(rng, 1));
+                        if rng.random::<f64>() < 0.25 {
+                            warned = 1;
+                        }
+                    } else {
+                        prompt = Some(self.varied(rng, 2));
+                        if rng.random::<f64>() < 0.6 {
+                            blocked = 1;
+                        } else if rng.random::<f64>() < 0.5 {
+                            warned = 1;
+                        }
+                    }
+                }
+                Kind::RareHarm if rng.random::<f64>() < 0.25 => {
+                    prompt = Some(self.varied(rng, 3));
+                }
+                Kind::Noisy => {
+                    prompt = Some(self.varied(rng, 0));
+                    if rng.random::<f64>() < 0.12 {
+                        blocked = 1;
+                    } else if rng.random::<f64>() < 0.12 {
+                        warned = 1;
+                    }
+                }
+                _ => prompt = Some(self.varied(rng, 0)),
+            }
+        }
+        if et == POLICY_BLOCK {
+            blocked = 1;
+        }
+        if et == WARNING {
+            warned = 1;
+        }
+        let day = ts.div_euclid(86_400_000_000);
+        if is_chat
+            && cfg
+                .incident_day
+                .is_some_and(|k| day == first_day + i64::from(k))
+            && rng.random::<f64>() < 0.12
+        {
+            blocked = 1;
         }
         let which = usize::from(!is_chat);
         let mut tin = self.tokens_in[which].sample(rng);
@@ -388,7 +836,7 @@ fn csv_row(
     abuser: bool,
     clock: &mut Clock,
     user_fields: &[Vec<u8>],
-    quoted: &[Vec<String>],
+    texts: &Texts,
 ) {
     let mut num = itoa::Buffer::new();
     out.extend_from_slice(b"e_");
@@ -421,8 +869,8 @@ fn csv_row(
         out.extend_from_slice(text.as_bytes());
         out.push(b',');
     }
-    if let Some((k, i)) = e.prompt {
-        out.extend_from_slice(quoted[usize::from(k)][usize::from(i)].as_bytes());
+    if let Some(p) = e.prompt {
+        out.extend_from_slice(texts.csv(p).as_bytes());
     }
     out.push(b',');
     for v in [e.tokens_in, e.tokens_out, e.latency_ms] {
@@ -503,8 +951,18 @@ pub fn generate(
         )));
     }
 
+    if cfg.pool.is_some() && cfg.scenario == Scenario::Notebook {
+        return Err(EventsError::BadArgument(
+            "--text-pool is for --scenario realistic (the notebook scenario keeps its own lines)"
+                .into(),
+        ));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-    let users = make_users(cfg, &mut rng);
+    let users = match cfg.scenario {
+        Scenario::Notebook => make_users(cfg, &mut rng),
+        Scenario::Realistic => make_users_realistic(cfg, &mut rng),
+    };
+    let texts = Texts::new(cfg);
     let gt_path = out.with_file_name("ground_truth.csv");
     {
         let mut gt = BufWriter::new(File::create(&gt_path).map_err(io(&gt_path))?);
@@ -548,10 +1006,6 @@ pub fn generate(
             .into_bytes()
         })
         .collect();
-    let quoted: Vec<Vec<String>> = PROMPTS
-        .iter()
-        .map(|l| l.iter().map(|p| csv_quote(p)).collect())
-        .collect();
     let normal = |m: f64, s: f64| {
         Normal::new(m, s).map_err(|e| EventsError::BadInput {
             path: out.to_path_buf(),
@@ -561,6 +1015,17 @@ pub fn generate(
     let sampler = Sampler {
         cfg,
         users: &users,
+        texts: &texts,
+        cum_weight: match cfg.scenario {
+            Scenario::Notebook => Vec::new(),
+            Scenario::Realistic => users
+                .iter()
+                .scan(0.0, |acc, u| {
+                    *acc += u.weight;
+                    Some(*acc)
+                })
+                .collect(),
+        },
         cum_abuser: cumulative(&ABUSER_P),
         cum_benign: cumulative(&BENIGN_P),
         tokens_in: [normal(220.0, 80.0)?, normal(30.0, 80.0)?],
@@ -581,15 +1046,15 @@ pub fn generate(
                     text.clear();
                     let mut clock = Clock::default();
                     for e in &chunk {
-                        let abuser = users[e.user as usize].abuser;
+                        let label = users[e.user as usize].label;
                         csv_row(
                             &mut text,
                             written,
                             e,
-                            abuser,
+                            label,
                             &mut clock,
                             &user_fields,
-                            &quoted,
+                            &texts,
                         );
                         written += 1;
                     }
@@ -599,6 +1064,7 @@ pub fn generate(
                     let (w, b) = &mut **pw;
                     for e in &chunk {
                         let u = &users[e.user as usize];
+                        let prompt = e.prompt.map(|p| texts.text(p)).unwrap_or_default();
                         let event_id = format!("e_{written:09}");
                         written += 1;
                         b.append(&ValidRow {
@@ -611,15 +1077,13 @@ pub fn generate(
                             surface: SURFACES[usize::from(e.surface)],
                             product: PRODUCTS[usize::from(e.product)],
                             event_type: EVENT_TYPES[usize::from(e.event_type)],
-                            prompt: e
-                                .prompt
-                                .map_or("", |(k, i)| PROMPTS[usize::from(k)][usize::from(i)]),
+                            prompt: &prompt,
                             tokens_in: e.tokens_in,
                             tokens_out: e.tokens_out,
                             latency_ms: e.latency_ms,
                             blocked: e.blocked,
                             warned: e.warned,
-                            is_abuse_gt: Some(i8::from(u.abuser)),
+                            is_abuse_gt: Some(i8::from(u.label)),
                         });
                         if b.len() >= 65_536 {
                             let batch = b.finish().map_err(EventsError::Arrow)?;
