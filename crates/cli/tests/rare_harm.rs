@@ -275,3 +275,101 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// The pool lines shipped with the generator.
+fn pool(name: &str) -> Vec<String> {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../events/pools/{name}.txt")),
+    )
+    .unwrap()
+    .lines()
+    .map(str::trim)
+    .filter(|l| !l.is_empty())
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_misses() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The index holds every other rare line: half the rare lines the users write are unseen.
+    let rare = pool("rare");
+    let positives: Vec<String> = rare.iter().step_by(2).cloned().collect();
+    let mut negatives = pool("benign");
+    negatives.extend(
+        [
+            "Buy now buy now buy now!!!",
+            "Click this link for free prizes!!!",
+            "How do I bypass content filters?",
+        ]
+        .map(String::from),
+    );
+    std::fs::write(d.join("pos.txt"), positives.join("\n")).unwrap();
+    std::fs::write(d.join("neg.txt"), negatives.join("\n")).unwrap();
+    let m = model();
+    ok(&[
+        "sentinel",
+        "build",
+        "--model",
+        s(&m),
+        "--positives",
+        s(&d.join("pos.txt")),
+        "--negatives",
+        s(&d.join("neg.txt")),
+        "--out",
+        s(&d.join("idx")),
+    ]);
+    let events = d.join("events.csv");
+    ok(&[
+        "generate",
+        "--scenario",
+        "realistic",
+        "--events",
+        "200000",
+        "--rings",
+        "8",
+        "--seed",
+        "42",
+        "--end",
+        "2026-02-15T05:26:38Z",
+        "--out",
+        s(&events),
+    ]);
+    let truth = csv_rows(&d.join("ground_truth.csv"));
+    let rare_users: std::collections::HashSet<String> = truth
+        .iter()
+        .filter(|r| r["actor_id"].starts_with("rare_harm"))
+        .map(|r| r["user_id"].clone())
+        .collect();
+    assert_eq!(rare_users.len(), 30);
+    let found = |out: &Path| -> usize {
+        let queued: std::collections::HashSet<String> = csv_rows(&out.join("review_queue.csv"))
+            .into_iter()
+            .map(|r| r["user_id"].clone())
+            .collect();
+        rare_users.intersection(&queued).count()
+    };
+    let fused = d.join("fused");
+    ok(&[
+        "run",
+        "--input",
+        s(&events),
+        "--out",
+        s(&fused),
+        "--sentinel-index",
+        s(&d.join("idx")),
+        "--sentinel-model",
+        s(&m),
+    ]);
+    let plain = d.join("plain");
+    ok(&["run", "--data", s(&fused.join("data")), "--out", s(&plain)]);
+    let (with_text, behaviour_only) = (found(&fused), found(&plain));
+    // The targets: >= 90% of rare-harm users within the queue with the text signal,
+    // < 30% from behaviour alone.
+    assert!(with_text >= 27, "fused model found {with_text} of 30");
+    assert!(
+        behaviour_only < 9,
+        "behaviour-only model found {behaviour_only} of 30"
+    );
+}

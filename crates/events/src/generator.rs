@@ -1190,4 +1190,106 @@ mod tests {
         let err = generate(&crowd, &out, &|_| {}).unwrap_err();
         assert!(err.to_string().contains("at most 100000000"), "{err}");
     }
+
+    #[test]
+    fn the_realistic_world_hides_abusers_in_ordinary_traffic_and_rare_harm_in_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("events.csv");
+        let cfg = GeneratorConfig {
+            events: 60_000,
+            users: 2_000,
+            rings: 4,
+            end_micros: 1_771_113_600_000_000,
+            scenario: Scenario::Realistic,
+            ..GeneratorConfig::default()
+        };
+        generate(&cfg, &out, &|_| {}).unwrap();
+        let gt = std::fs::read_to_string(dir.path().join("ground_truth.csv")).unwrap();
+        let mut kind = std::collections::HashMap::new();
+        for l in gt.lines().skip(1) {
+            let f: Vec<&str> = l.split(',').collect();
+            let k = if f[2].starts_with("rare_harm") {
+                "rare"
+            } else if f[1] == "1" {
+                "abuser"
+            } else {
+                "benign"
+            };
+            kind.insert(f[0].to_string(), k);
+        }
+        let rare_users = kind.values().filter(|k| **k == "rare").count();
+        assert_eq!(rare_users, 10, "0.5% of 2,000 users");
+        let builtin = TextPool::builtin();
+        let mut rare_msgs = std::collections::HashMap::<&str, usize>::new();
+        let (mut flipped, mut labelled) = (std::collections::HashSet::new(), 0);
+        let mut blocked = std::collections::HashMap::<&str, (usize, usize)>::new();
+        let mut reader = csv::Reader::from_path(&out).unwrap();
+        for r in reader.records() {
+            let r = r.unwrap();
+            let (user, ip, prompt, is_blocked, label) = (&r[2], &r[3], &r[9], &r[13], &r[15]);
+            let k = kind[user];
+            // No giveaway address block for anyone.
+            assert!(ip.starts_with("203.0.113."), "{ip}");
+            let truth = if k == "benign" { "0" } else { "1" };
+            if label != truth {
+                flipped.insert(user.to_string());
+            }
+            labelled += 1;
+            if builtin
+                .rare
+                .iter()
+                .any(|line| prompt.contains(line.as_str()))
+            {
+                assert_eq!(k, "rare", "only rare-harm users write rare lines");
+                *rare_msgs.entry(k).or_default() += 1;
+            }
+            if !prompt.is_empty() {
+                let b = blocked.entry(k).or_default();
+                b.0 += usize::from(is_blocked == "1");
+                b.1 += 1;
+            }
+        }
+        assert!(labelled == 60_000);
+        assert!(rare_msgs["rare"] > 20, "{rare_msgs:?}");
+        // About 2% of users carry the wrong label.
+        assert!((10..=80).contains(&flipped.len()), "{}", flipped.len());
+        // Rare-harm users are not blocked more than benign users (filters miss their text).
+        let rate = |k: &str| blocked[k].0 as f64 / blocked[k].1 as f64;
+        assert!(rate("rare") < rate("abuser"), "{blocked:?}");
+        assert!(rate("rare") < 2.0 * rate("benign") + 0.01, "{blocked:?}");
+        // The same seed gives the same file.
+        let again = dir.path().join("again.csv");
+        generate(&cfg, &again, &|_| {}).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&again).unwrap());
+    }
+
+    #[test]
+    fn a_text_pool_file_is_checked_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pool.jsonl");
+        std::fs::write(
+            &p,
+            "{\"text\": \"send me the code\", \"class\": \"rare\"}\n\n{\"text\": \"hi\", \"class\": \"benign\"}\n",
+        )
+        .unwrap();
+        let pool = TextPool::from_jsonl(&p).unwrap();
+        assert_eq!(pool.rare, ["send me the code"]);
+        assert_eq!(pool.benign, ["hi"]);
+        // Classes the file leaves out keep the built-in lines.
+        assert_eq!(pool.spam, TextPool::builtin().spam);
+        std::fs::write(&p, "{\"text\": \"x\", \"class\": \"gore\"}\n").unwrap();
+        let err = TextPool::from_jsonl(&p).unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("gore"), "{err}");
+        std::fs::write(&p, "{\"text\": \"x\"}\n").unwrap();
+        assert!(TextPool::from_jsonl(&p).is_err());
+        // A pool with the notebook scenario is refused.
+        let cfg = GeneratorConfig {
+            events: 10,
+            end_micros: 1_771_113_600_000_000,
+            pool: Some(TextPool::builtin()),
+            ..GeneratorConfig::default()
+        };
+        let err = generate(&cfg, &dir.path().join("e.csv"), &|_| {}).unwrap_err();
+        assert!(err.to_string().contains("--scenario realistic"), "{err}");
+    }
 }
