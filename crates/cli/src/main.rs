@@ -344,7 +344,13 @@ struct DemoArgs {
     /// password is printed (a new one on every start).
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDR")]
     serve: Option<std::net::SocketAddr>,
-    /// A Sentinel index: the run scores every chat message with it (the rare-harm stage).
+    /// realistic (default: abusers hidden in ordinary traffic, rare-harm users found only
+    /// through what they write; the demo builds a Sentinel index from the shipped message
+    /// pools and runs the rare-harm stage) or notebook (the notebook's world, no text stage).
+    #[arg(long, default_value = "realistic")]
+    scenario: vigil_events::generator::Scenario,
+    /// A Sentinel index for the rare-harm stage [default with the realistic scenario: one
+    /// built from the shipped pools into OUT/index].
     #[arg(long)]
     sentinel_index: Option<String>,
     /// The encoder for the rare-harm stage [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
@@ -521,9 +527,16 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     if data.exists() {
         std::fs::remove_dir_all(&data).with_context(|| format!("clearing {}", data.display()))?;
     }
+    let realistic = a.scenario == vigil_events::generator::Scenario::Realistic;
+    let steps = if realistic && a.sentinel_index.is_none() {
+        3
+    } else {
+        2
+    };
     eprintln!(
-        "1/2 generating {} synthetic events ({} rings, an incident on day 9, drift in the last 3 days)",
-        a.events, a.rings
+        "1/{steps} generating {} synthetic events, {:?} scenario ({} rings, an incident on day 9, \
+         drift in the last 3 days)",
+        a.events, a.scenario, a.rings
     );
     cmd_generate(GenerateArgs {
         events: a.events,
@@ -535,29 +548,63 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         incident_day: Some(9),
         drift: true,
         rings: a.rings,
-        scenario: vigil_events::generator::Scenario::Notebook,
+        scenario: a.scenario,
         text_pool: None,
         out: input.clone(),
     })?;
-    eprintln!("2/2 running every stage");
-    cmd_run(RunArgs {
-        target: RunTarget {
-            inputs: vec![input.clone()],
-            out: a.out.clone(),
-            data: None,
-            ground_truth: Some(input.with_file_name("ground_truth.csv")),
-            opts: InputOpts {
-                format: None,
-                strict: false,
-                config: None,
-                profile: a.profile,
-            },
-            sentinel_index: a.sentinel_index.clone(),
-            sentinel_model: a.sentinel_model.clone(),
+    let model = a
+        .sentinel_model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2"));
+    let mut index = a.sentinel_index.clone();
+    if realistic && index.is_none() {
+        // Every other rare line: half of what the rare-harm users write is not in the index.
+        let pool = vigil_events::generator::TextPool::builtin();
+        let positives: Vec<String> = pool.rare.iter().step_by(2).cloned().collect();
+        let negatives: Vec<String> = pool
+            .benign
+            .iter()
+            .chain(&pool.spam)
+            .chain(&pool.evasion)
+            .cloned()
+            .collect();
+        let dir = a.out.join("index");
+        eprintln!(
+            "2/{steps} building a Sentinel index from the shipped pools ({} rare-class lines, \
+             {} ordinary) into {}",
+            positives.len(),
+            negatives.len(),
+            dir.display()
+        );
+        let location = dir.display().to_string();
+        sentinel_cmd::build_index(&model, positives, negatives, &location)?;
+        index = Some(location);
+    }
+    eprintln!("{steps}/{steps} running every stage");
+    let target = RunTarget {
+        inputs: vec![input.clone()],
+        out: a.out.clone(),
+        data: None,
+        ground_truth: Some(input.with_file_name("ground_truth.csv")),
+        opts: InputOpts {
+            format: None,
+            strict: false,
+            config: None,
+            profile: a.profile,
         },
-    })?;
+        sentinel_index: index.clone(),
+        sentinel_model: Some(model.clone()),
+    };
+    let mut cfg = load_config(&target.opts)?;
+    if a.serve.is_some() && index.is_some() {
+        // The live service does not compute the rare-harm features yet: the served model
+        // learns without them; it shows each user's rare-harm affinity from the same index.
+        cfg.sentinel.model_features = false;
+    }
+    run_stages(&target.options(cfg, vigil_pipeline::Models::Fit))?;
     if let Some(listen) = a.serve {
-        return serve_cmd::serve_demo(&a.out.join("data"), &a.out.join("model"), listen);
+        let sentinel = index.map(|i| (i, model));
+        return serve_cmd::serve_demo(&a.out.join("data"), &a.out.join("model"), listen, sentinel);
     }
     let out = a.out.display();
     eprintln!(

@@ -594,6 +594,27 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
     Ok(())
 }
 
+/// Build an index (and its calibrated scorer) from example texts at `out`: `vigil sentinel
+/// build`'s path, for `vigil demo`.
+pub(crate) fn build_index(
+    model: &Path,
+    positives: Vec<String>,
+    negatives: Vec<String>,
+    out: &str,
+) -> Result<()> {
+    if !model.join("model.safetensors").exists() {
+        bail!("no model at {}: {MODEL_HELP}", model.display());
+    }
+    let enc = MiniLmEncoder::load(model)?;
+    let pb = bar(positives.len() + negatives.len(), "encoding");
+    let idx = SentinelIndex::from_texts(&enc, positives, negatives, None, Some(1), &|d, _| {
+        pb.set_position(d as u64)
+    })?;
+    pb.finish_and_clear();
+    idx.save_to(out)?;
+    calibrate(&idx, out, 1)
+}
+
 /// The user asked for a calibrated scorer the index does not have.
 fn no_calibrated(index: &str) -> anyhow::Error {
     anyhow::Error::new(crate::BadArgument(format!(

@@ -132,6 +132,7 @@ pub(crate) fn serve_demo(
     data: &std::path::Path,
     model: &std::path::Path,
     listen: SocketAddr,
+    sentinel: Option<(String, PathBuf)>,
 ) -> Result<()> {
     let accounts = vigil_console::Accounts::open(data)?;
     let password = vigil_console::accounts::generate_password();
@@ -151,8 +152,8 @@ pub(crate) fn serve_demo(
         config: None,
         listen,
         sentinel: SentinelArgs {
-            sentinel_index: None,
-            sentinel_model: None,
+            sentinel_model: sentinel.as_ref().map(|s| s.1.clone()),
+            sentinel_index: sentinel.map(|s| s.0),
         },
         audit_key: None,
     })

@@ -72,6 +72,8 @@ fn demo_writes_every_output_of_the_spec() {
         "report.html",
         "review.db",
         "run.json",
+        "rare_harm_messages.csv",
+        "index/vigil_calibrated_scorer.json",
     ] {
         let p = out().join(f);
         assert!(p.exists(), "missing {}", p.display());
@@ -85,6 +87,9 @@ fn demo_writes_every_output_of_the_spec() {
     assert!(manifest["queue_size"].as_u64().unwrap() > 0);
     // the demo's incident day raises a high alert, which opens an incident with its page
     assert_eq!(manifest["incidents"], 1);
+    // the realistic scenario with the rare-harm stage, on the index built from the pools
+    assert_eq!(manifest["rare_harm"]["scorer"], "calibrated");
+    assert!(manifest["rare_harm"]["distinct_texts"].as_u64().unwrap() > 1000);
     assert!(std::fs::read_dir(out()).unwrap().any(|e| {
         e.unwrap()
             .file_name()
@@ -235,7 +240,8 @@ window.addEventListener('load', () => {
         line.contains(&format!("charts={charts} drawn={charts} errors=0")),
         "{line}"
     );
-    assert!(line.contains("tables=4"), "{line}");
+    // Four tables, and the rare-harm one: the demo's realistic scenario runs the stage.
+    assert!(line.contains("tables=5"), "{line}");
     // The layout holds: nothing overflows its card, cards do not overlap, and every
     // chart's axis ticks differ (no axis of identical labels).
     assert!(

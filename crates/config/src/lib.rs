@@ -114,6 +114,10 @@ pub struct SentinelConfig {
     /// How many of the highest-scored messages `rare_harm_messages.csv` lists, each with its
     /// nearest harmful examples.
     pub top_messages: usize,
+    /// Whether the boosted model learns from the two rare-harm features (false: the stage
+    /// still scores, reports and writes them, and the bundle stays servable live, which
+    /// does not compute them yet).
+    pub model_features: bool,
 }
 
 impl Default for SentinelConfig {
@@ -122,6 +126,7 @@ impl Default for SentinelConfig {
             index: None,
             window_days: 7,
             top_messages: 100,
+            model_features: true,
         }
     }
 }

@@ -469,7 +469,9 @@ pub fn run(
             applied_cfg = c;
             &applied_cfg
         }
-        Models::Fit if opts.config.sentinel.index.is_some() => {
+        Models::Fit
+            if opts.config.sentinel.index.is_some() && opts.config.sentinel.model_features =>
+        {
             // The boosted model learns from the rare-harm features too.
             let mut c = opts.config.clone();
             for f in protect::RARE_HARM_FEATURES {
