@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 mod common;
+use common::csv_rows;
 
 fn vigil(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vigil"))
@@ -96,21 +97,6 @@ fn demo_writes_every_output_of_the_spec() {
             .to_string_lossy()
             .starts_with("incident_inc_")
     }));
-}
-
-fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let headers = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            headers
-                .iter()
-                .map(str::to_string)
-                .zip(rec.iter().map(str::to_string))
-                .collect()
-        })
-        .collect()
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{model, ok, ok_output, vigil};
+use common::{csv_rows, model, ok, ok_output, vigil};
 
 fn shared() -> PathBuf {
     std::env::var_os("VIGIL_SHARED")
@@ -18,19 +18,24 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let headers = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            headers
-                .iter()
-                .zip(rec.iter())
-                .map(|(h, v)| (h.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
+/// Build an index (with its calibrated scorer) from example lines into `dir/idx`.
+fn build_index(dir: &Path, positives: &[String], negatives: &[String]) -> PathBuf {
+    std::fs::write(dir.join("pos.txt"), positives.join("\n")).unwrap();
+    std::fs::write(dir.join("neg.txt"), negatives.join("\n")).unwrap();
+    let m = model();
+    ok(&[
+        "sentinel",
+        "build",
+        "--model",
+        s(&m),
+        "--positives",
+        s(&dir.join("pos.txt")),
+        "--negatives",
+        s(&dir.join("neg.txt")),
+        "--out",
+        s(&dir.join("idx")),
+    ]);
+    dir.join("idx")
 }
 
 #[test]
@@ -49,21 +54,12 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::write(d.join("pos.txt"), list("index_positive_texts").join("\n")).unwrap();
-    std::fs::write(d.join("neg.txt"), list("index_negative_texts").join("\n")).unwrap();
+    let index = build_index(
+        d,
+        &list("index_positive_texts"),
+        &list("index_negative_texts"),
+    );
     let m = model();
-    ok(&[
-        "sentinel",
-        "build",
-        "--model",
-        s(&m),
-        "--positives",
-        s(&d.join("pos.txt")),
-        "--negatives",
-        s(&d.join("neg.txt")),
-        "--out",
-        s(&d.join("idx")),
-    ]);
     // A generated world, plus harmful messages (not in the index) from three users who
     // otherwise behave like everyone else: copies of one of their own chat events.
     let events = d.join("events.csv");
@@ -117,7 +113,7 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
         "--out",
         s(&out),
         "--sentinel-index",
-        s(&d.join("idx")),
+        s(&index),
         "--sentinel-model",
         s(&m),
     ]);
@@ -196,7 +192,7 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
     assert!(
         boosted.contains(&"rare_harm_affinity") && boosted.contains(&"rare_harm_affinity_window")
     );
-    assert_eq!(manifest["config"]["sentinel"]["index"], s(&d.join("idx")));
+    assert_eq!(manifest["config"]["sentinel"]["index"], s(&index));
 
     // The report has a rare-harm section led by the three users.
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -305,21 +301,8 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         ]
         .map(String::from),
     );
-    std::fs::write(d.join("pos.txt"), positives.join("\n")).unwrap();
-    std::fs::write(d.join("neg.txt"), negatives.join("\n")).unwrap();
+    let index = build_index(d, &positives, &negatives);
     let m = model();
-    ok(&[
-        "sentinel",
-        "build",
-        "--model",
-        s(&m),
-        "--positives",
-        s(&d.join("pos.txt")),
-        "--negatives",
-        s(&d.join("neg.txt")),
-        "--out",
-        s(&d.join("idx")),
-    ]);
     let events = d.join("events.csv");
     ok(&[
         "generate",
@@ -358,7 +341,7 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         "--out",
         s(&fused),
         "--sentinel-index",
-        s(&d.join("idx")),
+        s(&index),
         "--sentinel-model",
         s(&m),
     ]);

@@ -11,24 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
-use common::ok;
 use common::server::{Server, dechunk, http, s, token};
-
-/// The rows of a CSV file as maps from column to text.
-fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
-    let mut r = csv::Reader::from_path(path).unwrap();
-    let headers = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            headers
-                .iter()
-                .zip(rec.iter())
-                .map(|(h, v)| (h.to_string(), v.to_string()))
-                .collect()
-        })
-        .collect()
-}
+use common::{csv_rows, ok};
 
 /// A CSV event row as the JSON object a client would send (text values; empty = absent).
 fn event_json(row: &HashMap<String, String>) -> serde_json::Value {

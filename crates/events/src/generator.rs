@@ -613,10 +613,6 @@ impl Sampler<'_> {
 
     /// The notebook's per-event draws, in its order.
     fn event(&self, rng: &mut ChaCha8Rng, ts: i64, uid: u32) -> Sampled {
-        let cfg = self.cfg;
-        let first_day =
-            (cfg.end_micros - i64::from(cfg.days) * 86_400_000_000).div_euclid(86_400_000_000);
-        let drift_from_day = (cfg.end_micros - 1).div_euclid(86_400_000_000) - 2;
         let u = &self.users[uid as usize];
         let et = pick(
             if u.abuser {
@@ -650,6 +646,33 @@ impl Sampler<'_> {
                 prompt = Some(Prompt::plain(0, rng.random_range(0..BENIGN_PROMPTS.len())));
             }
         }
+        self.finish(
+            rng,
+            ts,
+            uid,
+            (et, surface, product),
+            prompt,
+            (blocked, warned),
+        )
+    }
+
+    /// The draws every scenario ends an event with, in the notebook's order: the event
+    /// type's own block or warning, the incident day's burst, tokens and latency (with
+    /// drift in the last days).
+    fn finish(
+        &self,
+        rng: &mut ChaCha8Rng,
+        ts: i64,
+        uid: u32,
+        (et, surface, product): (usize, u8, u8),
+        prompt: Option<Prompt>,
+        (mut blocked, mut warned): (i8, i8),
+    ) -> Sampled {
+        let cfg = self.cfg;
+        let first_day =
+            (cfg.end_micros - i64::from(cfg.days) * 86_400_000_000).div_euclid(86_400_000_000);
+        let drift_from_day = (cfg.end_micros - 1).div_euclid(86_400_000_000) - 2;
+        let is_chat = et == CHAT;
         if et == POLICY_BLOCK {
             blocked = 1;
         }
@@ -719,10 +742,6 @@ impl Sampler<'_> {
     /// users get blocked by mistake, rare-harm users behave like benign users and write some
     /// messages of the rare class (which filters do not catch).
     fn event_realistic(&self, rng: &mut ChaCha8Rng, ts: i64, uid: u32) -> Sampled {
-        let cfg = self.cfg;
-        let first_day =
-            (cfg.end_micros - i64::from(cfg.days) * 86_400_000_000).div_euclid(86_400_000_000);
-        let drift_from_day = (cfg.end_micros - 1).div_euclid(86_400_000_000) - 2;
         let u = &self.users[uid as usize];
         let acts_abusive = u.kind == Kind::Abuser && rng.random::<f64>() < 0.5;
         let et = pick(
@@ -769,43 +788,14 @@ impl Sampler<'_> {
                 _ => prompt = Some(self.varied(rng, 0)),
             }
         }
-        if et == POLICY_BLOCK {
-            blocked = 1;
-        }
-        if et == WARNING {
-            warned = 1;
-        }
-        let day = ts.div_euclid(86_400_000_000);
-        if is_chat
-            && cfg
-                .incident_day
-                .is_some_and(|k| day == first_day + i64::from(k))
-            && rng.random::<f64>() < 0.12
-        {
-            blocked = 1;
-        }
-        let which = usize::from(!is_chat);
-        let mut tin = self.tokens_in[which].sample(rng);
-        let mut tout = self.tokens_out[which].sample(rng);
-        let mut lat = self.latency[which].sample(rng);
-        if cfg.drift && is_chat && day >= drift_from_day {
-            tin *= 1.6;
-            tout *= 1.5;
-            lat += 350.0;
-        }
-        Sampled {
+        self.finish(
+            rng,
             ts,
-            user: uid,
-            event_type: et as u8,
-            surface,
-            product,
+            uid,
+            (et, surface, product),
             prompt,
-            blocked,
-            warned,
-            tokens_in: tin.max(1.0) as i64,
-            tokens_out: tout.max(1.0) as i64,
-            latency_ms: lat.max(5.0) as i64,
-        }
+            (blocked, warned),
+        )
     }
 }
 
