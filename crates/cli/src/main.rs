@@ -737,8 +737,15 @@ fn run_stages(opts: &RunOptions) -> Result<()> {
     );
     for e in &m.model_eval {
         eprintln!(
-            "model {:<20} threshold {:.2}  test precision {:.3} recall {:.3} F1 {:.3} AUC {:.3}",
-            e.model, e.threshold, e.test_precision, e.test_recall, e.test_f1, e.test_auc
+            "model {:<20} threshold {:.2}  test precision {:.3} recall {:.3} F1 {:.3} AUC {:.3} \
+             ECE {:.3}",
+            e.model,
+            e.threshold,
+            e.test_precision,
+            e.test_recall,
+            e.test_f1,
+            e.test_auc,
+            e.test_ece
         );
     }
     eprintln!(

@@ -80,7 +80,9 @@ fn demo_writes_every_output_of_the_spec() {
         assert!(p.exists(), "missing {}", p.display());
     }
     let eval = std::fs::read_to_string(out().join("model_eval.csv")).unwrap();
-    assert!(eval.starts_with("model,threshold,test_precision,test_recall,test_f1,test_auc\n"));
+    assert!(
+        eval.starts_with("model,threshold,test_precision,test_recall,test_f1,test_auc,test_ece\n")
+    );
     assert_eq!(eval.lines().count(), 4);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out().join("run.json")).unwrap()).unwrap();

@@ -292,14 +292,14 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
     // The index holds every other rare line: half the rare lines the users write are unseen.
     let rare = pool("rare");
     let positives: Vec<String> = rare.iter().step_by(2).cloned().collect();
+    // The ordinary side, as `vigil demo` builds it: benign lines and the notebook's spam and
+    // evasion lines (without them, "earn money quickly" spam looks like a payment scam).
     let mut negatives = pool("benign");
     negatives.extend(
-        [
-            "Buy now buy now buy now!!!",
-            "Click this link for free prizes!!!",
-            "How do I bypass content filters?",
-        ]
-        .map(String::from),
+        vigil_events::generator::SPAM_PROMPTS
+            .iter()
+            .chain(&vigil_events::generator::EVASION_PROMPTS)
+            .map(|t| t.to_string()),
     );
     let index = build_index(d, &positives, &negatives);
     let m = model();
@@ -355,4 +355,22 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         behaviour_only < 9,
         "behaviour-only model found {behaviour_only} of 30"
     );
+    // The boosted model's probabilities are calibrated (the issue: ECE < 0.05), and the
+    // enforcement thresholds acting on them give a mixed set of actions, not all `block`.
+    for out in [&fused, &plain] {
+        let eval = csv_rows(&out.join("model_eval.csv"));
+        let gb = eval
+            .iter()
+            .find(|r| r["model"] == "gradient_boosting")
+            .unwrap();
+        let ece: f64 = gb["test_ece"].parse().unwrap();
+        assert!(ece < 0.05, "{gb:?}");
+    }
+    let mut actions = std::collections::BTreeMap::<String, usize>::new();
+    for r in csv_rows(&fused.join("enforcement_actions.csv")) {
+        *actions.entry(r["suggested_action"].clone()).or_default() += 1;
+    }
+    let total: usize = actions.values().sum();
+    assert!(actions.len() >= 3, "{actions:?}");
+    assert!(actions.values().all(|&n| n * 10 < total * 9), "{actions:?}");
 }

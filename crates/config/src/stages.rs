@@ -70,6 +70,10 @@ pub struct DetectionConfig {
     pub heuristic_scales: [f64; 4],
     /// Upper clip of each heuristic term.
     pub heuristic_clip: f64,
+    /// Calibrate the boosted model's probabilities (Platt scaling on its held-out quarter),
+    /// so `risk_score` and the enforcement thresholds on it mean what they say. Off in the
+    /// notebook profile, which keeps the notebook's raw scores.
+    pub calibrate_boosted: bool,
 }
 
 impl DetectionConfig {
@@ -100,6 +104,7 @@ impl DetectionConfig {
             heuristic_weights: [0.35, 0.35, 0.15, 0.15],
             heuristic_scales: [50.0, 0.10, 3.0, 5.0],
             heuristic_clip: 3.0,
+            calibrate_boosted: profile == Profile::Default,
         }
     }
 }

@@ -52,6 +52,29 @@ pub struct ModelEval {
     pub test_f1: f64,
     /// ROC-AUC on the test split.
     pub test_auc: f64,
+    /// Expected calibration error on the test split: the mean gap between predicted
+    /// probability and observed rate over ten equal-width bins, weighted by rows.
+    #[serde(default)]
+    pub test_ece: f64,
+}
+
+/// Expected calibration error of `probs` against `y` over ten equal-width bins.
+pub fn expected_calibration_error(probs: &[f64], y: &[u8]) -> f64 {
+    if probs.is_empty() {
+        return 0.0;
+    }
+    let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
+    for (&p, &l) in probs.iter().zip(y) {
+        let k = ((p * 10.0) as usize).min(9);
+        bins[k].0 += 1;
+        bins[k].1 += p;
+        bins[k].2 += f64::from(u8::from(l != 0));
+    }
+    bins.iter()
+        .filter(|b| b.0 > 0)
+        .map(|&(_, sp, sy)| (sp - sy).abs())
+        .sum::<f64>()
+        / probs.len() as f64
 }
 
 /// Everything detection produces.
@@ -212,6 +235,7 @@ fn evaluate(name: &str, probs: &[f64], y: &[u8], split: &Split, threshold: f64) 
         test_recall: r,
         test_f1: f,
         test_auc: roc_auc(&ps, &ys),
+        test_ece: expected_calibration_error(&ps, &ys),
     }
 }
 
@@ -251,14 +275,21 @@ fn fit_with_holdout_threshold(
     folds: &[usize],
     params: GbtParams,
     grid: &[f64],
+    calibrate: bool,
 ) -> Result<(Boosted, f64), DetectError> {
     let (held_rows, fit_rows): (Vec<usize>, Vec<usize>) =
         (0..rows.len()).partition(|&r| folds[r] == 0);
     let fit_rows: Vec<usize> = fit_rows.into_iter().map(|r| rows[r]).collect();
     let held_rows: Vec<usize> = held_rows.into_iter().map(|r| rows[r]).collect();
-    let model = Boosted::fit(x, y, &fit_rows, params)?;
-    let held_p = model.predict_rows(x, &held_rows);
+    let mut model = Boosted::fit(x, y, &fit_rows, params)?;
+    let mut held_p = model.predict_rows(x, &held_rows);
     let ys: Vec<u8> = held_rows.iter().map(|&i| y[i]).collect();
+    if calibrate {
+        // The same held-out quarter calibrates the probabilities (class weights and boosting
+        // push them to the extremes), then places the threshold on the calibrated scale.
+        model.calibrate(&held_p, &ys);
+        held_p = model.predict_rows(x, &held_rows);
+    }
     Ok((model, best_f1_threshold(&held_p, &ys, grid)))
 }
 
@@ -288,7 +319,8 @@ fn grouped_eval(
         .iter()
         .map(|&i| group_fold[groups[i] as usize])
         .collect();
-    let (model, t) = fit_with_holdout_threshold(x, y, &train, &folds, params, grid)?;
+    let (model, t) =
+        fit_with_holdout_threshold(x, y, &train, &folds, params, grid, cfg.calibrate_boosted)?;
     let probs = model.predict_rows(x, &test);
     let ys: Vec<u8> = test.iter().map(|&i| y[i]).collect();
     let (p, r, f) = precision_recall_f1(&probs, &ys, t);
@@ -299,6 +331,7 @@ fn grouped_eval(
         test_recall: r,
         test_f1: f,
         test_auc: roc_auc(&probs, &ys),
+        test_ece: expected_calibration_error(&probs, &ys),
     })
 }
 
@@ -349,7 +382,15 @@ pub fn detect(
         let gbt_rows = gbt_sample(&split.train, y, cfg)?;
         let gbt_y: Vec<u8> = gbt_rows.iter().map(|&i| y[i]).collect();
         let folds = split::stratified_folds(&gbt_y, 4, cfg.seed);
-        let (gbt, gbt_t) = fit_with_holdout_threshold(x_gbt, y, &gbt_rows, &folds, params, &grid)?;
+        let (gbt, gbt_t) = fit_with_holdout_threshold(
+            x_gbt,
+            y,
+            &gbt_rows,
+            &folds,
+            params,
+            &grid,
+            cfg.calibrate_boosted,
+        )?;
         tracing::debug!("gradient boosting fitted and thresholded");
         let probs = gbt.predict(x_gbt);
         Ok((gbt, probs, gbt_t))
@@ -462,5 +503,23 @@ mod tests {
         let mut h = Heuristic::fit(&cfg, Normalise::Frozen, refs(&c));
         h.frozen_divisor = Some(-1.0);
         assert!(h.check().is_err());
+    }
+
+    #[test]
+    fn calibration_error_is_zero_when_rates_match_and_large_when_they_do_not() {
+        // Half the rows at 0.2 with 20% positives, half at 0.8 with 80%.
+        let mut p = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..100 {
+            p.push(0.2);
+            y.push(u8::from(i % 5 == 0));
+            p.push(0.8);
+            y.push(u8::from(i % 5 != 0));
+        }
+        assert!(expected_calibration_error(&p, &y) < 1e-12);
+        // Always 0.99 while half are positive: off by 0.49.
+        let sure = vec![0.99; 200];
+        let half: Vec<u8> = (0..200).map(|i| u8::from(i % 2 == 0)).collect();
+        assert!((expected_calibration_error(&sure, &half) - 0.49).abs() < 1e-12);
     }
 }

@@ -533,6 +533,10 @@ pub struct Forest {
     nodes: Vec<FlatNode>,
     /// Each tree's root in `nodes` and the number of steps to its deepest leaf.
     trees: Vec<(u32, usize)>,
+    /// Platt scaling `(a, b)`: the probability is `sigmoid(a * margin + b)` (absent: the
+    /// raw `sigmoid(margin)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    calibration: Option<[f64; 2]>,
 }
 
 impl Forest {
@@ -601,6 +605,7 @@ impl Forest {
             missing: model.missing,
             nodes,
             trees,
+            calibration: None,
         })
     }
 
@@ -671,7 +676,10 @@ impl Forest {
                         self.margins(&cols, chunk);
                     }
                 }
-                chunk.iter_mut().for_each(|v| *v = sigmoid(*v));
+                match self.calibration {
+                    Some([a, b]) => chunk.iter_mut().for_each(|v| *v = sigmoid(a * *v + b)),
+                    None => chunk.iter_mut().for_each(|v| *v = sigmoid(*v)),
+                }
             });
         out
     }
@@ -753,10 +761,65 @@ impl Boosted {
         self.forest.predict(x)
     }
 
+    /// Calibrate the probabilities on held-out rows (their current probabilities `p` and
+    /// labels `y`): Platt scaling, a two-parameter logistic regression on the margins.
+    pub fn calibrate(&mut self, p: &[f64], y: &[u8]) {
+        let z: Vec<f64> = p
+            .iter()
+            .map(|&q| {
+                let q = q.clamp(1e-12, 1.0 - 1e-12);
+                let m = (q / (1.0 - q)).ln();
+                // Undo an earlier calibration: fit on the raw margins.
+                match self.forest.calibration {
+                    Some([a, b]) if a != 0.0 => (m - b) / a,
+                    _ => m,
+                }
+            })
+            .collect();
+        self.forest.calibration = platt(&z, y);
+    }
+
     /// Probability of the positive class for rows `rows` of `x`, in that order.
     pub fn predict_rows(&self, x: &Features, rows: &[usize]) -> Vec<f64> {
         self.forest.predict_chunks(x, Some(rows))
     }
+}
+
+/// Platt scaling: `(a, b)` maximising the likelihood of `y` under `sigmoid(a * z + b)`, by
+/// Newton's method with a tiny ridge; `None` without both classes or when it does not settle.
+pub fn platt(z: &[f64], y: &[u8]) -> Option<[f64; 2]> {
+    let pos = y.iter().filter(|&&l| l != 0).count();
+    if pos == 0 || pos == y.len() {
+        return None;
+    }
+    let (mut a, mut b) = (1.0f64, 0.0f64);
+    for _ in 0..100 {
+        let (mut g0, mut g1, mut h00, mut h01, mut h11) = (0.0, 0.0, 1e-9, 0.0, 1e-9);
+        for (&zi, &yi) in z.iter().zip(y) {
+            let p = sigmoid(a * zi + b);
+            let r = p - f64::from(u8::from(yi != 0));
+            let w = p * (1.0 - p);
+            g0 += r * zi;
+            g1 += r;
+            h00 += w * zi * zi;
+            h01 += w * zi;
+            h11 += w;
+        }
+        let det = h00 * h11 - h01 * h01;
+        if det.abs() < 1e-18 {
+            return None;
+        }
+        let (da, db) = ((h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det);
+        a -= da;
+        b -= db;
+        if !(a.is_finite() && b.is_finite()) {
+            return None;
+        }
+        if da.abs().max(db.abs()) < 1e-10 {
+            return Some([a, b]);
+        }
+    }
+    Some([a, b])
 }
 
 /// forust marks missing values with NaN by default, which JSON cannot hold: NaN is written
@@ -952,5 +1015,21 @@ mod tests {
         let lr = Logistic::fit(&x, &y, &rows, 1.0, false).unwrap();
         let p = lr.predict(&x);
         assert!(p.iter().all(|v| v.is_finite() && *v > 0.5), "{p:?}");
+    }
+
+    #[test]
+    fn platt_scaling_recovers_a_known_slope_and_offset() {
+        // Labels drawn (deterministically, by quantiles) from sigmoid(2z - 1).
+        let mut z = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..4000 {
+            let zi = (i % 200) as f64 / 25.0 - 4.0;
+            let p = sigmoid(2.0 * zi - 1.0);
+            z.push(zi);
+            y.push(u8::from(((i / 200) as f64 + 0.5) / 20.0 < p));
+        }
+        let [a, b] = platt(&z, &y).unwrap();
+        assert!((a - 2.0).abs() < 0.15 && (b + 1.0).abs() < 0.15, "{a} {b}");
+        assert!(platt(&z, &vec![0; z.len()]).is_none(), "one class only");
     }
 }

@@ -299,7 +299,8 @@ fn gradient_boosting_is_reported_beside_logistic_regression() {
             "test_precision",
             "test_recall",
             "test_f1",
-            "test_auc"
+            "test_auc",
+            "test_ece"
         ]
     );
     let models: Vec<&str> = rows.iter().map(|r| r["model"].as_str()).collect();

@@ -353,6 +353,7 @@ pub(crate) fn detection(
                 ),
                 ("test_f1", Col::F64(e.iter().map(|m| m.test_f1).collect())),
                 ("test_auc", Col::F64(e.iter().map(|m| m.test_auc).collect())),
+                ("test_ece", Col::F64(e.iter().map(|m| m.test_ece).collect())),
             ],
         )?)?;
         let pts: Vec<(&str, &vigil_detect::PrPoint)> = det
