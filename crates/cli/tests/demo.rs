@@ -93,6 +93,26 @@ fn demo_writes_every_output_of_the_spec() {
     // the realistic scenario with the rare-harm stage, on the index built from the pools
     assert_eq!(manifest["rare_harm"]["scorer"], "calibrated");
     assert!(manifest["rare_harm"]["distinct_texts"].as_u64().unwrap() > 1000);
+    // The report's honest numbers: the boosted model is calibrated, and the text signal
+    // brings nearly every rare-harm user (ground truth) into the queue.
+    let summary = csv_rows(&out().join("executive_summary.csv"));
+    let value = |metric: &str| -> String {
+        summary
+            .iter()
+            .find(|r| r["Metric"] == metric)
+            .unwrap_or_else(|| panic!("no summary row {metric}"))["Value"]
+            .clone()
+    };
+    let ece: f64 = value("Test calibration error, ECE (gradient_boosting)")
+        .parse()
+        .unwrap();
+    assert!(ece < 0.05, "{ece}");
+    let found = value("Rare-harm users (ground truth) with a user-day in the queue");
+    let (k, n) = found.split_once(" of ").unwrap();
+    let (k, n): (f64, f64) = (k.parse().unwrap(), n.parse().unwrap());
+    assert!(n >= 20.0 && k >= 0.9 * n, "{found}");
+    let html = std::fs::read_to_string(out().join("report.html")).unwrap();
+    assert!(html.contains("Calibration (test split)"), "a reliability chart");
     assert!(std::fs::read_dir(out()).unwrap().any(|e| {
         e.unwrap()
             .file_name()

@@ -58,6 +58,22 @@ pub struct ModelEval {
     pub test_ece: f64,
 }
 
+/// The reliability curve of `probs` against `y`: for each non-empty tenth of [0, 1], the
+/// mean predicted probability and the observed positive rate.
+pub fn reliability(probs: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
+    let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
+    for (&p, &l) in probs.iter().zip(y) {
+        let k = ((p * 10.0) as usize).min(9);
+        bins[k].0 += 1;
+        bins[k].1 += p;
+        bins[k].2 += f64::from(u8::from(l != 0));
+    }
+    bins.iter()
+        .filter(|b| b.0 > 0)
+        .map(|&(n, sp, sy)| (sp / n as f64, sy / n as f64))
+        .collect()
+}
+
 /// Expected calibration error of `probs` against `y` over ten equal-width bins.
 pub fn expected_calibration_error(probs: &[f64], y: &[u8]) -> f64 {
     if probs.is_empty() {
@@ -90,6 +106,8 @@ pub struct Detection {
     pub evals: Vec<ModelEval>,
     /// Test-split precision-recall curve per model.
     pub pr_curves: Vec<(String, Vec<PrPoint>)>,
+    /// Test-split reliability curve per model (mean predicted, observed rate per bin).
+    pub reliability: Vec<(String, Vec<(f64, f64)>)>,
     /// The split used.
     pub split: Split,
     /// The fitted logistic regression and its threshold.
@@ -418,6 +436,21 @@ pub fn detect(
             test_pr(&gbt_probs, y, &split),
         ),
     ];
+    let test_reliability = |probs: &[f64]| {
+        let ps: Vec<f64> = split.test.iter().map(|&i| probs[i]).collect();
+        let ys: Vec<u8> = split.test.iter().map(|&i| y[i]).collect();
+        reliability(&ps, &ys)
+    };
+    let reliability = vec![
+        (
+            "logistic_regression".to_string(),
+            test_reliability(&lr_probs),
+        ),
+        (
+            "gradient_boosting".to_string(),
+            test_reliability(&gbt_probs),
+        ),
+    ];
     let (risk, threshold, model) = match cfg.model {
         ModelKind::Logistic => (lr_probs, lr_t, "logistic_regression"),
         ModelKind::GradientBoosting => (gbt_probs, gbt_t, "gradient_boosting"),
@@ -428,6 +461,7 @@ pub fn detect(
         model: model.to_string(),
         evals,
         pr_curves,
+        reliability,
         split,
         logistic: (lr, lr_t),
         boosted: (gbt, gbt_t),

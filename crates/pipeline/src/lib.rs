@@ -702,6 +702,7 @@ pub fn run(
             actions: &actions,
             incidents: usize::from(incident.is_some()),
             rare_harm: rare_harm.as_ref(),
+            ground_truth: ground_truth.as_ref(),
             subtitle,
         })?;
         let rows = &report.summary;

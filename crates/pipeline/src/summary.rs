@@ -74,6 +74,8 @@ pub(crate) struct SummaryInputs<'a> {
     pub incidents: usize,
     pub subtitle: String,
     pub rare_harm: Option<&'a crate::protect::RareHarmInfo>,
+    /// `ground_truth.csv`'s abusers and their actors, when given.
+    pub ground_truth: Option<&'a HashMap<String, String>>,
 }
 
 fn scalar(wh: &Warehouse, sql: &str) -> Result<f64, PipelineError> {
@@ -244,6 +246,11 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
                 "Detection",
                 &format!("Test AUC / F1 ({})", e.model),
                 format!("{} / {}", r4(e.test_auc), r4(e.test_f1)),
+            );
+            add(
+                "Detection",
+                &format!("Test calibration error, ECE ({})", e.model),
+                r4(e.test_ece),
             );
         }
     }
@@ -452,6 +459,18 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
                 y_title: "precision".into(),
             },
         });
+        // Calibration: a calibrated model's points lie on the diagonal.
+        let mut series = det.reliability.clone();
+        series.push(("ideal".into(), vec![(0.0, 0.0), (1.0, 1.0)]));
+        charts.push(Chart {
+            id: "reliability".into(),
+            title: "Calibration (test split)".into(),
+            data: ChartData::Curves {
+                series,
+                x_title: "predicted".into(),
+                y_title: "observed".into(),
+            },
+        });
     }
     charts.push(Chart {
         id: "queue_risk_hist".into(),
@@ -494,7 +513,7 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
 
     let mut tables = vec![riskiest, components, clusters];
     if let Some(info) = i.rare_harm {
-        let (rows_rh, table) = rare_harm_section(s, q, info)?;
+        let (rows_rh, table) = rare_harm_section(s, q, info, i.ground_truth)?;
         rows.extend(rows_rh);
         tables.push(table);
     }
@@ -513,6 +532,7 @@ fn rare_harm_section(
     s: &Scored,
     q: &Queue,
     info: &crate::protect::RareHarmInfo,
+    truth: Option<&HashMap<String, String>>,
 ) -> Result<(Vec<SummaryRow>, HtmlTable), PipelineError> {
     let day = column_f64(&s.table, "rare_harm_affinity")?;
     let window = column_f64(&s.table, "rare_harm_affinity_window")?;
@@ -525,7 +545,7 @@ fn rare_harm_section(
         metric: metric.into(),
         value,
     };
-    let summary = vec![
+    let mut summary = vec![
         row(
             "Chat messages scored (distinct texts)",
             format!("{} ({})", info.messages, info.distinct_texts),
@@ -543,6 +563,27 @@ fn rare_harm_section(
             ),
         ),
     ];
+    // With ground truth from `vigil generate --scenario realistic`: how many rare-harm users
+    // (actor `rare_harm_*`) have a user-day in the queue, i.e. within its capacity.
+    if let Some(truth) = truth {
+        let rare: std::collections::HashSet<&str> = truth
+            .iter()
+            .filter(|(_, actor)| actor.starts_with("rare_harm"))
+            .map(|(u, _)| u.as_str())
+            .collect();
+        if !rare.is_empty() {
+            let found: std::collections::HashSet<&str> = q
+                .entries
+                .iter()
+                .map(|e| s.user.get(e.row))
+                .filter(|u| rare.contains(u))
+                .collect();
+            summary.push(row(
+                "Rare-harm users (ground truth) with a user-day in the queue",
+                format!("{} of {}", found.len(), rare.len()),
+            ));
+        }
+    }
     let table = HtmlTable {
         title: "Top 10 rare-harm user-days".into(),
         headers: [
