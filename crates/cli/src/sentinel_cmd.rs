@@ -886,13 +886,34 @@ fn score(a: ScoreArgs) -> Result<()> {
     let scorer = Scorer::new(&index);
     let mut out = BufWriter::new(std::io::stdout().lock());
     let pb = bar(groups.len(), "scoring");
-    for (name, texts) in &groups {
-        let emb = match (&precomputed, &encoder) {
+    // Groups are encoded a block at a time: one encoder call per block (the cache encodes
+    // only texts it has not seen), then each group takes its rows.
+    const BLOCK: usize = 256;
+    let mut block_emb: Option<Matrix> = None;
+    let mut block_start = 0;
+    for (g, (name, texts)) in groups.iter().enumerate() {
+        if let (None, Some(enc)) = (&precomputed, &encoder)
+            && g % BLOCK == 0
+        {
+            let all: Vec<String> = groups[g..(g + BLOCK).min(groups.len())]
+                .iter()
+                .flat_map(|(_, t)| t.iter().cloned())
+                .collect();
+            block_emb = Some(enc.encode(&all)?);
+            block_start = 0;
+        }
+        let emb = match (&precomputed, &block_emb) {
             (Some(map), _) => map
                 .get(name)
                 .cloned()
                 .with_context(|| format!("--embeddings has no tensor named {name:?}"))?,
-            (None, Some(enc)) => enc.encode(texts)?,
+            (None, Some(all)) => {
+                let rows: Vec<usize> = (block_start..block_start + texts.len()).collect();
+                block_start += texts.len();
+                let mut m = all.select(&rows);
+                m.dim = all.dim;
+                m
+            }
             (None, None) => bail!("no encoder and no embeddings"),
         };
         if let (Some(c), Some(agg)) = (&calibrated, group_aggregator) {
