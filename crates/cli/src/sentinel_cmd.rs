@@ -10,8 +10,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vigil_sentinel::compare::{CompareRow, compare_row};
 use vigil_sentinel::encoder::MODEL_HELP;
 use vigil_sentinel::harness::{
-    EncodedGroups, EvalRow, Grid, LabeledGroup, compare_aggregators, group_affinity,
-    run_grid_search, score_groups,
+    EncodedGroups, EvalRow, Grid, LabeledGroup, compare_aggregators, evaluate_affinities,
+    group_affinity, run_grid_search, score_groups,
 };
 use vigil_sentinel::index::read_safetensors;
 use vigil_sentinel::{
@@ -28,7 +28,8 @@ pub(crate) enum SentinelCommand {
     Build(BuildArgs),
     /// Compare the six aggregators on labelled groups (JSONL {"group", "label", "texts"}).
     Eval(EvalArgs),
-    /// Grid search over index size, ratio, top_k, min_score and aggregator on labelled groups.
+    /// Grid search over index size, ratio, top_k, min_score and aggregator on labelled groups
+    /// (with a calibrated scorer, its aggregators' rows follow, named calibrated:NAME).
     Sweep(SweepArgs),
     /// Score groups of texts: JSONL lines {"group", "texts"} in, one result line per group out.
     Score(ScoreArgs),
@@ -408,11 +409,13 @@ fn print_rows(rows: &[EvalRow], format: RowFormat) -> Result<()> {
                     ],
                 );
             }
+            // Aggregator names in full (calibrated:expected_count), the numbers in 12.
+            let width = |c: &str| if c == "aggregator" { 32 } else { 12 };
             writeln!(
                 out,
                 "{}",
                 cols.iter()
-                    .map(|c| format!("{c:>12.12}"))
+                    .map(|c| format!("{c:>w$.w$}", w = width(c)))
                     .collect::<Vec<_>>()
                     .join(" ")
             )?;
@@ -423,7 +426,7 @@ fn print_rows(rows: &[EvalRow], format: RowFormat) -> Result<()> {
                         serde_json::Value::Number(n) => {
                             format!("{:>12.4}", n.as_f64().unwrap_or(f64::NAN))
                         }
-                        other => format!("{:>12.12}", cell(other)),
+                        other => format!("{:>w$.w$}", cell(other), w = width(c)),
                     })
                     .collect();
                 writeln!(out, "{}", line.join(" "))?;
@@ -586,8 +589,25 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
                 * grid.neg_to_pos_ratios.len()
                 * grid.top_k_values.len();
             let pb = bar(total, "scoring");
-            let rows = run_grid_search(&index, &encoded, &grid, &|d, _| pb.set_position(d as u64))?;
+            let mut rows =
+                run_grid_search(&index, &encoded, &grid, &|d, _| pb.set_position(d as u64))?;
             pb.finish_and_clear();
+            // The calibrated scorer (fitted on the whole index), one row per aggregator,
+            // named `calibrated:AGGREGATOR`, beside the reference grid.
+            if let Some(c) = CalibratedScorer::load_from(&a.index)? {
+                let labels: Vec<bool> = encoded.groups.iter().map(|g| g.label == 1).collect();
+                let probs: Vec<Vec<f64>> = encoded
+                    .groups
+                    .iter()
+                    .zip(&encoded.embeddings)
+                    .map(|(g, m)| c.probabilities(m, &g.observations))
+                    .collect::<Result<_, _>>()?;
+                for agg in GroupAggregator::all() {
+                    let aff: Vec<f64> = probs.iter().map(|p| c.aggregate(p, agg)).collect();
+                    let name = format!("calibrated:{}", agg.name());
+                    rows.push(evaluate_affinities(&aff, &labels, &name, 0.0, None, None));
+                }
+            }
             print_rows(&rows, a.format)?;
         }
     }

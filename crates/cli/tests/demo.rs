@@ -112,7 +112,10 @@ fn demo_writes_every_output_of_the_spec() {
     let (k, n): (f64, f64) = (k.parse().unwrap(), n.parse().unwrap());
     assert!(n >= 20.0 && k >= 0.9 * n, "{found}");
     let html = std::fs::read_to_string(out().join("report.html")).unwrap();
-    assert!(html.contains("Calibration (test split)"), "a reliability chart");
+    assert!(
+        html.contains("Calibration (test split)"),
+        "a reliability chart"
+    );
     assert!(std::fs::read_dir(out()).unwrap().any(|e| {
         e.unwrap()
             .file_name()

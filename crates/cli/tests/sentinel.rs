@@ -289,6 +289,41 @@ fn build_and_score_with_the_real_model() {
         probs(&c[1])
     );
     assert!(c[0]["affinity"].as_f64().unwrap() > c[1]["affinity"].as_f64().unwrap());
+    // The sweep lists the calibrated scorer's aggregators after the reference grid.
+    std::fs::write(
+        dir.path().join("labelled.jsonl"),
+        format!(
+            "{}\n{}\n",
+            serde_json::json!({"group": "h", "label": 1, "texts": pos[30..].to_vec()}),
+            serde_json::json!({"group": "o", "label": 0, "texts": neg[150..160].to_vec()})
+        ),
+    )
+    .unwrap();
+    let sweep = vigil(&[
+        "sentinel",
+        "sweep",
+        "--index",
+        index.to_str().unwrap(),
+        "--model",
+        m.to_str().unwrap(),
+        "--groups",
+        dir.path().join("labelled.jsonl").to_str().unwrap(),
+        "--top-k",
+        "5",
+        "--min-score",
+        "0.1",
+        "--format",
+        "json",
+    ]);
+    let names: Vec<String> = sweep
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["aggregator"].to_string())
+        .collect();
+    assert_eq!(names.len(), 6 + 9, "{sweep}");
+    assert!(
+        names[6..].iter().all(|n| n.starts_with("\"calibrated:")),
+        "{names:?}"
+    );
     let o = Command::new(env!("CARGO_BIN_EXE_vigil"))
         .args([
             "sentinel",

@@ -251,6 +251,20 @@ pub fn evaluate_groups(
         .map(|g| group_affinity(&g.observation_scores, aggregator, min_score))
         .collect();
     let y: Vec<bool> = scores.iter().map(|g| g.label == 1).collect();
+    let name = name.unwrap_or(aggregator.name());
+    evaluate_affinities(&aff, &y, name, min_score, top_n, decision_threshold)
+}
+
+/// The harness row of precomputed group affinities (`y`: the harmful groups), e.g. another
+/// scorer's, so it can stand beside the reference's rows.
+pub fn evaluate_affinities(
+    aff: &[f64],
+    y: &[bool],
+    name: &str,
+    min_score: f64,
+    top_n: Option<i64>,
+    decision_threshold: Option<f64>,
+) -> EvalRow {
     let n = aff.len();
     let n_pos = y.iter().filter(|&&p| p).count();
     let n_neg = n - n_pos;
@@ -305,7 +319,7 @@ pub fn evaluate_groups(
         match decision_threshold {
             Some(t) => Some(t),
             None => {
-                let mut uniq = aff.clone();
+                let mut uniq = aff.to_vec();
                 uniq.sort_by(f64::total_cmp);
                 uniq.dedup();
                 let mut best: Option<(f64, f64)> = None;
@@ -343,7 +357,7 @@ pub fn evaluate_groups(
         (None, None, None)
     };
     EvalRow {
-        aggregator: name.unwrap_or(aggregator.name()).to_string(),
+        aggregator: name.to_string(),
         min_score_to_consider: min_score,
         n_groups: n,
         n_positive: n_pos,
