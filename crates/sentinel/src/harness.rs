@@ -269,7 +269,7 @@ pub fn evaluate_affinities(
     let n_pos = y.iter().filter(|&&p| p).count();
     let n_neg = n - n_pos;
     let both = n_pos > 0 && n_neg > 0;
-    let ranks = desc_ranks(&aff);
+    let ranks = desc_ranks(aff);
     let pos_aff: Vec<f64> = (0..n).filter(|&i| y[i]).map(|i| aff[i]).collect();
     let neg_aff: Vec<f64> = (0..n).filter(|&i| !y[i]).map(|i| aff[i]).collect();
     let pos_ranks: Vec<f64> = (0..n).filter(|&i| y[i]).map(|i| ranks[i]).collect();
