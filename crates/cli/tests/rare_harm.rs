@@ -373,4 +373,23 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
     let total: usize = actions.values().sum();
     assert!(actions.len() >= 3, "{actions:?}");
     assert!(actions.values().all(|&n| n * 10 < total * 9), "{actions:?}");
+    // The rare-harm flag queues user-days by what was written, and the rule put first
+    // escalates them to a person: every one is a rare-harm user's.
+    let queue = csv_rows(&fused.join("review_queue.csv"));
+    let flagged: Vec<&String> = queue
+        .iter()
+        .filter(|r| r["flag_rare_harm"] == "1")
+        .map(|r| &r["user_id"])
+        .collect();
+    assert!(flagged.len() >= 27, "{} flagged", flagged.len());
+    assert!(
+        flagged.iter().all(|u| rare_users.contains(*u)),
+        "{flagged:?}"
+    );
+    let escalated = csv_rows(&fused.join("enforcement_actions.csv"))
+        .into_iter()
+        .filter(|r| r["reason_code"] == "rare_harm_affinity")
+        .inspect(|r| assert_eq!(r["suggested_action"], "escalate"))
+        .count();
+    assert_eq!(escalated, flagged.len());
 }

@@ -118,6 +118,12 @@ pub struct SentinelConfig {
     /// still scores, reports and writes them, and the bundle stays servable live, which
     /// does not compute them yet).
     pub model_features: bool,
+    /// A user-day whose `rare_harm_affinity_window` reaches this is queued (flag
+    /// `rare_harm`, priority at least `affinity / (2 * review_at)`) and, by a rule put
+    /// first in the policy, suggested `escalate` (reason `rare_harm_affinity`). In the
+    /// scorer's units: with a calibrated index and `expected_count`, 1.0 is one expected
+    /// harmful message. Unset: none of this. Applies with `model_features`.
+    pub review_at: Option<f64>,
 }
 
 impl Default for SentinelConfig {
@@ -127,6 +133,7 @@ impl Default for SentinelConfig {
             window_days: 7,
             top_messages: 100,
             model_features: true,
+            review_at: Some(1.0),
         }
     }
 }
@@ -809,6 +816,13 @@ impl Config {
         }
         if !(1..=366).contains(&self.sentinel.window_days) {
             return bad("sentinel.window_days", "must be between 1 and 366");
+        }
+        if self
+            .sentinel
+            .review_at
+            .is_some_and(|t| !(t.is_finite() && t > 0.0))
+        {
+            return bad("sentinel.review_at", "must be a positive number");
         }
         if self.sentinel.top_messages > 100_000 {
             return bad("sentinel.top_messages", "must be at most 100000");

@@ -472,12 +472,29 @@ pub fn run(
         Models::Fit
             if opts.config.sentinel.index.is_some() && opts.config.sentinel.model_features =>
         {
-            // The boosted model learns from the rare-harm features too.
+            // The boosted model learns from the rare-harm features too, and with
+            // `review_at` a rule put first escalates the user-days the signal queued.
             let mut c = opts.config.clone();
             for f in protect::RARE_HARM_FEATURES {
                 if !c.detection.gbt_features.iter().any(|g| g == f) {
                     c.detection.gbt_features.push(f.to_string());
                 }
+            }
+            if c.sentinel.review_at.is_some()
+                && !c
+                    .enforcement
+                    .rules
+                    .iter()
+                    .any(|r| r.reason == "rare_harm_affinity")
+            {
+                c.enforcement.rules.insert(
+                    0,
+                    vigil_config::EnforcementRule {
+                        action: "escalate".into(),
+                        reason: "rare_harm_affinity".into(),
+                        when: "flag_rare_harm = 1".into(),
+                    },
+                );
             }
             applied_cfg = c;
             &applied_cfg
@@ -651,6 +668,7 @@ pub fn run(
                     (f.ml, "ml"),
                     (f.heuristic, "heuristic"),
                     (f.uncertain, "uncertain"),
+                    (f.rare_harm, "rare_harm"),
                 ]
                 .iter()
                 .filter(|x| x.0)

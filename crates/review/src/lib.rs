@@ -15,7 +15,7 @@ pub mod store;
 pub mod worklist;
 
 pub use anchor::{AuditKey, default_key_path};
-pub use queue::{Flags, QueueEntry, build_queue};
+pub use queue::{Flags, QueueEntry, build_queue, build_queue_with};
 pub use store::{AuditRecord, Case, Decision, ReviewError, ReviewStore, VerifyReport, case_id};
 
 /// Reason codes a reviewer may give.

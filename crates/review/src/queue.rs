@@ -11,12 +11,14 @@ pub struct Flags {
     pub heuristic: bool,
     /// uncertainty >= `uncertain_flag` and risk >= `uncertain_min_risk`.
     pub uncertain: bool,
+    /// The user's rare-harm affinity reached `[sentinel] review_at` (batch rare-harm stage).
+    pub rare_harm: bool,
 }
 
 impl Flags {
     /// Any flag set: the user-day needs review.
     pub fn any(self) -> bool {
-        self.ml || self.heuristic || self.uncertain
+        self.ml || self.heuristic || self.uncertain || self.rare_harm
     }
 }
 
@@ -43,6 +45,7 @@ pub fn flags(
         ml: risk >= threshold,
         heuristic: heuristic >= cfg.heuristic_flag,
         uncertain: uncertainty >= cfg.uncertain_flag && risk >= cfg.uncertain_min_risk,
+        rare_harm: false,
     }
 }
 
@@ -63,13 +66,36 @@ pub fn build_queue(
     threshold: f64,
     cfg: &ReviewConfig,
 ) -> Vec<QueueEntry> {
+    build_queue_with(risk, uncertainty, heuristic, n_chat, threshold, cfg, None)
+}
+
+/// [`build_queue`] with the rare-harm signal: `(affinity, review_at)` flags a user-day whose
+/// affinity reaches `review_at` (`rare_harm`) and raises its priority to at least
+/// `min(1, affinity / (2 * review_at))`, so a user found only through what they write is
+/// not ranked below the queue's capacity by a low behavioural risk.
+pub fn build_queue_with(
+    risk: &[f64],
+    uncertainty: &[f64],
+    heuristic: &[f64],
+    n_chat: &[f64],
+    threshold: f64,
+    cfg: &ReviewConfig,
+    rare: Option<(&[f64], f64)>,
+) -> Vec<QueueEntry> {
     let mut q: Vec<QueueEntry> = (0..risk.len())
         .filter_map(|i| {
-            let f = flags(risk[i], uncertainty[i], heuristic[i], threshold, cfg);
-            f.any().then(|| QueueEntry {
+            let mut f = flags(risk[i], uncertainty[i], heuristic[i], threshold, cfg);
+            let mut p = priority(risk[i], uncertainty[i], n_chat[i], cfg);
+            if let Some((affinity, at)) = rare
+                && affinity[i] >= at
+            {
+                f.rare_harm = true;
+                p = p.max((affinity[i] / (2.0 * at)).min(1.0));
+            }
+            f.any().then_some(QueueEntry {
                 row: i,
                 flags: f,
-                priority: priority(risk[i], uncertainty[i], n_chat[i], cfg),
+                priority: p,
             })
         })
         .collect();
@@ -108,5 +134,32 @@ mod tests {
         assert!(flags(0.4, 0.8, 0.0, 0.9, &cfg).uncertain);
         assert!(!flags(0.3, 0.8, 0.0, 0.9, &cfg).uncertain);
         assert!(flags(0.1, 0.2, 0.75, 0.9, &cfg).heuristic);
+    }
+
+    #[test]
+    fn a_rare_harm_affinity_queues_a_low_risk_day_and_raises_its_priority() {
+        let cfg = ReviewConfig::default();
+        let risk = [0.05, 0.05, 0.95];
+        let unc: Vec<f64> = risk
+            .iter()
+            .map(|r: &f64| 1.0 - 2.0 * (r - 0.5).abs())
+            .collect();
+        let affinity = [3.0, 0.2, 0.0];
+        let plain = build_queue(&risk, &unc, &[0.0; 3], &[1.0; 3], 0.7, &cfg);
+        assert_eq!(plain.len(), 1, "only the risky day without the signal");
+        let q = build_queue_with(
+            &risk,
+            &unc,
+            &[0.0; 3],
+            &[1.0; 3],
+            0.7,
+            &cfg,
+            Some((&affinity, 1.0)),
+        );
+        let rows: Vec<usize> = q.iter().map(|e| e.row).collect();
+        assert_eq!(rows, [0, 2], "{q:?}");
+        let rare = q.iter().find(|e| e.row == 0).unwrap();
+        assert!(rare.flags.rare_harm && !rare.flags.ml);
+        assert_eq!(rare.priority, 1.0, "3 >= 2 x review_at: top priority");
     }
 }

@@ -70,13 +70,23 @@ pub(crate) fn review_queue(
     cfg: &Config,
     out: &mut Written,
 ) -> Result<Queue, PipelineError> {
-    let entries = vigil_review::build_queue(
+    // The rare-harm signal, when the stage ran and feeds the queue ([sentinel] review_at).
+    let rare_affinity = match (&cfg.sentinel.index, cfg.sentinel.review_at) {
+        (Some(_), Some(_)) if cfg.sentinel.model_features => Some(vigil_monitor::column_f64(
+            &s.table,
+            "rare_harm_affinity_window",
+        )?),
+        _ => None,
+    };
+    let rare = rare_affinity.as_deref().zip(cfg.sentinel.review_at);
+    let entries = vigil_review::build_queue_with(
         &s.risk,
         &s.uncertainty,
         &s.heuristic,
         &s.n_chat,
         s.threshold,
         &cfg.review,
+        rare,
     );
     let keys: Vec<(String, String)> = entries
         .iter()
@@ -86,25 +96,25 @@ pub(crate) fn review_queue(
     let rows: Vec<usize> = entries.iter().map(|e| e.row).collect();
     let flag =
         |f: fn(&Flags) -> bool| Col::I64(entries.iter().map(|e| i64::from(f(&e.flags))).collect());
-    let q = extend(
-        "review_queue",
-        &take(&s.table, &rows)?,
-        vec![
-            (
-                "heuristic_score",
-                Col::F64(rows.iter().map(|&r| s.heuristic[r]).collect()),
-            ),
-            ("flag_ml", flag(|f| f.ml)),
-            ("flag_heur", flag(|f| f.heuristic)),
-            ("flag_uncertain", flag(|f| f.uncertain)),
-            ("needs_review", flag(|f| f.any())),
-            ("recent_prompts", Col::Str(prompts.clone())),
-            (
-                "priority",
-                Col::F64(entries.iter().map(|e| e.priority).collect()),
-            ),
-        ],
-    )?;
+    let mut cols = vec![
+        (
+            "heuristic_score",
+            Col::F64(rows.iter().map(|&r| s.heuristic[r]).collect()),
+        ),
+        ("flag_ml", flag(|f| f.ml)),
+        ("flag_heur", flag(|f| f.heuristic)),
+        ("flag_uncertain", flag(|f| f.uncertain)),
+        ("needs_review", flag(|f| f.any())),
+        ("recent_prompts", Col::Str(prompts.clone())),
+        (
+            "priority",
+            Col::F64(entries.iter().map(|e| e.priority).collect()),
+        ),
+    ];
+    if rare.is_some() {
+        cols.push(("flag_rare_harm", flag(|f| f.rare_harm)));
+    }
+    let q = extend("review_queue", &take(&s.table, &rows)?, cols)?;
     out.csv(&q)?;
     let n = entries.len();
     let empty = || Col::Str(vec![String::new(); n]);
