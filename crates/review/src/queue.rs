@@ -109,6 +109,7 @@ pub fn build_queue_with(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
