@@ -596,12 +596,7 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
             // named `calibrated:AGGREGATOR`, beside the reference grid.
             if let Some(c) = CalibratedScorer::load_from(&a.index)? {
                 let labels: Vec<bool> = encoded.groups.iter().map(|g| g.label == 1).collect();
-                let probs: Vec<Vec<f64>> = encoded
-                    .groups
-                    .iter()
-                    .zip(&encoded.embeddings)
-                    .map(|(g, m)| c.probabilities(m, &g.observations))
-                    .collect::<Result<_, _>>()?;
+                let probs = group_probabilities(&c, &encoded)?;
                 for agg in GroupAggregator::all() {
                     let aff: Vec<f64> = probs.iter().map(|p| c.aggregate(p, agg)).collect();
                     let name = format!("calibrated:{}", agg.name());
@@ -633,6 +628,16 @@ pub(crate) fn build_index(
     pb.finish_and_clear();
     idx.save_to(out)?;
     calibrate(&idx, out, 1)
+}
+
+/// Each group's messages' calibrated probabilities.
+fn group_probabilities(c: &CalibratedScorer, encoded: &EncodedGroups) -> Result<Vec<Vec<f64>>> {
+    Ok(encoded
+        .groups
+        .iter()
+        .zip(&encoded.embeddings)
+        .map(|(g, m)| c.probabilities(m, &g.observations))
+        .collect::<Result<_, _>>()?)
 }
 
 /// The user asked for a calibrated scorer the index does not have.
@@ -697,12 +702,7 @@ fn side_by_side(
         }
     }
     if let Some(c) = calibrated {
-        let probs: Vec<Vec<f64>> = encoded
-            .groups
-            .iter()
-            .zip(&encoded.embeddings)
-            .map(|(g, m)| c.probabilities(m, &g.observations))
-            .collect::<Result<_, _>>()?;
+        let probs = group_probabilities(c, encoded)?;
         let default = c.default_aggregator()?;
         for agg in GroupAggregator::all() {
             let aff: Vec<f64> = probs.iter().map(|p| c.aggregate(p, agg)).collect();

@@ -58,9 +58,8 @@ pub struct ModelEval {
     pub test_ece: f64,
 }
 
-/// The reliability curve of `probs` against `y`: for each non-empty tenth of [0, 1], the
-/// mean predicted probability and the observed positive rate.
-pub fn reliability(probs: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
+/// Rows, summed probability and positives in each tenth of [0, 1].
+fn calibration_bins(probs: &[f64], y: &[u8]) -> [(usize, f64, f64); 10] {
     let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
     for (&p, &l) in probs.iter().zip(y) {
         let k = ((p * 10.0) as usize).min(9);
@@ -68,7 +67,14 @@ pub fn reliability(probs: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
         bins[k].1 += p;
         bins[k].2 += f64::from(u8::from(l != 0));
     }
-    bins.iter()
+    bins
+}
+
+/// The reliability curve of `probs` against `y`: for each non-empty tenth of [0, 1], the
+/// mean predicted probability and the observed positive rate.
+pub fn reliability(probs: &[f64], y: &[u8]) -> Vec<(f64, f64)> {
+    calibration_bins(probs, y)
+        .iter()
         .filter(|b| b.0 > 0)
         .map(|&(n, sp, sy)| (sp / n as f64, sy / n as f64))
         .collect()
@@ -79,15 +85,8 @@ pub fn expected_calibration_error(probs: &[f64], y: &[u8]) -> f64 {
     if probs.is_empty() {
         return 0.0;
     }
-    let mut bins = [(0usize, 0.0f64, 0.0f64); 10];
-    for (&p, &l) in probs.iter().zip(y) {
-        let k = ((p * 10.0) as usize).min(9);
-        bins[k].0 += 1;
-        bins[k].1 += p;
-        bins[k].2 += f64::from(u8::from(l != 0));
-    }
-    bins.iter()
-        .filter(|b| b.0 > 0)
+    calibration_bins(probs, y)
+        .iter()
         .map(|&(_, sp, sy)| (sp - sy).abs())
         .sum::<f64>()
         / probs.len() as f64
