@@ -83,7 +83,9 @@ fn demo_writes_every_output_of_the_spec() {
     assert!(
         eval.starts_with("model,threshold,test_precision,test_recall,test_f1,test_auc,test_ece\n")
     );
-    assert_eq!(eval.lines().count(), 4);
+    // Three models, and the boosted one without the text signal (the demo runs the stage).
+    assert_eq!(eval.lines().count(), 5);
+    assert!(eval.contains("\ngradient_boosting_without_text,"), "{eval}");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out().join("run.json")).unwrap()).unwrap();
     assert_eq!(manifest["risk_model"], "gradient_boosting");

@@ -352,6 +352,39 @@ fn grouped_eval(
     })
 }
 
+/// The boosted model fitted and evaluated exactly as [`detect`] does (same split, sample,
+/// folds and calibration) on other columns, reported under `name`: e.g. without the text
+/// signal, beside the model with it.
+pub fn boosted_eval(
+    x_gbt: &Features,
+    y: &[u8],
+    cfg: &DetectionConfig,
+    name: &str,
+) -> Result<ModelEval, DetectError> {
+    let split = stratified_split(y, cfg.test_size, cfg.seed)?;
+    let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
+    let params = GbtParams {
+        trees: cfg.gbt_trees,
+        learning_rate: cfg.gbt_learning_rate,
+        max_depth: cfg.gbt_max_depth,
+        seed: u64::from(cfg.seed),
+        balanced: cfg.balanced_class_weights,
+    };
+    let rows = gbt_sample(&split.train, y, cfg)?;
+    let ys: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
+    let folds = split::stratified_folds(&ys, 4, cfg.seed);
+    let (model, t) = fit_with_holdout_threshold(
+        x_gbt,
+        y,
+        &rows,
+        &folds,
+        params,
+        &grid,
+        cfg.calibrate_boosted,
+    )?;
+    Ok(evaluate(name, &model.predict(x_gbt), y, &split, t))
+}
+
 /// Train both models on a stratified split of labelled rows (`x` holds the logistic
 /// regression's features, `x_gbt` the boosted model's, row for row), evaluate them on the
 /// test split, and score every row with the configured model. `progress` hears each step.

@@ -263,6 +263,31 @@ pub(crate) fn detection(
                 }
                 Err(e) => return Err(PipelineError::Detect(e)),
             };
+            // With the rare-harm features, the same boosted model without them, for an
+            // honest comparison in model_eval.csv.
+            let text: Vec<usize> = gbt_features
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| crate::protect::RARE_HARM_FEATURES.contains(&f.as_str()))
+                .map(|(j, _)| j)
+                .collect();
+            if let Some(f) = fitted.as_mut()
+                && !text.is_empty()
+            {
+                let without = Features::new(
+                    n,
+                    (0..x_gbt.d())
+                        .filter(|j| !text.contains(j))
+                        .map(|j| Cow::Borrowed(x_gbt.col(j)))
+                        .collect(),
+                )?;
+                f.evals.push(vigil_detect::boosted_eval(
+                    &without,
+                    &y,
+                    d,
+                    "gradient_boosting_without_text",
+                )?);
+            }
             let manifest = crate::bundle::Manifest {
                 format: crate::bundle::FORMAT.into(),
                 format_version: crate::bundle::FORMAT_VERSION,
