@@ -534,9 +534,11 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         2
     };
     eprintln!(
-        "1/{steps} generating {} synthetic events, {:?} scenario ({} rings, an incident on day 9, \
+        "1/{steps} generating {} synthetic events, {} scenario ({} rings, an incident on day 9, \
          drift in the last 3 days)",
-        a.events, a.scenario, a.rings
+        a.events,
+        if realistic { "realistic" } else { "notebook" },
+        a.rings
     );
     cmd_generate(GenerateArgs {
         events: a.events,
