@@ -363,26 +363,42 @@ pub fn boosted_eval(
 ) -> Result<ModelEval, DetectError> {
     let split = stratified_split(y, cfg.test_size, cfg.seed)?;
     let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
-    let params = GbtParams {
+    let (model, t) = fit_boosted(x_gbt, y, &split, cfg, &grid)?;
+    Ok(evaluate(name, &model.predict(x_gbt), y, &split, t))
+}
+
+/// The boosting settings of `cfg`.
+fn gbt_params(cfg: &DetectionConfig) -> GbtParams {
+    GbtParams {
         trees: cfg.gbt_trees,
         learning_rate: cfg.gbt_learning_rate,
         max_depth: cfg.gbt_max_depth,
         seed: u64::from(cfg.seed),
         balanced: cfg.balanced_class_weights,
-    };
+    }
+}
+
+/// The boosted model on its sample of the training split: fitted on three quarters,
+/// calibrated (when configured) and thresholded on the held-out quarter.
+fn fit_boosted(
+    x_gbt: &Features,
+    y: &[u8],
+    split: &Split,
+    cfg: &DetectionConfig,
+    grid: &[f64],
+) -> Result<(Boosted, f64), DetectError> {
     let rows = gbt_sample(&split.train, y, cfg)?;
     let ys: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
     let folds = split::stratified_folds(&ys, 4, cfg.seed);
-    let (model, t) = fit_with_holdout_threshold(
+    fit_with_holdout_threshold(
         x_gbt,
         y,
         &rows,
         &folds,
-        params,
-        &grid,
+        gbt_params(cfg),
+        grid,
         cfg.calibrate_boosted,
-    )?;
-    Ok(evaluate(name, &model.predict(x_gbt), y, &split, t))
+    )
 }
 
 /// Train both models on a stratified split of labelled rows (`x` holds the logistic
@@ -399,13 +415,7 @@ pub fn detect(
     let split = stratified_split(y, cfg.test_size, cfg.seed)?;
     let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
 
-    let params = GbtParams {
-        trees: cfg.gbt_trees,
-        learning_rate: cfg.gbt_learning_rate,
-        max_depth: cfg.gbt_max_depth,
-        seed: u64::from(cfg.seed),
-        balanced: cfg.balanced_class_weights,
-    };
+    let params = gbt_params(cfg);
     // The three fits are independent; each is parallel inside but has serial stretches
     // (line searches, tree bookkeeping, threshold sweeps), so they run side by side.
     progress("logistic regression");
@@ -429,18 +439,7 @@ pub fn detect(
         Ok((lr, lr_probs, lr_t))
     };
     let boosted = || -> Result<_, DetectError> {
-        let gbt_rows = gbt_sample(&split.train, y, cfg)?;
-        let gbt_y: Vec<u8> = gbt_rows.iter().map(|&i| y[i]).collect();
-        let folds = split::stratified_folds(&gbt_y, 4, cfg.seed);
-        let (gbt, gbt_t) = fit_with_holdout_threshold(
-            x_gbt,
-            y,
-            &gbt_rows,
-            &folds,
-            params,
-            &grid,
-            cfg.calibrate_boosted,
-        )?;
+        let (gbt, gbt_t) = fit_boosted(x_gbt, y, &split, cfg, &grid)?;
         tracing::debug!("gradient boosting fitted and thresholded");
         let probs = gbt.predict(x_gbt);
         Ok((gbt, probs, gbt_t))

@@ -614,16 +614,7 @@ impl Sampler<'_> {
     /// The notebook's per-event draws, in its order.
     fn event(&self, rng: &mut ChaCha8Rng, ts: i64, uid: u32) -> Sampled {
         let u = &self.users[uid as usize];
-        let et = pick(
-            if u.abuser {
-                &self.cum_abuser
-            } else {
-                &self.cum_benign
-            },
-            rng.random(),
-        );
-        let surface = rng.random_range(0..SURFACES.len()) as u8;
-        let product = rng.random_range(0..PRODUCTS.len()) as u8;
+        let (et, surface, product) = self.head(rng, u.abuser);
         let is_chat = et == CHAT;
         let (mut blocked, mut warned) = (0i8, 0i8);
         let mut prompt = None;
@@ -654,6 +645,20 @@ impl Sampler<'_> {
             prompt,
             (blocked, warned),
         )
+    }
+
+    /// The draws every scenario starts an event with, in the notebook's order: the event
+    /// type (from the abuser or the benign mix), the surface and the product.
+    fn head(&self, rng: &mut ChaCha8Rng, abusive: bool) -> (usize, u8, u8) {
+        let mix = if abusive {
+            &self.cum_abuser
+        } else {
+            &self.cum_benign
+        };
+        let et = pick(mix, rng.random());
+        let surface = rng.random_range(0..SURFACES.len()) as u8;
+        let product = rng.random_range(0..PRODUCTS.len()) as u8;
+        (et, surface, product)
     }
 
     /// The draws every scenario ends an event with, in the notebook's order: the event
@@ -744,16 +749,7 @@ impl Sampler<'_> {
     fn event_realistic(&self, rng: &mut ChaCha8Rng, ts: i64, uid: u32) -> Sampled {
         let u = &self.users[uid as usize];
         let acts_abusive = u.kind == Kind::Abuser && rng.random::<f64>() < 0.5;
-        let et = pick(
-            if acts_abusive {
-                &self.cum_abuser
-            } else {
-                &self.cum_benign
-            },
-            rng.random(),
-        );
-        let surface = rng.random_range(0..SURFACES.len()) as u8;
-        let product = rng.random_range(0..PRODUCTS.len()) as u8;
+        let (et, surface, product) = self.head(rng, acts_abusive);
         let is_chat = et == CHAT;
         let (mut blocked, mut warned) = (0i8, 0i8);
         let mut prompt = None;

@@ -5,7 +5,7 @@
 //! messages of the day and the `window_days - 1` days before), and lists the highest-scored
 //! messages with their nearest harmful examples in `rare_harm_messages`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -169,12 +169,9 @@ pub(crate) fn rare_harm(
 
     // The highest-scored messages (one line per user, day and text), with their nearest
     // harmful examples.
-    let mut seen: HashMap<(&str, &str, usize), ()> = HashMap::new();
+    let mut seen: HashSet<(&str, &str, usize)> = HashSet::new();
     let mut top: Vec<usize> = (0..prompts.len())
-        .filter(|&i| {
-            seen.insert((users[i].as_str(), days[i].as_str(), text_of[i]), ())
-                .is_none()
-        })
+        .filter(|&i| seen.insert((users[i].as_str(), days[i].as_str(), text_of[i])))
         .collect();
     top.sort_by(|&a, &b| {
         scores[text_of[b]]
