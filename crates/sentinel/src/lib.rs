@@ -46,6 +46,7 @@ pub use messages::{MessageScorer, ScorerKind};
 #[cfg(feature = "encoder")]
 pub use quant::Precision;
 pub use score::{GroupResult, ScaleFn, ScoreParams, Scorer};
+pub use store::S3Credentials;
 
 /// Errors of the Sentinel library, by whose fault they are.
 #[derive(Debug, thiserror::Error)]

@@ -30,13 +30,13 @@ impl ScorerKind {
 
 /// Scores messages with an index: the calibrated scorer when the index has one, else the
 /// reference scoring with its defaults.
-pub struct MessageScorer<'a> {
-    scorer: Scorer<'a>,
+pub struct MessageScorer {
+    scorer: Scorer,
     params: ScoreParams,
     calibrated: Option<(CalibratedScorer, GroupAggregator)>,
 }
 
-impl std::fmt::Debug for MessageScorer<'_> {
+impl std::fmt::Debug for MessageScorer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MessageScorer")
             .field("kind", &self.kind())
@@ -44,10 +44,10 @@ impl std::fmt::Debug for MessageScorer<'_> {
     }
 }
 
-impl<'a> MessageScorer<'a> {
+impl MessageScorer {
     /// A scorer over `index`; with `calibrated`, its probabilities and default aggregator.
     pub fn new(
-        index: &'a SentinelIndex,
+        index: &SentinelIndex,
         calibrated: Option<CalibratedScorer>,
     ) -> Result<Self, SentinelError> {
         let calibrated = match calibrated {

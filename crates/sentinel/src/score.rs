@@ -106,6 +106,19 @@ pub struct Explanation {
     pub neighbors: Vec<Neighbor>,
 }
 
+/// The contrastive components of two similarity lists: `mean(exp(s))` of each side and the
+/// log of their ratio (the observation score is that ratio clipped at 0).
+pub fn contrastive_components(positive: &[f64], negative: &[f64]) -> Contrastive {
+    let mean_exp = |v: &[f64]| v.iter().map(|s| s.exp()).sum::<f64>() / v.len() as f64;
+    let positive_term = mean_exp(positive);
+    let negative_term = mean_exp(negative);
+    Contrastive {
+        positive_term,
+        negative_term,
+        log_ratio_unclipped: (positive_term / negative_term).ln(),
+    }
+}
+
 /// The score of one observation (before the `min_score` cut: `raw_score`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObservationScore {
@@ -147,10 +160,12 @@ pub struct GroupResult {
     pub explanations: Option<Vec<Explanation>>,
 }
 
-/// Scores observations against an index.
+/// Scores observations against an index. It owns what it needs (normalised, packed rows and
+/// the corpora for explanations), so it can live beside the index in a service or a binding.
 #[derive(Debug, Clone)]
-pub struct Scorer<'a> {
-    index: &'a SentinelIndex,
+pub struct Scorer {
+    positive_corpus: Option<Vec<String>>,
+    negative_corpus: Option<Vec<String>>,
     pos: Matrix,
     neg: Matrix,
     pos_search: PackedSide,
@@ -200,9 +215,9 @@ fn refined_hits(found: Vec<search::Hit>, positive: bool, side: &Matrix, q: &[f32
     out
 }
 
-impl<'a> Scorer<'a> {
+impl Scorer {
     /// A scorer over `index` (its rows re-normalised once, as the reference does per call).
-    pub fn new(index: &'a SentinelIndex) -> Self {
+    pub fn new(index: &SentinelIndex) -> Self {
         let mut pos = index.positive.clone();
         let mut neg = index.negative.clone();
         pos.normalize_rows();
@@ -210,7 +225,8 @@ impl<'a> Scorer<'a> {
         let pos_search = PackedSide::new(&pos);
         let neg_search = PackedSide::new(&neg);
         Self {
-            index,
+            positive_corpus: index.positive_corpus.clone(),
+            negative_corpus: index.negative_corpus.clone(),
             pos,
             neg,
             pos_search,
@@ -220,9 +236,9 @@ impl<'a> Scorer<'a> {
 
     fn neighbor_text(&self, hit: &Hit) -> serde_json::Value {
         let corpus = if hit.positive {
-            &self.index.positive_corpus
+            &self.positive_corpus
         } else {
-            &self.index.negative_corpus
+            &self.negative_corpus
         };
         match corpus {
             Some(c) => serde_json::Value::String(c[hit.row].clone()),
@@ -316,10 +332,11 @@ impl<'a> Scorer<'a> {
             if neg_s.is_empty() {
                 neg_s.push(nh.first().map_or(0.0, |h| f64::from(h.score)));
             }
-            let mean_exp = |v: &[f64]| v.iter().map(|s| s.exp()).sum::<f64>() / v.len() as f64;
-            let pos_term = mean_exp(&pos_s);
-            let neg_term = mean_exp(&neg_s);
-            let log_ratio = (pos_term / neg_term).ln();
+            let Contrastive {
+                positive_term: pos_term,
+                negative_term: neg_term,
+                log_ratio_unclipped: log_ratio,
+            } = contrastive_components(&pos_s, &neg_s);
             let raw = if log_ratio > 0.0 { log_ratio } else { 0.0 };
             let score = if raw < params.min_score_to_consider {
                 0.0

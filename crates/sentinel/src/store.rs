@@ -8,6 +8,25 @@ use std::path::PathBuf;
 use crate::SentinelError;
 use crate::index::{CONFIG_FILE, CORPUS_FILE, EMBEDDINGS_FILE, SentinelIndex};
 
+/// Explicit S3 keys, for callers that pass them rather than set the AWS environment (the
+/// reference library's `aws_access_key_id` / `aws_secret_access_key`). Region, endpoint and
+/// plain-http settings still come from the environment. `Debug` never shows the secret.
+#[derive(Clone, Default)]
+pub struct S3Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A parsed index location.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
@@ -49,6 +68,7 @@ mod s3 {
     use object_store::aws::AmazonS3Builder;
     use object_store::path::Path as ObjPath;
 
+    use super::S3Credentials;
     use crate::SentinelError;
 
     fn err(uri: &str, e: impl std::fmt::Display) -> SentinelError {
@@ -62,11 +82,18 @@ mod s3 {
             .map_err(|e| err(uri, e))
     }
 
-    fn store(bucket: &str, uri: &str) -> Result<object_store::aws::AmazonS3, SentinelError> {
-        AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .build()
-            .map_err(|e| err(uri, e))
+    fn store(
+        bucket: &str,
+        uri: &str,
+        creds: Option<&S3Credentials>,
+    ) -> Result<object_store::aws::AmazonS3, SentinelError> {
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        if let Some(c) = creds {
+            b = b
+                .with_access_key_id(&c.access_key_id)
+                .with_secret_access_key(&c.secret_access_key);
+        }
+        b.build().map_err(|e| err(uri, e))
     }
 
     fn key(prefix: &str, name: &str) -> ObjPath {
@@ -82,9 +109,10 @@ mod s3 {
         bucket: &str,
         prefix: &str,
         names: &[(&str, bool)],
+        creds: Option<&S3Credentials>,
     ) -> Result<Vec<Option<Vec<u8>>>, SentinelError> {
         let uri = format!("s3://{bucket}/{prefix}");
-        let s = store(bucket, &uri)?;
+        let s = store(bucket, &uri, creds)?;
         runtime(&uri)?.block_on(async {
             let mut out = Vec::new();
             for (name, required) in names {
@@ -104,9 +132,10 @@ mod s3 {
         bucket: &str,
         prefix: &str,
         files: Vec<(&str, Vec<u8>)>,
+        creds: Option<&S3Credentials>,
     ) -> Result<(), SentinelError> {
         let uri = format!("s3://{bucket}/{prefix}");
-        let s = store(bucket, &uri)?;
+        let s = store(bucket, &uri, creds)?;
         runtime(&uri)?.block_on(async {
             for (name, bytes) in files {
                 let k = key(prefix, name);
@@ -121,6 +150,7 @@ mod s3 {
 
 #[cfg(not(feature = "s3"))]
 mod s3 {
+    use super::S3Credentials;
     use crate::SentinelError;
 
     fn off() -> SentinelError {
@@ -133,6 +163,7 @@ mod s3 {
         _bucket: &str,
         _prefix: &str,
         _names: &[(&str, bool)],
+        _creds: Option<&S3Credentials>,
     ) -> Result<Vec<Option<Vec<u8>>>, SentinelError> {
         Err(off())
     }
@@ -141,6 +172,7 @@ mod s3 {
         _bucket: &str,
         _prefix: &str,
         _files: Vec<(&str, Vec<u8>)>,
+        _creds: Option<&S3Credentials>,
     ) -> Result<(), SentinelError> {
         Err(off())
     }
@@ -152,6 +184,16 @@ impl SentinelIndex {
         location: &str,
         negative_to_positive_ratio: Option<f64>,
         seed: Option<u64>,
+    ) -> Result<Self, SentinelError> {
+        Self::load_from_with(location, negative_to_positive_ratio, seed, None)
+    }
+
+    /// [`Self::load_from`] with explicit S3 keys (`None`: the AWS environment).
+    pub fn load_from_with(
+        location: &str,
+        negative_to_positive_ratio: Option<f64>,
+        seed: Option<u64>,
+        creds: Option<&S3Credentials>,
     ) -> Result<Self, SentinelError> {
         match Location::parse(location)? {
             Location::Local(dir) => Self::load(&dir, negative_to_positive_ratio, seed),
@@ -165,6 +207,7 @@ impl SentinelIndex {
                         (EMBEDDINGS_FILE, true),
                         (CORPUS_FILE, false),
                     ],
+                    creds,
                 )?
                 .into_iter();
                 let config = files.next().flatten().unwrap_or_default();
@@ -184,9 +227,18 @@ impl SentinelIndex {
 
     /// Save to a local directory or an `s3://bucket/prefix` URI (the same three files).
     pub fn save_to(&self, location: &str) -> Result<(), SentinelError> {
+        self.save_to_with(location, None)
+    }
+
+    /// [`Self::save_to`] with explicit S3 keys (`None`: the AWS environment).
+    pub fn save_to_with(
+        &self,
+        location: &str,
+        creds: Option<&S3Credentials>,
+    ) -> Result<(), SentinelError> {
         match Location::parse(location)? {
             Location::Local(dir) => self.save(&dir),
-            Location::S3 { bucket, prefix } => s3::put(&bucket, &prefix, self.to_files()?),
+            Location::S3 { bucket, prefix } => s3::put(&bucket, &prefix, self.to_files()?, creds),
         }
     }
 }
@@ -196,6 +248,15 @@ impl SentinelIndex {
 pub fn read_files(
     location: &str,
     names: &[(&str, bool)],
+) -> Result<Vec<Option<Vec<u8>>>, SentinelError> {
+    read_files_with(location, names, None)
+}
+
+/// [`read_files`] with explicit S3 keys (`None`: the AWS environment).
+pub fn read_files_with(
+    location: &str,
+    names: &[(&str, bool)],
+    creds: Option<&S3Credentials>,
 ) -> Result<Vec<Option<Vec<u8>>>, SentinelError> {
     match Location::parse(location)? {
         Location::Local(dir) => names
@@ -209,12 +270,21 @@ pub fn read_files(
                 }
             })
             .collect(),
-        Location::S3 { bucket, prefix } => s3::get(&bucket, &prefix, names),
+        Location::S3 { bucket, prefix } => s3::get(&bucket, &prefix, names, creds),
     }
 }
 
 /// Write whole files into an index location (each local file replaced atomically).
 pub fn write_files(location: &str, files: Vec<(&str, Vec<u8>)>) -> Result<(), SentinelError> {
+    write_files_with(location, files, None)
+}
+
+/// [`write_files`] with explicit S3 keys (`None`: the AWS environment).
+pub fn write_files_with(
+    location: &str,
+    files: Vec<(&str, Vec<u8>)>,
+    creds: Option<&S3Credentials>,
+) -> Result<(), SentinelError> {
     match Location::parse(location)? {
         Location::Local(dir) => {
             std::fs::create_dir_all(&dir).map_err(|source| SentinelError::Io {
@@ -227,7 +297,7 @@ pub fn write_files(location: &str, files: Vec<(&str, Vec<u8>)>) -> Result<(), Se
             }
             Ok(())
         }
-        Location::S3 { bucket, prefix } => s3::put(&bucket, &prefix, files),
+        Location::S3 { bucket, prefix } => s3::put(&bucket, &prefix, files, creds),
     }
 }
 

@@ -38,7 +38,7 @@ struct Cache {
 
 /// The loaded index, encoder and score cache.
 pub struct RareHarm {
-    messages: MessageScorer<'static>,
+    messages: MessageScorer,
     encoder: MiniLmEncoder,
     cache: Mutex<Cache>,
     /// One encoding at a time: the encoder already uses every core, and concurrent calls
@@ -62,8 +62,7 @@ fn sentinel(e: vigil_sentinel::SentinelError) -> ServeError {
 }
 
 impl RareHarm {
-    /// Load the index and the encoder (the index lives as long as the process: it is not
-    /// swapped by a reload).
+    /// Load the index and the encoder (not swapped by a reload).
     pub fn load(opts: &RareHarmOptions) -> Result<Self, ServeError> {
         if !opts.model.join("model.safetensors").exists() {
             return Err(ServeError::Usage(format!(
@@ -105,8 +104,7 @@ impl RareHarm {
             Some(_) => format!("{version}+calibrated"),
             None => version,
         };
-        let index: &'static SentinelIndex = Box::leak(Box::new(index));
-        let messages = MessageScorer::new(index, calibrated).map_err(sentinel)?;
+        let messages = MessageScorer::new(&index, calibrated).map_err(sentinel)?;
         tracing::info!(
             "rare-harm scoring with the {} scorer ({} over each window)",
             messages.kind().name(),
