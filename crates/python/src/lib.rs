@@ -442,10 +442,11 @@ impl Index {
 
     /// Score one group given its texts and their embeddings (`embeddings[i]` is `texts[i]`).
     /// Returns `(affinity, observation_scores [(text, score)], per_observation [score],
-    /// aggregation_name, aggregation_stats dict, explanations JSON or None)`.
+    /// aggregation_name, aggregation_stats dict, explanations {text: dict} or None)`; with
+    /// `include_neighbors` false each explanation's `neighbors` is `None`.
     #[pyo3(signature = (texts, embeddings, top_k = 5, min_score_to_consider = 0.1,
         prevent_exact_match = false, aggregator = "skewness", aggregator_param = None,
-        scale = "identity", explain = true, neighbors_limit = 5))]
+        scale = "identity", explain = true, neighbors_limit = 5, include_neighbors = true))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn score_group<'py>(
         &self,
@@ -460,13 +461,14 @@ impl Index {
         scale: &str,
         explain: bool,
         neighbors_limit: i64,
+        include_neighbors: bool,
     ) -> PyResult<(
         f64,
         Vec<(String, f64)>,
         Vec<f64>,
         &'static str,
         Bound<'py, PyDict>,
-        Option<String>,
+        Option<Bound<'py, PyDict>>,
     )> {
         if top_k <= 0 {
             return Err(invalid(
@@ -491,7 +493,11 @@ impl Index {
             scale_fn,
             aggregator: self::aggregator(py, aggregator, aggregator_param)?,
             explain,
-            neighbors_limit: usize::try_from(neighbors_limit.max(0)).unwrap_or(0),
+            neighbors_limit: if include_neighbors {
+                usize::try_from(neighbors_limit.max(0)).unwrap_or(0)
+            } else {
+                0
+            },
         };
         let mut emb = matrix(py, &embeddings)?;
         if texts.is_empty() && emb.rows == 0 {
@@ -534,10 +540,8 @@ impl Index {
             "min_score_to_consider",
             r.aggregation_stats.min_score_to_consider,
         )?;
-        let explanations = match &r.explanations {
-            Some(e) => Some(
-                serde_json::to_string(e).map_err(|e| raise(py, "InternalError", e.to_string()))?,
-            ),
+        let explanations = match r.explanations {
+            Some(list) => Some(explanations_dict(py, list, include_neighbors)?),
             None => None,
         };
         Ok((
@@ -627,6 +631,47 @@ impl Index {
             self.inner.config.encoder_model_name_or_path
         )
     }
+}
+
+/// Explanations as the reference returns them: text -> `{topk_positive, topk_negative,
+/// contrastive: {positive_term, negative_term, log_ratio_unclipped}, neighbors}` (built here
+/// rather than through JSON: a group's explanations are thousands of small objects).
+fn explanations_dict(
+    py: Python<'_>,
+    list: Vec<vigil_sentinel::score::Explanation>,
+    include_neighbors: bool,
+) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for e in list {
+        let d = PyDict::new(py);
+        d.set_item("topk_positive", e.topk_positive)?;
+        d.set_item("topk_negative", e.topk_negative)?;
+        let c = PyDict::new(py);
+        c.set_item("positive_term", e.contrastive.positive_term)?;
+        c.set_item("negative_term", e.contrastive.negative_term)?;
+        c.set_item("log_ratio_unclipped", e.contrastive.log_ratio_unclipped)?;
+        d.set_item("contrastive", c)?;
+        if include_neighbors {
+            let mut ns = Vec::with_capacity(e.neighbors.len());
+            for n in e.neighbors {
+                let nd = PyDict::new(py);
+                nd.set_item("sign", n.sign)?;
+                nd.set_item("raw_score", n.raw_score)?;
+                nd.set_item("scaled_score", n.scaled_score)?;
+                match n.neighbor {
+                    serde_json::Value::String(t) => nd.set_item("neighbor", t)?,
+                    other => nd.set_item("neighbor", other.as_u64())?,
+                }
+                nd.set_item("corpus_id", n.corpus_id)?;
+                ns.push(nd);
+            }
+            d.set_item("neighbors", ns)?;
+        } else {
+            d.set_item("neighbors", py.None())?;
+        }
+        out.set_item(e.text, d)?;
+    }
+    Ok(out)
 }
 
 /// One aggregator (by the reference's function name, with its optional parameter) applied

@@ -104,7 +104,10 @@ class Index:
         scale: str = "identity",
         explain: bool = True,
         neighbors_limit: int = 5,
-    ) -> Tuple[float, List[Tuple[str, float]], List[float], str, Dict[str, float], Optional[str]]: ...
+        include_neighbors: bool = True,
+    ) -> Tuple[
+        float, List[Tuple[str, float]], List[float], str, Dict[str, float], Optional[Dict[str, dict]]
+    ]: ...
     def score_groups(
         self,
         observations: List[List[str]],

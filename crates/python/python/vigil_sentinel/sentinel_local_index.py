@@ -324,7 +324,9 @@ class SentinelLocalIndex:
         scores are aggregated (skewness by default; ``aggregation`` is an alias of
         ``aggregation_function`` that also takes a built-in's name). ``sample_embeddings``
         (``[len(texts), dim]``) skips encoding. The GIL is released while scoring."""
-        texts = _validate_texts("text_samples", text_samples)
+        if isinstance(text_samples, (str, bytes)):
+            raise InvalidInputError("text_samples must be a list of strings, not a single string")
+        texts = text_samples if isinstance(text_samples, list) else list(text_samples)
         if similarity_formula is not calculate_contrastive_score:
             raise InvalidInputError(
                 "only the contrastive score is supported (the scorer runs natively and "
@@ -361,27 +363,20 @@ class SentinelLocalIndex:
             param,
             _scale_name(self.scale_fn),
             bool(explain),
-            int(neighbors_limit) if include_neighbors else 0,
+            int(neighbors_limit),
+            bool(include_neighbors),
         )
         observation_scores = dict(obs)
         if builtin is None:
             values = np.array(list(observation_scores.values()), dtype=float)
             affinity = float(agg(values)) if values.size else 0.0
             agg_name = getattr(agg, "__name__", str(agg))
-        explanations = None
-        if explain and expl is not None:
-            explanations = {}
-            for e in json.loads(expl):
-                text = e.pop("text")
-                if not include_neighbors:
-                    e["neighbors"] = None
-                explanations[text] = e
         return RareClassAffinityResult(
             rare_class_affinity_score=affinity,
             observation_scores=observation_scores,
             aggregation_name=agg_name,
             aggregation_stats=stats,
-            explanations=explanations,
+            explanations=expl,
             per_observation_scores=per_obs,
         )
 
