@@ -799,6 +799,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(evaluate_groups, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_affinities, m)?)?;
     m.add("MODEL_HELP", MODEL_HELP)?;
+    m.add("FAST_KERNEL", vigil_sentinel::quant::kernel_name())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

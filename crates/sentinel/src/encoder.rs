@@ -106,6 +106,14 @@ impl MiniLmEncoder {
     /// [`MiniLmEncoder::load`] with the dense layers in `precision` (the opt-in fast modes
     /// trade a little accuracy for speed; see [`Precision`]).
     pub fn load_with_precision(dir: &Path, precision: Precision) -> Result<Self, SentinelError> {
+        if precision != Precision::F32 && !crate::quant::vnni_available() {
+            tracing::warn!(
+                %precision,
+                kernel = crate::quant::kernel_name(),
+                "this CPU has no AVX-512 VNNI: the {precision} fast mode runs on its fallback \
+                 kernel and is not faster than f32 here (see BENCHMARKS.md)"
+            );
+        }
         if !dir.join("model.safetensors").exists() {
             return Err(model_err(
                 dir,

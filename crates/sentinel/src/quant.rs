@@ -254,6 +254,17 @@ impl QuantWeights {
                         }
                         continue;
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2_available() {
+                        // SAFETY: `avx2_available` checked the CPU feature
+                        // `x86::quantise_row_avx2` is compiled for; it is safe Rust.
+                        #[allow(unsafe_code)]
+                        {
+                            *s_out =
+                                unsafe { x86::quantise_row_avx2(row, self.amax, self.int8, wrow) };
+                        }
+                        continue;
+                    }
                     let _ = vnni;
                     *s_out = quantise_row_portable(row, self.amax, self.int8, wrow);
                 }
@@ -309,6 +320,16 @@ impl QuantWeights {
                         };
                         break 'kernel true;
                     }
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2_available() {
+                        // SAFETY: `avx2_available` checked the CPU feature `x86::gemm_avx2`
+                        // is compiled for; the function itself is safe Rust.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            x86::gemm_avx2(self, a, s, rows, o)
+                        };
+                        break 'kernel true;
+                    }
                     false
                 };
                 if !done {
@@ -321,7 +342,8 @@ impl QuantWeights {
         Ok(out)
     }
 
-    /// The same integers as the VNNI kernel, one column at a time.
+    /// The same integers as the VNNI kernel, one column at a time: the fallback on CPUs
+    /// without AVX2, and the reference the kernels are tested against.
     fn gemm_portable(&self, a: &[i32], sa: &[f32], rows: usize, out: &mut [f32]) {
         let (g, n) = (self.groups, self.n);
         for j in 0..n {
@@ -361,6 +383,7 @@ fn row_scale(mx: f32, amax: f32) -> f32 {
 
 /// One activation row to packed words (the SIMD path's arithmetic: clamp, then round half
 /// to even); returns the row's scale.
+#[inline(always)]
 fn quantise_row_portable(row: &[f32], amax: f32, int8: bool, words: &mut [i32]) -> f32 {
     let s = row_scale(row.iter().fold(0f32, |m, &v| m.max(v.abs())), amax);
     let inv = 1.0 / s;
@@ -377,6 +400,31 @@ fn quantise_row_portable(row: &[f32], amax: f32, int8: bool, words: &mut [i32]) 
         }
     }
     s
+}
+
+/// Which integer kernel the fast modes use on this CPU: `avx512-vnni` (the fast one),
+/// `avx2` (about as fast as f32) or `portable` (much slower than f32).
+pub fn kernel_name() -> &'static str {
+    if vnni_available() {
+        "avx512-vnni"
+    } else if avx2_available() {
+        "avx2"
+    } else {
+        "portable"
+    }
+}
+
+/// Whether the AVX2 kernels (for CPUs without AVX-512 VNNI) can run here (checked once).
+pub fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVAILABLE.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the VNNI kernel can run on this CPU (checked once).
@@ -456,6 +504,96 @@ mod x86 {
     }
 
     /// `out[rows, n] = dequant(a · packedᵀ)` for `rows` packed activation rows.
+    /// [`super::quantise_row_portable`] compiled for AVX2, so its rounding and conversion
+    /// vectorise instead of calling libm per value (identical results).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn quantise_row_avx2(row: &[f32], amax: f32, int8: bool, words: &mut [i32]) -> f32 {
+        super::quantise_row_portable(row, amax, int8, words)
+    }
+
+    /// The integer product on AVX2 machines without VNNI, the same integers as the VNNI
+    /// kernel: int16 pairs through `vpmaddwd` (exactly `vpdpwssd` without the accumulate);
+    /// int8 bytes split into even and odd 16-bit lanes (unsigned activations, sign-extended
+    /// weights) and two `vpmaddwd`s, exact where `vpmaddubsw` would saturate. Tiles of 4 rows
+    /// x one 16-column panel.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn gemm_avx2(q: &QuantWeights, a: &[i32], sa: &[f32], rows: usize, out: &mut [f32]) {
+        let mut r = 0;
+        while r + 4 <= rows {
+            tile_avx2::<4>(q, a, sa, r, out);
+            r += 4;
+        }
+        match rows - r {
+            0 => {}
+            1 => tile_avx2::<1>(q, a, sa, r, out),
+            2 => tile_avx2::<2>(q, a, sa, r, out),
+            _ => tile_avx2::<3>(q, a, sa, r, out),
+        }
+    }
+
+    /// Rows `r0..r0 + R` against every column panel.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn tile_avx2<const R: usize>(
+        q: &QuantWeights,
+        a: &[i32],
+        sa: &[f32],
+        r0: usize,
+        out: &mut [f32],
+    ) {
+        let (g, n) = (q.groups, q.n);
+        let rows: [&[i32]; R] = std::array::from_fn(|r| &a[(r0 + r) * g..(r0 + r + 1) * g]);
+        let low_bytes = _mm256_set1_epi32(0x00ff_00ff);
+        for p in 0..n.div_ceil(PANEL) {
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            for gi in 0..g {
+                let halves: [[i32; 8]; 2] = cast(q.packed[((p / 2) * g + gi) * 2 + p % 2]);
+                let (b0, b1): (__m256i, __m256i) = (cast(halves[0]), cast(halves[1]));
+                if q.int8 {
+                    // even bytes (0 and 2 of each word) and odd bytes as signed 16-bit lanes
+                    let (e0, e1) = (
+                        _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b0)),
+                        _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(b1)),
+                    );
+                    let (o0, o1) = (_mm256_srai_epi16::<8>(b0), _mm256_srai_epi16::<8>(b1));
+                    for (acc_r, row) in acc.iter_mut().zip(&rows) {
+                        let w = _mm256_set1_epi32(row[gi]);
+                        let ae = _mm256_and_si256(w, low_bytes);
+                        let ao = _mm256_and_si256(_mm256_srli_epi16::<8>(w), low_bytes);
+                        acc_r[0] = _mm256_add_epi32(
+                            acc_r[0],
+                            _mm256_add_epi32(_mm256_madd_epi16(ae, e0), _mm256_madd_epi16(ao, o0)),
+                        );
+                        acc_r[1] = _mm256_add_epi32(
+                            acc_r[1],
+                            _mm256_add_epi32(_mm256_madd_epi16(ae, e1), _mm256_madd_epi16(ao, o1)),
+                        );
+                    }
+                } else {
+                    for (acc_r, row) in acc.iter_mut().zip(&rows) {
+                        let w = _mm256_set1_epi32(row[gi]);
+                        acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(w, b0));
+                        acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(w, b1));
+                    }
+                }
+            }
+            let c = p * PANEL;
+            let width = (n - c).min(PANEL);
+            for (r, acc_r) in acc.iter().enumerate() {
+                let v: [i32; PANEL] = cast([cast::<__m256i, [i32; 8]>(acc_r[0]), cast(acc_r[1])]);
+                let at = (r0 + r) * n + c;
+                for (j, (o, &x)) in out[at..at + width].iter_mut().zip(&v).enumerate() {
+                    let x = if q.int8 {
+                        x.wrapping_sub(q.offset[c + j])
+                    } else {
+                        x
+                    };
+                    *o = x as f32 * (q.scale[c + j] * sa[r0 + r]);
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) fn gemm(q: &QuantWeights, a: &[i32], sa: &[f32], rows: usize, out: &mut [f32]) {
         // One tile's activations, transposed to k-major so the inner loop walks one pointer.
@@ -601,6 +739,20 @@ mod tests {
             got, portable,
             "{precision}: kernel and portable loop differ"
         );
+        // The AVX2 kernel (the one without VNNI) gives the same bits too.
+        #[cfg(target_arch = "x86_64")]
+        if avx2_available() {
+            let mut avx2 = vec![0f32; m * n];
+            // SAFETY: `avx2_available` checked the feature `gemm_avx2` is compiled for.
+            #[allow(unsafe_code)]
+            unsafe {
+                x86::gemm_avx2(&q, &words, &scales, m, &mut avx2)
+            };
+            assert_eq!(
+                avx2, portable,
+                "{precision}: AVX2 kernel and portable loop differ"
+            );
+        }
     }
 
     #[test]

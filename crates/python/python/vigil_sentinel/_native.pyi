@@ -7,6 +7,7 @@ import numpy as np
 import numpy.typing as npt
 
 MODEL_HELP: str
+FAST_KERNEL: str
 __version__: str
 
 _Floats2D = Union[npt.NDArray[np.floating], Sequence[Sequence[float]]]

@@ -8,6 +8,7 @@ directory comes from the argument (a directory holding ``model.safetensors``,
 """
 
 import os
+import warnings
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -56,6 +57,13 @@ class SentenceEncoder:
     def __init__(self, model_name_or_path: Optional[str] = None, precision: str = "f32"):
         self.model_dir = resolve_model_dir(model_name_or_path)
         self._native = _native.Encoder(self.model_dir, precision)
+        if precision != "f32" and _native.FAST_KERNEL != "avx512-vnni":
+            warnings.warn(
+                f"this CPU has no AVX-512 VNNI: precision={precision!r} runs on the "
+                f"{_native.FAST_KERNEL} kernel and is not faster than 'f32' here",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.model_name_or_path = model_name_or_path or self._native.name
 
     @property
