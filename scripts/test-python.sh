@@ -18,6 +18,8 @@ rm -rf "$wheels"
 venv=target/python-test-venv
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet "$wheels"/vigil-*.whl "pytest>=7"
+"$venv/bin/pip" install --quiet "$wheels"/vigil-*.whl "pytest>=7" pyarrow pandas
+# The pipeline tests compare with the CLI `cargo test` built.
+export VIGIL_BIN="${VIGIL_BIN:-$(pwd)/target/debug/vigil}"
 cd crates/python/tests
 "../../../$venv/bin/python" -m pytest -q -p no:cacheprovider .

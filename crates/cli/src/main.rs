@@ -60,7 +60,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use vigil_config::{Config, Profile};
-use vigil_events::{Dataset, EventsError, Format, GeneratorConfig, IngestOptions, Validator};
+use vigil_events::{Dataset, EventsError, Format, GeneratorConfig, IngestOptions};
 use vigil_pipeline::{PipelineError, Progress, RunOptions};
 
 const EXAMPLES: &str = "\
@@ -412,16 +412,7 @@ fn load_config(opts: &InputOpts) -> Result<Config> {
 }
 
 fn ingest_options(opts: &InputOpts, cfg: &Config) -> IngestOptions {
-    IngestOptions {
-        format: opts.format,
-        strict: opts.strict,
-        validator: Validator {
-            max_field_bytes: cfg.ingest.max_field_bytes,
-            max_field_lines: cfg.ingest.max_field_lines,
-            assume_utc: cfg.ingest.assume_utc_for_naive_timestamps,
-        },
-        batch_rows: cfg.ingest.batch_rows,
-    }
+    vigil_pipeline::ingest_options(cfg, opts.format, opts.strict)
 }
 
 fn bytes_bar(total: u64, label: &str) -> ProgressBar {
@@ -774,37 +765,11 @@ fn cmd_sql(a: SqlArgs) -> Result<()> {
         .clone()
         .or_else(|| a.out.as_ref().map(|o| o.join("data")))
         .unwrap_or_else(|| PathBuf::from("vigil-data"));
-    if let Some(out) = &a.out {
-        vigil_pipeline::check_complete(out)?;
-    }
-    let mut wh = vigil_warehouse::Warehouse::open(&data, None)?;
-    wh.set_user_timeout((a.timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.timeout)));
-    if let Some(out) = &a.out {
-        let entries = std::fs::read_dir(out)
-            .with_context(|| format!("cannot read output directory {}", out.display()))?;
-        let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        files.sort();
-        // Every Parquet output, then each CSV output without a Parquet twin (monitoring
-        // metrics, alerts, drift, the review queue, ...), so every table a run writes can be
-        // queried by its file name.
-        for ext in ["parquet", "csv"] {
-            for p in files
-                .iter()
-                .filter(|p| p.extension().is_some_and(|x| x == ext))
-            {
-                let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
-                    continue;
-                };
-                if ext == "parquet" {
-                    wh.register_parquet_file(stem, p)?;
-                } else if !p.with_extension("parquet").exists()
-                    && let Err(e) = wh.register_csv_file(stem, p)
-                {
-                    tracing::warn!("{} is not queryable: {e}", p.display());
-                }
-            }
-        }
-    }
+    let wh = vigil_pipeline::open_outputs(
+        a.out.as_deref(),
+        &data,
+        (a.timeout > 0.0).then(|| std::time::Duration::from_secs_f64(a.timeout)),
+    )?;
     let t = match wh.query_read_only("query", &a.query) {
         Ok(t) => t,
         Err(e) => {

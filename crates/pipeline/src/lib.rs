@@ -79,6 +79,14 @@ pub enum PipelineError {
     /// Internal: a bug (an Arrow table could not be assembled).
     #[error("internal error: {0}")]
     Internal(String),
+    /// Environment (or a wrong path): an output directory could not be read.
+    #[error("cannot read output directory {path}: {source}")]
+    ReadOutputs {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// Environment: an output could not be written.
     #[error("cannot write {path}: {source}")]
     Io {
@@ -813,6 +821,66 @@ pub fn run(
     Ok(manifest)
 }
 
+/// Ingest options from the configuration's `[ingest]` limits, a forced format and
+/// strictness (one mapping for every front end).
+pub fn ingest_options(
+    config: &Config,
+    format: Option<vigil_events::Format>,
+    strict: bool,
+) -> IngestOptions {
+    IngestOptions {
+        format,
+        strict,
+        validator: vigil_events::Validator {
+            max_field_bytes: config.ingest.max_field_bytes,
+            max_field_lines: config.ingest.max_field_lines,
+            assume_utc: config.ingest.assume_utc_for_naive_timestamps,
+        },
+        batch_rows: config.ingest.batch_rows,
+    }
+}
+
+/// A read-only SQL session over stored events (`data`) and, with `out`, a finished run's
+/// outputs: every Parquet output, then each CSV output without a Parquet twin (monitoring
+/// metrics, alerts, drift, the review queue, ...), each under its file name. A run that did
+/// not finish is refused; `timeout` bounds each user query.
+pub fn open_outputs(
+    out: Option<&Path>,
+    data: &Path,
+    timeout: Option<std::time::Duration>,
+) -> Result<vigil_warehouse::Warehouse, PipelineError> {
+    if let Some(out) = out {
+        check_complete(out)?;
+    }
+    let mut wh = vigil_warehouse::Warehouse::open(data, None)?;
+    wh.set_user_timeout(timeout);
+    let Some(out) = out else { return Ok(wh) };
+    let entries = std::fs::read_dir(out).map_err(|source| PipelineError::ReadOutputs {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    files.sort();
+    for ext in ["parquet", "csv"] {
+        for p in files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+        {
+            let Some(stem) = p.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if ext == "parquet" {
+                wh.register_parquet_file(stem, p)?;
+            } else if !p.with_extension("parquet").exists()
+                && let Err(e) = wh.register_csv_file(stem, p)
+            {
+                tracing::warn!("{} is not queryable: {e}", p.display());
+            }
+        }
+    }
+    Ok(wh)
+}
+
 /// The file that marks an output directory whose run has not finished.
 pub const INCOMPLETE_MARKER: &str = ".run-incomplete";
 
@@ -842,7 +910,8 @@ impl vigil_core::Classify for PipelineError {
             PipelineError::Sentinel(e) => e.kind(),
             PipelineError::Incomplete { .. }
             | PipelineError::GroundTruth { .. }
-            | PipelineError::Io { .. } => K::Environment,
+            | PipelineError::Io { .. }
+            | PipelineError::ReadOutputs { .. } => K::Environment,
             PipelineError::Internal(_) => K::Bug,
         }
     }

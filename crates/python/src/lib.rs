@@ -1,9 +1,12 @@
 //! The native half of the Python package: thin PyO3 wrappers over `vigil-sentinel` (the
-//! encoder, the index, the scorer and the tuning harness). The reference library's API
+//! encoder, the index, the scorer and the tuning harness) and, in `pipeline.rs`, over the
+//! pipeline (`vigil.generate`, `run`, `score`, `sql`). The reference library's API
 //! (`vigil_sentinel.SentinelLocalIndex` and friends) is written in Python on top of this module
 //! (`python/vigil_sentinel/`); nothing here re-implements a stage. Long work runs with the GIL
 //! released, and every error is raised as one of the classes of `vigil_sentinel.errors`, chosen
 //! by whose fault it is.
+
+mod pipeline;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -20,7 +23,7 @@ use vigil_sentinel::{
 };
 
 /// Raise `class` (a name in `vigil_sentinel.errors`) with `message`.
-fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
+pub(crate) fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
     let found = py
         .import("vigil_sentinel.errors")
         .and_then(|m| m.getattr(class))
@@ -798,6 +801,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(contrastive_components, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_groups, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_affinities, m)?)?;
+    m.add_class::<pipeline::Table>()?;
+    m.add_function(wrap_pyfunction!(pipeline::generate, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::run, m)?)?;
+    m.add_function(wrap_pyfunction!(pipeline::sql, m)?)?;
     m.add("MODEL_HELP", MODEL_HELP)?;
     m.add("FAST_KERNEL", vigil_sentinel::quant::kernel_name())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -138,3 +138,48 @@ def evaluate_affinities(
     top_n: Optional[int] = None,
     decision_threshold: Optional[float] = None,
 ) -> str: ...
+
+class Table:
+    """Arrow record batches with the PyCapsule stream interface."""
+
+    @property
+    def num_rows(self) -> int: ...
+    @property
+    def column_names(self) -> List[str]: ...
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object: ...
+    def __len__(self) -> int: ...
+
+def generate(
+    out: str,
+    events: int = 50000,
+    users: Optional[int] = None,
+    days: int = 14,
+    abuse_rate: float = 0.04,
+    seed: int = 42,
+    end: Optional[str] = None,
+    incident_day: Optional[int] = None,
+    drift: bool = False,
+    rings: int = 0,
+    scenario: str = "notebook",
+    text_pool: Optional[str] = None,
+) -> Dict[str, object]: ...
+def run(
+    inputs: List[str],
+    out: str,
+    data: Optional[str] = None,
+    profile: Optional[str] = None,
+    config_path: Optional[str] = None,
+    ground_truth: Optional[str] = None,
+    sentinel_index: Optional[str] = None,
+    sentinel_model: Optional[str] = None,
+    model: Optional[str] = None,
+    format: Optional[str] = None,
+    strict: bool = False,
+    progress: Optional[Callable[[str, str, float, float], object]] = None,
+) -> str: ...
+def sql(
+    query: str,
+    out: Optional[str] = None,
+    data: Optional[str] = None,
+    timeout: Optional[float] = None,
+) -> Table: ...
