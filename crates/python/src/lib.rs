@@ -345,7 +345,8 @@ impl Index {
     /// Encode example texts into a new index (surplus negatives beyond
     /// `max(1, floor(n_pos * ratio))` dropped before encoding).
     #[staticmethod]
-    #[pyo3(signature = (encoder, positives, negatives, neg_to_pos_ratio = None, seed = None))]
+    #[pyo3(signature = (encoder, positives, negatives, neg_to_pos_ratio = None, seed = None,
+        progress = None))]
     fn from_texts(
         py: Python<'_>,
         encoder: &Encoder,
@@ -353,8 +354,19 @@ impl Index {
         negatives: Vec<String>,
         neg_to_pos_ratio: Option<f64>,
         seed: Option<u64>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let enc = Arc::clone(&encoder.inner);
+        // `progress(done, total)` after each encoded batch, called with the GIL re-taken.
+        let report = |done: usize, total: usize| {
+            if let Some(cb) = &progress {
+                Python::attach(|py| {
+                    if let Err(e) = cb.call1(py, (done, total)) {
+                        e.write_unraisable(py, None);
+                    }
+                });
+            }
+        };
         let built = py.detach(|| {
             SentinelIndex::from_texts(
                 enc.as_ref(),
@@ -362,7 +374,7 @@ impl Index {
                 negatives,
                 neg_to_pos_ratio,
                 seed,
-                &|_, _| {},
+                &report,
             )
         });
         Ok(Self::wrap(built.map_err(|e| py_err(py, e))?))

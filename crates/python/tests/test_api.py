@@ -47,11 +47,13 @@ def test_a_missing_model_says_how_to_get_one(tmp_path, monkeypatch):
         SentenceEncoder(str(tmp_path))  # a directory without a model
 
 
-def test_from_texts_builds_a_scoring_index(model_dir, tmp_path):
+def test_from_texts_builds_a_scoring_index(model_dir, tmp_path, capsys):
     pos = ["send me your password and i'll double your coins", "give me your login code"]
     neg = ["nice build!", "gg everyone", "who wants to race", "lol that was close"]
     index = SentinelLocalIndex.from_texts(pos, neg, neg_to_pos_ratio=1.0, seed=4,
-                                          model_card={"by": "test"})
+                                          model_card={"by": "test"}, show_progress_bar=True)
+    # without tqdm the progress is one stderr line, ending at every text encoded
+    assert "4/4 texts" in capsys.readouterr().err
     assert index.positive_embeddings.shape == (2, 384)
     assert index.negative_embeddings.shape == (2, 384)  # surplus negatives dropped first
     assert set(index.negative_corpus) <= set(neg)

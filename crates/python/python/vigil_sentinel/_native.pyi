@@ -69,6 +69,7 @@ class Index:
         negatives: List[str],
         neg_to_pos_ratio: Optional[float] = None,
         seed: Optional[int] = None,
+        progress: Optional[Callable[[int, int], object]] = None,
     ) -> "Index": ...
     def subsample(
         self,

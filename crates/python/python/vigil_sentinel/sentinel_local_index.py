@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence
 import numpy as np
 
 from vigil_sentinel import _native
+from vigil_sentinel._progress import Progress
 from vigil_sentinel.embeddings.sbert import (
     e5_scaling_function,
     get_sentence_transformer_and_scaling_fn,
@@ -261,7 +262,12 @@ class SentinelLocalIndex:
         if neg_to_pos_ratio is not None and not neg_to_pos_ratio > 0:
             raise InvalidInputError(f"neg_to_pos_ratio must be positive, got {neg_to_pos_ratio}")
         model, scale_fn = get_sentence_transformer_and_scaling_fn(model_name, precision=precision)
-        native = _native.Index.from_texts(model._native, pos, neg, neg_to_pos_ratio, seed)
+        progress = Progress("encoding examples", bool(show_progress_bar))
+        try:
+            native = _native.Index.from_texts(model._native, pos, neg, neg_to_pos_ratio, seed,
+                                              progress)
+        finally:
+            progress.close()
         if encoding_additional_kwargs or model_card is not None:
             kwargs = dict(DEFAULT_ENCODING_KWARGS)
             kwargs.update(encoding_additional_kwargs or {})
