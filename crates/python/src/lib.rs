@@ -804,12 +804,33 @@ fn evaluate_affinities(
     serde_json::to_string(&row).map_err(|e| raise(py, "InternalError", e.to_string()))
 }
 
+/// Send Vigil's log lines (`warn` by default: quarantined rows, refused inputs, the
+/// fast-mode kernel) to stderr, filtered by `level` (`error`, `warn`, `info`, `debug`, or
+/// an `EnvFilter` directive; `RUST_LOG` overrides it). Returns false when a logger was
+/// already installed (the first one stays).
+#[pyfunction]
+#[pyo3(signature = (level = "warn"))]
+fn log_to_stderr(py: Python<'_>, level: &str) -> PyResult<bool> {
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| invalid(py, format!("log level {level:?}: {e}")))?,
+    };
+    Ok(tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init()
+        .is_ok())
+}
+
 /// `vigil_sentinel._native`: the Rust half of the package.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Encoder>()?;
     m.add_class::<Index>()?;
     m.add_function(wrap_pyfunction!(aggregate, m)?)?;
+    m.add_function(wrap_pyfunction!(log_to_stderr, m)?)?;
     m.add_function(wrap_pyfunction!(contrastive_components, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_groups, m)?)?;
     m.add_function(wrap_pyfunction!(evaluate_affinities, m)?)?;

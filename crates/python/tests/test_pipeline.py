@@ -5,6 +5,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,26 @@ def test_score_applies_the_saved_bundle(world):
         root / "py" / "user_day_scored.csv").read_bytes()
     with pytest.raises(ValueError):
         vigil.score(root / "py" / "model", root / "gen" / "events.csv", root / "py")
+
+
+def test_log_lines_reach_stderr_once_asked_for(tmp_path):
+    # A child process (a logger is installed once per process): an invalid load ratio keeps
+    # every negative with a warning, which must reach stderr.
+    script = f"""
+import numpy as np, vigil, vigil_sentinel
+assert vigil.log_to_stderr("warn")
+assert not vigil.log_to_stderr("info")
+index = vigil_sentinel.SentinelLocalIndex(positive_embeddings=np.eye(4)[:1],
+                                          negative_embeddings=np.eye(4)[1:])
+index.save(r"{tmp_path / 'idx'}", "all-MiniLM-L6-v2")
+vigil_sentinel.SentinelLocalIndex.load(r"{tmp_path / 'idx'}", negative_to_positive_ratio=-1.0)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "WARN" in out.stderr and "ratio" in out.stderr, out.stderr
+    with pytest.raises(ValueError):
+        vigil.log_to_stderr("vigil=loud")
 
 
 def test_errors_have_the_right_classes(world, tmp_path):

@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from vigil_sentinel import _native
 from vigil import errors
 
-__all__ = ["generate", "run", "score", "sql", "Table", "Run", "errors"]
+__all__ = ["generate", "run", "score", "sql", "log_to_stderr", "Table", "Run", "errors"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -89,6 +89,13 @@ class Run:
         m = self.manifest
         return (f"vigil.Run({m.get('command')} -> {self.out}: {m.get('events_in_dataset')} events, "
                 f"{m.get('queue_size')} cases, risk model {m.get('risk_model')})")
+
+
+def log_to_stderr(level: str = "warn") -> bool:
+    """Show Vigil's log lines on stderr (quarantined rows, refused inputs, which fast-mode
+    kernel runs); ``level`` is ``error``, ``warn``, ``info`` or ``debug`` (``RUST_LOG``
+    overrides it). Returns False when logging was already set up."""
+    return _native.log_to_stderr(level)
 
 
 def _progress(progress) -> Optional[Callable]:

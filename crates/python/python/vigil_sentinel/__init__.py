@@ -38,9 +38,12 @@ from vigil_sentinel.simulation import (
 )
 
 __version__ = _native.__version__
+#: Show Vigil's log lines on stderr: ``log_to_stderr("info")``.
+log_to_stderr = _native.log_to_stderr
 
 __all__ = [
     "SentinelLocalIndex",
+    "log_to_stderr",
     "RareClassAffinityResult",
     "calculate_contrastive_score",
     "skewness",
