@@ -436,9 +436,9 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     };
     let cfg = GeneratorConfig {
         events: a.events,
-        users: a.users.unwrap_or_else(|| {
-            usize::try_from(a.events.saturating_mul(3) / 100).map_or(usize::MAX, |u| u.max(1))
-        }),
+        users: a
+            .users
+            .unwrap_or_else(|| GeneratorConfig::default_users(a.events)),
         days: a.days,
         abuse_rate: a.abuse_rate,
         seed: a.seed,

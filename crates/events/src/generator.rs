@@ -86,6 +86,14 @@ pub struct GeneratorConfig {
     pub pool: Option<TextPool>,
 }
 
+impl GeneratorConfig {
+    /// The user count when none is given: 3 users per 100 events (1,500 per 50,000), at
+    /// least one.
+    pub fn default_users(events: u64) -> usize {
+        usize::try_from(events.saturating_mul(3) / 100).map_or(usize::MAX, |u| u.max(1))
+    }
+}
+
 impl Default for GeneratorConfig {
     fn default() -> Self {
         Self {

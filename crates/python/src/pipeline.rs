@@ -182,9 +182,7 @@ pub(crate) fn generate<'py>(
     };
     let cfg = vigil_events::GeneratorConfig {
         events,
-        users: users.unwrap_or_else(|| {
-            usize::try_from(events.saturating_mul(3) / 100).map_or(usize::MAX, |u| u.max(1))
-        }),
+        users: users.unwrap_or_else(|| vigil_events::GeneratorConfig::default_users(events)),
         days,
         abuse_rate,
         seed,
