@@ -20,12 +20,15 @@ use crate::raise;
 /// data `InvalidInputError` (a `ValueError`), the environment `StorageError` (an `OSError`),
 /// a bug `InternalError`.
 fn kind_err(py: Python<'_>, e: &(impl Classify + std::fmt::Display)) -> PyErr {
-    let class = match e.kind() {
+    raise(py, class_of(e.kind()), e.to_string())
+}
+
+fn class_of(kind: ErrorKind) -> &'static str {
+    match kind {
         ErrorKind::Usage | ErrorKind::BadData => "InvalidInputError",
         ErrorKind::Environment => "StorageError",
         ErrorKind::Bug => "InternalError",
-    };
-    raise(py, class, e.to_string())
+    }
 }
 
 /// A query result or output table: an Arrow schema and its record batches. Any Arrow
@@ -310,9 +313,11 @@ pub(crate) fn sql(
         }
         _ => None,
     };
-    let result = py.detach(|| -> Result<_, Box<dyn ClassifiedError>> {
+    // Errors leave the GIL-free closure as (kind, text); a failed user query is the user's
+    // to fix, as `vigil sql` treats it (exit code 2).
+    let result = py.detach(|| -> Result<_, (ErrorKind, String)> {
         let wh = vigil_pipeline::open_outputs(out.as_deref(), &data, timeout)
-            .map_err(|e| Box::new(e) as Box<dyn ClassifiedError>)?;
+            .map_err(|e| (e.kind(), e.to_string()))?;
         wh.query_read_only("query", &query).map_err(|e| {
             // A missing table is answered with the ones there are.
             let hint = if e.to_string().contains("not found") {
@@ -320,7 +325,7 @@ pub(crate) fn sql(
             } else {
                 String::new()
             };
-            Box::new(BadQuery(e, hint)) as Box<dyn ClassifiedError>
+            (ErrorKind::Usage, format!("{e}{hint}"))
         })
     });
     match result {
@@ -328,47 +333,6 @@ pub(crate) fn sql(
             schema: t.schema,
             batches: t.batches,
         }),
-        Err(e) => Err(kind_err(py, &DynErr(e))),
-    }
-}
-
-/// An error that says whose fault it is, boxed across the GIL boundary.
-trait ClassifiedError: std::fmt::Display + Send {
-    fn error_kind(&self) -> ErrorKind;
-}
-
-impl<T: Classify + std::fmt::Display + Send> ClassifiedError for T {
-    fn error_kind(&self) -> ErrorKind {
-        self.kind()
-    }
-}
-
-/// A user's query that failed (a syntax error, a missing table or column, a time-out): the
-/// user's to fix, as `vigil sql` treats it (exit code 2), with an optional hint.
-struct BadQuery<E>(E, String);
-
-impl<E: std::fmt::Display> std::fmt::Display for BadQuery<E> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}{}", self.0, self.1)
-    }
-}
-
-impl<E> Classify for BadQuery<E> {
-    fn kind(&self) -> ErrorKind {
-        ErrorKind::Usage
-    }
-}
-
-struct DynErr(Box<dyn ClassifiedError>);
-
-impl std::fmt::Display for DynErr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl Classify for DynErr {
-    fn kind(&self) -> ErrorKind {
-        self.0.error_kind()
+        Err((kind, message)) => Err(raise(py, class_of(kind), message)),
     }
 }

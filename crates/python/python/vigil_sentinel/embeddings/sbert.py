@@ -92,7 +92,9 @@ class SentenceEncoder:
         texts = [sentences] if single else [str(s) for s in sentences]
         progress = Progress("encoding", bool(show_progress_bar))
         try:
-            out = self._native.encode(texts, max(int(batch_size), 1) * 8, progress)
+            # The native encoder batches by token count itself; `batch_size` is accepted for
+            # compatibility. Chunks of 256 texts set how often progress and Ctrl-C are seen.
+            out = self._native.encode(texts, 256, progress)
         finally:
             progress.close()
         return out[0] if single else out
