@@ -14,6 +14,7 @@ fi
 wheels=target/wheels-test
 rm -rf "$wheels"
 "$tools/bin/maturin" build --profile dev --manifest-path crates/python/Cargo.toml \
+  --features workspace-features \
   --interpreter python3 --out "$wheels" --compatibility linux --locked
 venv=target/python-test-venv
 rm -rf "$venv"

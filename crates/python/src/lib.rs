@@ -8,6 +8,11 @@
 
 mod pipeline;
 
+// Present only to align the wheel's dependency features with the workspace build (see the
+// `workspace-features` feature in Cargo.toml); nothing uses them.
+#[cfg(feature = "workspace-features")]
+use {hyper as _, hyper_util as _, rustix as _, subtle as _, tokio as _, tower as _};
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
