@@ -552,15 +552,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
     let mut index = a.sentinel_index.clone();
     if realistic && index.is_none() {
         // Every other rare line: half of what the rare-harm users write is not in the index.
-        let pool = vigil_events::generator::TextPool::builtin();
-        let positives: Vec<String> = pool.rare.iter().step_by(2).cloned().collect();
-        let negatives: Vec<String> = pool
-            .benign
-            .iter()
-            .chain(&pool.spam)
-            .chain(&pool.evasion)
-            .cloned()
-            .collect();
+        let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
         let dir = a.out.join("index");
         eprintln!(
             "2/{steps} building a Sentinel index from the shipped pools ({} rare-class lines, \

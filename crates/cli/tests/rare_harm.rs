@@ -272,35 +272,111 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
     );
 }
 
-/// The pool lines shipped with the generator.
-fn pool(name: &str) -> Vec<String> {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../events/pools/{name}.txt")),
-    )
-    .unwrap()
-    .lines()
-    .map(str::trim)
-    .filter(|l| !l.is_empty())
-    .map(str::to_string)
-    .collect()
+/// The cascade against the exact scorer on the same events: the highest-scored messages (all
+/// of them scored exactly in both runs) and the user-days the text flags are the same.
+#[test]
+fn the_cascade_keeps_what_the_exact_scorer_ranks_highest() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
+    let index = build_index(d, &positives, &negatives);
+    let m = model();
+    let events = d.join("events.csv");
+    ok(&[
+        "generate",
+        "--scenario",
+        "realistic",
+        "--events",
+        "40000",
+        "--seed",
+        "7",
+        "--end",
+        "2026-02-15T05:26:38Z",
+        "--out",
+        s(&events),
+    ]);
+    let mut outs = Vec::new();
+    for mode in ["on", "off"] {
+        let cfg = d.join(format!("{mode}.toml"));
+        std::fs::write(&cfg, format!("[sentinel]\ncascade = \"{mode}\"\n")).unwrap();
+        let out = d.join(mode);
+        ok(&[
+            "run",
+            "--config",
+            s(&cfg),
+            "--input",
+            s(&events),
+            "--out",
+            s(&out),
+            "--sentinel-index",
+            s(&index),
+            "--sentinel-model",
+            s(&m),
+        ]);
+        outs.push(out);
+    }
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outs[0].join("run.json")).unwrap()).unwrap();
+    let cascade = &run["rare_harm"]["cascade"];
+    let distinct = run["rare_harm"]["distinct_texts"].as_u64().unwrap();
+    assert!(
+        cascade["candidates"].as_u64().unwrap() * 10 < distinct,
+        "{run}"
+    );
+    let exact: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(outs[1].join("run.json")).unwrap()).unwrap();
+    assert!(exact["rare_harm"].get("cascade").is_none(), "{exact}");
+    // The notable messages (probability >= 0.5) at the top: the same texts with the same
+    // (exact) scores. Below them the list goes on with the first stage's estimates.
+    let top = |out: &Path| -> Vec<(String, String, String)> {
+        csv_rows(&out.join("rare_harm_messages.csv"))
+            .into_iter()
+            .filter(|r| r["score"].parse::<f64>().unwrap() >= 0.5)
+            .map(|r| (r["user_id"].clone(), r["text"].clone(), r["score"].clone()))
+            .collect()
+    };
+    let (screened, all) = (top(&outs[0]), top(&outs[1]));
+    assert!(all.len() >= 20, "{}", all.len());
+    let only = |a: &[(String, String, String)], b: &[(String, String, String)]| {
+        a.iter()
+            .filter(|x| !b.contains(x))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        screened == all,
+        "only with the cascade: {:?}\nonly exact: {:?}",
+        only(&screened, &all),
+        only(&all, &screened)
+    );
+    // The user-days the text flags for review.
+    let flagged = |out: &Path| -> Vec<(String, String)> {
+        csv_rows(&out.join("review_queue.csv"))
+            .into_iter()
+            .filter(|r| r["flag_rare_harm"] == "1")
+            .map(|r| (r["user_id"].clone(), r["day"].clone()))
+            .collect()
+    };
+    let exact_flags = flagged(&outs[1]);
+    assert!(!exact_flags.is_empty());
+    let kept = flagged(&outs[0])
+        .iter()
+        .filter(|f| exact_flags.contains(f))
+        .count();
+    assert!(
+        kept * 100 >= exact_flags.len() * 98,
+        "{kept} of {} exact flags",
+        exact_flags.len()
+    );
 }
 
 #[test]
 fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_misses() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // The index holds every other rare line: half the rare lines the users write are unseen.
-    let rare = pool("rare");
-    let positives: Vec<String> = rare.iter().step_by(2).cloned().collect();
-    // The ordinary side, as `vigil demo` builds it: benign lines and the notebook's spam and
-    // evasion lines (without them, "earn money quickly" spam looks like a payment scam).
-    let mut negatives = pool("benign");
-    negatives.extend(
-        vigil_events::generator::SPAM_PROMPTS
-            .iter()
-            .chain(&vigil_events::generator::EVASION_PROMPTS)
-            .map(|t| t.to_string()),
-    );
+    // The index as `vigil demo` builds it: every other rare line (half the rare lines the
+    // users write are unseen) and the ordinary lines, each with two slip-typed copies.
+    let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
     let index = build_index(d, &positives, &negatives);
     let m = model();
     let events = d.join("events.csv");
@@ -345,6 +421,22 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         "--sentinel-model",
         s(&m),
     ]);
+    // 88,000 distinct texts: the cascade screened them (`auto`), keeping what the exact
+    // scorer finds notable (the audit's estimate; the exact comparison is the next test's).
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fused.join("run.json")).unwrap()).unwrap();
+    let cascade = &run["rare_harm"]["cascade"];
+    let distinct = run["rare_harm"]["distinct_texts"].as_u64().unwrap();
+    let candidates = cascade["candidates"].as_u64().unwrap();
+    assert!(distinct > 50_000 && candidates * 20 < distinct, "{run:?}");
+    assert!(
+        cascade["notable_candidates"].as_u64().unwrap() > 50,
+        "{cascade}"
+    );
+    assert!(
+        cascade["estimated_recall"].as_f64().unwrap() >= 0.98,
+        "{cascade}"
+    );
     let plain = d.join("plain");
     ok(&["run", "--data", s(&fused.join("data")), "--out", s(&plain)]);
     let (with_text, behaviour_only) = (found(&fused), found(&plain));

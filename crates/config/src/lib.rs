@@ -124,6 +124,33 @@ pub struct SentinelConfig {
     /// scorer's units: with a calibrated index and `expected_count`, 1.0 is one expected
     /// harmful message. Unset: none of this. Applies with `model_features`.
     pub review_at: Option<f64>,
+    /// Whether distinct texts are screened first with static token embeddings distilled
+    /// from the encoder, so that only candidates reach the exact encoder: `auto` (above
+    /// `cascade_above` distinct texts, with a calibrated index), `on` or `off`.
+    pub cascade: CascadeMode,
+    /// `auto` screens runs with more distinct texts than this.
+    pub cascade_above: usize,
+    /// Share of the index's notable examples (exact probability >= 0.5) the screen's cut
+    /// keeps; the cut is chosen on the index material only.
+    pub cascade_recall: f64,
+    /// The highest-ranked share of distinct texts that goes to the exact encoder whatever
+    /// the cut (a run's texts are not the index's: typos, paraphrases).
+    pub cascade_share: f64,
+    /// Screened-out texts also scored exactly (an even spread) to estimate the cascade's
+    /// recall on the run itself, reported in `run.json`; 0 skips the check.
+    pub cascade_audit: usize,
+}
+
+/// When the rare-harm stage screens texts before the exact encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CascadeMode {
+    /// Above `cascade_above` distinct texts, when the index has a calibrated scorer.
+    Auto,
+    /// Always (the index must have a calibrated scorer and keep its example texts).
+    On,
+    /// Never: every distinct text is encoded exactly.
+    Off,
 }
 
 impl Default for SentinelConfig {
@@ -134,6 +161,11 @@ impl Default for SentinelConfig {
             top_messages: 100,
             model_features: true,
             review_at: Some(1.0),
+            cascade: CascadeMode::Auto,
+            cascade_above: 20_000,
+            cascade_recall: 0.995,
+            cascade_share: 0.005,
+            cascade_audit: 2_000,
         }
     }
 }
@@ -823,6 +855,12 @@ impl Config {
             .is_some_and(|t| !(t.is_finite() && t > 0.0))
         {
             return bad("sentinel.review_at", "must be a positive number");
+        }
+        if !(self.sentinel.cascade_recall > 0.0 && self.sentinel.cascade_recall <= 1.0) {
+            return bad("sentinel.cascade_recall", "must be in (0, 1]");
+        }
+        if !(0.0..=1.0).contains(&self.sentinel.cascade_share) {
+            return bad("sentinel.cascade_share", "must be in [0, 1]");
         }
         if self.sentinel.top_messages > 100_000 {
             return bad("sentinel.top_messages", "must be at most 100000");

@@ -177,6 +177,35 @@ impl TextPool {
         }
     }
 
+    /// Index material for a Sentinel index of this pool, as `vigil demo` builds it: every
+    /// other rare line as the harmful side (half of what rare-harm users write is then not in
+    /// the index), every benign, spam and evasion line as the ordinary side (without spam,
+    /// "earn money quickly" looks like a payment scam). Each line also comes with two copies
+    /// carrying typing slips, as material drawn from real chat would, so that a slip alone
+    /// does not look unusual to the scorer.
+    pub fn index_material(&self) -> (Vec<String>, Vec<String>) {
+        let with_slips = |lines: Vec<&String>| -> Vec<String> {
+            let mut out: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            for (i, l) in lines.iter().enumerate() {
+                for copy in 0..2u32 {
+                    // Seeds 3k+1 and 3k+2: one and two slips.
+                    let seed = (i as u32).wrapping_mul(3).wrapping_add(copy + 1);
+                    out.push(with_typos(l, seed));
+                }
+            }
+            out
+        };
+        let positives = with_slips(self.rare.iter().step_by(2).collect());
+        let negatives = with_slips(
+            self.benign
+                .iter()
+                .chain(&self.spam)
+                .chain(&self.evasion)
+                .collect(),
+        );
+        (positives, negatives)
+    }
+
     /// Read JSONL lines `{"text": ..., "class": "benign" | "spam" | "evasion" | "rare"}`;
     /// a class the file leaves empty keeps the built-in lines.
     pub fn from_jsonl(path: &Path) -> Result<Self, EventsError> {
@@ -485,7 +514,7 @@ impl Texts {
     /// The chat's text.
     fn text(&self, p: Prompt) -> std::borrow::Cow<'_, str> {
         let line = &self.pool.list(p.class)[usize::from(p.line)];
-        if p.opener == 0 && p.closer == 0 {
+        if p.is_plain() {
             return std::borrow::Cow::Borrowed(line);
         }
         let mut t = String::with_capacity(line.len() + 24);
@@ -498,12 +527,23 @@ impl Texts {
             t.push(' ');
             t.push_str(&self.closers[usize::from(p.closer) - 1]);
         }
+        if p.style & STYLE_LOWERCASE != 0 {
+            t = t.to_lowercase();
+        }
+        if p.style & STYLE_NO_FINAL_MARK != 0 {
+            while t.ends_with(['.', '?', '!']) {
+                t.pop();
+            }
+        }
+        if p.typos != 0 {
+            t = with_typos(&t, p.typos);
+        }
         std::borrow::Cow::Owned(t)
     }
 
     /// The chat's text as a CSV field.
     fn csv(&self, p: Prompt) -> std::borrow::Cow<'_, str> {
-        if p.opener == 0 && p.closer == 0 {
+        if p.is_plain() {
             return std::borrow::Cow::Borrowed(
                 &self.quoted[usize::from(p.class)][usize::from(p.line)],
             );
@@ -519,7 +559,16 @@ struct Prompt {
     line: u16,
     opener: u8,
     closer: u8,
+    /// [`STYLE_LOWERCASE`] and [`STYLE_NO_FINAL_MARK`] bits.
+    style: u8,
+    /// Seed of the typing slips (0 = none; see [`with_typos`]).
+    typos: u32,
 }
+
+/// The message typed in lower case.
+const STYLE_LOWERCASE: u8 = 1;
+/// The final `.`, `?` or `!` left off.
+const STYLE_NO_FINAL_MARK: u8 = 2;
 
 impl Prompt {
     fn plain(class: u8, line: usize) -> Self {
@@ -528,8 +577,61 @@ impl Prompt {
             line: line as u16,
             opener: 0,
             closer: 0,
+            style: 0,
+            typos: 0,
         }
     }
+
+    /// The pool's line as it is.
+    fn is_plain(self) -> bool {
+        self.opener == 0 && self.closer == 0 && self.style == 0 && self.typos == 0
+    }
+}
+
+/// `text` with the typing slips `seed` stands for: one to three (`seed % 3 + 1`), each an
+/// adjacent letter swap, a dropped letter or a doubled letter at a position drawn from the
+/// seed. Only ASCII letters are touched, so the text stays valid UTF-8 and its words stay
+/// readable. The same seed gives the same text.
+fn with_typos(text: &str, seed: u32) -> String {
+    let original: Vec<char> = text.chars().collect();
+    let mut chars = original.clone();
+    let mut state = u64::from(seed);
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let slips = 1 + (seed % 3) as usize;
+    for _ in 0..slips {
+        let letters: Vec<usize> = (0..chars.len())
+            .filter(|&i| chars[i].is_ascii_alphabetic())
+            .collect();
+        if letters.len() < 2 {
+            break;
+        }
+        let at = letters[(next() % letters.len() as u64) as usize];
+        match next() % 3 {
+            0 if at + 1 < chars.len()
+                && chars[at + 1].is_ascii_alphabetic()
+                && chars[at + 1] != chars[at] =>
+            {
+                chars.swap(at, at + 1);
+            }
+            1 => {
+                chars.remove(at);
+            }
+            _ => chars.insert(at, chars[at]),
+        }
+    }
+    // Slips can undo each other; a slip is always visible.
+    if chars == original
+        && let Some(at) = chars.iter().position(char::is_ascii_alphabetic)
+    {
+        chars.insert(at, chars[at]);
+    }
+    chars.into_iter().collect()
 }
 
 /// One sampled event, before any text is made of it.
@@ -729,7 +831,9 @@ impl Sampler<'_> {
 }
 
 impl Sampler<'_> {
-    /// A chat text of `class` with light variation (an opener, a closer, each 30% of the time).
+    /// A chat text of `class` with the variation of real chat: an opener and a closer (each 30%
+    /// of the time), lower case (30%), no final mark (30%) and typing slips (70% of the
+    /// messages), the same for every class so that no variation gives a class away.
     fn varied(&self, rng: &mut ChaCha8Rng, class: u8) -> Prompt {
         let n = self.texts.pool.list(class).len().max(1);
         let line = rng.random_range(0..n) as u16;
@@ -743,11 +847,25 @@ impl Sampler<'_> {
         } else {
             0
         };
+        let mut style = 0;
+        if rng.random::<f64>() < 0.3 {
+            style |= STYLE_LOWERCASE;
+        }
+        if rng.random::<f64>() < 0.3 {
+            style |= STYLE_NO_FINAL_MARK;
+        }
+        let typos = if rng.random::<f64>() < 0.7 {
+            rng.random::<u32>().max(1)
+        } else {
+            0
+        };
         Prompt {
             class,
             line,
             opener: opener.min(self.texts.openers.len() as u8),
             closer: closer.min(self.texts.closers.len() as u8),
+            style,
+            typos,
         }
     }
 
@@ -1185,6 +1303,43 @@ mod tests {
         assert!(err.to_string().contains("at most 100000000"), "{err}");
     }
 
+    /// Whether `text` is `line` with light variation: most of the line's words (lower case,
+    /// letters and digits) appear in it.
+    fn resembles(text: &str, line: &str) -> bool {
+        let words = |t: &str| -> Vec<String> {
+            t.to_lowercase()
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .collect()
+        };
+        let have: std::collections::HashSet<String> = words(text).into_iter().collect();
+        let want = words(line);
+        let found = want.iter().filter(|w| have.contains(*w)).count();
+        found * 10 >= want.len() * 7
+    }
+
+    #[test]
+    fn typing_slips_touch_only_letters_and_repeat_with_their_seed() {
+        let line = "Send me the code, please: 123 — ok?";
+        let mut seen = std::collections::HashSet::new();
+        for seed in 1..200u32 {
+            let t = with_typos(line, seed);
+            assert_eq!(t, with_typos(line, seed), "deterministic");
+            assert_ne!(t, line, "seed {seed} changed nothing");
+            // Digits, punctuation and the non-ASCII dash are kept in order.
+            let keep =
+                |s: &str| -> String { s.chars().filter(|c| !c.is_ascii_alphabetic()).collect() };
+            assert_eq!(keep(&t), keep(line), "{t}");
+            let diff = t.len().abs_diff(line.len());
+            assert!(diff <= 3, "at most three letters added or removed: {t}");
+            seen.insert(t);
+        }
+        assert!(seen.len() > 100, "{} variants of 199 seeds", seen.len());
+        assert_eq!(with_typos("", 7), "");
+        assert_eq!(with_typos("1 2 3", 7), "1 2 3");
+    }
+
     #[test]
     fn the_realistic_world_hides_abusers_in_ordinary_traffic_and_rare_harm_in_text() {
         let dir = tempfile::tempdir().unwrap();
@@ -1217,6 +1372,7 @@ mod tests {
         let mut rare_msgs = std::collections::HashMap::<&str, usize>::new();
         let (mut flipped, mut labelled) = (std::collections::HashSet::new(), 0);
         let mut blocked = std::collections::HashMap::<&str, (usize, usize)>::new();
+        let (mut chats, mut distinct) = (0usize, std::collections::HashSet::new());
         let mut reader = csv::Reader::from_path(&out).unwrap();
         for r in reader.records() {
             let r = r.unwrap();
@@ -1229,11 +1385,11 @@ mod tests {
                 flipped.insert(user.to_string());
             }
             labelled += 1;
-            if builtin
-                .rare
-                .iter()
-                .any(|line| prompt.contains(line.as_str()))
-            {
+            if !prompt.is_empty() {
+                chats += 1;
+                distinct.insert(prompt.to_string());
+            }
+            if builtin.rare.iter().any(|line| resembles(prompt, line)) {
                 assert_eq!(k, "rare", "only rare-harm users write rare lines");
                 *rare_msgs.entry(k).or_default() += 1;
             }
@@ -1245,6 +1401,12 @@ mod tests {
         }
         assert!(labelled == 60_000);
         assert!(rare_msgs["rare"] > 20, "{rare_msgs:?}");
+        // Chat is varied like real chat: most texts are seen once.
+        assert!(
+            distinct.len() * 2 > chats,
+            "{} distinct of {chats}",
+            distinct.len()
+        );
         // About 2% of users carry the wrong label.
         assert!((10..=80).contains(&flipped.len()), "{}", flipped.len());
         // Rare-harm users are not blocked more than benign users (filters miss their text).

@@ -554,15 +554,34 @@ fn rare_harm_section(
             "Scorer (window aggregator)",
             format!("{} ({})", info.scorer, info.aggregator),
         ),
-        row(
-            "Top-10 rare-harm user-days in the review queue",
-            format!(
-                "{} of {}",
-                top.iter().filter(|r| queued.contains(r)).count(),
-                top.len()
-            ),
-        ),
     ];
+    if let Some(c) = &info.cascade {
+        summary.push(row(
+            "Cascade: distinct texts encoded exactly (first-stage cut)",
+            format!(
+                "{} of {} ({:.3e})",
+                c.candidates, info.distinct_texts, c.cut
+            ),
+        ));
+        summary.push(row(
+            "Cascade: estimated recall of notable texts (audit)",
+            match c.estimated_recall {
+                Some(r) => format!(
+                    "{r:.4} ({} of {} screened-out texts checked were notable)",
+                    c.audited_notable, c.audited
+                ),
+                None => format!("n/a ({} checked)", c.audited),
+            },
+        ));
+    }
+    summary.extend([row(
+        "Top-10 rare-harm user-days in the review queue",
+        format!(
+            "{} of {}",
+            top.iter().filter(|r| queued.contains(r)).count(),
+            top.len()
+        ),
+    )]);
     // With ground truth from `vigil generate --scenario realistic`: how many rare-harm users
     // (actor `rare_harm_*`) have a user-day in the queue, i.e. within its capacity.
     if let Some(truth) = truth {

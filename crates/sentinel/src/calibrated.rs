@@ -460,6 +460,7 @@ impl CalibratedScorer {
         }
         let [we, wl, b] = self.manifest.blend;
         Ok((0..embeddings.rows)
+            .into_par_iter()
             .map(|i| {
                 let ze = embeddings.dot(i, &self.embedding) + self.manifest.embedding.bias;
                 let zl = match (&self.lexical, &self.manifest.lexical) {

@@ -207,22 +207,61 @@ impl MiniLmEncoder {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Vocabulary entries of the tokenizer (with its special tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Each text's token ids without the special tokens (stripped and truncated as for
+    /// encoding).
+    pub fn content_token_ids(&self, texts: &[String]) -> Result<Vec<Vec<u32>>, SentinelError> {
+        let stripped: Vec<&str> = texts.iter().map(|t| t.trim()).collect();
+        Ok(self
+            .tokenizer
+            .encode_batch(stripped, false)
+            .map_err(|e| SentinelError::Internal(format!("tokenizer: {e}")))?
+            .iter()
+            .map(|e| e.get_ids().to_vec())
+            .collect())
+    }
+
+    /// The embedding of each token alone: the model run on `[CLS] t [SEP]`, mean-pooled and
+    /// L2-normalised like a text (what the cascade's static embeddings are made of).
+    pub fn encode_tokens(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, SentinelError> {
+        let special = |name: &str| {
+            self.tokenizer.token_to_id(name).ok_or_else(|| {
+                SentinelError::Internal(format!("the tokenizer has no {name} token"))
+            })
+        };
+        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let seqs: Vec<[u32; 3]> = tokens.iter().map(|&t| [cls, t, sep]).collect();
+        let ids: Vec<&[u32]> = seqs.iter().map(|s| &s[..]).collect();
+        let zeros = [0u32; 3];
+        let types: Vec<&[u32]> = vec![&zeros[..]; seqs.len()];
+        self.pool(&ids, &types)
+    }
+
     /// One forward pass over tokenised texts (packed without padding), mean-pooled and
     /// L2-normalised.
     fn encode_batch(&self, encs: &[&Encoding]) -> Result<Vec<Vec<f32>>, SentinelError> {
         let ids: Vec<&[u32]> = encs.iter().map(|e| e.get_ids()).collect();
         let types: Vec<&[u32]> = encs.iter().map(|e| e.get_type_ids()).collect();
+        self.pool(&ids, &types)
+    }
+
+    /// [`Self::encode_batch`] on token ids and type ids.
+    fn pool(&self, ids: &[&[u32]], types: &[&[u32]]) -> Result<Vec<Vec<f32>>, SentinelError> {
         let hidden = self
             .model
-            .forward_packed(&ids, &types)
+            .forward_packed(ids, types)
             .map_err(candle_err)?
             .flatten_all()
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(candle_err)?;
         let dim = self.dim;
-        let mut rows = Vec::with_capacity(encs.len());
+        let mut rows = Vec::with_capacity(ids.len());
         let mut tok = 0;
-        for seq in &ids {
+        for seq in ids {
             // Mean over the sequence's tokens, then L2 normalisation.
             let mut mean = vec![0.0f32; dim];
             for t in tok..tok + seq.len() {

@@ -49,28 +49,35 @@ fn counts(text: &str, buckets: u32) -> [BTreeMap<u32, f32>; 2] {
     for (i, w) in ws.iter().enumerate() {
         *word_block.entry(bucket(b"w:", w.as_bytes())).or_default() += 1.0;
         if let Some(next) = ws.get(i + 1) {
-            let pair = format!("{w} {next}");
+            // The bigram "w next", hashed in parts (the same hash as the joined string).
+            let h = fnv1a(&[b"b:", w.as_bytes(), b" ", next.as_bytes()]);
             *word_block
-                .entry(bucket(b"b:", pair.as_bytes()))
+                .entry((h % u64::from(buckets)) as u32)
                 .or_default() += 1.0;
         }
     }
     let mut char_block: BTreeMap<u32, f32> = BTreeMap::new();
     let lower = text.to_lowercase();
+    // One buffer per token: " token " and where each character starts, so a gram of `n`
+    // characters is a byte slice (hashed like the gram's own string, without building it).
+    let mut padded = String::new();
+    let mut starts: Vec<usize> = Vec::new();
     for token in lower.split_whitespace() {
-        let padded: Vec<char> = std::iter::once(' ')
-            .chain(token.chars())
-            .chain(std::iter::once(' '))
-            .collect();
+        padded.clear();
+        padded.push(' ');
+        padded.push_str(token);
+        padded.push(' ');
+        starts.clear();
+        starts.extend(padded.char_indices().map(|(i, _)| i));
+        starts.push(padded.len());
+        let chars = starts.len() - 1;
         for n in 2..=5 {
-            if padded.len() < n {
+            if chars < n {
                 break;
             }
-            for window in padded.windows(n) {
-                let gram: String = window.iter().collect();
-                *char_block
-                    .entry(bucket(b"c:", gram.as_bytes()))
-                    .or_default() += 1.0;
+            for i in 0..=chars - n {
+                let gram = &padded.as_bytes()[starts[i]..starts[i + n]];
+                *char_block.entry(bucket(b"c:", gram)).or_default() += 1.0;
             }
         }
     }

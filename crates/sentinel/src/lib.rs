@@ -16,6 +16,8 @@ mod build;
 #[cfg(feature = "encoder")]
 pub mod cache;
 pub mod calibrated;
+#[cfg(feature = "encoder")]
+pub mod cascade;
 pub mod compare;
 #[cfg(feature = "encoder")]
 pub mod encoder;

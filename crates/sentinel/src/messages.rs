@@ -83,6 +83,11 @@ impl MessageScorer {
         }
     }
 
+    /// The calibrated scorer, when the index has one.
+    pub fn calibrated(&self) -> Option<&CalibratedScorer> {
+        self.calibrated.as_ref().map(|(c, _)| c)
+    }
+
     /// The window aggregator's name.
     pub fn aggregator_name(&self) -> &'static str {
         match &self.calibrated {

@@ -149,3 +149,103 @@ fn a_model_with_nan_weights_is_refused_at_load() {
         "{err}"
     );
 }
+
+/// The cascade's first stage: static token embeddings distilled from the model stay close
+/// enough to the model's own embeddings that each sentence's static embedding is nearest to
+/// its own exact embedding, and the table is cached in the model directory and reused.
+#[test]
+fn static_embeddings_distilled_from_the_model_find_each_sentence_and_are_cached() {
+    use vigil_sentinel::cascade::{STATIC_FILE, StaticEmbeddings};
+    // The model's files linked into a directory of the test's own, where the cache goes.
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "model.safetensors",
+        "sentence_bert_config.json",
+    ] {
+        let src = model_dir().join(name);
+        if src.exists() {
+            std::os::unix::fs::symlink(&src, dir.path().join(name)).unwrap();
+        }
+    }
+    let enc = MiniLmEncoder::load(dir.path()).unwrap();
+    let started = std::sync::atomic::AtomicUsize::new(0);
+    let statics = StaticEmbeddings::load_or_distill(&enc, dir.path(), &|done, total| {
+        started.store(done.max(1), std::sync::atomic::Ordering::Relaxed);
+        assert!(done <= total);
+    })
+    .unwrap();
+    assert!(started.into_inner() > 0, "distilled with progress");
+    assert_eq!(statics.vocab(), 30_522);
+    assert!(
+        dir.path().join(STATIC_FILE).exists(),
+        "cached beside the model"
+    );
+
+    let texts: Vec<String> = [
+        "please send me the six digit code from your phone",
+        "your account will be locked unless you confirm your password",
+        "what time does the football match start tonight",
+        "can you recommend a good pasta recipe for dinner",
+        "translate this paragraph into spanish",
+        "my cat keeps knocking things off the table",
+        "the quarterly report is due on friday",
+        "buy cheap followers now limited offer",
+        "how do i fix a flat bicycle tire",
+        "the weather is lovely at the beach today",
+    ]
+    .map(String::from)
+    .to_vec();
+    let exact = enc.encode(&texts).unwrap();
+    let fixed = statics.embed(&enc, &texts).unwrap();
+    let mut own = 0;
+    for i in 0..texts.len() {
+        let cos = |j: usize| -> f32 {
+            fixed
+                .row(i)
+                .iter()
+                .zip(exact.row(j))
+                .map(|(a, b)| a * b)
+                .sum()
+        };
+        let best = (0..texts.len())
+            .max_by(|&a, &b| cos(a).total_cmp(&cos(b)))
+            .unwrap();
+        own += usize::from(best == i);
+        assert!(cos(i) > 0.3, "{}: cosine {}", texts[i], cos(i));
+    }
+    assert!(
+        own >= 9,
+        "{own} of 10 static embeddings nearest to their own sentence"
+    );
+
+    // Loaded from the cache the second time: the same numbers, no distillation.
+    let again = StaticEmbeddings::load_or_distill(&enc, dir.path(), &|_, _| {
+        panic!("distilled again although the cache is sound")
+    })
+    .unwrap();
+    assert!(again.to_bytes().unwrap() == statics.to_bytes().unwrap());
+    // A cache from another model is noticed (rows differ from the model's) and replaced.
+    let mut other = statics.to_bytes().unwrap();
+    let n = other.len();
+    for b in other[n - 4 * 384 * 2000..].iter_mut() {
+        *b = 0;
+    }
+    std::fs::write(dir.path().join(STATIC_FILE), other).unwrap();
+    let fresh = std::sync::atomic::AtomicBool::new(false);
+    let rebuilt = StaticEmbeddings::load_or_distill(&enc, dir.path(), &|_, _| {
+        fresh.store(true, std::sync::atomic::Ordering::Relaxed);
+    })
+    .unwrap();
+    assert!(fresh.into_inner(), "a stale cache is distilled again");
+    // Distillation runs batches in parallel: the same table up to float rounding.
+    let again = rebuilt.embed(&enc, &texts).unwrap();
+    let off = again
+        .data
+        .iter()
+        .zip(&fixed.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(off < 1e-4, "redistilled embeddings differ by {off}");
+}

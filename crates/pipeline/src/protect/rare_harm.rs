@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vigil_config::Config;
+use vigil_config::{CascadeMode, Config};
 use vigil_monitor::column_text;
+use vigil_sentinel::cascade::{Screen, StaticEmbeddings, cascade_scores};
 use vigil_sentinel::{
     CalibratedScorer, Encoder, Matrix, MessageScorer, MiniLmEncoder, SentinelIndex,
 };
@@ -44,6 +45,27 @@ pub struct RareHarmInfo {
     pub distinct_texts: usize,
     /// Days behind `rare_harm_affinity_window`.
     pub window_days: u32,
+    /// The cascade, when texts were screened before the exact encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cascade: Option<CascadeInfo>,
+}
+
+/// What the cascade did (`run.json`'s `rare_harm.cascade`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CascadeInfo {
+    /// First-stage probability from which a text went to the exact encoder.
+    pub cut: f64,
+    /// Distinct texts the exact encoder scored.
+    pub candidates: usize,
+    /// Of those, the ones with an exact probability of at least 0.5.
+    pub notable_candidates: usize,
+    /// Screened-out texts scored exactly as a check.
+    pub audited: usize,
+    /// Of those, the ones the exact scorer finds notable (missed by the screen).
+    pub audited_notable: usize,
+    /// Estimated share of the notable texts the cascade kept (unset without an audit or
+    /// without notable texts).
+    pub estimated_recall: Option<f64>,
 }
 
 fn sentinel(e: vigil_sentinel::SentinelError) -> PipelineError {
@@ -101,12 +123,82 @@ pub(crate) fn rare_harm(
             })
         })
         .collect();
-    let mut scores = Vec::with_capacity(distinct.len());
-    for chunk in distinct.chunks(CHUNK) {
-        let emb = encoder.encode(chunk).map_err(sentinel)?;
-        scores.extend(scorer.scores(chunk, &emb).map_err(sentinel)?);
-        progress(scores.len(), distinct.len());
-    }
+    let calibrated_index = scorer
+        .calibrated()
+        .filter(|_| index.positive_corpus.is_some());
+    let screen = match (cfg.sentinel.cascade, calibrated_index) {
+        (CascadeMode::Off, _) => None,
+        (CascadeMode::Auto, _) if distinct.len() <= cfg.sentinel.cascade_above => None,
+        (CascadeMode::Auto, None) => {
+            tracing::warn!(
+                "{} distinct texts and an index without a calibrated scorer (or without its \
+                 example texts): every text goes through the exact encoder, which is slow; \
+                 `vigil sentinel calibrate --index {index_location}` makes the cascade possible",
+                distinct.len()
+            );
+            None
+        }
+        (CascadeMode::On, None) => {
+            return Err(PipelineError::Config(format!(
+                "[sentinel] cascade = \"on\" needs an index with a calibrated scorer that \
+                 keeps its example texts; fit one with `vigil sentinel calibrate --index \
+                 {index_location}` or set cascade = \"auto\""
+            )));
+        }
+        (_, Some(c)) => {
+            let t0 = std::time::Instant::now();
+            let statics =
+                StaticEmbeddings::load_or_distill(&encoder, model, &|_, _| {}).map_err(sentinel)?;
+            tracing::debug!(
+                "static embeddings ready in {:.2} s",
+                t0.elapsed().as_secs_f64()
+            );
+            Some((
+                Screen::new(
+                    statics,
+                    &encoder,
+                    &index,
+                    c,
+                    cfg.sentinel.cascade_recall,
+                    cfg.sentinel.cascade_share,
+                )
+                .map_err(sentinel)?,
+                c,
+            ))
+        }
+    };
+    let (scores, cascade) = match &screen {
+        Some((screen, c)) => {
+            let run = cascade_scores(
+                screen,
+                &encoder,
+                c,
+                &distinct,
+                cfg.sentinel.cascade_audit,
+                CHUNK,
+                progress,
+            )
+            .map_err(sentinel)?;
+            let info = CascadeInfo {
+                cut: run.cut,
+                candidates: run.candidates(),
+                notable_candidates: run.candidates_notable,
+                audited: run.audited,
+                audited_notable: run.audited_notable,
+                estimated_recall: run.estimated_recall(),
+            };
+            (run.scores, Some(info))
+        }
+        None => {
+            let mut scores = Vec::with_capacity(distinct.len());
+            for chunk in distinct.chunks(CHUNK) {
+                let emb = encoder.encode(chunk).map_err(sentinel)?;
+                scores.extend(scorer.scores(chunk, &emb).map_err(sentinel)?);
+                progress(scores.len(), distinct.len());
+            }
+            (scores, None)
+        }
+    };
 
     // Messages per user, by day, in time order.
     let mut by_user: HashMap<&str, BTreeMap<&str, Vec<usize>>> = HashMap::new();
@@ -228,6 +320,7 @@ pub(crate) fn rare_harm(
         messages: prompts.len(),
         distinct_texts: distinct.len(),
         window_days: cfg.sentinel.window_days,
+        cascade,
     };
     tracing::info!(
         "rare harm: {} messages ({} distinct) scored with the {} scorer",
@@ -235,5 +328,18 @@ pub(crate) fn rare_harm(
         info.distinct_texts,
         info.scorer
     );
+    if let Some(c) = &info.cascade {
+        tracing::info!(
+            "rare harm cascade: {} of {} distinct texts encoded exactly (first-stage cut {:.3e}); \
+             audit: {} of {} screened-out texts notable; estimated recall {}",
+            c.candidates,
+            info.distinct_texts,
+            c.cut,
+            c.audited_notable,
+            c.audited,
+            c.estimated_recall
+                .map_or_else(|| "n/a".to_string(), |r| format!("{r:.4}"))
+        );
+    }
     Ok((extended, info))
 }
