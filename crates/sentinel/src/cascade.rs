@@ -208,21 +208,42 @@ impl StaticEmbeddings {
     }
 
     /// Each text's static embedding (unit rows; a text without known tokens gets a zero
-    /// row, which every linear model scores at its intercept).
+    /// row, which every linear model scores at its intercept). The tokenizer splits on
+    /// whitespace before anything else and its normalisation is per character, so each
+    /// distinct whitespace-separated chunk is tokenised once and a text's tokens are its
+    /// chunks' tokens (all of them: no truncation).
     pub fn embed(
         &self,
         encoder: &MiniLmEncoder,
         texts: &[String],
     ) -> Result<Matrix, SentinelError> {
-        let ids = encoder.content_token_ids(texts)?;
+        let mut slot: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let mut chunks: Vec<String> = Vec::new();
+        let text_chunks: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| {
+                t.split_whitespace()
+                    .map(|c| {
+                        *slot.entry(c).or_insert_with(|| {
+                            chunks.push(c.to_string());
+                            (chunks.len() - 1) as u32
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let ids = encoder.content_token_ids(&chunks)?;
         let dim = self.dim;
         let mut data = vec![0.0f32; texts.len() * dim];
         data.par_chunks_mut(dim.max(1))
-            .zip(ids.par_iter())
-            .for_each(|(out, ids)| {
-                for row in ids.iter().filter_map(|&t| self.row(t)) {
-                    for (o, x) in out.iter_mut().zip(row) {
-                        *o += x;
+            .zip(text_chunks.par_iter())
+            .for_each(|(out, parts)| {
+                for &c in parts {
+                    let tokens = ids.get(c as usize).map_or(&[][..], |v| &v[..]);
+                    for row in tokens.iter().filter_map(|&t| self.row(t)) {
+                        for (o, x) in out.iter_mut().zip(row) {
+                            *o += x;
+                        }
                     }
                 }
                 let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -216,9 +216,10 @@ impl MiniLmEncoder {
     /// encoding).
     pub fn content_token_ids(&self, texts: &[String]) -> Result<Vec<Vec<u32>>, SentinelError> {
         let stripped: Vec<&str> = texts.iter().map(|t| t.trim()).collect();
+        // Offsets are not needed: the faster batch encoding skips them.
         Ok(self
             .tokenizer
-            .encode_batch(stripped, false)
+            .encode_batch_fast(stripped, false)
             .map_err(|e| SentinelError::Internal(format!("tokenizer: {e}")))?
             .iter()
             .map(|e| e.get_ids().to_vec())

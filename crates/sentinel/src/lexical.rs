@@ -3,8 +3,6 @@
 //! spelling variants and obfuscation such as "st*pid"), each block with sublinear term
 //! frequency, smoothed IDF and unit length.
 
-use std::collections::BTreeMap;
-
 use crate::logistic::SparseRows;
 
 /// Hash buckets (2^18): collisions among a few hundred thousand n-grams are rare enough.
@@ -40,23 +38,34 @@ fn words(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// Term counts of one text per block: (word block, character block), keyed by bucket (in
-/// order, so every float sum over them is reproducible).
-fn counts(text: &str, buckets: u32) -> [BTreeMap<u32, f32>; 2] {
+/// Bucket hits counted: `(bucket, count)` in bucket order.
+fn tally(mut hits: Vec<u32>) -> Vec<(u32, f32)> {
+    hits.sort_unstable();
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(hits.len());
+    for b in hits {
+        match out.last_mut() {
+            Some((last, n)) if *last == b => *n += 1.0,
+            _ => out.push((b, 1.0)),
+        }
+    }
+    out
+}
+
+/// Term counts of one text per block: (word block, character block), in bucket order (so
+/// every float sum over them is reproducible).
+fn counts(text: &str, buckets: u32) -> [Vec<(u32, f32)>; 2] {
     let bucket = |tag: &[u8], gram: &[u8]| (fnv1a(&[tag, gram]) % u64::from(buckets)) as u32;
-    let mut word_block: BTreeMap<u32, f32> = BTreeMap::new();
+    let mut word_block: Vec<u32> = Vec::new();
     let ws = words(text);
     for (i, w) in ws.iter().enumerate() {
-        *word_block.entry(bucket(b"w:", w.as_bytes())).or_default() += 1.0;
+        word_block.push(bucket(b"w:", w.as_bytes()));
         if let Some(next) = ws.get(i + 1) {
             // The bigram "w next", hashed in parts (the same hash as the joined string).
             let h = fnv1a(&[b"b:", w.as_bytes(), b" ", next.as_bytes()]);
-            *word_block
-                .entry((h % u64::from(buckets)) as u32)
-                .or_default() += 1.0;
+            word_block.push((h % u64::from(buckets)) as u32);
         }
     }
-    let mut char_block: BTreeMap<u32, f32> = BTreeMap::new();
+    let mut char_block: Vec<u32> = Vec::new();
     let lower = text.to_lowercase();
     // One buffer per token: " token " and where each character starts, so a gram of `n`
     // characters is a byte slice (hashed like the gram's own string, without building it).
@@ -77,11 +86,11 @@ fn counts(text: &str, buckets: u32) -> [BTreeMap<u32, f32>; 2] {
             }
             for i in 0..=chars - n {
                 let gram = &padded.as_bytes()[starts[i]..starts[i + n]];
-                *char_block.entry(bucket(b"c:", gram)).or_default() += 1.0;
+                char_block.push(bucket(b"c:", gram));
             }
         }
     }
-    [word_block, char_block]
+    [tally(word_block), tally(char_block)]
 }
 
 impl Vocabulary {
@@ -91,8 +100,8 @@ impl Vocabulary {
         let mut df = vec![0u32; buckets as usize];
         for t in texts {
             for block in counts(t, buckets) {
-                for b in block.keys() {
-                    df[*b as usize] += 1;
+                for (b, _) in block {
+                    df[b as usize] += 1;
                 }
             }
         }
@@ -112,8 +121,7 @@ impl Vocabulary {
 
     /// The feature row of one text: each block's `(1 + ln tf) * idf`, scaled to unit length.
     pub fn row(&self, text: &str) -> Vec<(u32, f32)> {
-        let mut out: BTreeMap<u32, f32> = BTreeMap::new();
-        for block in counts(text, self.buckets) {
+        let [words, chars] = counts(text, self.buckets).map(|block| {
             let weighted: Vec<(u32, f32)> = block
                 .into_iter()
                 .map(|(b, tf)| (b, (1.0 + tf.ln()) * self.idf[b as usize]))
@@ -121,13 +129,38 @@ impl Vocabulary {
                 .collect();
             let norm = weighted.iter().map(|(_, v)| v * v).sum::<f32>().sqrt();
             if norm > 0.0 {
-                for (b, v) in weighted {
-                    *out.entry(b).or_default() += v / norm;
+                weighted.into_iter().map(|(b, v)| (b, v / norm)).collect()
+            } else {
+                Vec::new()
+            }
+        });
+        // Merged in bucket order (a bucket both blocks hit gets the word value plus the
+        // character value): sums over a row are the same on every run.
+        let mut out = Vec::with_capacity(words.len() + chars.len());
+        let (mut i, mut j) = (0, 0);
+        while i < words.len() || j < chars.len() {
+            match (words.get(i), chars.get(j)) {
+                (Some(&(a, x)), Some(&(b, y))) if a == b => {
+                    out.push((a, x + y));
+                    i += 1;
+                    j += 1;
                 }
+                (Some(&(a, x)), Some(&(b, _))) if a < b => {
+                    out.push((a, x));
+                    i += 1;
+                }
+                (Some(&(a, x)), None) => {
+                    out.push((a, x));
+                    i += 1;
+                }
+                (_, Some(&(b, y))) => {
+                    out.push((b, y));
+                    j += 1;
+                }
+                (None, None) => break,
             }
         }
-        // In bucket order: sums over a row are the same on every run.
-        out.into_iter().collect()
+        out
     }
 
     /// Feature rows of many texts.
