@@ -1062,6 +1062,20 @@ mod tests {
                 "serve.rare_harm_review_at",
             ),
             ("[serve]\nintake_queue = 0\n", "serve.intake_queue"),
+            (
+                "[sentinel]\ncascade_recall = 0.0\n",
+                "sentinel.cascade_recall",
+            ),
+            (
+                "[sentinel]\ncascade_recall = nan\n",
+                "sentinel.cascade_recall",
+            ),
+            (
+                "[sentinel]\ncascade_share = 1.5\n",
+                "sentinel.cascade_share",
+            ),
+            // An unknown mode is refused by name, not read as `auto`.
+            ("[sentinel]\ncascade = \"always\"\n", "always"),
         ] {
             let err = Config::from_toml_str(toml, Path::new("v.toml")).unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");

@@ -99,6 +99,11 @@ impl StaticEmbeddings {
                 Err(e) => tracing::warn!("{e}; distilling the static embeddings again"),
             }
         }
+        tracing::info!(
+            "distilling static token embeddings from the model (once per model directory, \
+             cached at {})",
+            path.display()
+        );
         let started = std::time::Instant::now();
         let table = Self::distill(encoder, progress)?;
         tracing::info!(
