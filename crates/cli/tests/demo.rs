@@ -83,9 +83,23 @@ fn demo_writes_every_output_of_the_spec() {
     assert!(
         eval.starts_with("model,threshold,test_precision,test_recall,test_f1,test_auc,test_ece\n")
     );
-    // Three models, and the boosted one without the text signal (the demo runs the stage).
-    assert_eq!(eval.lines().count(), 5);
-    assert!(eval.contains("\ngradient_boosting_without_text,"), "{eval}");
+    // Three models, and both kinds without the text signal (the demo runs the stage).
+    assert_eq!(eval.lines().count(), 6);
+    let models: Vec<&str> = eval
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next())
+        .collect();
+    assert_eq!(
+        models,
+        [
+            "logistic_regression",
+            "logistic_regression_without_text",
+            "gradient_boosting",
+            "gradient_boosting_user_split",
+            "gradient_boosting_without_text"
+        ]
+    );
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out().join("run.json")).unwrap()).unwrap();
     assert_eq!(manifest["risk_model"], "gradient_boosting");

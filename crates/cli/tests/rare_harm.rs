@@ -179,19 +179,23 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
         .chain(harmful[..15].iter().map(String::as_str))
         .collect();
     assert_eq!(run["rare_harm"]["distinct_texts"], distinct.len());
-    // The boosted model learnt from the two features, and the bundle names the index.
+    // Both models learnt from the two features, and the bundle names the index.
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("model/manifest.json")).unwrap())
             .unwrap();
-    let boosted: Vec<&str> = manifest["boosted"]["features"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect();
-    assert!(
-        boosted.contains(&"rare_harm_affinity") && boosted.contains(&"rare_harm_affinity_window")
-    );
+    for model in ["boosted", "logistic"] {
+        let features: Vec<&str> = manifest[model]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(
+            features.contains(&"rare_harm_affinity")
+                && features.contains(&"rare_harm_affinity_window"),
+            "{model}: {features:?}"
+        );
+    }
     assert_eq!(manifest["config"]["sentinel"]["index"], s(&index));
 
     // The report has a rare-harm section led by the three users.

@@ -367,6 +367,43 @@ pub fn boosted_eval(
     Ok(evaluate(name, &model.predict(x_gbt), y, &split, t))
 }
 
+/// The logistic regression fitted on the training split, every row's probability, and the
+/// threshold with the best F1 on the training rows.
+fn fit_logistic(
+    x: &Features,
+    y: &[u8],
+    split: &Split,
+    cfg: &DetectionConfig,
+    grid: &[f64],
+) -> Result<(Logistic, Vec<f64>, f64), DetectError> {
+    let lr = Logistic::fit(
+        x,
+        y,
+        &split.train,
+        cfg.logistic_c,
+        cfg.balanced_class_weights,
+    )?;
+    let probs = lr.predict(x);
+    let train_p: Vec<f64> = split.train.iter().map(|&i| probs[i]).collect();
+    let train_y: Vec<u8> = split.train.iter().map(|&i| y[i]).collect();
+    let t = best_f1_threshold(&train_p, &train_y, grid);
+    Ok((lr, probs, t))
+}
+
+/// The logistic regression fitted and evaluated exactly as [`detect`] does (same split,
+/// penalty and threshold rule) on other columns, reported under `name`.
+pub fn logistic_eval(
+    x: &Features,
+    y: &[u8],
+    cfg: &DetectionConfig,
+    name: &str,
+) -> Result<ModelEval, DetectError> {
+    let split = stratified_split(y, cfg.test_size, cfg.seed)?;
+    let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
+    let (_, probs, t) = fit_logistic(x, y, &split, cfg, &grid)?;
+    Ok(evaluate(name, &probs, y, &split, t))
+}
+
 /// The boosting settings of `cfg`.
 fn gbt_params(cfg: &DetectionConfig) -> GbtParams {
     GbtParams {
@@ -424,19 +461,9 @@ pub fn detect(
         progress("gradient boosting on a user-grouped split");
     }
     let logistic = || -> Result<_, DetectError> {
-        let lr = Logistic::fit(
-            x,
-            y,
-            &split.train,
-            cfg.logistic_c,
-            cfg.balanced_class_weights,
-        )?;
-        let lr_probs = lr.predict(x);
-        let train_p: Vec<f64> = split.train.iter().map(|&i| lr_probs[i]).collect();
-        let train_y: Vec<u8> = split.train.iter().map(|&i| y[i]).collect();
-        let lr_t = best_f1_threshold(&train_p, &train_y, &grid);
+        let fitted = fit_logistic(x, y, &split, cfg, &grid)?;
         tracing::debug!("logistic regression fitted, scored and thresholded");
-        Ok((lr, lr_probs, lr_t))
+        Ok(fitted)
     };
     let boosted = || -> Result<_, DetectError> {
         let (gbt, gbt_t) = fit_boosted(x_gbt, y, &split, cfg, &grid)?;

@@ -480,12 +480,14 @@ pub fn run(
         Models::Fit
             if opts.config.sentinel.index.is_some() && opts.config.sentinel.model_features =>
         {
-            // The boosted model learns from the rare-harm features too, and with
-            // `review_at` a rule put first escalates the user-days the signal queued.
+            // Both models learn from the rare-harm features too, and with `review_at` a
+            // rule put first escalates the user-days the signal queued.
             let mut c = opts.config.clone();
             for f in protect::RARE_HARM_FEATURES {
-                if !c.detection.gbt_features.iter().any(|g| g == f) {
-                    c.detection.gbt_features.push(f.to_string());
+                for list in [&mut c.detection.gbt_features, &mut c.detection.features] {
+                    if !list.iter().any(|g| g == f) {
+                        list.push(f.to_string());
+                    }
                 }
             }
             if c.sentinel.review_at.is_some()

@@ -288,6 +288,38 @@ pub(crate) fn detection(
                     "gradient_boosting_without_text",
                 )?);
             }
+            // The same for the logistic regression.
+            let lr_text: Vec<usize> = lr_features
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| crate::protect::RARE_HARM_FEATURES.contains(&f.as_str()))
+                .map(|(j, _)| j)
+                .collect();
+            if let Some(f) = fitted.as_mut()
+                && !lr_text.is_empty()
+                && lr_text.len() < x.d()
+            {
+                let without = Features::new(
+                    n,
+                    (0..x.d())
+                        .filter(|j| !lr_text.contains(j))
+                        .map(|j| Cow::Borrowed(x.col(j)))
+                        .collect(),
+                )?;
+                let eval = vigil_detect::logistic_eval(
+                    &without,
+                    &y,
+                    d,
+                    "logistic_regression_without_text",
+                )?;
+                // Beside the model with the text signal, before the boosted rows.
+                let at = f
+                    .evals
+                    .iter()
+                    .position(|e| e.model == "logistic_regression")
+                    .map_or(f.evals.len(), |i| i + 1);
+                f.evals.insert(at, eval);
+            }
             let manifest = crate::bundle::Manifest {
                 format: crate::bundle::FORMAT.into(),
                 format_version: crate::bundle::FORMAT_VERSION,
