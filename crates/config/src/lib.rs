@@ -122,7 +122,9 @@ pub struct SentinelConfig {
     /// `rare_harm`, priority at least `affinity / (2 * review_at)`) and, by a rule put
     /// first in the policy, suggested `escalate` (reason `rare_harm_affinity`). In the
     /// scorer's units: with a calibrated index and `expected_count`, 1.0 is one expected
-    /// harmful message. Unset: none of this. Applies with `model_features`.
+    /// harmful message, and the default 0.9 sits below it so that one message the scorer is
+    /// sure of (probability ~1, expected count 1 - 1e-12) is not left out by rounding.
+    /// Unset: none of this. Applies with `model_features`.
     pub review_at: Option<f64>,
     /// Whether distinct texts are screened first with static token embeddings distilled
     /// from the encoder, so that only candidates reach the exact encoder: `auto` (above
@@ -160,7 +162,7 @@ impl Default for SentinelConfig {
             window_days: 7,
             top_messages: 100,
             model_features: true,
-            review_at: Some(1.0),
+            review_at: Some(0.9),
             cascade: CascadeMode::Auto,
             cascade_above: 20_000,
             cascade_recall: 0.995,

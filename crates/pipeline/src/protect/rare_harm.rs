@@ -343,3 +343,26 @@ pub(crate) fn rare_harm(
     }
     Ok((extended, info))
 }
+
+#[cfg(test)]
+mod tests {
+    use vigil_sentinel::GroupAggregator;
+    use vigil_sentinel::calibrated::DEFAULT_BASE_RATE;
+
+    /// Regression: with `review_at = 1.0` a user whose one harmful message the scorer was
+    /// sure of (probability 1 - 1e-9) summed to an expected count of 0.99999999999 and was
+    /// not flagged, while one a hair more certain was. The default sits below one message.
+    #[test]
+    fn one_message_the_scorer_is_sure_of_reaches_the_default_review_at() {
+        let review_at = vigil_config::SentinelConfig::default()
+            .review_at
+            .unwrap_or(f64::INFINITY);
+        let prior = 45.0 / 246.0; // the demo index's share of harmful examples
+        let count = |p: &[f64]| GroupAggregator::ExpectedCount.apply(p, prior, DEFAULT_BASE_RATE);
+        let sure = count(&[1.0 - 1e-9]);
+        assert!(sure < 1.0, "{sure}");
+        assert!(sure >= review_at, "{sure} < {review_at}");
+        // Ordinary messages stay far below it, even many of them.
+        assert!(count(&[0.001; 50]) < 0.1 * review_at);
+    }
+}
