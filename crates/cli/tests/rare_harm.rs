@@ -276,29 +276,28 @@ fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_sco
     );
 }
 
+/// A realistic world generated into `d` (`events.csv` with `args`) and the index `vigil demo`
+/// builds: every other rare line (half the rare lines the users write are unseen) and the
+/// ordinary lines, each with two slip-typed copies. Returns (index, events).
+fn realistic_world(d: &Path, args: &[&str]) -> (PathBuf, PathBuf) {
+    let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
+    let index = build_index(d, &positives, &negatives);
+    let events = d.join("events.csv");
+    let mut cmd = vec!["generate", "--scenario", "realistic"];
+    cmd.extend_from_slice(args);
+    cmd.extend(["--end", "2026-02-15T05:26:38Z", "--out", s(&events)]);
+    ok(&cmd);
+    (index, events)
+}
+
 /// The cascade against the exact scorer on the same events: the highest-scored messages (all
 /// of them scored exactly in both runs) and the user-days the text flags are the same.
 #[test]
 fn the_cascade_keeps_what_the_exact_scorer_ranks_highest() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
-    let index = build_index(d, &positives, &negatives);
+    let (index, events) = realistic_world(d, &["--events", "40000", "--seed", "7"]);
     let m = model();
-    let events = d.join("events.csv");
-    ok(&[
-        "generate",
-        "--scenario",
-        "realistic",
-        "--events",
-        "40000",
-        "--seed",
-        "7",
-        "--end",
-        "2026-02-15T05:26:38Z",
-        "--out",
-        s(&events),
-    ]);
     let mut outs = Vec::new();
     for mode in ["on", "off"] {
         let cfg = d.join(format!("{mode}.toml"));
@@ -378,27 +377,9 @@ fn the_cascade_keeps_what_the_exact_scorer_ranks_highest() {
 fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_misses() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // The index as `vigil demo` builds it: every other rare line (half the rare lines the
-    // users write are unseen) and the ordinary lines, each with two slip-typed copies.
-    let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
-    let index = build_index(d, &positives, &negatives);
+    let (index, events) =
+        realistic_world(d, &["--events", "200000", "--rings", "8", "--seed", "42"]);
     let m = model();
-    let events = d.join("events.csv");
-    ok(&[
-        "generate",
-        "--scenario",
-        "realistic",
-        "--events",
-        "200000",
-        "--rings",
-        "8",
-        "--seed",
-        "42",
-        "--end",
-        "2026-02-15T05:26:38Z",
-        "--out",
-        s(&events),
-    ]);
     let truth = csv_rows(&d.join("ground_truth.csv"));
     let rare_users: std::collections::HashSet<String> = truth
         .iter()

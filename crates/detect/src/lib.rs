@@ -361,10 +361,16 @@ pub fn boosted_eval(
     cfg: &DetectionConfig,
     name: &str,
 ) -> Result<ModelEval, DetectError> {
-    let split = stratified_split(y, cfg.test_size, cfg.seed)?;
-    let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
+    let (split, grid) = split_and_grid(y, cfg)?;
     let (model, t) = fit_boosted(x_gbt, y, &split, cfg, &grid)?;
     Ok(evaluate(name, &model.predict(x_gbt), y, &split, t))
+}
+
+/// The configured stratified split and threshold grid (what every evaluation shares).
+fn split_and_grid(y: &[u8], cfg: &DetectionConfig) -> Result<(Split, Vec<f64>), DetectError> {
+    let split = stratified_split(y, cfg.test_size, cfg.seed)?;
+    let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
+    Ok((split, grid))
 }
 
 /// The logistic regression fitted on the training split, every row's probability, and the
@@ -398,8 +404,7 @@ pub fn logistic_eval(
     cfg: &DetectionConfig,
     name: &str,
 ) -> Result<ModelEval, DetectError> {
-    let split = stratified_split(y, cfg.test_size, cfg.seed)?;
-    let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
+    let (split, grid) = split_and_grid(y, cfg)?;
     let (_, probs, t) = fit_logistic(x, y, &split, cfg, &grid)?;
     Ok(evaluate(name, &probs, y, &split, t))
 }
@@ -449,8 +454,7 @@ pub fn detect(
     cfg: &DetectionConfig,
     progress: &dyn Fn(&str),
 ) -> Result<Detection, DetectError> {
-    let split = stratified_split(y, cfg.test_size, cfg.seed)?;
-    let grid = metrics::threshold_grid(cfg.threshold_start, cfg.threshold_end, cfg.threshold_step);
+    let (split, grid) = split_and_grid(y, cfg)?;
 
     let params = gbt_params(cfg);
     // The three fits are independent; each is parallel inside but has serial stretches

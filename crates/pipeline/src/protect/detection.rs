@@ -95,6 +95,29 @@ fn number_users(users: &Strings) -> (Vec<u32>, UserIds<'_>) {
     (groups, ids)
 }
 
+/// `x` (columns named by `names`) without the rare-harm columns; `None` when it has none of
+/// them or nothing else.
+fn without_text<'a>(
+    x: &'a Features<'_>,
+    names: &[String],
+    n: usize,
+) -> Result<Option<Features<'a>>, PipelineError> {
+    let keep: Vec<usize> = (0..x.d())
+        .filter(|&j| {
+            !names
+                .get(j)
+                .is_some_and(|f| crate::protect::RARE_HARM_FEATURES.contains(&f.as_str()))
+        })
+        .collect();
+    if keep.len() == x.d() || keep.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Features::new(
+        n,
+        keep.iter().map(|&j| Cow::Borrowed(x.col(j))).collect(),
+    )?))
+}
+
 /// How detection gets its model.
 pub(crate) enum DetectWith<'b> {
     /// Fit every model on these rows (`vigil run`); the fitted bundle is returned.
@@ -263,62 +286,31 @@ pub(crate) fn detection(
                 }
                 Err(e) => return Err(PipelineError::Detect(e)),
             };
-            // With the rare-harm features, the same boosted model without them, for an
-            // honest comparison in model_eval.csv.
-            let text: Vec<usize> = gbt_features
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| crate::protect::RARE_HARM_FEATURES.contains(&f.as_str()))
-                .map(|(j, _)| j)
-                .collect();
-            if let Some(f) = fitted.as_mut()
-                && !text.is_empty()
-            {
-                let without = Features::new(
-                    n,
-                    (0..x_gbt.d())
-                        .filter(|j| !text.contains(j))
-                        .map(|j| Cow::Borrowed(x_gbt.col(j)))
-                        .collect(),
-                )?;
-                f.evals.push(vigil_detect::boosted_eval(
-                    &without,
-                    &y,
-                    d,
-                    "gradient_boosting_without_text",
-                )?);
-            }
-            // The same for the logistic regression.
-            let lr_text: Vec<usize> = lr_features
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| crate::protect::RARE_HARM_FEATURES.contains(&f.as_str()))
-                .map(|(j, _)| j)
-                .collect();
-            if let Some(f) = fitted.as_mut()
-                && !lr_text.is_empty()
-                && lr_text.len() < x.d()
-            {
-                let without = Features::new(
-                    n,
-                    (0..x.d())
-                        .filter(|j| !lr_text.contains(j))
-                        .map(|j| Cow::Borrowed(x.col(j)))
-                        .collect(),
-                )?;
-                let eval = vigil_detect::logistic_eval(
-                    &without,
-                    &y,
-                    d,
-                    "logistic_regression_without_text",
-                )?;
-                // Beside the model with the text signal, before the boosted rows.
-                let at = f
-                    .evals
-                    .iter()
-                    .position(|e| e.model == "logistic_regression")
-                    .map_or(f.evals.len(), |i| i + 1);
-                f.evals.insert(at, eval);
+            // With the rare-harm features, the same models without them, for an honest
+            // comparison in model_eval.csv (each beside its model with the text signal).
+            if let Some(f) = fitted.as_mut() {
+                if let Some(without) = without_text(x, &lr_features, n)? {
+                    let eval = vigil_detect::logistic_eval(
+                        &without,
+                        &y,
+                        d,
+                        "logistic_regression_without_text",
+                    )?;
+                    let at = f
+                        .evals
+                        .iter()
+                        .position(|e| e.model == "logistic_regression")
+                        .map_or(f.evals.len(), |i| i + 1);
+                    f.evals.insert(at, eval);
+                }
+                if let Some(without) = without_text(x_gbt, &gbt_features, n)? {
+                    f.evals.push(vigil_detect::boosted_eval(
+                        &without,
+                        &y,
+                        d,
+                        "gradient_boosting_without_text",
+                    )?);
+                }
             }
             let manifest = crate::bundle::Manifest {
                 format: crate::bundle::FORMAT.into(),
