@@ -38,7 +38,7 @@ const SPOT_TOLERANCE: f32 = 1e-3;
 pub const NOTABLE: f64 = 0.5;
 
 /// Static token embeddings: one unit row per vocabulary entry.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct StaticEmbeddings {
     table: Vec<f32>,
     vocab: usize,
