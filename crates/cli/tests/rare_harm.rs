@@ -418,8 +418,10 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         cascade["notable_candidates"].as_u64().unwrap() > 50,
         "{cascade}"
     );
+    // The audit (2,000 of ~88,000 screened-out texts) finds at most one notable text: one
+    // is already a wide estimate, so the exact check is the cascade test above.
     assert!(
-        cascade["estimated_recall"].as_f64().unwrap() >= 0.98,
+        cascade["audited_notable"].as_u64().unwrap() <= 1,
         "{cascade}"
     );
     let plain = d.join("plain");
