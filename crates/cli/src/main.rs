@@ -129,7 +129,7 @@ enum Command {
     Sql(SqlArgs),
     /// Sentinel rare-harm detection: embed texts, build an index, score groups, tune settings.
     #[command(
-        after_help = "Examples:\n  ./scripts/fetch-model.sh\n  vigil sentinel build --model models/all-MiniLM-L6-v2 --positives harmful.txt --negatives ordinary.txt --out my-index\n  vigil sentinel score --index my-index --model models/all-MiniLM-L6-v2 --input groups.jsonl --explain\n  vigil sentinel eval --index s3://bucket/my-index --groups labelled.jsonl\n  vigil sentinel sweep --index my-index --groups labelled.jsonl --n-positive 100,500 --ratios 1,5 --format csv"
+        after_help = "Examples:\n  ./scripts/fetch-model.sh\n  vigil sentinel build --model models/all-MiniLM-L6-v2 --positives harmful.txt --negatives ordinary.txt --out my-index\n  vigil sentinel score --index my-index --model models/all-MiniLM-L6-v2 --input groups.jsonl --explain\n  vigil sentinel eval --index s3://bucket/my-index --groups labelled.jsonl\n  vigil sentinel sweep --index my-index --groups labelled.jsonl --n-positive 100,500 --ratios 1,5 --format csv\n  vigil sentinel distill --model models/all-MiniLM-L6-v2   # the cascade's static embeddings, once"
     )]
     Sentinel {
         #[command(subcommand)]

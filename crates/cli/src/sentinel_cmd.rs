@@ -36,6 +36,18 @@ pub(crate) enum SentinelCommand {
     /// Fit the calibrated scorer of an existing index from its own examples and store it
     /// beside the index (two files the reference library ignores).
     Calibrate(CalibrateArgs),
+    /// Distil the rare-harm cascade's static token embeddings from the model, once, into the
+    /// model directory (`vigil run` does it on first use; this prepares a directory that
+    /// will be read-only later).
+    Distill(DistillArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct DistillArgs {
+    /// A sentence-transformers model directory (written to) [env: VIGIL_MODEL; default:
+    /// models/all-MiniLM-L6-v2].
+    #[arg(long, env = "VIGIL_MODEL")]
+    model: Option<PathBuf>,
 }
 
 /// Which scorer `vigil sentinel score` uses.
@@ -444,6 +456,41 @@ fn read_jsonl(path: &Path) -> Result<Vec<(usize, serde_json::Value)>> {
         .collect()
 }
 
+/// `vigil sentinel distill`: the static table made (or found sound) and written beside the
+/// model; an unwritable directory is an error here, not a warning.
+fn distill(a: &DistillArgs) -> Result<()> {
+    use vigil_sentinel::cascade::{STATIC_FILE, StaticEmbeddings};
+    let dir = a
+        .model
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("models/all-MiniLM-L6-v2"));
+    if !dir.join("model.safetensors").exists() {
+        bail!("no model at {}: {MODEL_HELP}", dir.display());
+    }
+    let enc = MiniLmEncoder::load(&dir)?;
+    let pb = bar(enc.vocab_size(), "distilling");
+    let table = StaticEmbeddings::load_or_distill(&enc, &dir, &|done, _| {
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    let path = dir.join(STATIC_FILE);
+    let stored = std::fs::read(&path)
+        .ok()
+        .and_then(|b| StaticEmbeddings::from_bytes(&b, &path).ok());
+    if stored.as_ref() != Some(&table) {
+        bail!(
+            "could not write {} (is the model directory writable?)",
+            path.display()
+        );
+    }
+    eprintln!(
+        "static token embeddings for {} tokens at {}",
+        table.vocab(),
+        path.display()
+    );
+    Ok(())
+}
+
 fn bar(total: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(total as u64);
     pb.set_style(
@@ -533,6 +580,7 @@ pub(crate) fn run(cmd: SentinelCommand) -> Result<()> {
             let idx = SentinelIndex::load_from(&a.index, None, None)?;
             calibrate(&idx, &a.index, a.seed)?;
         }
+        SentinelCommand::Distill(a) => distill(&a)?,
         SentinelCommand::Score(a) => score(a)?,
         SentinelCommand::Eval(a) => {
             let index = SentinelIndex::load_from(&a.index, None, None)?;

@@ -519,3 +519,61 @@ fn calibrated_scorer_beats_the_reference_on_held_out_real_insults() {
     );
     assert!(lo <= calibrated && calibrated <= hi && hi - lo < calibrated - best_reference);
 }
+
+/// `vigil sentinel distill` writes the cascade's static embeddings into the model directory
+/// once (a second call finds them sound and keeps them), and a table it cannot write is an
+/// error, not a silent success.
+#[test]
+fn distill_writes_the_static_table_beside_the_model_and_fails_when_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let linked = dir.path().join("model");
+    std::fs::create_dir(&linked).unwrap();
+    for entry in std::fs::read_dir(model()).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if entry.file_type().unwrap().is_file() && name != "vigil_static_embeddings.safetensors" {
+            std::os::unix::fs::symlink(entry.path(), linked.join(&name)).unwrap();
+        }
+    }
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(args)
+            .env_remove("VIGIL_MODEL")
+            .output()
+            .unwrap()
+    };
+    let m = linked.to_str().unwrap();
+    let o = run(&["sentinel", "distill", "--model", m]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("static token embeddings for 30522 tokens"),
+        "{err}"
+    );
+    let table = linked.join("vigil_static_embeddings.safetensors");
+    let written = std::fs::metadata(&table).unwrap().modified().unwrap();
+    let o = run(&["sentinel", "distill", "--model", m]);
+    assert!(o.status.success());
+    assert_eq!(
+        std::fs::metadata(&table).unwrap().modified().unwrap(),
+        written,
+        "a sound table is kept, not rewritten"
+    );
+
+    // A table that cannot be written (a directory stands where the file goes, which even
+    // root cannot rename over): the command fails and says why.
+    let blocked = dir.path().join("blocked");
+    std::fs::create_dir(&blocked).unwrap();
+    for entry in std::fs::read_dir(&linked).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "vigil_static_embeddings.safetensors" {
+            let target = std::fs::read_link(entry.path()).unwrap();
+            std::os::unix::fs::symlink(target, blocked.join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir(blocked.join("vigil_static_embeddings.safetensors")).unwrap();
+    let o = run(&["sentinel", "distill", "--model", blocked.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("could not write"), "{err}");
+}
