@@ -437,12 +437,12 @@ pub fn cascade_scores(
             for (&i, p) in part.iter().zip(p) {
                 notable += usize::from(p >= NOTABLE);
                 if !keep && p >= NOTABLE {
-                    let above = scores.iter().filter(|&&s| s > scores[i]).count();
+                    let above = first.iter().filter(|&&s| s > first[i]).count();
                     tracing::debug!(
                         "cascade audit: a notable text (exact {p:.3}) screened out at {:.4}, \
-                         rank {above} of {}",
-                        scores[i],
-                        scores.len()
+                         first-stage rank {above} of {}",
+                        first[i],
+                        first.len()
                     );
                 }
                 if keep {
