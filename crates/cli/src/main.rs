@@ -580,23 +580,23 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         sentinel_index: index.clone(),
         sentinel_model: Some(model.clone()),
     };
-    let mut cfg = load_config(&target.opts)?;
-    if a.serve.is_some() && index.is_some() {
-        // The live service does not compute the rare-harm features yet: the served model
-        // learns without them; it shows each user's rare-harm affinity from the same index.
-        cfg.sentinel.model_features = false;
-    }
+    let cfg = load_config(&target.opts)?;
     run_stages(&target.options(cfg, vigil_pipeline::Models::Fit))?;
     if let Some(listen) = a.serve {
         let sentinel = index.map(|i| (i, model));
         return serve_cmd::serve_demo(&a.out.join("data"), &a.out.join("model"), listen, sentinel);
     }
     let out = a.out.display();
+    // The served bundle scores messages with its index and this encoder.
+    let encoder = match (&index, a.sentinel_model.is_some()) {
+        (Some(_), true) => format!(" --sentinel-model {}", model.display()),
+        _ => String::new(),
+    };
     eprintln!(
         "live service and reviewer console on this data and model:\n  \
          vigil user add admin --data {out}/data --role admin   # prints a password once\n  \
          vigil token create --data {out}/data --scope admin    # API token, printed once\n  \
-         vigil serve --data {out}/data --model {out}/model    # console: http://127.0.0.1:8080/\n\
+         vigil serve --data {out}/data --model {out}/model{encoder}    # console: http://127.0.0.1:8080/\n\
          (or `vigil demo --serve`: the demo, then the console with an admin login printed)"
     );
     Ok(())

@@ -100,7 +100,26 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
             a.listen
         );
     }
-    let rare_harm = a.sentinel.options(&config);
+    let mut sentinel = a.sentinel;
+    if sentinel.sentinel_index.is_none() {
+        // A bundle that learned from the rare-harm features brings its index along.
+        let model = match &a.model {
+            Some(m) => Some(m.clone()),
+            None => vigil_serve::find_bundle(&a.data).ok(),
+        };
+        if let Some(m) = model
+            && let Ok(b) = vigil_pipeline::ModelBundle::load(&m)
+            && b.manifest.learns_rare_harm()
+            && let Some(index) = b.manifest.rare_harm.as_ref().map(|r| r.index.clone())
+        {
+            tracing::info!(
+                "the model bundle learned from the rare-harm features: scoring messages with \
+                 the index it was trained with, {index} (--sentinel-index to name another)"
+            );
+            sentinel.sentinel_index = Some(index);
+        }
+    }
+    let rare_harm = sentinel.options(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1599,3 +1599,220 @@ fn a_vigil_ingest_beside_the_running_service_stores_every_event_once() {
     );
     assert_eq!(stdout.lines().nth(1), Some("3000,3000"), "{stdout}");
 }
+
+/// `vigil serve` of a bundle with the index it was trained with, taken from the bundle
+/// (only the encoder named).
+fn start_bundle_index(data: &Path, model: &Path, encoder: &Path, config: Option<&Path>) -> Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    cmd.env("VIGIL_AUDIT_KEY", common::test_audit_key());
+    cmd.args(["serve", "--data", s(data), "--model", s(model)])
+        .args(["--listen", "127.0.0.1:0", "--sentinel-model", s(encoder)])
+        .stderr(Stdio::inherit());
+    if let Some(c) = config {
+        cmd.args(["--config", s(c)]);
+    }
+    Server::spawned(cmd)
+}
+
+/// A bundle whose models learned from the rare-harm features, trained through the cascade
+/// as `vigil demo`'s is: served, every user-day's rare-harm features, risk, flags and action
+/// equal the batch run's; `vigil score` of the bundle on the same events reproduces the run;
+/// and with the default `serve.state_days` the service keeps the window's days itself.
+#[test]
+fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
+    std::fs::write(d.join("pos.txt"), positives.join("\n")).unwrap();
+    std::fs::write(d.join("neg.txt"), negatives.join("\n")).unwrap();
+    let m = common::model();
+    let index = d.join("idx");
+    ok(&[
+        "sentinel",
+        "build",
+        "--model",
+        s(&m),
+        "--positives",
+        s(&d.join("pos.txt")),
+        "--negatives",
+        s(&d.join("neg.txt")),
+        "--out",
+        s(&index),
+    ]);
+    let input = d.join("events.csv");
+    ok(&[
+        "generate",
+        "--scenario",
+        "realistic",
+        "--events",
+        "20000",
+        "--seed",
+        "3",
+        "--end",
+        "2026-02-15T05:26:38Z",
+        "--out",
+        s(&input),
+    ]);
+    let run_cfg = d.join("cascade.toml");
+    std::fs::write(&run_cfg, "[sentinel]\ncascade = \"on\"\n").unwrap();
+    let run = d.join("run");
+    ok(&[
+        "run",
+        "--config",
+        s(&run_cfg),
+        "--input",
+        s(&input),
+        "--out",
+        s(&run),
+        "--sentinel-index",
+        s(&index),
+        "--sentinel-model",
+        s(&m),
+    ]);
+    let model = run.join("model");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("manifest.json")).unwrap()).unwrap();
+    let cut = manifest["rare_harm"]["cascade"]["cut"].as_f64();
+    assert!(
+        cut.is_some_and(|c| c > 0.0 && c < 1.0),
+        "{}",
+        manifest["rare_harm"]
+    );
+    assert!(
+        manifest["boosted"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "rare_harm_affinity_window")
+    );
+    // The bundle applied to the same events (its cut, its index): the run's scores.
+    let scored = d.join("scored");
+    ok(&[
+        "score",
+        "--model",
+        s(&model),
+        "--input",
+        s(&input),
+        "--out",
+        s(&scored),
+        "--sentinel-model",
+        s(&m),
+    ]);
+    for f in ["user_day_scored.csv", "user_day_features.csv"] {
+        assert_eq!(
+            std::fs::read_to_string(run.join(f)).unwrap(),
+            std::fs::read_to_string(scored.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+
+    let data = d.join("live");
+    let ingest = token(&data, "ingest");
+    let read = token(&data, "read");
+    let cfg = write_config(d, "state_days = 60");
+    let server = start_bundle_index(&data, &model, &m, Some(&cfg));
+    let rows = csv_rows(&input);
+    for batch in rows.chunks(700) {
+        let events: Vec<serde_json::Value> = batch.iter().map(event_json).collect();
+        for r in server.events(&ingest, &events) {
+            assert_eq!(r["status"], "accepted", "{r}");
+        }
+    }
+    let features = csv_rows(&run.join("user_day_features.csv"));
+    let batch: HashMap<(String, String), HashMap<String, String>> =
+        csv_rows(&run.join("user_day_scored.csv"))
+            .into_iter()
+            .map(|r| ((r["user_id"].clone(), r["day"].clone()), r))
+            .collect();
+    let actions: HashMap<(String, String), String> = csv_rows(&run.join("enforcement_actions.csv"))
+        .iter()
+        .map(|r| {
+            (
+                (r["user_id"].clone(), r["day"].clone()),
+                r["suggested_action"].clone(),
+            )
+        })
+        .collect();
+    let rare_queued: Vec<(String, String)> = csv_rows(&run.join("review_queue.csv"))
+        .iter()
+        .filter(|r| r["flag_rare_harm"] == "1")
+        .map(|r| (r["user_id"].clone(), r["day"].clone()))
+        .collect();
+    assert!(
+        !rare_queued.is_empty(),
+        "the test world flags no rare-harm user-day"
+    );
+    let mut users: HashMap<String, serde_json::Value> = HashMap::new();
+    let (mut compared, mut positive) = (0, 0);
+    let day_of = |view: &serde_json::Value, day: &str| -> serde_json::Value {
+        view["days"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["day"] == day)
+            .cloned()
+            .unwrap_or_else(|| panic!("the service lacks {day}: {view}"))
+    };
+    for f in &features {
+        let user = &f["user_id"];
+        let view = users.entry(user.clone()).or_insert_with(|| {
+            let (st, text) = server.get(&format!("/v1/users/{user}"), Some(&read));
+            assert_eq!(st, 200, "{text}");
+            serde_json::from_str(&text).unwrap()
+        });
+        let day = day_of(view, &f["day"]);
+        let key = (user.clone(), f["day"].clone());
+        for col in ["rare_harm_affinity", "rare_harm_affinity_window"] {
+            let want: f64 = f[col].parse().unwrap();
+            let got = day["features"][col].as_f64().unwrap();
+            assert!(
+                close(got, want),
+                "{key:?} {col}: live {got}, batch {want}\n{view}\n{:?}",
+                features
+                    .iter()
+                    .filter(|g| &g["user_id"] == user)
+                    .collect::<Vec<_>>()
+            );
+            positive += usize::from(want > 0.5);
+        }
+        let want: f64 = batch[&key]["risk_score"].parse().unwrap();
+        let got = day["score"]["risk"].as_f64().unwrap();
+        assert!(close(got, want), "{key:?}: live risk {got}, batch {want}");
+        if rare_queued.contains(&key) {
+            assert_eq!(day["score"]["needs_review"], true, "{key:?}: {day}");
+        }
+        if let Some(action) = actions.get(&key) {
+            assert_eq!(day["score"]["action"], action.as_str(), "{key:?}");
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, batch.len());
+    assert!(positive > 0, "no user-day with a notable affinity");
+    assert!(server.stop().success());
+
+    // Restarted without a configuration (serve.state_days = 2): the state rebuilt from the
+    // dataset keeps the rare-harm window's 7 days, so the newest day of each user scores
+    // as in the batch.
+    let server = start_bundle_index(&data, &model, &m, None);
+    let newest = features.iter().map(|f| f["day"].clone()).max().unwrap();
+    let mut checked = 0;
+    for f in features.iter().filter(|f| f["day"] == newest).take(40) {
+        let (st, text) = server.get(&format!("/v1/users/{}", f["user_id"]), Some(&read));
+        assert_eq!(st, 200, "{text}");
+        let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(view["days"].as_array().unwrap().len() <= 7, "{view}");
+        let day = day_of(&view, &newest);
+        let want: f64 = f["rare_harm_affinity_window"].parse().unwrap();
+        let got = day["features"]["rare_harm_affinity_window"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            close(got, want),
+            "{}: live {got}, batch {want}",
+            f["user_id"]
+        );
+        checked += 1;
+    }
+    assert!(checked > 10, "{checked}");
+    assert!(server.stop().success());
+}

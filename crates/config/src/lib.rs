@@ -114,9 +114,8 @@ pub struct SentinelConfig {
     /// How many of the highest-scored messages `rare_harm_messages.csv` lists, each with its
     /// nearest harmful examples.
     pub top_messages: usize,
-    /// Whether the boosted model learns from the two rare-harm features (false: the stage
-    /// still scores, reports and writes them, and the bundle stays servable live, which
-    /// does not compute them yet).
+    /// Whether the models learn from the two rare-harm features (false: the stage still
+    /// scores, reports and writes them, but the models, queue and policy do not use them).
     pub model_features: bool,
     /// A user-day whose `rare_harm_affinity_window` reaches this is queued (flag
     /// `rare_harm`, priority at least `affinity / (2 * review_at)`) and, by a rule put

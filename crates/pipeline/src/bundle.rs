@@ -164,6 +164,25 @@ pub struct Manifest {
     pub evaluation: Vec<ModelEval>,
     /// SHA-256 (hex) of every other file of the bundle.
     pub files: std::collections::BTreeMap<String, String>,
+    /// The rare-harm stage the models learned from, when they did: its index, scorer,
+    /// aggregator, window and (through the cascade) the cut that `vigil score` and the live
+    /// service apply so that a text scores as it did in training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rare_harm: Option<crate::RareHarmInfo>,
+}
+
+impl Manifest {
+    /// Whether a model learned from the rare-harm stage's features (so applying the bundle
+    /// needs the stage, with the same index and cut).
+    pub fn learns_rare_harm(&self) -> bool {
+        let lr = self.logistic.as_ref().map(|l| &l.features);
+        let gbt = self.boosted.as_ref().map(|b| &b.features);
+        [lr, gbt]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|c| crate::RARE_HARM_FEATURES.contains(&c.as_str()))
+    }
 }
 
 /// A loaded (or freshly fitted) bundle: the manifest and the trees.
@@ -783,6 +802,7 @@ mod tests {
             },
             evaluation: Vec::new(),
             files: Default::default(),
+            rare_harm: None,
         };
         let fields: Vec<Field> = names
             .iter()

@@ -606,15 +606,22 @@ pub fn run(
             let tick = |done: usize, total: usize| {
                 progress(Progress::Messages { done, total });
             };
-            let (f, info) = protect::rare_harm(
-                &wh,
-                &features,
-                cfg,
+            // Applying a bundle trained through the cascade: its cut.
+            let frozen_cut = match &opts.models {
+                Models::Apply { bundle, .. } => bundle
+                    .manifest
+                    .rare_harm
+                    .as_ref()
+                    .and_then(|r| r.cascade.as_ref())
+                    .map(|c| c.cut),
+                Models::Fit => None,
+            };
+            let source = protect::RareHarmSource {
                 index,
-                &opts.sentinel_model,
-                &tick,
-                &mut w,
-            )?;
+                model: &opts.sentinel_model,
+                frozen_cut,
+            };
+            let (f, info) = protect::rare_harm(&wh, &features, cfg, &source, &tick, &mut w)?;
             w.csv_and_parquet(&f)?;
             out.write(w)?;
             Ok((f, Some(info)))
@@ -637,12 +644,17 @@ pub fn run(
         Models::Apply { bundle, dir } => protect::DetectWith::Apply(bundle, dir),
     };
     // Each stage hands its tables to a collector; only `out` writes them.
-    let (scored, fitted) = stages.run("detection", || {
+    let (scored, mut fitted) = stages.run("detection", || {
         let mut w = protect::Written::default();
         let r = protect::detection(&wh, &features, cfg, with, events_in_dataset, &mut w)?;
         out.write(w)?;
         Ok(r)
     })?;
+    if let Some(b) = fitted.as_mut()
+        && b.manifest.learns_rare_harm()
+    {
+        b.manifest.rare_harm = rare_harm.clone();
+    }
     let queue = stages.run("review_queue", || {
         let mut w = protect::Written::default();
         let r = protect::review_queue(&wh, &scored, cfg, &mut w)?;

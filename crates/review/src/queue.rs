@@ -56,6 +56,16 @@ pub fn priority(risk: f64, uncertainty: f64, n_chat: f64, cfg: &ReviewConfig) ->
     w0 * risk + w1 * uncertainty + w2 * (n_chat / cfg.priority_chat_scale).clamp(0.0, 1.0)
 }
 
+/// The rare-harm signal on one user-day: whether its affinity reaches `review_at`, and its
+/// priority raised to at least `min(1, affinity / (2 * review_at))` when it does.
+pub fn rare_harm_priority(priority: f64, affinity: f64, review_at: f64) -> (bool, f64) {
+    if affinity >= review_at {
+        (true, priority.max((affinity / (2.0 * review_at)).min(1.0)))
+    } else {
+        (false, priority)
+    }
+}
+
 /// Flag every user-day, keep the flagged ones ordered by priority then risk (both
 /// descending; ties keep table order), at most `cfg.queue_size`.
 pub fn build_queue(
@@ -86,11 +96,8 @@ pub fn build_queue_with(
         .filter_map(|i| {
             let mut f = flags(risk[i], uncertainty[i], heuristic[i], threshold, cfg);
             let mut p = priority(risk[i], uncertainty[i], n_chat[i], cfg);
-            if let Some((affinity, at)) = rare
-                && affinity[i] >= at
-            {
-                f.rare_harm = true;
-                p = p.max((affinity[i] / (2.0 * at)).min(1.0));
+            if let Some((affinity, at)) = rare {
+                (f.rare_harm, p) = rare_harm_priority(p, affinity[i], at);
             }
             f.any().then_some(QueueEntry {
                 row: i,

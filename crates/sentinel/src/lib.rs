@@ -44,7 +44,7 @@ pub use calibrated::{CalibratedScorer, GroupAggregator};
 pub use encoder::{Encoder, MiniLmEncoder};
 pub use index::{IndexConfig, SentinelIndex};
 pub use matrix::Matrix;
-pub use messages::{MessageScorer, ScorerKind};
+pub use messages::{MessageScorer, ScorerKind, text_key};
 #[cfg(feature = "encoder")]
 pub use quant::Precision;
 pub use score::{GroupResult, ScaleFn, ScoreParams, Scorer};

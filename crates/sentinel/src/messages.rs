@@ -8,6 +8,15 @@ use crate::calibrated::{CalibratedScorer, GroupAggregator};
 use crate::score::{ScoreParams, Scorer};
 use crate::{Matrix, SentinelError, SentinelIndex};
 
+/// A message text's 64-bit key: which texts [`MessageScorer::set_affinity`] counts as the
+/// same (SipHash with fixed keys: stable within a build, never stored).
+pub fn text_key(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
 /// Which scorer a [`MessageScorer`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScorerKind {
@@ -119,6 +128,28 @@ impl MessageScorer {
         }
     }
 
+    /// The affinity of a set of scored messages, each `(text_key(text), score)`, in any
+    /// order: the same aggregators as [`Self::affinity`] (the reference one over distinct
+    /// texts), applied to the scores in one canonical order, so a user-day folded one message
+    /// at a time in the live service equals the batch stage bit for bit. An empty set has
+    /// affinity 0.
+    pub fn set_affinity(&self, scored: &[(u64, f64)]) -> f64 {
+        let mut v = scored.to_vec();
+        if self.calibrated.is_none() {
+            v.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            v.dedup_by_key(|x| x.0);
+        }
+        v.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        let values: Vec<f64> = v.into_iter().map(|x| x.1).collect();
+        if values.is_empty() {
+            return 0.0;
+        }
+        match &self.calibrated {
+            Some((c, agg)) => c.aggregate(&values, *agg),
+            None => self.params.aggregator.apply(&values),
+        }
+    }
+
     /// The affinity of a window of messages (oldest first) from their scores. The calibrated
     /// aggregator counts every message (a repeated harmful message is more evidence); the
     /// reference one aggregates the distinct texts' scores as the reference library does. An
@@ -220,5 +251,32 @@ mod tests {
         let once = calibrated.affinity(&["a"], &p[..1]);
         let twice = calibrated.affinity(&["a", "a"], &p);
         assert!((twice - 2.0 * once).abs() < 1e-12, "{once} {twice}");
+
+        // The set form: the same counting, and no dependence on the order messages arrive.
+        let (ka, kb) = (text_key("a"), text_key("b"));
+        assert_ne!(ka, kb);
+        assert_eq!(
+            reference.set_affinity(&[(ka, s[0]), (ka, s[0])]),
+            reference.set_affinity(&[(ka, s[0])])
+        );
+        assert!((calibrated.set_affinity(&[(ka, p[0]), (ka, p[0])]) - twice).abs() < 1e-12);
+        assert_eq!(calibrated.set_affinity(&[]), 0.0);
+        let many: Vec<(u64, f64)> = (0..40)
+            .map(|i| {
+                (
+                    text_key(&i.to_string()),
+                    0.1 / (1.0 + f64::from(i)) + 1e-3 * f64::from(i),
+                )
+            })
+            .collect();
+        let mut shuffled = many.clone();
+        shuffled.reverse();
+        shuffled.swap(3, 17);
+        for m in [&reference, &calibrated] {
+            assert_eq!(
+                m.set_affinity(&many).to_bits(),
+                m.set_affinity(&shuffled).to_bits()
+            );
+        }
     }
 }

@@ -299,13 +299,13 @@ fn score_json(s: &Score, live: &Live) -> serde_json::Map<String, Value> {
 fn views_of(
     svc: &Service,
     keys: &[(String, i32)],
-    what_if: Option<&[Event]>,
+    what_if: Option<(&[Event], &[Option<f64>])>,
 ) -> HashMap<String, UserView> {
     let mut views = HashMap::new();
     for (user, _) in keys {
         if !views.contains_key(user) {
             let v = match what_if {
-                Some(extra) => svc.state.what_if(user, extra),
+                Some((extra, rare)) => svc.state.what_if(user, extra, rare),
                 None => svc.state.view(user),
             };
             if let Some(v) = v {
@@ -332,6 +332,7 @@ pub(crate) fn score_keys(
                 day: &v.days[i],
                 context: &v.context,
                 prompts: &v.prompts[i],
+                rare: scorer.rare_features(v, i),
             });
             row_keys.push((user.clone(), *day));
         }
@@ -496,6 +497,38 @@ pub(crate) async fn rare_of(
     }
 }
 
+/// Each event's chat message scored against the service's index (`None` for other events,
+/// empty prompts, a service without an index, or a failure, which is logged: the state then
+/// misses the message until a restart rebuilds it).
+pub(crate) async fn message_scores_of(svc: &Svc, events: &[&Event]) -> Vec<Option<f64>> {
+    let mut out = vec![None; events.len()];
+    let Some(r) = svc.rare.clone() else {
+        return out;
+    };
+    let at: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].event_type == "chat" && !events[i].prompt.is_empty())
+        .collect();
+    if at.is_empty() {
+        return out;
+    }
+    let texts: Vec<String> = at.iter().map(|&i| events[i].prompt.clone()).collect();
+    let res = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        r.message_scores(&refs)
+    })
+    .await;
+    match res {
+        Ok(Ok(scores)) => {
+            for (i, s) in at.into_iter().zip(scores) {
+                out[i] = Some(s);
+            }
+        }
+        Ok(Err(e)) => tracing::error!("rare-harm scoring of new messages failed: {e}"),
+        Err(e) => tracing::error!("rare-harm scoring of new messages stopped: {e}"),
+    }
+    out
+}
+
 /// How many nearest harmful examples a scored message shows.
 pub(crate) const NEAREST: usize = 3;
 
@@ -581,10 +614,14 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
         }
     };
     let events = parsed.events;
-    for (e, new) in events.iter().zip(&stored) {
-        if *new {
-            svc.state.apply(e);
-        }
+    let fresh: Vec<&Event> = events
+        .iter()
+        .zip(&stored)
+        .filter_map(|(e, new)| new.then_some(e))
+        .collect();
+    let rare_scores = message_scores_of(&svc, &fresh).await;
+    for (e, score) in fresh.iter().zip(rare_scores) {
+        svc.state.apply(e, score);
     }
     let keys = distinct_keys(&events, |_| true);
     let live = svc.live();
@@ -605,7 +642,7 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
     drop(views);
     if let Some(at) = live.cfg.serve.rare_harm_review_at {
         for ((user, _), s) in scores.iter_mut() {
-            s.rare_harm = rare.get(user).is_some_and(|r| r.affinity >= at);
+            s.rare_harm |= rare.get(user).is_some_and(|r| r.affinity >= at);
         }
     }
     svc.cases
@@ -731,7 +768,9 @@ async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> 
     };
     let keys = distinct_keys(&parsed.events, |_| true);
     let live = svc.live();
-    let views = views_of(&svc, &keys, Some(&parsed.events));
+    let all: Vec<&Event> = parsed.events.iter().collect();
+    let rare_scores = message_scores_of(&svc, &all).await;
+    let views = views_of(&svc, &keys, Some((&parsed.events, &rare_scores)));
     let scores = match score_keys(&live.scorer, &keys, &views) {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -793,11 +832,20 @@ async fn get_user(State(svc): State<Svc>, headers: HeaderMap, Path(id): Path<Str
     let days: Vec<Value> = view
         .days
         .iter()
-        .map(|d| {
+        .enumerate()
+        .map(|(i, d)| {
             let s = scores.get(&(id.clone(), d.day));
+            let mut features = json!(d);
+            // The rare-harm features, when the bundle learned from them.
+            if let (Some((day, window)), Some(f)) =
+                (live.scorer.rare_features(view, i), features.as_object_mut())
+            {
+                f.insert("rare_harm_affinity".into(), json!(day));
+                f.insert("rare_harm_affinity_window".into(), json!(window));
+            }
             json!({
                 "day": day_text(d.day),
-                "features": d,
+                "features": features,
                 "score": s,
             })
         })

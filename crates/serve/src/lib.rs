@@ -131,6 +131,24 @@ impl Classify for ServeError {
     }
 }
 
+/// The rare-harm score of each event's chat message while the state is rebuilt (all `None`
+/// without an index).
+fn rebuild_scores(
+    rare: Option<&rare::RareHarm>,
+    events: &[event::Event],
+) -> Result<Vec<Option<f64>>, ServeError> {
+    let mut out = vec![None; events.len()];
+    let Some(r) = rare else { return Ok(out) };
+    let at: Vec<usize> = (0..events.len())
+        .filter(|&i| events[i].event_type == "chat" && !events[i].prompt.is_empty())
+        .collect();
+    let texts: Vec<&str> = at.iter().map(|&i| events[i].prompt.as_str()).collect();
+    for (i, s) in at.into_iter().zip(r.message_scores(&texts)?) {
+        out[i] = Some(s);
+    }
+    Ok(out)
+}
+
 /// How to run the service.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -256,7 +274,7 @@ impl Service {
                 Some(m) => m.clone(),
                 None => find_bundle(&me.data)?,
             };
-            let scorer = scoring::Scorer::load(&model)?;
+            let scorer = scoring::Scorer::load(&model, me.rare.as_ref())?;
             // The alert rules must run over the live metrics before they replace the old.
             monitor::evaluate(
                 &me.state.day_totals(),
@@ -386,12 +404,13 @@ pub async fn serve_until(
         Some(m) => m.clone(),
         None => find_bundle(&opts.data)?,
     };
-    let scorer = scoring::Scorer::load(&model)?;
-    tracing::info!(model = %model.display(), version = scorer.version(), "model bundle loaded");
+    let bundle = vigil_pipeline::ModelBundle::load(&model).map_err(ServeError::Bundle)?;
+    // A bundle trained through the rare-harm cascade fixes how messages are screened.
+    let cut = scoring::Scorer::trained_cut(&bundle);
     let rare = match &opts.rare_harm {
         Some(r) => {
             let r = r.clone();
-            let loaded = tokio::task::spawn_blocking(move || rare::RareHarm::load(&r))
+            let loaded = tokio::task::spawn_blocking(move || rare::RareHarm::load(&r, cut))
                 .await
                 .map_err(|e| ServeError::Internal(e.to_string()))??;
             tracing::info!(
@@ -405,6 +424,8 @@ pub async fn serve_until(
         }
         None => None,
     };
+    let scorer = scoring::Scorer::from_bundle(&model, bundle, rare.as_ref())?;
+    tracing::info!(model = %model.display(), version = scorer.version(), "model bundle loaded");
     // The audit key is checked (or made) before the long state rebuild.
     let audit_key = match opts
         .audit_key
@@ -433,6 +454,15 @@ pub async fn serve_until(
     serve_cfg.recent_messages = serve_cfg
         .recent_messages
         .max(scorer.bundle().manifest.review.recent_prompts);
+    if scorer.days_needed() > serve_cfg.state_days {
+        tracing::info!(
+            "keeping {} days of per-user detail (serve.state_days = {}): the bundle's rare-harm \
+             window",
+            scorer.days_needed(),
+            serve_cfg.state_days
+        );
+        serve_cfg.state_days = scorer.days_needed();
+    }
     let (log, pending) = tokio::task::spawn_blocking({
         let data = data.clone();
         move || intake::open(&data)
@@ -440,22 +470,39 @@ pub async fn serve_until(
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))??;
     let state = state::State::new(&serve_cfg);
-    // Rebuild the state from what is stored: the dataset, then the log.
+    // Rebuild the state from what is stored: the dataset, then the log (each chat message
+    // scored again when the service scores messages; repeated texts come from the cache).
+    let rare_for_rebuild = rare.clone();
     let (state, log, replayed) = tokio::task::spawn_blocking({
         let data = data.clone();
         move || -> Result<_, ServeError> {
             let ds = vigil_events::Dataset::open(&data)?;
             let mut n = 0u64;
+            let mut failed = None;
             ds.for_each_batch(&mut |b| {
                 let events = event::events_of(b).map_err(vigil_events::EventsError::Internal)?;
-                for e in &events {
-                    state.apply(e);
+                match rebuild_scores(rare_for_rebuild.as_deref(), &events) {
+                    Ok(scores) => {
+                        for (e, s) in events.iter().zip(scores) {
+                            state.apply(e, s);
+                        }
+                    }
+                    Err(err) => {
+                        failed = Some(err);
+                        return Err(vigil_events::EventsError::Internal(
+                            "rare-harm scoring failed".into(),
+                        ));
+                    }
                 }
                 n += events.len() as u64;
                 Ok(())
-            })?;
-            for e in &pending {
-                state.apply(e);
+            })
+            .map_err(|e| failed.take().unwrap_or(ServeError::from(e)))?;
+            for (e, s) in pending
+                .iter()
+                .zip(rebuild_scores(rare_for_rebuild.as_deref(), &pending)?)
+            {
+                state.apply(e, s);
             }
             n += pending.len() as u64;
             Ok((state, log, n))

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
+use vigil_sentinel::cascade::{Screen, StaticEmbeddings, cascade_scores};
 use vigil_sentinel::{
     CalibratedScorer, Encoder, MessageScorer, MiniLmEncoder, ScorerKind, SentinelIndex,
 };
@@ -47,7 +48,13 @@ pub struct RareHarm {
     capacity: usize,
     location: String,
     version: String,
+    /// The cascade's first stage with the cut of the bundle the service started with (a
+    /// bundle trained through the cascade): a text scores exactly as in its training run.
+    screen: Option<Screen>,
 }
+
+/// Texts per exact-encoder call inside the cascade.
+const CHUNK: usize = 256;
 
 impl std::fmt::Debug for RareHarm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,8 +69,11 @@ fn sentinel(e: vigil_sentinel::SentinelError) -> ServeError {
 }
 
 impl RareHarm {
-    /// Load the index and the encoder (not swapped by a reload).
-    pub fn load(opts: &RareHarmOptions) -> Result<Self, ServeError> {
+    /// Load the index and the encoder (not swapped by a reload). With `cut` (from a bundle
+    /// trained through the rare-harm cascade) messages are screened as the training run
+    /// screened them; the static embeddings are distilled into the model directory when
+    /// missing.
+    pub fn load(opts: &RareHarmOptions, cut: Option<f64>) -> Result<Self, ServeError> {
         if !opts.model.join("model.safetensors").exists() {
             return Err(ServeError::Usage(format!(
                 "--sentinel-index needs the encoder: no model at {}; {}",
@@ -104,6 +114,25 @@ impl RareHarm {
             Some(_) => format!("{version}+calibrated"),
             None => version,
         };
+        let screen = match (cut, &calibrated) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ServeError::Usage(format!(
+                    "the model bundle was trained through the rare-harm cascade, which needs a \
+                     calibrated scorer beside the index; {} has none: serve with the index the \
+                     bundle was trained with",
+                    opts.index
+                )));
+            }
+            (Some(cut), Some(c)) => {
+                let statics = StaticEmbeddings::load_or_distill(&encoder, &opts.model, &|_, _| {})
+                    .map_err(sentinel)?;
+                let mut screen =
+                    Screen::new(statics, &encoder, &index, c, 0.995, 0.0).map_err(sentinel)?;
+                screen.cut = cut;
+                Some(screen)
+            }
+        };
         let messages = MessageScorer::new(&index, calibrated).map_err(sentinel)?;
         tracing::info!(
             "rare-harm scoring with the {} scorer ({} over each window)",
@@ -118,7 +147,42 @@ impl RareHarm {
             capacity: opts.cache_texts.max(1),
             location: opts.index.clone(),
             version,
+            screen,
         })
+    }
+
+    /// The cascade cut messages are screened with (`None`: every text exactly).
+    pub fn cut(&self) -> Option<f64> {
+        self.screen.as_ref().map(|s| s.cut)
+    }
+
+    /// The window aggregator's name.
+    pub fn aggregator_name(&self) -> &'static str {
+        self.messages.aggregator_name()
+    }
+
+    /// The affinity of a set of `(text_key, score)` messages in any order, as the batch
+    /// rare-harm stage computes a user-day's.
+    pub fn set_affinity(&self, scored: &[(u64, f64)]) -> f64 {
+        self.messages.set_affinity(scored)
+    }
+
+    /// Score texts not in the cache: through the cascade when the service has one, else
+    /// exactly.
+    fn score_fresh(&self, texts: &[String]) -> Result<Vec<f64>, ServeError> {
+        match (&self.screen, self.messages.calibrated()) {
+            (Some(screen), Some(c)) => {
+                Ok(
+                    cascade_scores(screen, &self.encoder, c, texts, 0, CHUNK, &|_, _| {})
+                        .map_err(sentinel)?
+                        .scores,
+                )
+            }
+            _ => {
+                let emb = self.encoder.encode(texts).map_err(sentinel)?;
+                self.messages.scores(texts, &emb).map_err(sentinel)
+            }
+        }
     }
 
     /// The scorer in use.
@@ -173,8 +237,7 @@ impl RareHarm {
             let obs = if missing.is_empty() {
                 Vec::new()
             } else {
-                let emb = self.encoder.encode(&missing).map_err(sentinel)?;
-                self.messages.scores(&missing, &emb).map_err(sentinel)?
+                self.score_fresh(&missing)?
             };
             drop(one);
             let mut c = self.lock();
@@ -209,8 +272,7 @@ impl RareHarm {
         drop(c);
         if !again.is_empty() {
             let texts_again: Vec<String> = again.iter().map(|&i| texts[i].to_string()).collect();
-            let emb = self.encoder.encode(&texts_again).map_err(sentinel)?;
-            let scores = self.messages.scores(&texts_again, &emb).map_err(sentinel)?;
+            let scores = self.score_fresh(&texts_again)?;
             for (&i, score) in again.iter().zip(scores) {
                 out[i] = score;
             }

@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use vigil_pipeline::{CompiledPolicy, ModelBundle};
 
 use crate::ServeError;
-use crate::state::{DayFeatures, UserContext};
+use crate::rare::RareHarm;
+use crate::state::{DayFeatures, UserContext, UserView};
 
 /// How one user-day scores, and why.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -64,6 +65,18 @@ pub struct Row<'a> {
     pub context: &'a UserContext,
     /// The day's chat prompts (raw, in time order).
     pub prompts: &'a [String],
+    /// `(rare_harm_affinity, rare_harm_affinity_window)` when the bundle learned from them
+    /// ([`Scorer::rare_features`]).
+    pub rare: Option<(f64, f64)>,
+}
+
+/// The rare-harm stage as a bundle trained with it uses it: the service's index (the same
+/// scorer and cut as in training), the window and the review threshold.
+#[derive(Debug)]
+struct RareUse {
+    harm: Arc<RareHarm>,
+    window_days: i32,
+    review_at: Option<f64>,
 }
 
 /// A loaded bundle with its compiled policy.
@@ -74,6 +87,7 @@ pub struct Scorer {
     /// SHA-256 of the bundle's manifest: the version every decision records.
     version: String,
     dir: PathBuf,
+    rare: Option<RareUse>,
 }
 
 const DAY_INT_COLUMNS: [&str; 8] = [
@@ -87,8 +101,9 @@ const DAY_INT_COLUMNS: [&str; 8] = [
     "n_devices",
 ];
 
-/// The schema of `review_queue` (what enforcement rules see), as the batch builds it.
-fn queue_schema() -> SchemaRef {
+/// The schema of `review_queue` (what enforcement rules see), as the batch builds it (with
+/// the rare-harm columns when the bundle learned from them).
+fn queue_schema(rare: bool) -> SchemaRef {
     let mut f = vec![
         Field::new("day", DataType::Date32, false),
         Field::new("user_id", DataType::Utf8, false),
@@ -114,15 +129,33 @@ fn queue_schema() -> SchemaRef {
     for c in ["flag_ml", "flag_heur", "flag_uncertain", "needs_review"] {
         f.push(Field::new(c, DataType::Int64, false));
     }
+    if rare {
+        for c in vigil_pipeline::RARE_HARM_FEATURES {
+            f.push(Field::new(c, DataType::Float64, false));
+        }
+    }
     f.push(Field::new("recent_prompts", DataType::Utf8, false));
     f.push(Field::new("priority", DataType::Float64, false));
+    if rare {
+        f.push(Field::new("flag_rare_harm", DataType::Int64, false));
+    }
     Arc::new(Schema::new(f))
 }
 
 impl Scorer {
-    /// Load the bundle at `dir` and compile its enforcement policy.
-    pub fn load(dir: &Path) -> Result<Self, ServeError> {
+    /// Load the bundle at `dir` and compile its enforcement policy; `rare` is the service's
+    /// Sentinel index, needed when the bundle learned from the rare-harm features.
+    pub fn load(dir: &Path, rare: Option<&Arc<RareHarm>>) -> Result<Self, ServeError> {
         let bundle = ModelBundle::load(dir).map_err(ServeError::Bundle)?;
+        Self::from_bundle(dir, bundle, rare)
+    }
+
+    /// [`Scorer::load`] of a bundle already read from `dir`.
+    pub fn from_bundle(
+        dir: &Path,
+        bundle: ModelBundle,
+        rare: Option<&Arc<RareHarm>>,
+    ) -> Result<Self, ServeError> {
         let manifest = std::fs::read(dir.join("manifest.json"))
             .map_err(|e| ServeError::io(&dir.join("manifest.json"), e))?;
         let version: String = Sha256::digest(&manifest)
@@ -130,40 +163,114 @@ impl Scorer {
             .take(8)
             .map(|b| format!("{b:02x}"))
             .collect();
-        let uses_rare_harm = [
-            &bundle.manifest.logistic.as_ref().map(|l| &l.features),
-            &bundle.manifest.boosted.as_ref().map(|b| &b.features),
-        ]
-        .iter()
-        .filter_map(|f| f.as_ref())
-        .any(|f| {
-            f.iter()
-                .any(|c| vigil_pipeline::RARE_HARM_FEATURES.contains(&c.as_str()))
-        });
-        if uses_rare_harm {
-            return Err(ServeError::Usage(format!(
-                "the model bundle {} was trained with the rare-harm stage ([sentinel] index = \
-                 {}): the live service does not compute the rare-harm user-day features yet; \
-                 serve a bundle trained without `[sentinel] index` (rare-harm affinity stays \
-                 available live through --sentinel-index)",
-                dir.display(),
-                bundle
-                    .manifest
-                    .config
-                    .sentinel
-                    .index
-                    .as_deref()
-                    .unwrap_or("?")
-            )));
-        }
-        let policy = CompiledPolicy::compile(&bundle.manifest.enforcement, queue_schema())
-            .map_err(ServeError::Pipeline)?;
+        let rare = if bundle.manifest.learns_rare_harm() {
+            Some(Self::rare_use(dir, &bundle, rare)?)
+        } else {
+            None
+        };
+        let policy =
+            CompiledPolicy::compile(&bundle.manifest.enforcement, queue_schema(rare.is_some()))
+                .map_err(ServeError::Pipeline)?;
         Ok(Self {
             bundle,
             policy,
             version,
             dir: dir.to_path_buf(),
+            rare,
         })
+    }
+
+    /// Check that the service scores messages as the bundle's training run did.
+    fn rare_use(
+        dir: &Path,
+        bundle: &ModelBundle,
+        rare: Option<&Arc<RareHarm>>,
+    ) -> Result<RareUse, ServeError> {
+        let m = &bundle.manifest;
+        let trained = m.rare_harm.as_ref();
+        let index = trained
+            .map(|r| r.index.clone())
+            .or_else(|| m.config.sentinel.index.clone())
+            .unwrap_or_else(|| "?".into());
+        let Some(harm) = rare else {
+            return Err(ServeError::Usage(format!(
+                "the model bundle {} learned from the rare-harm features: serve it with the \
+                 index it was trained with (--sentinel-index {index}, and --sentinel-model for \
+                 the encoder)",
+                dir.display()
+            )));
+        };
+        if let Some(t) = trained {
+            let (scorer, aggregator) = (harm.kind().name(), harm.aggregator_name());
+            if t.scorer != scorer || t.aggregator != aggregator {
+                return Err(ServeError::Usage(format!(
+                    "the model bundle {} learned from rare-harm features scored with the {} \
+                     scorer ({}), but the index {} gives the {scorer} scorer ({aggregator}): \
+                     serve it with the index it was trained with ({index})",
+                    dir.display(),
+                    t.scorer,
+                    t.aggregator,
+                    harm.location()
+                )));
+            }
+            let cut = t.cascade.as_ref().map(|c| c.cut);
+            if cut.map(f64::to_bits) != harm.cut().map(f64::to_bits) {
+                return Err(ServeError::Usage(format!(
+                    "the model bundle {} scores messages {}, the running service {}: restart \
+                     the service to serve it",
+                    dir.display(),
+                    cut.map_or_else(
+                        || "exactly".to_string(),
+                        |c| format!("through the cascade cut {c}")
+                    ),
+                    harm.cut().map_or_else(
+                        || "exactly".to_string(),
+                        |c| format!("through the cascade cut {c}")
+                    ),
+                )));
+            }
+        }
+        Ok(RareUse {
+            harm: harm.clone(),
+            window_days: i32::try_from(m.config.sentinel.window_days).unwrap_or(i32::MAX),
+            review_at: m.config.sentinel.review_at,
+        })
+    }
+
+    /// The cascade cut a bundle at `dir` was trained with, when it learned from the
+    /// rare-harm features through the cascade (what the service's index must screen with).
+    pub fn trained_cut(bundle: &ModelBundle) -> Option<f64> {
+        bundle
+            .manifest
+            .rare_harm
+            .as_ref()
+            .filter(|_| bundle.manifest.learns_rare_harm())
+            .and_then(|r| r.cascade.as_ref())
+            .map(|c| c.cut)
+    }
+
+    /// Days of per-day state the bundle needs: the rare-harm window when it learned from it.
+    pub fn days_needed(&self) -> u32 {
+        self.rare
+            .as_ref()
+            .map_or(1, |r| u32::try_from(r.window_days).unwrap_or(u32::MAX))
+    }
+
+    /// Day `i` of `view`'s rare-harm features as the batch stage defines them: the
+    /// affinity of the day's messages and of the messages of the `window_days` days up to
+    /// it. `None` when the bundle does not use them.
+    pub fn rare_features(&self, view: &UserView, i: usize) -> Option<(f64, f64)> {
+        let r = self.rare.as_ref()?;
+        let day = view.days.get(i)?.day;
+        let of_day = view.rare.get(i).map_or(&[][..], Vec::as_slice);
+        let window: Vec<(u64, f64)> = view
+            .days
+            .iter()
+            .zip(&view.rare)
+            .filter(|(d, _)| d.day <= day && d.day > day - r.window_days)
+            .flat_map(|(_, m)| m.iter().copied())
+            .collect();
+        Some((r.harm.set_affinity(of_day), r.harm.set_affinity(&window)))
     }
 
     /// The bundle's version hash.
@@ -244,6 +351,21 @@ impl Scorer {
             fields.push(Field::new(*name, DataType::Float64, false));
             cols.push(c.clone());
         }
+        let rare_cols: Option<[ArrayRef; 2]> = self.rare.as_ref().map(|_| {
+            let get = |k: usize| -> ArrayRef {
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| {
+                    let (d, w) = r.rare.unwrap_or((0.0, 0.0));
+                    if k == 0 { d } else { w }
+                })))
+            };
+            [get(0), get(1)]
+        });
+        if let Some(rc) = &rare_cols {
+            for (name, c) in vigil_pipeline::RARE_HARM_FEATURES.iter().zip(rc) {
+                fields.push(Field::new(*name, DataType::Float64, false));
+                cols.push(c.clone());
+            }
+        }
         let features = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).map_err(bug)?;
         let scored =
             vigil_pipeline::apply_batch(&self.bundle, &features).map_err(ServeError::Pipeline)?;
@@ -276,13 +398,23 @@ impl Scorer {
             flags("flag_uncertain")?,
         );
         let review = &self.bundle.manifest.review;
-        let needs: Vec<i64> = (0..n)
-            .map(|i| i64::from(ml[i] + fh[i] + fu[i] > 0))
-            .collect();
-        let priority: Vec<f64> = (0..n)
+        let mut priority: Vec<f64> = (0..n)
             .map(|i| {
                 vigil_review::queue::priority(risk[i], unc[i], rows[i].day.n_chat as f64, review)
             })
+            .collect();
+        // The batch queue's rare-harm flag and priority floor, from the window affinity.
+        let mut rare_flag = vec![0i64; n];
+        if let Some(at) = self.rare.as_ref().and_then(|r| r.review_at) {
+            for i in 0..n {
+                let w = rows[i].rare.map_or(0.0, |r| r.1);
+                let (flag, p) = vigil_review::queue::rare_harm_priority(priority[i], w, at);
+                rare_flag[i] = i64::from(flag);
+                priority[i] = p;
+            }
+        }
+        let needs: Vec<i64> = (0..n)
+            .map(|i| i64::from(ml[i] + fh[i] + fu[i] + rare_flag[i] > 0))
             .collect();
         let keep = review.recent_prompts;
         let prompts: Vec<String> = rows
@@ -306,9 +438,15 @@ impl Scorer {
         qcols.extend(ratios.iter().map(|r| r.1.clone()));
         qcols.extend([f64a(&risk), f64a(&unc), f64a(&heur)]);
         qcols.extend([i64s(&ml), i64s(&fh), i64s(&fu), i64s(&needs)]);
+        if let Some(rc) = &rare_cols {
+            qcols.extend(rc.iter().cloned());
+        }
         qcols.push(Arc::new(StringArray::from_iter_values(prompts.iter())));
         qcols.push(f64a(&priority));
-        let queue = RecordBatch::try_new(queue_schema(), qcols).map_err(bug)?;
+        if rare_cols.is_some() {
+            qcols.push(i64s(&rare_flag));
+        }
+        let queue = RecordBatch::try_new(queue_schema(rare_cols.is_some()), qcols).map_err(bug)?;
         let (actions, reasons) = self.policy.apply(&queue).map_err(ServeError::Pipeline)?;
         debug_assert_eq!(queue.column(0).len(), n);
         Ok(prompts
@@ -327,7 +465,7 @@ impl Scorer {
                 rule: reasons[i].clone(),
                 capped_by: None,
                 recent_prompts,
-                rare_harm: false,
+                rare_harm: rare_flag[i] == 1,
             })
             .collect())
     }

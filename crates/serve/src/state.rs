@@ -76,6 +76,9 @@ struct DayAgg {
     is_abuse_gt: Option<i8>,
     /// The day's newest non-empty chat prompts as (ts, event_id, text), in time order.
     prompts: Vec<(i64, String, String)>,
+    /// Every scored chat message of the day as (text key, rare-harm score), in arrival
+    /// order (the affinity does not depend on it). Empty without a Sentinel index.
+    rare: Vec<(u64, f64)>,
 }
 
 /// The features of one user-day, exactly as `user_day_features` defines them.
@@ -157,6 +160,9 @@ pub struct UserView {
     pub newest_ts: i64,
     /// The normalised recent chat prompts of each retained day (same order as `days`).
     pub prompts: Vec<Vec<String>>,
+    /// The scored chat messages of each retained day, `(text key, score)` (same order as
+    /// `days`; empty without a Sentinel index).
+    pub rare: Vec<Vec<(u64, f64)>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -279,15 +285,16 @@ impl State {
             .sum()
     }
 
-    /// Fold one accepted event into its user's state.
-    pub fn apply(&self, e: &Event) {
+    /// Fold one accepted event into its user's state; `rare` is its chat message's
+    /// rare-harm score, when the service scores messages.
+    pub fn apply(&self, e: &Event, rare: Option<f64>) {
         self.watermark
             .fetch_max(e.ts, std::sync::atomic::Ordering::Relaxed);
         let (new_keys, new_day) = {
             let mut shard = self.shard(&e.user_id);
             let u = shard.entry(e.user_id.clone()).or_default();
             let new_day = u.active_days.binary_search(&e.day()).is_err();
-            (u.apply(e, self.days_kept, self.recent), new_day)
+            (u.apply(e, rare, self.days_kept, self.recent), new_day)
         };
         for k in new_keys {
             self.keys.add_user(k);
@@ -358,17 +365,19 @@ impl State {
         Some(self.snapshot(&u, &[]))
     }
 
-    /// What the user would look like with `events` added, without storing anything
-    /// (`POST /v1/score`). `None` when `events` is empty and the user is unknown.
-    pub fn what_if(&self, user: &str, events: &[Event]) -> Option<UserView> {
+    /// What the user would look like with `events` added (`rare[i]`: the rare-harm score
+    /// of `events[i]`, if any), without storing anything (`POST /v1/score`). `None` when
+    /// `events` is empty and the user is unknown.
+    pub fn what_if(&self, user: &str, events: &[Event], rare: &[Option<f64>]) -> Option<UserView> {
         let mut u = self.shard(user).get(user).cloned();
         if u.is_none() && events.is_empty() {
             return None;
         }
         let u = u.get_or_insert_with(UserState::default);
         let mut new_keys = Vec::new();
-        for e in events.iter().filter(|e| e.user_id == user) {
-            new_keys.extend(u.apply(e, self.days_kept, self.recent));
+        for (i, e) in events.iter().enumerate().filter(|(_, e)| e.user_id == user) {
+            let score = rare.get(i).copied().flatten();
+            new_keys.extend(u.apply(e, score, self.days_kept, self.recent));
         }
         Some(self.snapshot(u, &new_keys))
     }
@@ -390,6 +399,7 @@ impl State {
             .iter()
             .map(|(_, d)| d.prompts.iter().map(|p| p.2.clone()).collect())
             .collect();
+        let rare = u.days.iter().map(|(_, d)| d.rare.clone()).collect();
         let rate = |x: i64| {
             if u.chats > 0 {
                 x as f64 / u.chats as f64
@@ -436,13 +446,14 @@ impl State {
             velocity,
             newest_ts: u.newest_ts,
             prompts,
+            rare,
         }
     }
 }
 
 impl UserState {
     /// Fold one event in; returns the identifier keys new to this user.
-    fn apply(&mut self, e: &Event, days_kept: i32, recent: usize) -> Vec<u64> {
+    fn apply(&mut self, e: &Event, rare: Option<f64>, days_kept: i32, recent: usize) -> Vec<u64> {
         let u = self;
         let (ip, dev) = (key('i', &e.ip), key('d', &e.device_id));
         let pay = e
@@ -489,6 +500,9 @@ impl UserState {
             insert_sorted(&mut d.devices, dev);
             if let Some(g) = e.is_abuse_gt {
                 d.is_abuse_gt = Some(d.is_abuse_gt.map_or(g, |x| x.max(g)));
+            }
+            if let Some(score) = rare.filter(|_| chat && !e.prompt.is_empty()) {
+                d.rare.push((vigil_sentinel::text_key(&e.prompt), score));
             }
             if chat && !e.prompt.is_empty() && recent > 0 {
                 let item = (e.ts, e.event_id.clone(), e.prompt.clone());
@@ -582,15 +596,31 @@ mod tests {
             })
             .collect();
         let forward = State::new(&cfg);
-        events.iter().for_each(|e| forward.apply(e));
+        // Every chat message scored (the score a function of the text, as the service's).
+        let score = |e: &Event| Some(e.prompt.len() as f64 / 100.0);
+        events.iter().for_each(|e| forward.apply(e, score(e)));
         let backward = State::new(&cfg);
-        events.iter().rev().for_each(|e| backward.apply(e));
+        events
+            .iter()
+            .rev()
+            .for_each(|e| backward.apply(e, score(e)));
         for user in ["a", "b"] {
             let (f, b) = (forward.view(user).unwrap(), backward.view(user).unwrap());
             assert_eq!(f.days, b.days);
             assert_eq!(f.context, b.context);
             assert_eq!(f.velocity, b.velocity);
             assert_eq!(f.prompts, b.prompts);
+            let sorted = |v: &UserView| {
+                let mut r = v.rare.clone();
+                r.iter_mut()
+                    .for_each(|d| d.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1))));
+                r
+            };
+            assert_eq!(sorted(&f), sorted(&b));
+            let chats = events
+                .iter()
+                .filter(|e| e.user_id == user && !e.prompt.is_empty());
+            assert_eq!(f.rare.iter().map(Vec::len).sum::<usize>(), chats.count());
         }
         let a = forward.view("a").unwrap();
         // Users a and b share the five IPs: every IP has two users.
@@ -608,14 +638,17 @@ mod tests {
         };
         let s = State::new(&cfg);
         for d in 0..5 {
-            s.apply(&ev(
-                &format!("e{d}"),
-                "u",
-                1_767_225_600 + d * 86_400,
-                "1.1.1.1",
-                true,
-                0,
-            ));
+            s.apply(
+                &ev(
+                    &format!("e{d}"),
+                    "u",
+                    1_767_225_600 + d * 86_400,
+                    "1.1.1.1",
+                    true,
+                    0,
+                ),
+                None,
+            );
         }
         let v = s.view("u").unwrap();
         assert_eq!(v.days.len(), 2);
@@ -628,17 +661,20 @@ mod tests {
         let s = State::new(&ServeConfig::default());
         let t0 = 1_767_225_600;
         for i in 0..10 {
-            s.apply(&ev(
-                &format!("e{i}"),
-                "u",
-                t0 + i * 30,
-                &format!("ip{i}"),
-                false,
-                0,
-            ));
+            s.apply(
+                &ev(
+                    &format!("e{i}"),
+                    "u",
+                    t0 + i * 30,
+                    &format!("ip{i}"),
+                    false,
+                    0,
+                ),
+                None,
+            );
         }
         // Two hours later: the window holds only the new event.
-        s.apply(&ev("late", "u", t0 + 7200, "ip0", false, 0));
+        s.apply(&ev("late", "u", t0 + 7200, "ip0", false, 0), None);
         let v = s.view("u").unwrap().velocity;
         assert_eq!(v.events_last_hour, 1);
         assert_eq!(v.events_last_minute, 1);
@@ -652,8 +688,11 @@ mod tests {
             ..ServeConfig::default()
         };
         let s = State::new(&cfg);
-        s.apply(&ev("a", "old", 1_767_225_600, "x", false, 0));
-        s.apply(&ev("b", "new", 1_767_225_600 + 10 * 86_400, "x", false, 0));
+        s.apply(&ev("a", "old", 1_767_225_600, "x", false, 0), None);
+        s.apply(
+            &ev("b", "new", 1_767_225_600 + 10 * 86_400, "x", false, 0),
+            None,
+        );
         assert_eq!(s.evict_idle(), 1);
         assert!(s.view("old").is_none());
         assert!(s.view("new").is_some());

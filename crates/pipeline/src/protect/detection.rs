@@ -339,6 +339,7 @@ pub(crate) fn detection(
                 training: training_summary(&days, n_users, &y, events)?,
                 evaluation: fitted.as_ref().map(|f| f.evals.clone()).unwrap_or_default(),
                 files: BTreeMap::new(),
+                rare_harm: None,
             };
             let bundle = crate::bundle::ModelBundle {
                 forest: fitted.as_ref().map(|f| f.boosted.0.forest().clone()),

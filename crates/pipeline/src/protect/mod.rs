@@ -16,8 +16,8 @@ pub(crate) use enforcement::{Actions, enforcement};
 pub use enforcement::{CompiledPolicy, suggest_actions};
 pub(crate) use incidents::incidents;
 pub(crate) use queue::{Queue, review_queue};
-pub(crate) use rare_harm::rare_harm;
 pub use rare_harm::{RARE_HARM_FEATURES, RareHarmInfo};
+pub(crate) use rare_harm::{Source as RareHarmSource, rare_harm};
 
 use vigil_detect::Detection;
 use vigil_monitor::column_f64;

@@ -68,6 +68,20 @@ pub struct CascadeInfo {
     pub estimated_recall: Option<f64>,
 }
 
+/// Where the stage's messages are scored: the index, the encoder, and (applying a bundle
+/// trained through the cascade) the cut to screen with.
+pub(crate) struct Source<'a> {
+    /// The index location.
+    pub index: &'a str,
+    /// The sentence-transformers model directory.
+    pub model: &'a Path,
+    /// The bundle's cascade cut, when applying one trained through the cascade.
+    pub frozen_cut: Option<f64>,
+}
+
+/// A user's days: (date, day text, the day's message rows).
+type DatedDays<'a> = Vec<(Option<chrono::NaiveDate>, &'a str, &'a Vec<usize>)>;
+
 fn sentinel(e: vigil_sentinel::SentinelError) -> PipelineError {
     PipelineError::Sentinel(Box::new(e))
 }
@@ -78,11 +92,11 @@ pub(crate) fn rare_harm(
     wh: &Warehouse,
     features: &Table,
     cfg: &Config,
-    index_location: &str,
-    model: &Path,
+    source: &Source<'_>,
     progress: &dyn Fn(usize, usize),
     out: &mut Written,
 ) -> Result<(Table, RareHarmInfo), PipelineError> {
+    let (index_location, model, frozen_cut) = (source.index, source.model, source.frozen_cut);
     if !model.join("model.safetensors").exists() {
         return Err(PipelineError::Config(format!(
             "the rare-harm stage ([sentinel] index) needs the encoder: no model at {}; {} \
@@ -126,7 +140,13 @@ pub(crate) fn rare_harm(
     let calibrated_index = scorer
         .calibrated()
         .filter(|_| index.positive_corpus.is_some());
-    let screen = match (cfg.sentinel.cascade, calibrated_index) {
+    // A bundle trained through the cascade is applied with its cut (no share floor): a text
+    // scores the same here, in the training run and in the live service.
+    let mode = match frozen_cut {
+        Some(_) => CascadeMode::On,
+        None => cfg.sentinel.cascade,
+    };
+    let screen = match (mode, calibrated_index) {
         (CascadeMode::Off, _) => None,
         (CascadeMode::Auto, _) if distinct.len() <= cfg.sentinel.cascade_above => None,
         (CascadeMode::Auto, None) => {
@@ -137,6 +157,13 @@ pub(crate) fn rare_harm(
                 distinct.len()
             );
             None
+        }
+        (CascadeMode::On, None) if frozen_cut.is_some() => {
+            return Err(PipelineError::Config(format!(
+                "the model bundle was trained through the rare-harm cascade, which needs an \
+                 index with a calibrated scorer that keeps its example texts; {index_location} \
+                 has none: score with the index the bundle was trained with"
+            )));
         }
         (CascadeMode::On, None) => {
             return Err(PipelineError::Config(format!(
@@ -153,18 +180,20 @@ pub(crate) fn rare_harm(
                 "static embeddings ready in {:.2} s",
                 t0.elapsed().as_secs_f64()
             );
-            Some((
-                Screen::new(
-                    statics,
-                    &encoder,
-                    &index,
-                    c,
-                    cfg.sentinel.cascade_recall,
-                    cfg.sentinel.cascade_share,
-                )
-                .map_err(sentinel)?,
+            let mut screen = Screen::new(
+                statics,
+                &encoder,
+                &index,
                 c,
-            ))
+                cfg.sentinel.cascade_recall,
+                cfg.sentinel.cascade_share,
+            )
+            .map_err(sentinel)?;
+            if let Some(cut) = frozen_cut {
+                screen.cut = cut;
+                screen.share = 0.0;
+            }
+            Some((screen, c))
         }
     };
     let (scores, cascade) = match &screen {
@@ -200,6 +229,10 @@ pub(crate) fn rare_harm(
         }
     };
 
+    let keys: Vec<u64> = distinct
+        .iter()
+        .map(|t| vigil_sentinel::text_key(t))
+        .collect();
     // Messages per user, by day, in time order.
     let mut by_user: HashMap<&str, BTreeMap<&str, Vec<usize>>> = HashMap::new();
     for i in 0..prompts.len() {
@@ -211,43 +244,51 @@ pub(crate) fn rare_harm(
             .push(i);
     }
     let window_days = i64::from(cfg.sentinel.window_days);
-    let mut affinity: HashMap<(&str, &str), (f64, f64)> = HashMap::new();
-    for (user, by_day) in &by_user {
-        let dated: Vec<(Option<chrono::NaiveDate>, &str, &Vec<usize>)> = by_day
-            .iter()
-            .map(|(d, m)| (d.parse::<chrono::NaiveDate>().ok(), *d, m))
+    let dated: HashMap<&str, DatedDays<'_>> = by_user
+        .iter()
+        .map(|(user, by_day)| {
+            let days = by_day
+                .iter()
+                .map(|(d, m)| (d.parse::<chrono::NaiveDate>().ok(), *d, m))
+                .collect();
+            (*user, days)
+        })
+        .collect();
+    let group = |ids: &mut dyn Iterator<Item = usize>| -> f64 {
+        let scored: Vec<(u64, f64)> = ids
+            .map(|i| (keys[text_of[i]], scores[text_of[i]]))
             .collect();
-        for (k, (date, day, messages)) in dated.iter().enumerate() {
-            let group = |ids: &mut dyn Iterator<Item = usize>| -> f64 {
-                let ids: Vec<usize> = ids.collect();
-                let window: Vec<&str> = ids.iter().map(|&i| prompts[i].as_str()).collect();
-                let s: Vec<f64> = ids.iter().map(|&i| scores[text_of[i]]).collect();
-                scorer.affinity(&window, &s)
-            };
-            let day_affinity = group(&mut messages.iter().copied());
-            let in_window = |d: &Option<chrono::NaiveDate>| match (date, d) {
-                (Some(a), Some(b)) => (*a - *b).num_days() < window_days && *b <= *a,
-                _ => false,
-            };
-            let window_affinity = group(
-                &mut dated[..=k]
-                    .iter()
-                    .filter(|(d, _, _)| in_window(d))
-                    .flat_map(|(_, _, m)| m.iter().copied()),
-            );
-            affinity.insert((*user, *day), (day_affinity, window_affinity));
-        }
-    }
+        scorer.set_affinity(&scored)
+    };
+    // Every user-day of the features, also one without messages of its own: its window
+    // still holds the days before it.
     let f_users = Strings::read(features, "user_id")?;
     let f_days = Strings::read(features, "day")?;
     let (mut day_col, mut window_col) = (Vec::new(), Vec::new());
     for r in 0..f_users.len() {
-        let (d, w) = affinity
-            .get(&(f_users.get(r), f_days.get(r)))
-            .copied()
-            .unwrap_or((0.0, 0.0));
-        day_col.push(d);
-        window_col.push(w);
+        let (user, day) = (f_users.get(r), f_days.get(r));
+        let Some(days) = dated.get(user) else {
+            day_col.push(0.0);
+            window_col.push(0.0);
+            continue;
+        };
+        let date = day.parse::<chrono::NaiveDate>().ok();
+        let in_window = |d: &Option<chrono::NaiveDate>, name: &str| match (date, d) {
+            (Some(a), Some(b)) => (a - *b).num_days() < window_days && *b <= a,
+            _ => name == day,
+        };
+        day_col.push(group(
+            &mut days
+                .iter()
+                .filter(|(_, name, _)| *name == day)
+                .flat_map(|(_, _, m)| m.iter().copied()),
+        ));
+        window_col.push(group(
+            &mut days
+                .iter()
+                .filter(|(d, name, _)| in_window(d, name))
+                .flat_map(|(_, _, m)| m.iter().copied()),
+        ));
     }
     let extended = extend_table(
         &features.name,
