@@ -275,6 +275,17 @@ impl Service {
                 None => find_bundle(&me.data)?,
             };
             let scorer = scoring::Scorer::load(&model, me.rare.as_ref())?;
+            if let Some(w) = scorer.rare_window()
+                && w > me.state.rare_window()
+            {
+                return Err(ServeError::Usage(format!(
+                    "the model bundle {} needs {w} days of messages behind each day (its \
+                     rare-harm window); the running service keeps {}: restart the service to \
+                     serve it",
+                    model.display(),
+                    me.state.rare_window()
+                )));
+            }
             // The alert rules must run over the live metrics before they replace the old.
             monitor::evaluate(
                 &me.state.day_totals(),
@@ -454,22 +465,17 @@ pub async fn serve_until(
     serve_cfg.recent_messages = serve_cfg
         .recent_messages
         .max(scorer.bundle().manifest.review.recent_prompts);
-    if scorer.days_needed() > serve_cfg.state_days {
-        tracing::info!(
-            "keeping {} days of per-user detail (serve.state_days = {}): the bundle's rare-harm \
-             window",
-            scorer.days_needed(),
-            serve_cfg.state_days
-        );
-        serve_cfg.state_days = scorer.days_needed();
-    }
+    let rare_window = scorer.rare_window();
     let (log, pending) = tokio::task::spawn_blocking({
         let data = data.clone();
         move || intake::open(&data)
     })
     .await
     .map_err(|e| ServeError::Internal(e.to_string()))??;
-    let state = state::State::new(&serve_cfg);
+    let mut state = state::State::new(&serve_cfg);
+    if let Some(w) = rare_window {
+        state = state.with_rare_window(w);
+    }
     // Rebuild the state from what is stored: the dataset, then the log (each chat message
     // scored again when the service scores messages; repeated texts come from the cache).
     let rare_for_rebuild = rare.clone();

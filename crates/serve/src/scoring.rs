@@ -249,11 +249,12 @@ impl Scorer {
             .map(|c| c.cut)
     }
 
-    /// Days of per-day state the bundle needs: the rare-harm window when it learned from it.
-    pub fn days_needed(&self) -> u32 {
+    /// The rare-harm window (days) when the bundle learned from it: the state keeps that
+    /// many days of scored messages before each retained day.
+    pub fn rare_window(&self) -> Option<u32> {
         self.rare
             .as_ref()
-            .map_or(1, |r| u32::try_from(r.window_days).unwrap_or(u32::MAX))
+            .map(|r| u32::try_from(r.window_days).unwrap_or(u32::MAX))
     }
 
     /// Day `i` of `view`'s rare-harm features as the batch stage defines them: the
@@ -262,12 +263,15 @@ impl Scorer {
     pub fn rare_features(&self, view: &UserView, i: usize) -> Option<(f64, f64)> {
         let r = self.rare.as_ref()?;
         let day = view.days.get(i)?.day;
-        let of_day = view.rare.get(i).map_or(&[][..], Vec::as_slice);
-        let window: Vec<(u64, f64)> = view
-            .days
+        let of_day = view
+            .rare
             .iter()
-            .zip(&view.rare)
-            .filter(|(d, _)| d.day <= day && d.day > day - r.window_days)
+            .find(|(d, _)| *d == day)
+            .map_or(&[][..], |(_, m)| m.as_slice());
+        let window: Vec<(u64, f64)> = view
+            .rare
+            .iter()
+            .filter(|(d, _)| *d <= day && *d > day - r.window_days)
             .flat_map(|(_, m)| m.iter().copied())
             .collect();
         Some((r.harm.set_affinity(of_day), r.harm.set_affinity(&window)))

@@ -61,6 +61,13 @@ fn day_entry(days: &mut Vec<(i32, DayAgg)>, day: i32) -> &mut DayAgg {
     &mut days[at].1
 }
 
+/// Days kept per user: of detail, and of scored messages.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    days: i32,
+    rare: i32,
+}
+
 /// One user-day's running aggregates (the columns of `core_user_day`).
 #[derive(Debug, Clone, Default)]
 struct DayAgg {
@@ -76,9 +83,6 @@ struct DayAgg {
     is_abuse_gt: Option<i8>,
     /// The day's newest non-empty chat prompts as (ts, event_id, text), in time order.
     prompts: Vec<(i64, String, String)>,
-    /// Every scored chat message of the day as (text key, rare-harm score), in arrival
-    /// order (the affinity does not depend on it). Empty without a Sentinel index.
-    rare: Vec<(u64, f64)>,
 }
 
 /// The features of one user-day, exactly as `user_day_features` defines them.
@@ -160,9 +164,10 @@ pub struct UserView {
     pub newest_ts: i64,
     /// The normalised recent chat prompts of each retained day (same order as `days`).
     pub prompts: Vec<Vec<String>>,
-    /// The scored chat messages of each retained day, `(text key, score)` (same order as
-    /// `days`; empty without a Sentinel index).
-    pub rare: Vec<Vec<(u64, f64)>>,
+    /// The scored chat messages per day, `(day, [(text key, score)])`, oldest first: the
+    /// retained days and the rare-harm window's days before them (empty without a Sentinel
+    /// index).
+    pub rare: Vec<(i32, Vec<(u64, f64)>)>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -183,6 +188,10 @@ struct UserState {
     newest_ts: i64,
     /// (ts, ip key, device key) of the last hour of event time, sorted by ts.
     window: VecDeque<(i64, u64, u64)>,
+    /// Every scored chat message per day as (text key, rare-harm score), in arrival order
+    /// (the affinity does not depend on it), sorted by day; kept longer than `days` by the
+    /// rare-harm window, so a retained day's window is whole.
+    rare: Vec<(i32, Vec<(u64, f64)>)>,
 }
 
 /// The shared identifier index: how many distinct users each identifier has.
@@ -235,6 +244,8 @@ pub struct State {
     shards: Vec<Mutex<HashMap<String, UserState>>>,
     keys: KeyIndex,
     days_kept: i32,
+    /// Days of scored messages kept: `days_kept` plus the rare-harm window's days before.
+    rare_kept: i32,
     recent: usize,
     idle_evict_days: u32,
     /// The newest event time seen by the service (for idle eviction).
@@ -250,11 +261,25 @@ impl State {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             keys: KeyIndex::new(),
             days_kept: i32::try_from(cfg.state_days).unwrap_or(i32::MAX).max(1),
+            rare_kept: i32::try_from(cfg.state_days).unwrap_or(i32::MAX).max(1),
             recent: cfg.recent_messages,
             idle_evict_days: cfg.idle_evict_days,
             watermark: std::sync::atomic::AtomicI64::new(i64::MIN),
             totals: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Keep scored messages for the `window_days` days before each retained day too (the
+    /// rare-harm window of a bundle that learned from it).
+    pub fn with_rare_window(mut self, window_days: u32) -> Self {
+        let w = i32::try_from(window_days).unwrap_or(i32::MAX).max(1);
+        self.rare_kept = self.days_kept.saturating_add(w - 1);
+        self
+    }
+
+    /// The rare-harm window (days) whose messages are kept before each retained day.
+    pub fn rare_window(&self) -> u32 {
+        u32::try_from(self.rare_kept - self.days_kept + 1).unwrap_or(1)
     }
 
     /// Totals per day, oldest first.
@@ -294,7 +319,7 @@ impl State {
             let mut shard = self.shard(&e.user_id);
             let u = shard.entry(e.user_id.clone()).or_default();
             let new_day = u.active_days.binary_search(&e.day()).is_err();
-            (u.apply(e, rare, self.days_kept, self.recent), new_day)
+            (u.apply(e, rare, self.keep(), self.recent), new_day)
         };
         for k in new_keys {
             self.keys.add_user(k);
@@ -334,6 +359,13 @@ impl State {
     pub fn newest_day(&self) -> Option<i32> {
         let w = self.watermark.load(std::sync::atomic::Ordering::Relaxed);
         (w != i64::MIN).then(|| day_of(w))
+    }
+
+    fn keep(&self) -> Keep {
+        Keep {
+            days: self.days_kept,
+            rare: self.rare_kept,
+        }
     }
 
     /// Days of per-day detail kept per user.
@@ -377,7 +409,7 @@ impl State {
         let mut new_keys = Vec::new();
         for (i, e) in events.iter().enumerate().filter(|(_, e)| e.user_id == user) {
             let score = rare.get(i).copied().flatten();
-            new_keys.extend(u.apply(e, score, self.days_kept, self.recent));
+            new_keys.extend(u.apply(e, score, self.keep(), self.recent));
         }
         Some(self.snapshot(u, &new_keys))
     }
@@ -399,7 +431,7 @@ impl State {
             .iter()
             .map(|(_, d)| d.prompts.iter().map(|p| p.2.clone()).collect())
             .collect();
-        let rare = u.days.iter().map(|(_, d)| d.rare.clone()).collect();
+        let rare = u.rare.clone();
         let rate = |x: i64| {
             if u.chats > 0 {
                 x as f64 / u.chats as f64
@@ -453,7 +485,8 @@ impl State {
 
 impl UserState {
     /// Fold one event in; returns the identifier keys new to this user.
-    fn apply(&mut self, e: &Event, rare: Option<f64>, days_kept: i32, recent: usize) -> Vec<u64> {
+    fn apply(&mut self, e: &Event, rare: Option<f64>, keep: Keep, recent: usize) -> Vec<u64> {
+        let days_kept = keep.days;
         let u = self;
         let (ip, dev) = (key('i', &e.ip), key('d', &e.device_id));
         let pay = e
@@ -501,9 +534,6 @@ impl UserState {
             if let Some(g) = e.is_abuse_gt {
                 d.is_abuse_gt = Some(d.is_abuse_gt.map_or(g, |x| x.max(g)));
             }
-            if let Some(score) = rare.filter(|_| chat && !e.prompt.is_empty()) {
-                d.rare.push((vigil_sentinel::text_key(&e.prompt), score));
-            }
             if chat && !e.prompt.is_empty() && recent > 0 {
                 let item = (e.ts, e.event_id.clone(), e.prompt.clone());
                 let at = d
@@ -515,10 +545,26 @@ impl UserState {
                 }
             }
         }
+        if let Some(score) = rare.filter(|_| chat && !e.prompt.is_empty())
+            && day > day_of(newest) - keep.rare
+        {
+            let at = match u.rare.binary_search_by_key(&day, |(d, _)| *d) {
+                Ok(i) => i,
+                Err(i) => {
+                    u.rare.insert(i, (day, Vec::new()));
+                    i
+                }
+            };
+            u.rare[at]
+                .1
+                .push((vigil_sentinel::text_key(&e.prompt), score));
+        }
         if e.ts > u.newest_ts || u.events == 1 {
             u.newest_ts = e.ts;
             let keep_from = day_of(e.ts) - days_kept;
             u.days.retain(|(d, _)| *d > keep_from);
+            let rare_from = day_of(e.ts) - keep.rare;
+            u.rare.retain(|(d, _)| *d > rare_from);
         }
         let at = u.window.partition_point(|w| w.0 <= e.ts);
         u.window.insert(at, (e.ts, ip, dev));
@@ -613,14 +659,17 @@ mod tests {
             let sorted = |v: &UserView| {
                 let mut r = v.rare.clone();
                 r.iter_mut()
-                    .for_each(|d| d.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1))));
+                    .for_each(|d| d.1.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.total_cmp(&y.1))));
                 r
             };
             assert_eq!(sorted(&f), sorted(&b));
             let chats = events
                 .iter()
                 .filter(|e| e.user_id == user && !e.prompt.is_empty());
-            assert_eq!(f.rare.iter().map(Vec::len).sum::<usize>(), chats.count());
+            assert_eq!(
+                f.rare.iter().map(|d| d.1.len()).sum::<usize>(),
+                chats.count()
+            );
         }
         let a = forward.view("a").unwrap();
         // Users a and b share the five IPs: every IP has two users.
