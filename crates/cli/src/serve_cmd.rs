@@ -394,6 +394,10 @@ pub(crate) struct BenchServeArgs {
     /// texts than chat events means repeats.
     #[arg(long, default_value_t = 5000)]
     distinct_texts: usize,
+    /// Send the events of this file (CSV, JSONL or Parquet, e.g. a `vigil generate` world) in
+    /// file order in the batched phase instead of synthetic ones (at most --events of them).
+    #[arg(long)]
+    replay: Option<PathBuf>,
     #[command(flatten)]
     sentinel: SentinelArgs,
     /// Single-event requests per second (0 skips that phase).
@@ -438,6 +442,13 @@ pub(crate) fn bench(cmd: BenchCommand) -> Result<()> {
         users: a.users,
         text: a.text,
         distinct_texts: a.distinct_texts,
+        replay: match &a.replay {
+            Some(p) => {
+                eprintln!("reading {}...", p.display());
+                Some(vigil_serve::bench::replay_events(p)?)
+            }
+            None => None,
+        },
         rare_harm: a.sentinel.options(&config),
         rate: a.rate,
         seconds: a.seconds,

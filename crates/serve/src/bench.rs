@@ -35,6 +35,8 @@ pub struct BenchOptions {
     pub text: bool,
     /// How many distinct prompt texts there are (event `i` says text `i % distinct_texts`).
     pub distinct_texts: usize,
+    /// Events (JSON texts) sent in the batched phase instead of synthetic ones.
+    pub replay: Option<Vec<String>>,
     /// Score rare-harm affinity with this Sentinel index and encoder.
     pub rare_harm: Option<crate::rare::RareHarmOptions>,
     /// Single-event requests per second in the second phase (0: skip it).
@@ -112,6 +114,82 @@ fn event_text(i: usize, users: usize, text: Option<usize>, prefix: &str) -> Stri
         "is_abuse_gt": 0,
     })
     .to_string()
+}
+
+/// The events of a file (CSV, JSONL or Parquet, read and validated as `vigil ingest` reads
+/// them) as the JSON texts a client sends, in file order. A row that does not validate is an
+/// error naming its line.
+pub fn replay_events(path: &std::path::Path) -> Result<Vec<String>, ServeError> {
+    struct Sink {
+        out: Vec<String>,
+        bad: Option<(u64, String)>,
+    }
+    impl vigil_events::reader::RowSink for Sink {
+        fn good(
+            &mut self,
+            row: &vigil_events::validate::ValidRow<'_>,
+        ) -> Result<(), vigil_events::EventsError> {
+            let e = crate::event::Event::from_row(row);
+            let ts = chrono::DateTime::from_timestamp_micros(e.ts)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                .unwrap_or_default();
+            let mut m = serde_json::json!({
+                "event_id": e.event_id,
+                "ts": ts,
+                "user_id": e.user_id,
+                "ip": e.ip,
+                "device_id": e.device_id,
+                "surface": e.surface,
+                "product": e.product,
+                "event_type": e.event_type,
+                "prompt": e.prompt,
+                "tokens_in": e.tokens_in,
+                "tokens_out": e.tokens_out,
+                "latency_ms": e.latency_ms,
+                "blocked": e.blocked,
+                "warned": e.warned,
+            });
+            if let Some(o) = m.as_object_mut() {
+                if let Some(p) = e.payment_id {
+                    o.insert("payment_id".into(), p.into());
+                }
+                if let Some(g) = e.is_abuse_gt {
+                    o.insert("is_abuse_gt".into(), g.into());
+                }
+            }
+            self.out.push(m.to_string());
+            Ok(())
+        }
+        fn bad(
+            &mut self,
+            line: u64,
+            reason: String,
+            _raw: String,
+        ) -> Result<(), vigil_events::EventsError> {
+            self.bad.get_or_insert((line, reason));
+            Ok(())
+        }
+    }
+    let (format, compression) = vigil_events::reader::detect_format(path, None)?;
+    let mut sink = Sink {
+        out: Vec::new(),
+        bad: None,
+    };
+    vigil_events::reader::read_rows(
+        path,
+        format,
+        compression,
+        &vigil_events::Validator::default(),
+        &mut sink,
+        &|_| {},
+    )?;
+    if let Some((line, reason)) = sink.bad {
+        return Err(ServeError::Usage(format!(
+            "{} line {line}: {reason} (the replay needs valid events)",
+            path.display()
+        )));
+    }
+    Ok(sink.out)
 }
 
 /// A keep-alive HTTP/1.1 connection.
@@ -248,21 +326,32 @@ pub async fn bench(
     let mut phases = Vec::new();
 
     let texts = opts.text.then_some(opts.distinct_texts);
-    // Phase 1: batched, closed loop.
-    let per_conn = opts.events.div_ceil(opts.connections.max(1));
+    let replay = opts.replay.clone().map(Arc::new);
+    let n_events = replay
+        .as_ref()
+        .map_or(opts.events, |r| r.len().min(opts.events));
+    // Phase 1: batched, closed loop (a replay: each connection sends every `connections`-th
+    // batch, so the events go in roughly file order).
+    let per_conn = n_events.div_ceil(opts.connections.max(1));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..opts.connections.max(1) {
         let (token, prefix) = (token.clone(), prefix.clone());
         let (batch, users, text) = (opts.batch.max(1), opts.users, texts);
-        let (from, to) = (c * per_conn, ((c + 1) * per_conn).min(opts.events));
+        let (from, to) = (c * per_conn, ((c + 1) * per_conn).min(n_events));
+        let replay = replay.clone();
+        let conns = opts.connections.max(1);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let (mut events, mut errors) = (0u64, 0u64);
             let Ok(mut conn) = Conn::open(addr, &token).await else {
                 return (lat, events, 1);
             };
-            let mut i = from;
+            // A replay interleaves the connections' batches instead of giving each a range.
+            let (mut i, to, stride) = match &replay {
+                Some(_) => (c * batch, n_events, batch * conns),
+                None => (from, to, batch),
+            };
             while i < to {
                 let n = batch.min(to - i);
                 let mut body = String::from("[");
@@ -270,7 +359,10 @@ pub async fn bench(
                     if k > i {
                         body.push(',');
                     }
-                    body.push_str(&event_text(k, users, text, &prefix));
+                    match &replay {
+                        Some(r) => body.push_str(&r[k]),
+                        None => body.push_str(&event_text(k, users, text, &prefix)),
+                    }
                 }
                 body.push(']');
                 let t = Instant::now();
@@ -278,7 +370,7 @@ pub async fn bench(
                     Ok(200) => {
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
                         events += n as u64;
-                        i += n;
+                        i += stride.max(n);
                     }
                     Ok(503) => {
                         errors += 1;
@@ -290,7 +382,7 @@ pub async fn bench(
                             Ok(c) => conn = c,
                             Err(_) => break,
                         }
-                        i += n;
+                        i += stride.max(n);
                     }
                 }
             }
@@ -310,7 +402,13 @@ pub async fn bench(
             "batched ({} per request, {} connections{})",
             opts.batch,
             opts.connections,
-            if opts.text { ", with text" } else { "" }
+            if replay.is_some() {
+                ", replayed from a file"
+            } else if opts.text {
+                ", with text"
+            } else {
+                ""
+            }
         ),
         lat,
         events,
@@ -419,4 +517,54 @@ fn async_channel(
 
 async fn recv(rx: &Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Job>>>) -> Result<Job, ()> {
     rx.lock().await.recv().await.ok_or(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "event_id,ts,user_id,ip,device_id,payment_id,surface,product,event_type,\
+                          prompt,tokens_in,tokens_out,latency_ms,blocked,warned,is_abuse_gt";
+
+    #[test]
+    fn a_replayed_file_becomes_the_events_a_client_sends_and_a_bad_row_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("events.csv");
+        std::fs::write(
+            &good,
+            format!(
+                "{HEADER}\n\
+                 e1,2026-02-01T05:26:43.523510Z,u1,203.0.113.5,d1,,web,chat,chat,\"hi, there\",3,4,5,0,1,\n\
+                 e2,2026-02-01T06:00:00Z,u2,203.0.113.6,d2,p2,ios,files,login,,1,2,3,1,0,1\n"
+            ),
+        )
+        .unwrap();
+        let texts = replay_events(&good).unwrap();
+        assert_eq!(texts.len(), 2);
+        let v = vigil_events::Validator::default();
+        let parsed: Vec<crate::event::Event> = texts
+            .iter()
+            .map(|t| {
+                let j = vigil_events::reader::JsonEvent::parse(t).unwrap();
+                crate::event::Event::from_row(&j.validate(&v).unwrap())
+            })
+            .collect();
+        assert_eq!(parsed[0].prompt, "hi, there");
+        assert_eq!(parsed[0].payment_id, None);
+        assert_eq!(parsed[0].is_abuse_gt, None);
+        assert_eq!(parsed[0].ts % 1_000_000, 523_510);
+        assert_eq!(parsed[1].payment_id.as_deref(), Some("p2"));
+        assert_eq!(parsed[1].is_abuse_gt, Some(1));
+        assert_eq!(parsed[1].blocked, 1);
+
+        let bad = dir.path().join("bad.csv");
+        std::fs::write(
+            &bad,
+            format!("{HEADER}\ne1,yesterday,u1,ip,d1,,web,chat,chat,hi,3,4,5,0,1,\n"),
+        )
+        .unwrap();
+        let e = replay_events(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.csv line 2"), "{e}");
+    }
 }
