@@ -408,6 +408,8 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         s(&index),
         "--sentinel-model",
         s(&m),
+        "--ground-truth",
+        s(&d.join("ground_truth.csv")),
     ]);
     // 88,000 distinct texts: the cascade screened them (`auto`), keeping what the exact
     // scorer finds notable (the audit's estimate; the exact comparison is the next test's).
@@ -474,4 +476,30 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         .inspect(|r| assert_eq!(r["suggested_action"], "escalate"))
         .count();
     assert_eq!(escalated, flagged.len());
+    // text_signal.csv: the fused run's queue beside the one its behaviour-only model would
+    // have driven, which is the run without the stage (same split, seed and policy).
+    let signal = csv_rows(&fused.join("text_signal.csv"));
+    assert_eq!(signal.len(), 2);
+    for (row, out, model) in [
+        (&signal[0], &fused, "gradient_boosting"),
+        (&signal[1], &plain, "gradient_boosting_without_text"),
+    ] {
+        assert_eq!(row["model"], model);
+        assert_eq!(row["rare_harm_users"], "30");
+        assert_eq!(
+            row["rare_harm_users_in_queue"],
+            found(out).to_string(),
+            "{row:?}"
+        );
+        let queue = csv_rows(&out.join("review_queue.csv"));
+        assert_eq!(row["queued_user_days"], queue.len().to_string());
+        let mut mix = std::collections::BTreeMap::<String, usize>::new();
+        for r in csv_rows(&out.join("enforcement_actions.csv")) {
+            *mix.entry(r["suggested_action"].clone()).or_default() += 1;
+        }
+        for a in ["allow", "warn", "rate_limit", "block", "escalate"] {
+            let want = mix.get(a).copied().unwrap_or(0);
+            assert_eq!(row[a], want.to_string(), "{model} {a}: {row:?} vs {mix:?}");
+        }
+    }
 }

@@ -361,9 +361,21 @@ pub fn boosted_eval(
     cfg: &DetectionConfig,
     name: &str,
 ) -> Result<ModelEval, DetectError> {
+    Ok(boosted_eval_scored(x_gbt, y, cfg, name)?.0)
+}
+
+/// [`boosted_eval`], with the model's probability for every row and its threshold (what a
+/// queue driven by this model would see).
+pub fn boosted_eval_scored(
+    x_gbt: &Features,
+    y: &[u8],
+    cfg: &DetectionConfig,
+    name: &str,
+) -> Result<(ModelEval, Vec<f64>, f64), DetectError> {
     let (split, grid) = split_and_grid(y, cfg)?;
     let (model, t) = fit_boosted(x_gbt, y, &split, cfg, &grid)?;
-    Ok(evaluate(name, &model.predict(x_gbt), y, &split, t))
+    let risk = model.predict(x_gbt);
+    Ok((evaluate(name, &risk, y, &split, t), risk, t))
 }
 
 /// The configured stratified split and threshold grid (what every evaluation shares).

@@ -673,6 +673,20 @@ pub fn run(
         out.write(w)?;
         Ok(r)
     })?;
+    let text_signal = stages.run("text_signal", || {
+        let mut w = protect::Written::default();
+        let r = protect::text_signal(
+            &wh,
+            &scored,
+            &queue,
+            &actions.action,
+            cfg,
+            ground_truth.as_ref(),
+            &mut w,
+        )?;
+        out.write(w)?;
+        Ok(r)
+    })?;
     let incident = stages.run("incidents", || {
         let mut w = protect::Written::default();
         let r = protect::incidents(&wh, &alerts, opts.as_of_micros, &mut w)?;
@@ -743,6 +757,7 @@ pub fn run(
             incidents: usize::from(incident.is_some()),
             rare_harm: rare_harm.as_ref(),
             ground_truth: ground_truth.as_ref(),
+            text_signal: text_signal.as_ref(),
             subtitle,
         })?;
         let rows = &report.summary;

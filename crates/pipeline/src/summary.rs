@@ -76,6 +76,8 @@ pub(crate) struct SummaryInputs<'a> {
     pub rare_harm: Option<&'a crate::protect::RareHarmInfo>,
     /// `ground_truth.csv`'s abusers and their actors, when given.
     pub ground_truth: Option<&'a HashMap<String, String>>,
+    /// The queue the behaviour-only model would have driven, beside the run's.
+    pub text_signal: Option<&'a crate::protect::TextSignal>,
 }
 
 fn scalar(wh: &Warehouse, sql: &str) -> Result<f64, PipelineError> {
@@ -513,7 +515,10 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
 
     let mut tables = vec![riskiest, components, clusters];
     if let Some(info) = i.rare_harm {
-        let (rows_rh, table) = rare_harm_section(s, q, info, i.ground_truth)?;
+        let (mut rows_rh, table) = rare_harm_section(s, q, info, i.ground_truth)?;
+        if let Some(t) = i.text_signal {
+            rows_rh.extend(text_signal_rows(t));
+        }
         rows.extend(rows_rh);
         tables.push(table);
     }
@@ -524,6 +529,46 @@ pub(crate) fn build(i: &SummaryInputs<'_>) -> Result<Report, PipelineError> {
         tables,
         charts,
     })
+}
+
+/// The run's queue against the behaviour-only model's (same capacity and policy): rare-harm
+/// users found and the suggested action mix of each.
+fn text_signal_rows(t: &crate::protect::TextSignal) -> Vec<SummaryRow> {
+    let row = |metric: String, value: String| SummaryRow {
+        section: "Rare harm".into(),
+        metric,
+        value,
+    };
+    let mut rows = Vec::new();
+    for (k, (q, label)) in t
+        .queues
+        .iter()
+        .zip(["with the text signal", "behaviour only"])
+        .enumerate()
+    {
+        // The run's own count is the row above ("... with a user-day in the queue").
+        if let (1, Some(found), Some(all)) = (k, q.rare_harm_found, q.rare_harm_users) {
+            rows.push(row(
+                format!("Rare-harm users (ground truth) in the queue, {label}"),
+                format!("{found} of {all} ({} user-days queued)", q.queued),
+            ));
+        }
+        let mix: Vec<String> = q
+            .actions
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(a, n)| format!("{a} {n}"))
+            .collect();
+        rows.push(row(
+            format!("Suggested actions, {label}"),
+            if mix.is_empty() {
+                "none".into()
+            } else {
+                mix.join(", ")
+            },
+        ));
+    }
+    rows
 }
 
 /// The rare-harm stage's lines and its top-10 user-days (by the day's affinity), with

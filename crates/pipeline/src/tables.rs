@@ -145,6 +145,7 @@ pub(crate) fn take(table: &Table, idx: &[usize]) -> Result<RecordBatch, Pipeline
 
 /// A text column read once into one Arrow buffer (not one `String` per row): the day and
 /// user id of every scored user-day.
+#[derive(Clone)]
 pub(crate) struct Strings(StringArray);
 
 impl Strings {

@@ -241,6 +241,9 @@ pub(crate) fn detection(
         &heuristic_inputs[1],
         &heuristic_inputs[2],
     ];
+    // The behaviour-only boosted model's risk for every row and its threshold (fitting with
+    // the rare-harm features): the queue it would have driven, for the report.
+    let mut behaviour_only: Option<(Vec<f64>, f64)> = None;
     let (applied, detection, bundle, threshold, model) = match with {
         DetectWith::Apply(b, _) => (
             b.apply(x.as_ref(), x_gbt.as_ref(), h_cols)?,
@@ -304,12 +307,14 @@ pub(crate) fn detection(
                     f.evals.insert(at, eval);
                 }
                 if let Some(without) = without_text(x_gbt, &gbt_features, n)? {
-                    f.evals.push(vigil_detect::boosted_eval(
+                    let (eval, risk, t) = vigil_detect::boosted_eval_scored(
                         &without,
                         &y,
                         d,
                         "gradient_boosting_without_text",
-                    )?);
+                    )?;
+                    f.evals.push(eval);
+                    behaviour_only = Some((risk, t));
                 }
             }
             let manifest = crate::bundle::Manifest {
@@ -443,6 +448,7 @@ pub(crate) fn detection(
             threshold,
             model,
             detection,
+            behaviour_only,
         },
         bundle,
     ))

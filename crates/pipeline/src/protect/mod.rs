@@ -9,6 +9,7 @@ mod enforcement;
 mod incidents;
 mod queue;
 mod rare_harm;
+mod text_signal;
 
 pub(crate) use automation::{Automation, automation, read_ground_truth};
 pub(crate) use detection::{DetectWith, detection};
@@ -18,6 +19,7 @@ pub(crate) use incidents::incidents;
 pub(crate) use queue::{Queue, review_queue};
 pub use rare_harm::{RARE_HARM_FEATURES, RareHarmInfo};
 pub(crate) use rare_harm::{Source as RareHarmSource, rare_harm};
+pub(crate) use text_signal::{TextSignal, text_signal};
 
 use vigil_detect::Detection;
 use vigil_monitor::column_f64;
@@ -41,6 +43,9 @@ pub(crate) struct Scored {
     pub threshold: f64,
     pub model: String,
     pub detection: Option<Detection>,
+    /// With the rare-harm features: the boosted model fitted without them, its probability
+    /// for every row and its threshold (`text_signal`).
+    pub behaviour_only: Option<(Vec<f64>, f64)>,
 }
 
 fn f64_col(t: &Table, c: &str) -> Result<Vec<f64>, PipelineError> {
