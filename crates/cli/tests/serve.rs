@@ -1710,6 +1710,7 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     let ingest = token(&data, "ingest");
     let read = token(&data, "read");
     let cfg = write_config(d, "state_days = 60");
+    common::server::add_user(&data, "ana", "reviewer", "ana's long password");
     let server = start_bundle_index(&data, &model, &m, Some(&cfg));
     let rows = csv_rows(&input);
     for batch in rows.chunks(700) {
@@ -1788,6 +1789,31 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     }
     assert_eq!(compared, batch.len());
     assert!(positive > 0, "no user-day with a notable affinity");
+    // The reviewer sees both features on the case page of a user-day the text queued.
+    let (_, client) = common::server::login(&server, "ana", "ana's long password");
+    let client = client.unwrap();
+    let (user, day) = &rare_queued[0];
+    let want: f64 = features
+        .iter()
+        .find(|f| &f["user_id"] == user && &f["day"] == day)
+        .unwrap()["rare_harm_affinity_window"]
+        .parse()
+        .unwrap();
+    let mut page = client.get(&format!("/case/{user}@{day}"));
+    for _ in 0..50 {
+        if page.status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        page = client.get(&format!("/case/{user}@{day}"));
+    }
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("rare_harm_affinity_window")
+            && page.body.contains(&format!("{want:.4}")),
+        "{}",
+        page.body
+    );
     assert!(server.stop().success());
 
     // Restarted without a configuration (serve.state_days = 2): the state rebuilt from the

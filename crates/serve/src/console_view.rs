@@ -50,13 +50,20 @@ impl LiveView for View {
             let views = HashMap::from([(user_id.to_string(), view)]);
             let v = views.get(user_id)?;
             let mut out = LiveCase::default();
-            if let Some(d) = v.days.iter().find(|d| d.day == key.1) {
-                out.features = fields(serde_json::to_value(d).unwrap_or_default());
+            let live = svc.live();
+            if let Some(i) = v.days.iter().position(|d| d.day == key.1) {
+                out.features = fields(serde_json::to_value(&v.days[i]).unwrap_or_default());
                 // The ground-truth label (present in generated data) would bias a reviewer.
                 out.features
                     .retain(|(k, _)| k != "day" && k != "is_abuse_gt");
+                // The rare-harm features, when the bundle learned from them.
+                if let Some((day, window)) = live.scorer.rare_features(v, i) {
+                    out.features
+                        .push(("rare_harm_affinity".into(), format!("{day:.4}")));
+                    out.features
+                        .push(("rare_harm_affinity_window".into(), format!("{window:.4}")));
+                }
             }
-            let live = svc.live();
             if let Ok(scores) = score_keys(&live.scorer, std::slice::from_ref(&key), &views)
                 && let Some(s) = scores.get(&key)
             {
