@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{csv_rows, model, ok, ok_output, vigil};
+use common::{build_index, csv_rows, model, ok, ok_output, vigil};
 
 fn shared() -> PathBuf {
     std::env::var_os("VIGIL_SHARED")
@@ -16,26 +16,6 @@ fn shared() -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// Build an index (with its calibrated scorer) from example lines into `dir/idx`.
-fn build_index(dir: &Path, positives: &[String], negatives: &[String]) -> PathBuf {
-    std::fs::write(dir.join("pos.txt"), positives.join("\n")).unwrap();
-    std::fs::write(dir.join("neg.txt"), negatives.join("\n")).unwrap();
-    let m = model();
-    ok(&[
-        "sentinel",
-        "build",
-        "--model",
-        s(&m),
-        "--positives",
-        s(&dir.join("pos.txt")),
-        "--negatives",
-        s(&dir.join("neg.txt")),
-        "--out",
-        s(&dir.join("idx")),
-    ]);
-    dir.join("idx")
 }
 
 #[test]

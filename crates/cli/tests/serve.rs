@@ -1325,27 +1325,13 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
     };
     let (pos, neg) = (side("positive_corpus"), side("negative_corpus"));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("pos.txt"), pos[..30].join("\n")).unwrap();
-    std::fs::write(dir.path().join("neg.txt"), neg[..150].join("\n")).unwrap();
-    let index = dir.path().join("idx");
+    let index = common::build_index(dir.path(), &pos[..30], &neg[..150]);
     let m = common::model();
-    ok(&[
-        "sentinel",
-        "build",
-        "--model",
-        s(&m),
-        "--positives",
-        s(&dir.path().join("pos.txt")),
-        "--negatives",
-        s(&dir.path().join("neg.txt")),
-        "--out",
-        s(&index),
-    ]);
     let (input, run) = trained(dir.path(), "3000");
     let data = dir.path().join("live");
     let ingest = token(&data, "ingest");
     let read = token(&data, "read");
-    let server = start_rare(&data, &run.join("model"), &index, &m, None);
+    let server = start_rare(&data, &run.join("model"), Some(&index), &m, None);
     // Held-out harmful messages (and a few ordinary ones) from one user, ordinary messages
     // from another, all on one day, in two requests each.
     let template = csv_rows(&input)
@@ -1502,7 +1488,7 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
     // harmful one's day for review (flag rare_harm) and not the ordinary one's.
     let at = (last["u_rare_harm"] + last["u_rare_plain"]) / 2.0;
     let cfg = write_config(dir.path(), &format!("rare_harm_review_at = {at}"));
-    let server = start_rare(&data, &run.join("model"), &index, &m, Some(&cfg));
+    let server = start_rare(&data, &run.join("model"), Some(&index), &m, Some(&cfg));
     for (user, text) in [("u_rare_harm", &neg[180]), ("u_rare_plain", &neg[181])] {
         let r = server.events(&ingest, &[chat(user, 40, text)]);
         assert_eq!(r[0]["status"], "accepted", "{r:?}");
@@ -1549,19 +1535,22 @@ fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
 }
 
 /// `vigil serve` with a Sentinel index and its encoder.
+/// `vigil serve` with a Sentinel index (`None`: the one the bundle was trained with).
 fn start_rare(
     data: &Path,
     model: &Path,
-    index: &Path,
+    index: Option<&Path>,
     encoder: &Path,
     config: Option<&Path>,
 ) -> Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
     cmd.env("VIGIL_AUDIT_KEY", common::test_audit_key());
     cmd.args(["serve", "--data", s(data), "--model", s(model)])
-        .args(["--listen", "127.0.0.1:0", "--sentinel-index", s(index)])
-        .args(["--sentinel-model", s(encoder)])
+        .args(["--listen", "127.0.0.1:0", "--sentinel-model", s(encoder)])
         .stderr(Stdio::inherit());
+    if let Some(i) = index {
+        cmd.args(["--sentinel-index", s(i)]);
+    }
     if let Some(c) = config {
         cmd.args(["--config", s(c)]);
     }
@@ -1600,20 +1589,6 @@ fn a_vigil_ingest_beside_the_running_service_stores_every_event_once() {
     assert_eq!(stdout.lines().nth(1), Some("3000,3000"), "{stdout}");
 }
 
-/// `vigil serve` of a bundle with the index it was trained with, taken from the bundle
-/// (only the encoder named).
-fn start_bundle_index(data: &Path, model: &Path, encoder: &Path, config: Option<&Path>) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vigil"));
-    cmd.env("VIGIL_AUDIT_KEY", common::test_audit_key());
-    cmd.args(["serve", "--data", s(data), "--model", s(model)])
-        .args(["--listen", "127.0.0.1:0", "--sentinel-model", s(encoder)])
-        .stderr(Stdio::inherit());
-    if let Some(c) = config {
-        cmd.args(["--config", s(c)]);
-    }
-    Server::spawned(cmd)
-}
-
 /// A bundle whose models learned from the rare-harm features, trained through the cascade
 /// as `vigil demo`'s is: served, every user-day's rare-harm features, risk, flags and action
 /// equal the batch run's; `vigil score` of the bundle on the same events reproduces the run;
@@ -1623,22 +1598,8 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (positives, negatives) = vigil_events::generator::TextPool::builtin().index_material();
-    std::fs::write(d.join("pos.txt"), positives.join("\n")).unwrap();
-    std::fs::write(d.join("neg.txt"), negatives.join("\n")).unwrap();
     let m = common::model();
-    let index = d.join("idx");
-    ok(&[
-        "sentinel",
-        "build",
-        "--model",
-        s(&m),
-        "--positives",
-        s(&d.join("pos.txt")),
-        "--negatives",
-        s(&d.join("neg.txt")),
-        "--out",
-        s(&index),
-    ]);
+    let index = common::build_index(d, &positives, &negatives);
     let input = d.join("events.csv");
     ok(&[
         "generate",
@@ -1711,7 +1672,7 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     let read = token(&data, "read");
     let cfg = write_config(d, "state_days = 60");
     common::server::add_user(&data, "ana", "reviewer", "ana's long password");
-    let server = start_bundle_index(&data, &model, &m, Some(&cfg));
+    let server = start_rare(&data, &model, None, &m, Some(&cfg));
     let rows = csv_rows(&input);
     for batch in rows.chunks(700) {
         let events: Vec<serde_json::Value> = batch.iter().map(event_json).collect();
@@ -1819,7 +1780,7 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     // Restarted without a configuration (serve.state_days = 2): the state rebuilt from the
     // dataset holds two days per user, and keeps the scored messages of the rare-harm
     // window's days before them, so every day held scores as in the batch.
-    let server = start_bundle_index(&data, &model, &m, None);
+    let server = start_rare(&data, &model, None, &m, None);
     let mut checked = 0;
     let mut seen = std::collections::HashSet::new();
     for f in features.iter().rev() {

@@ -57,6 +57,32 @@ pub(crate) fn model() -> std::path::PathBuf {
     dir
 }
 
+/// Build a Sentinel index (with its calibrated scorer) from example lines into `dir/idx`,
+/// writing them to `dir/pos.txt` and `dir/neg.txt`.
+pub(crate) fn build_index(
+    dir: &std::path::Path,
+    positives: &[String],
+    negatives: &[String],
+) -> std::path::PathBuf {
+    std::fs::write(dir.join("pos.txt"), positives.join("\n")).unwrap();
+    std::fs::write(dir.join("neg.txt"), negatives.join("\n")).unwrap();
+    let m = model();
+    let arg = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    ok(&[
+        "sentinel",
+        "build",
+        "--model",
+        &arg(&m),
+        "--positives",
+        &arg(&dir.join("pos.txt")),
+        "--negatives",
+        &arg(&dir.join("neg.txt")),
+        "--out",
+        &arg(&dir.join("idx")),
+    ]);
+    dir.join("idx")
+}
+
 /// A CSV file's rows as header -> value maps.
 pub(crate) fn csv_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
     let mut r = csv::Reader::from_path(path).unwrap();
