@@ -11,10 +11,10 @@ pub mod robust;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, AsArray, StringArray};
-use arrow::datatypes::{DataType, Field, Float64Type, Schema};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use vigil_config::{AlertRule, DriftConfig, RobustZConfig};
-use vigil_warehouse::{Table, Warehouse, WarehouseError};
+use vigil_warehouse::{Table, Warehouse, WarehouseError, column_f64, column_text};
 
 pub use drift::{FeatureDrift, drift_table, psi};
 pub use incident::{Incident, incident_markdown, open_incident};
@@ -66,45 +66,6 @@ pub struct Alert {
     pub severity: String,
     /// Human-readable details.
     pub details: String,
-}
-
-/// Every batch's `column`, cast to `to`.
-fn column_as(table: &Table, column: &str, to: &DataType) -> Result<Vec<ArrayRef>, MonitorError> {
-    let err = |message: String| MonitorError::Column {
-        table: table.name.clone(),
-        column: column.into(),
-        message,
-    };
-    table
-        .batches
-        .iter()
-        .map(|b| {
-            let col = b
-                .column_by_name(column)
-                .ok_or_else(|| err("no such column".into()))?;
-            arrow::compute::cast(col, to).map_err(|e| err(format!("cannot read as {to}: {e}")))
-        })
-        .collect()
-}
-
-/// A column of a table as text (days, names); nulls become empty strings.
-pub fn column_text(table: &Table, column: &str) -> Result<Vec<String>, MonitorError> {
-    let mut out = Vec::with_capacity(table.num_rows());
-    for arr in column_as(table, column, &DataType::Utf8)? {
-        let text = arr.as_string::<i32>();
-        out.extend(text.iter().map(|v| v.unwrap_or_default().to_string()));
-    }
-    Ok(out)
-}
-
-/// A numeric column of a table as `f64` (nulls become NaN).
-pub fn column_f64(table: &Table, column: &str) -> Result<Vec<f64>, MonitorError> {
-    let mut out = Vec::with_capacity(table.num_rows());
-    for arr in column_as(table, column, &DataType::Float64)? {
-        let f = arr.as_primitive::<Float64Type>();
-        out.extend(f.iter().map(|v| v.unwrap_or(f64::NAN)));
-    }
-    Ok(out)
 }
 
 /// Evaluate the fixed rules (SQL over the registered `monitoring_metrics` table) and the

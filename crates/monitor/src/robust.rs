@@ -8,7 +8,8 @@
 use vigil_config::RobustZConfig;
 use vigil_warehouse::Table;
 
-use crate::{Alert, MonitorError, column_f64, column_text};
+use crate::{Alert, MonitorError};
+use vigil_warehouse::{column_f64, column_text};
 
 /// Median of a non-empty slice (mean of the two middle values for an even count).
 pub fn median(values: &[f64]) -> f64 {

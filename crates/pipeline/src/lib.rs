@@ -551,7 +551,7 @@ pub fn run(
     let events_in_dataset = wh
         .query("count", "SELECT COUNT(*) AS n FROM events")
         .ok()
-        .and_then(|t| vigil_monitor::column_f64(&t, "n").ok())
+        .and_then(|t| vigil_warehouse::column_f64(&t, "n").ok())
         .and_then(|v| v.first().copied())
         .unwrap_or(0.0) as usize;
 
@@ -733,7 +733,7 @@ pub fn run(
     let day_metrics = &core[2];
     stages.run("report", || {
         let subtitle = {
-            let days = vigil_monitor::column_text(day_metrics, "day").unwrap_or_default();
+            let days = vigil_warehouse::column_text(day_metrics, "day").unwrap_or_default();
             format!(
                 "{} events, {} to {} (UTC); risk model {}; profile {}; Vigil {}",
                 events_in_dataset,

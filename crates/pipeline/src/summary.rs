@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
-use vigil_monitor::{Alert, FeatureDrift, column_f64, column_text};
+use vigil_monitor::{Alert, FeatureDrift};
 use vigil_report::{Chart, ChartData, Report, SummaryRow, Table as HtmlTable};
 use vigil_warehouse::{Table, Warehouse};
+use vigil_warehouse::{column_f64, column_text};
 
 use crate::PipelineError;
 use crate::protect::{Actions, Automation, Queue, Scored};

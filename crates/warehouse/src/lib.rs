@@ -65,6 +65,56 @@ pub enum WarehouseError {
     /// interrupted ingest commit that cannot be finished).
     #[error("data directory: {0}")]
     Dataset(#[from] vigil_events::EventsError),
+    /// User: a column read by name (often one named in `vigil.toml`) does not exist or does
+    /// not convert to the type asked for.
+    #[error("column `{column}` of `{table}`: {message}")]
+    Column {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Every batch's `column`, cast to `to`.
+fn column_as(table: &Table, column: &str, to: &DataType) -> Result<Vec<ArrayRef>, WarehouseError> {
+    let err = |message: String| WarehouseError::Column {
+        table: table.name.clone(),
+        column: column.into(),
+        message,
+    };
+    table
+        .batches
+        .iter()
+        .map(|b| {
+            let col = b
+                .column_by_name(column)
+                .ok_or_else(|| err("no such column".into()))?;
+            arrow::compute::cast(col, to).map_err(|e| err(format!("cannot read as {to}: {e}")))
+        })
+        .collect()
+}
+
+/// A column of a table as text (days, names); nulls become empty strings.
+pub fn column_text(table: &Table, column: &str) -> Result<Vec<String>, WarehouseError> {
+    let mut out = Vec::with_capacity(table.num_rows());
+    for arr in column_as(table, column, &DataType::Utf8)? {
+        let text = arr.as_string::<i32>();
+        out.extend(text.iter().map(|v| v.unwrap_or_default().to_string()));
+    }
+    Ok(out)
+}
+
+/// A numeric column of a table as `f64` (nulls become NaN).
+pub fn column_f64(table: &Table, column: &str) -> Result<Vec<f64>, WarehouseError> {
+    let mut out = Vec::with_capacity(table.num_rows());
+    for arr in column_as(table, column, &DataType::Float64)? {
+        let f = arr.as_primitive::<Float64Type>();
+        out.extend(f.iter().map(|v| v.unwrap_or(f64::NAN)));
+    }
+    Ok(out)
 }
 
 /// A user's boolean rule text compiled once against a schema, then evaluated on batches of
@@ -601,7 +651,7 @@ impl vigil_core::Classify for WarehouseError {
             // A query of the user's that ran too long; a rule or ad hoc query that fails to
             // plan is classified by the caller that knows it is the user's (the SQL of a
             // built-in table failing on stored data is not).
-            WarehouseError::Timeout { .. } => K::Usage,
+            WarehouseError::Timeout { .. } | WarehouseError::Column { .. } => K::Usage,
             WarehouseError::Sql { .. }
             | WarehouseError::SqlFile { .. }
             | WarehouseError::Write { .. }
@@ -616,6 +666,43 @@ impl vigil_core::Classify for WarehouseError {
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
+
+    #[test]
+    fn columns_read_across_batches_as_f64_or_text_and_a_missing_one_is_the_users_fault() {
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("n", DataType::Int64, true),
+            arrow::datatypes::Field::new("day", DataType::Utf8, true),
+        ]));
+        let batch = |n: Vec<Option<i64>>, d: Vec<Option<&str>>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from(n)) as ArrayRef,
+                    Arc::new(StringArray::from(d)) as ArrayRef,
+                ],
+            )
+            .unwrap()
+        };
+        let t = Table {
+            name: "t".into(),
+            schema: schema.clone(),
+            batches: vec![
+                batch(vec![Some(1), None], vec![Some("2026-01-01"), None]),
+                batch(vec![Some(3)], vec![Some("2026-01-02")]),
+            ],
+        };
+        let n = column_f64(&t, "n").unwrap();
+        assert_eq!(n[0], 1.0);
+        assert!(n[1].is_nan());
+        assert_eq!(n[2], 3.0);
+        assert_eq!(
+            column_text(&t, "day").unwrap(),
+            ["2026-01-01", "", "2026-01-02"]
+        );
+        let e = column_f64(&t, "missing").unwrap_err();
+        assert_eq!(e.to_string(), "column `missing` of `t`: no such column");
+        assert_eq!(vigil_core::Classify::kind(&e), vigil_core::ErrorKind::Usage);
+    }
 
     #[test]
     fn user_sql_is_read_only_copy_to_a_file_is_refused() {

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use vigil_automate::er::{self, ComponentRisk, ErQuality, Resolution, UserKeys};
 use vigil_config::{Config, ErMode};
-use vigil_monitor::column_text;
 use vigil_warehouse::Warehouse;
+use vigil_warehouse::column_text;
 
 use crate::PipelineError;
 use crate::tables::{Col, extend, table, take};

@@ -1,7 +1,8 @@
 //! Incidents: the incident record of a day with a high-severity alert.
 
-use vigil_monitor::{Alert, column_f64};
+use vigil_monitor::Alert;
 use vigil_warehouse::Warehouse;
+use vigil_warehouse::column_f64;
 
 use crate::PipelineError;
 use crate::tables::{Col, table};

@@ -22,9 +22,9 @@ pub(crate) use rare_harm::{Source as RareHarmSource, rare_harm};
 pub(crate) use text_signal::{TextSignal, text_signal};
 
 use vigil_detect::Detection;
-use vigil_monitor::column_f64;
 use vigil_review::Flags;
 use vigil_warehouse::Table;
+use vigil_warehouse::column_f64;
 
 use crate::PipelineError;
 use crate::tables::Strings;

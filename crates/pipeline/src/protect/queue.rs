@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use arrow::record_batch::RecordBatch;
 use vigil_config::Config;
-use vigil_monitor::column_text;
 use vigil_review::{Flags, QueueEntry};
 use vigil_warehouse::Warehouse;
+use vigil_warehouse::column_text;
 
 use crate::PipelineError;
 use crate::tables::{Col, extend, table, take};
@@ -72,7 +72,7 @@ pub(crate) fn review_queue(
 ) -> Result<Queue, PipelineError> {
     // The rare-harm signal, when the stage ran and feeds the queue ([sentinel] review_at).
     let rare_affinity = match (&cfg.sentinel.index, cfg.sentinel.review_at) {
-        (Some(_), Some(_)) if cfg.sentinel.model_features => Some(vigil_monitor::column_f64(
+        (Some(_), Some(_)) if cfg.sentinel.model_features => Some(vigil_warehouse::column_f64(
             &s.table,
             "rare_harm_affinity_window",
         )?),

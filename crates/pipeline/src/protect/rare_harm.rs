@@ -10,11 +10,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use vigil_config::{CascadeMode, Config};
-use vigil_monitor::column_text;
 use vigil_sentinel::cascade::{Screen, StaticEmbeddings, cascade_scores};
 use vigil_sentinel::{
     CalibratedScorer, Encoder, Matrix, MessageScorer, MiniLmEncoder, SentinelIndex,
 };
+use vigil_warehouse::column_text;
 use vigil_warehouse::{Table, Warehouse};
 
 use crate::PipelineError;
