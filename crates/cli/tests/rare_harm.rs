@@ -6,8 +6,11 @@
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{build_index, csv_rows, model, ok, ok_output, vigil};
+use common::{build_index, csv_rows, model, ok};
+#[cfg(shared_data)]
+use common::{ok_output, vigil};
 
+#[cfg(shared_data)]
 fn shared() -> PathBuf {
     std::env::var_os("VIGIL_SHARED")
         .map(PathBuf::from)
@@ -18,6 +21,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+#[cfg(shared_data)]
 #[test]
 fn rare_harm_stage_finds_the_users_whose_messages_are_harmful_and_the_bundle_scores_the_same() {
     let texts: serde_json::Value = serde_json::from_str(

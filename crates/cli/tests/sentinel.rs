@@ -1,5 +1,7 @@
 //! `vigil sentinel` end to end: scoring with precomputed embeddings reproduces the reference's
 //! affinities; building and scoring with the real model separates harmful from ordinary groups.
+// Reads the reference data in `shared/`: built only where it is (see build-support/).
+#![cfg(shared_data)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};

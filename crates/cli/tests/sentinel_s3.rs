@@ -2,6 +2,8 @@
 //! `moto[server]`, installed by ./scripts/test.sh) started here on 127.0.0.1. An index built
 //! with `vigil sentinel build --out s3://...` loads back and scores exactly as the same index
 //! built on disk, and the reference's own files, uploaded unchanged, load from the bucket.
+// Reads the reference data in `shared/`: built only where it is (see build-support/).
+#![cfg(shared_data)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};

@@ -1306,6 +1306,7 @@ fn a_reload_swaps_bundle_and_settings_without_pausing_intake_and_a_bad_config_is
     assert!(server.stop().success());
 }
 
+#[cfg(shared_data)]
 #[test]
 fn rare_harm_affinity_live_equals_sentinel_score_over_the_same_messages() {
     let shared = std::env::var_os("VIGIL_SHARED")

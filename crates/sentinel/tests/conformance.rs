@@ -1,6 +1,8 @@
 //! Conformance with the reference Sentinel: every group, parameter combination and aggregator
 //! of `shared/conformance/scores.json`, scored from the stored embeddings against the
 //! reference's own saved index, plus the index's on-disk bytes and the aggregator formulae.
+// Reads the reference data in `shared/`: built only where it is (see build-support/).
+#![cfg(shared_data)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;

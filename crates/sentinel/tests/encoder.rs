@@ -1,6 +1,8 @@
 //! The native MiniLM encoder against the reference's embeddings (`shared/conformance/
 //! embeddings.json`): same tokens, cosine >= 0.9999 and max abs difference <= 1e-4 for every
 //! text, empty, whitespace-only and over-long texts included.
+// Reads the reference data in `shared/`: built only where it is (see build-support/).
+#![cfg(shared_data)]
 #![cfg(feature = "encoder")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -2,6 +2,8 @@
 //! score_groups, evaluate_groups, compare_aggregators and run_grid_search on the reference's
 //! 41 labelled groups and `index_small`, observations encoded by our native MiniLM, plus the
 //! torch generator references that make our subsampling row-identical.
+// Reads the reference data in `shared/`: built only where it is (see build-support/).
+#![cfg(shared_data)]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;

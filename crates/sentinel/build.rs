@@ -1,0 +1,3 @@
+//! Sets `cfg(shared_data)` for the tests that read `shared/` (see the included file).
+
+include!("../../build-support/shared_data.rs");
