@@ -487,3 +487,35 @@ fn in_the_realistic_world_the_text_signal_finds_the_rare_harm_users_behaviour_mi
         }
     }
 }
+
+/// A missing encoder is reported before any stage runs: nothing is written to the output
+/// directory (before, the core tables were built and written first).
+#[test]
+fn a_missing_encoder_is_refused_before_the_run_writes_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let events = d.join("events.csv");
+    ok(&["generate", "--events", "2000", "--out", s(&events)]);
+    let out = d.join("out");
+    let o = common::vigil(&[
+        "run",
+        "--input",
+        s(&events),
+        "--out",
+        s(&out),
+        "--sentinel-index",
+        s(&d.join("no-index")),
+        "--sentinel-model",
+        s(&d.join("no-model")),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no-model") && err.contains("fetch-model"),
+        "{err}"
+    );
+    let written: Vec<_> = std::fs::read_dir(&out)
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(written.is_empty(), "{written:?}");
+}

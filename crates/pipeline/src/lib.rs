@@ -432,6 +432,12 @@ pub fn run(
             .collect();
         bundle::check_features(bundle, dir, &known)?;
     }
+    let rare_stage = opts.config.sentinel.index.is_some()
+        || matches!(&opts.models, Models::Apply { bundle, .. }
+            if bundle.manifest.config.sentinel.index.is_some());
+    if rare_stage {
+        protect::check_encoder(&opts.sentinel_model)?;
+    }
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| PipelineError::Io { path, source }

@@ -18,7 +18,7 @@ pub use enforcement::{CompiledPolicy, suggest_actions};
 pub(crate) use incidents::incidents;
 pub(crate) use queue::{Queue, review_queue};
 pub use rare_harm::{RARE_HARM_FEATURES, RareHarmInfo};
-pub(crate) use rare_harm::{Source as RareHarmSource, rare_harm};
+pub(crate) use rare_harm::{Source as RareHarmSource, check_encoder, rare_harm};
 pub(crate) use text_signal::{TextSignal, text_signal};
 
 use vigil_detect::Detection;

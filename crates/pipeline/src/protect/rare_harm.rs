@@ -86,6 +86,19 @@ fn sentinel(e: vigil_sentinel::SentinelError) -> PipelineError {
     PipelineError::Sentinel(Box::new(e))
 }
 
+/// The stage needs the encoder: a missing model is the user's to fix, said before any work.
+pub(crate) fn check_encoder(model: &Path) -> Result<(), PipelineError> {
+    if model.join("model.safetensors").exists() {
+        return Ok(());
+    }
+    Err(PipelineError::Config(format!(
+        "the rare-harm stage ([sentinel] index) needs the encoder: no model at {}; {} \
+         (for `vigil run` / `vigil score` / `vigil demo`: --sentinel-model DIR)",
+        model.display(),
+        vigil_sentinel::encoder::MODEL_HELP
+    )))
+}
+
 /// Run the stage over the stored events; returns the features with the two columns added
 /// (registered in the warehouse under the same name) and what it used.
 pub(crate) fn rare_harm(
@@ -97,14 +110,7 @@ pub(crate) fn rare_harm(
     out: &mut Written,
 ) -> Result<(Table, RareHarmInfo), PipelineError> {
     let (index_location, model, frozen_cut) = (source.index, source.model, source.frozen_cut);
-    if !model.join("model.safetensors").exists() {
-        return Err(PipelineError::Config(format!(
-            "the rare-harm stage ([sentinel] index) needs the encoder: no model at {}; {} \
-             (for `vigil run` / `vigil score` / `vigil demo`: --sentinel-model DIR)",
-            model.display(),
-            vigil_sentinel::encoder::MODEL_HELP
-        )));
-    }
+    check_encoder(model)?;
     let index = SentinelIndex::load_from(index_location, None, None).map_err(sentinel)?;
     let calibrated = CalibratedScorer::load_from(index_location).map_err(sentinel)?;
     let encoder = MiniLmEncoder::load(model).map_err(sentinel)?;
