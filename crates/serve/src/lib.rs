@@ -131,6 +131,9 @@ impl Classify for ServeError {
     }
 }
 
+/// Events held while the state is rebuilt before their chat messages are scored together.
+const REBUILD_EVENTS: usize = 200_000;
+
 /// The rare-harm score of each event's chat message while the state is rebuilt (all `None`
 /// without an index).
 fn rebuild_scores(
@@ -143,7 +146,12 @@ fn rebuild_scores(
         .filter(|&i| events[i].event_type == "chat" && !events[i].prompt.is_empty())
         .collect();
     let texts: Vec<&str> = at.iter().map(|&i| events[i].prompt.as_str()).collect();
-    for (i, s) in at.into_iter().zip(r.message_scores(&texts)?) {
+    // Within half the cache per call: a call's new texts are all still cached at its end.
+    let mut scores = Vec::with_capacity(texts.len());
+    for part in texts.chunks((r.capacity() / 2).max(1)) {
+        scores.extend(r.message_scores(part)?);
+    }
+    for (i, s) in at.into_iter().zip(scores) {
         out[i] = Some(s);
     }
     Ok(out)
@@ -483,33 +491,38 @@ pub async fn serve_until(
         let data = data.clone();
         move || -> Result<_, ServeError> {
             let ds = vigil_events::Dataset::open(&data)?;
+            let rare = rare_for_rebuild.as_deref();
+            // With an index the events wait in `held` until enough chat texts have gathered
+            // to score them in one call (the cascade and the encoder work in large batches),
+            // then are applied in their stored order.
+            let mut held: Vec<event::Event> = Vec::new();
+            let fold = |held: &mut Vec<event::Event>| -> Result<(), ServeError> {
+                for (e, s) in held.iter().zip(rebuild_scores(rare, held)?) {
+                    state.apply(e, s);
+                }
+                held.clear();
+                Ok(())
+            };
             let mut n = 0u64;
             let mut failed = None;
             ds.for_each_batch(&mut |b| {
                 let events = event::events_of(b).map_err(vigil_events::EventsError::Internal)?;
-                match rebuild_scores(rare_for_rebuild.as_deref(), &events) {
-                    Ok(scores) => {
-                        for (e, s) in events.iter().zip(scores) {
-                            state.apply(e, s);
-                        }
-                    }
-                    Err(err) => {
-                        failed = Some(err);
-                        return Err(vigil_events::EventsError::Internal(
-                            "rare-harm scoring failed".into(),
-                        ));
-                    }
-                }
                 n += events.len() as u64;
+                held.extend(events);
+                let hold = if rare.is_some() { REBUILD_EVENTS } else { 1 };
+                if held.len() >= hold
+                    && let Err(err) = fold(&mut held)
+                {
+                    failed = Some(err);
+                    return Err(vigil_events::EventsError::Internal(
+                        "rare-harm scoring failed".into(),
+                    ));
+                }
                 Ok(())
             })
             .map_err(|e| failed.take().unwrap_or(ServeError::from(e)))?;
-            for (e, s) in pending
-                .iter()
-                .zip(rebuild_scores(rare_for_rebuild.as_deref(), &pending)?)
-            {
-                state.apply(e, s);
-            }
+            held.extend(pending.iter().cloned());
+            fold(&mut held)?;
             n += pending.len() as u64;
             Ok((state, log, n))
         }

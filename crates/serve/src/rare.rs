@@ -151,6 +151,11 @@ impl RareHarm {
         })
     }
 
+    /// Distinct texts whose scores are kept.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// The cascade cut messages are screened with (`None`: every text exactly).
     pub fn cut(&self) -> Option<f64> {
         self.screen.as_ref().map(|s| s.cut)
@@ -215,11 +220,13 @@ impl RareHarm {
     pub fn message_scores(&self, texts: &[&str]) -> Result<Vec<f64>, ServeError> {
         let mut missing: Vec<String> = Vec::new();
         {
+            // A set, not a scan of `missing`: a state rebuild passes whole dataset batches.
+            let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
             let mut c = self.lock();
             for t in texts {
                 if c.scores.contains_key(*t) {
                     c.hits += 1;
-                } else if !missing.iter().any(|m| m == t) {
+                } else if seen.insert(t) {
                     missing.push((*t).to_string());
                 }
             }
