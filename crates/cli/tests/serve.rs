@@ -1647,6 +1647,12 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
             .iter()
             .any(|f| f == "rare_harm_affinity_window")
     );
+    let card = std::fs::read_to_string(model.join("model_card.md")).unwrap();
+    assert!(
+        card.contains(&format!("Sentinel index `{}`", index.display()))
+            && card.contains(&format!("{:.3e}", cut.unwrap())),
+        "{card}"
+    );
     // The bundle applied to the same events (its cut, its index): the run's scores.
     let scored = d.join("scored");
     ok(&[

@@ -606,7 +606,13 @@ fn model_card(m: &Manifest) -> String {
         "- Data from another product, another event schema or another period without checking \
          drift (`drift.csv`) and re-evaluating on fresh labels.",
     );
-    line("- Judging the content of messages: see Sentinel for rare harmful text.");
+    match &m.rare_harm {
+        None => line("- Judging the content of messages: see Sentinel for rare harmful text."),
+        Some(_) => line(
+            "- Judging one message, or harm unlike the index's examples: the text signal is \
+             how much a user's messages resemble the index's harmful examples, nothing more.",
+        ),
+    }
     line("");
     line("## Training data");
     line("");
@@ -664,6 +670,32 @@ fn model_card(m: &Manifest) -> String {
         "- `flag_uncertain` at uncertainty >= {} with risk >= {}; priority weights {:?}.",
         m.review.uncertain_flag, m.review.uncertain_min_risk, m.review.priority_weights
     ));
+    if let Some(r) = &m.rare_harm {
+        line(&format!(
+            "- Message text: `rare_harm_affinity` (the day's messages) and \
+             `rare_harm_affinity_window` ({} days) from the Sentinel index `{}`, {} scorer, \
+             `{}` over each user-day's messages; {}. Applying the bundle (`vigil score`, \
+             `vigil serve`) needs that index and the same encoder.",
+            r.window_days,
+            r.index,
+            r.scorer,
+            r.aggregator,
+            match &r.cascade {
+                Some(c) => format!(
+                    "messages screened by the cascade, the exact encoder from first-stage \
+                     probability {:.3e} (kept for scoring and serving)",
+                    c.cut
+                ),
+                None => "every message scored by the exact encoder".to_string(),
+            }
+        ));
+        if let Some(at) = m.config.sentinel.review_at {
+            line(&format!(
+                "- `flag_rare_harm` at window affinity >= {at}; the policy's first rule \
+                 escalates those user-days to a person."
+            ));
+        }
+    }
     line("");
     line("## Evaluation (held-out split of the training data)");
     line("");
