@@ -1820,4 +1820,63 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     }
     assert!(checked > 10, "{checked}");
     assert!(server.stop().success());
+
+    // The scores are kept in the data directory (keys and scores, no text) and a restart
+    // takes them from there: with every kept score set to 0 (the file's tag untouched), the
+    // restarted service's affinities are 0; with another tag the file is ignored.
+    let store = data.join("sentinel_scores.bin");
+    let bytes = std::fs::read(&store).unwrap();
+    assert_eq!(&bytes[..8], b"VGLSCOR1");
+    let tag_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
+    let body = 12 + tag_len;
+    assert_eq!((bytes.len() - body) % 16, 0);
+    let text = std::fs::read_to_string(&input).unwrap();
+    let some_prompt = csv_rows(&input)
+        .into_iter()
+        .find(|r| r["prompt"].len() > 20)
+        .unwrap()["prompt"]
+        .clone();
+    assert!(text.contains(&some_prompt));
+    assert!(
+        !bytes
+            .windows(some_prompt.len())
+            .any(|w| w == some_prompt.as_bytes()),
+        "the score store holds message text"
+    );
+    let (user, day) = rare_queued[0].clone();
+    let window_of = |server: &Server| -> f64 {
+        let (st, text) = server.get(&format!("/v1/users/{user}"), Some(&read));
+        assert_eq!(st, 200, "{text}");
+        let view: serde_json::Value = serde_json::from_str(&text).unwrap();
+        day_of(&view, &day)["features"]["rare_harm_affinity_window"]
+            .as_f64()
+            .unwrap()
+    };
+    let mut zeroed = bytes.clone();
+    for entry in zeroed[body..].chunks_exact_mut(16) {
+        entry[8..].copy_from_slice(&0f64.to_le_bytes());
+    }
+    std::fs::write(&store, &zeroed).unwrap();
+    let cfg60 = write_config(d, "state_days = 60");
+    let server = start_rare(&data, &model, None, &m, Some(&cfg60));
+    let want: f64 = features
+        .iter()
+        .find(|f| f["user_id"] == user && f["day"] == day)
+        .unwrap()["rare_harm_affinity_window"]
+        .parse()
+        .unwrap();
+    // (The aggregate of probabilities 0 is not exactly 0: it is re-based to the base rate.)
+    let zero = window_of(&server);
+    assert!(
+        zero < 1e-6 && want > 0.5,
+        "the kept scores were not used: {zero} vs {want}"
+    );
+    assert!(server.stop().success());
+    let mut other = bytes.clone();
+    other[12] ^= 1;
+    std::fs::write(&store, &other).unwrap();
+    let server = start_rare(&data, &model, None, &m, Some(&cfg60));
+    let got = window_of(&server);
+    assert!(close(got, want) && want > 0.5, "{got} vs {want}");
+    assert!(server.stop().success());
 }

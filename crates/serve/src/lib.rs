@@ -439,6 +439,7 @@ pub async fn serve_until(
             );
             metrics::gauge!("vigil_sentinel_index_info", "version" => loaded.version().to_string())
                 .set(1.0);
+            loaded.open_store(&opts.data);
             Some(Arc::new(loaded))
         }
         None => None,
@@ -523,6 +524,10 @@ pub async fn serve_until(
             .map_err(|e| failed.take().unwrap_or(ServeError::from(e)))?;
             held.extend(pending.iter().cloned());
             fold(&mut held)?;
+            // The next start finds these scores without the encoder.
+            if let Some(r) = rare {
+                r.save_store()?;
+            }
             n += pending.len() as u64;
             Ok((state, log, n))
         }
@@ -634,6 +639,13 @@ pub async fn serve_until(
     let _ = background.await;
     let _ = hangups.await;
     let users = svc.state.users();
+    if let Some(r) = svc.rare.clone() {
+        match tokio::task::spawn_blocking(move || r.save_store()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("rare-harm scores not kept: {e}"),
+            Err(e) => tracing::warn!("rare-harm scores not kept: {e}"),
+        }
+    }
     svc.webhooks.shutdown().await;
     tokio::task::spawn_blocking(move || case_writer.stop())
         .await

@@ -51,10 +51,41 @@ pub struct RareHarm {
     /// The cascade's first stage with the cut of the bundle the service started with (a
     /// bundle trained through the cascade): a text scores exactly as in its training run.
     screen: Option<Screen>,
+    /// Scores kept across restarts ([`SCORE_STORE`]).
+    known: Mutex<Known>,
+    /// SHA-256 of the model's weights file (part of the store's tag).
+    model_digest: String,
 }
 
 /// Texts per exact-encoder call inside the cascade.
 const CHUNK: usize = 256;
+
+/// The scores kept across restarts, in the data directory: `(key of the text, score)` for
+/// every text scored, no text. Tagged with what produced them (Vigil's version, the model's
+/// bytes, the index and the cut); a file with another tag is ignored.
+pub const SCORE_STORE: &str = "sentinel_scores.bin";
+const STORE_MAGIC: &[u8; 8] = b"VGLSCOR1";
+/// Most scores kept (16 bytes each).
+const STORE_MAX: usize = 10_000_000;
+
+/// A text's key in the score store: the first 8 bytes of its SHA-256 (stable across builds).
+fn stable_key(text: &str) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(text.as_bytes());
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(k)
+}
+
+/// Every score the service has computed, by stable key, and where it is kept.
+#[derive(Debug, Default)]
+struct Known {
+    scores: HashMap<u64, f64>,
+    path: Option<std::path::PathBuf>,
+    tag: String,
+    /// New scores since the last save.
+    dirty: bool,
+}
 
 impl std::fmt::Debug for RareHarm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -134,6 +165,16 @@ impl RareHarm {
             }
         };
         let messages = MessageScorer::new(&index, calibrated).map_err(sentinel)?;
+        let weights = opts.model.join("model.safetensors");
+        let model_digest = {
+            use sha2::Digest;
+            let bytes = std::fs::read(&weights).map_err(|e| ServeError::io(&weights, e))?;
+            sha2::Sha256::digest(&bytes)
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
         tracing::info!(
             "rare-harm scoring with the {} scorer ({} over each window)",
             messages.kind().name(),
@@ -148,7 +189,79 @@ impl RareHarm {
             location: opts.index.clone(),
             version,
             screen,
+            known: Mutex::new(Known::default()),
+            model_digest,
         })
+    }
+
+    /// What the kept scores were produced with.
+    fn store_tag(&self) -> String {
+        format!(
+            "vigil {} model {} index {} cut {}",
+            env!("CARGO_PKG_VERSION"),
+            self.model_digest,
+            self.version,
+            self.cut()
+                .map_or_else(|| "none".into(), |c| format!("{:016x}", c.to_bits()))
+        )
+    }
+
+    /// Keep scores in `data` across restarts: load the ones stored there when they were
+    /// produced the same way (otherwise they are ignored and replaced at the next save).
+    pub fn open_store(&self, data: &std::path::Path) {
+        let path = data.join(SCORE_STORE);
+        let tag = self.store_tag();
+        let mut scores = HashMap::new();
+        match std::fs::read(&path) {
+            Ok(bytes) => match parse_store(&bytes, &tag) {
+                Some(s) => {
+                    tracing::info!("{} rare-harm scores from {}", s.len(), path.display());
+                    scores = s;
+                }
+                None => tracing::info!(
+                    "{} holds scores from another model, index, cut or version: not used",
+                    path.display()
+                ),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot read {}: {e}; scoring from scratch", path.display()),
+        }
+        let mut k = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *k = Known {
+            scores,
+            path: Some(path),
+            tag,
+            dirty: false,
+        };
+    }
+
+    /// Write the kept scores (atomically) when there are new ones.
+    pub fn save_store(&self) -> Result<(), ServeError> {
+        let (path, bytes) = {
+            let mut k = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(path) = k.path.clone().filter(|_| k.dirty) else {
+                return Ok(());
+            };
+            let mut bytes = Vec::with_capacity(16 + k.tag.len() + 16 * k.scores.len());
+            bytes.extend_from_slice(STORE_MAGIC);
+            bytes.extend_from_slice(&(k.tag.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(k.tag.as_bytes());
+            for (key, score) in &k.scores {
+                bytes.extend_from_slice(&key.to_le_bytes());
+                bytes.extend_from_slice(&score.to_le_bytes());
+            }
+            k.dirty = false;
+            (path, bytes)
+        };
+        vigil_core::write_atomic(&path, &bytes).map_err(|(p, e)| ServeError::io(&p, e))?;
+        tracing::info!("rare-harm scores kept in {}", path.display());
+        Ok(())
     }
 
     /// Distinct texts whose scores are kept.
@@ -172,9 +285,39 @@ impl RareHarm {
         self.messages.set_affinity(scored)
     }
 
-    /// Score texts not in the cache: through the cascade when the service has one, else
-    /// exactly.
+    /// Score texts not in the cache: from the kept scores when there, else through the
+    /// cascade when the service has one, else exactly (and kept).
     fn score_fresh(&self, texts: &[String]) -> Result<Vec<f64>, ServeError> {
+        let keys: Vec<u64> = texts.iter().map(|t| stable_key(t)).collect();
+        let mut out: Vec<Option<f64>> = {
+            let k = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            keys.iter().map(|key| k.scores.get(key).copied()).collect()
+        };
+        let todo: Vec<usize> = (0..texts.len()).filter(|&i| out[i].is_none()).collect();
+        if !todo.is_empty() {
+            let fresh_texts: Vec<String> = todo.iter().map(|&i| texts[i].clone()).collect();
+            let fresh = self.encode_and_score(&fresh_texts)?;
+            let mut k = self
+                .known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (&i, score) in todo.iter().zip(fresh) {
+                out[i] = Some(score);
+                if k.path.is_some() && k.scores.len() < STORE_MAX {
+                    k.scores.insert(keys[i], score);
+                    k.dirty = true;
+                }
+            }
+        }
+        Ok(out.into_iter().map(|s| s.unwrap_or(0.0)).collect())
+    }
+
+    /// Score texts with the encoder: through the cascade when the service has one, else
+    /// exactly.
+    fn encode_and_score(&self, texts: &[String]) -> Result<Vec<f64>, ServeError> {
         match (&self.screen, self.messages.calibrated()) {
             (Some(screen), Some(c)) => {
                 Ok(
@@ -316,6 +459,25 @@ impl RareHarm {
     pub fn affinity(&self, window: &[&str], scores: &[f64]) -> f64 {
         self.messages.affinity(window, scores)
     }
+}
+
+/// The scores of a store file whose tag is `tag`; `None` for another tag or a damaged file.
+fn parse_store(bytes: &[u8], tag: &str) -> Option<HashMap<u64, f64>> {
+    let rest = bytes.strip_prefix(STORE_MAGIC.as_slice())?;
+    let (len, rest) = rest.split_first_chunk::<4>()?;
+    let len = u32::from_le_bytes(*len) as usize;
+    let (stored_tag, rest) = (rest.get(..len)?, rest.get(len..)?);
+    if stored_tag != tag.as_bytes() || !rest.len().is_multiple_of(16) {
+        return None;
+    }
+    let mut scores = HashMap::with_capacity(rest.len() / 16);
+    for entry in rest.chunks_exact(16) {
+        let (key, score) = entry.split_at(8);
+        let key = u64::from_le_bytes(key.try_into().ok()?);
+        let score = f64::from_le_bytes(score.try_into().ok()?);
+        scores.insert(key, score);
+    }
+    Some(scores)
 }
 
 /// A user's message window: the last `n` chat prompts across the retained days, oldest
