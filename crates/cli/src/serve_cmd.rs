@@ -36,7 +36,8 @@ pub(crate) struct ServeArgs {
 #[derive(Args, Debug)]
 pub(crate) struct SentinelArgs {
     /// Sentinel index (a directory or s3://bucket/prefix) for each user's rare-harm affinity
-    /// over their recent chat messages [default: none, no affinity].
+    /// over their recent chat messages [default: the index of a bundle that learned from the
+    /// rare-harm features, else none, no affinity].
     #[arg(long)]
     sentinel_index: Option<String>,
     /// The encoder for --sentinel-index [env: VIGIL_MODEL; default: models/all-MiniLM-L6-v2].
@@ -45,6 +46,24 @@ pub(crate) struct SentinelArgs {
 }
 
 impl SentinelArgs {
+    /// Without --sentinel-index, the index of a bundle that learned from the rare-harm
+    /// features (it needs one, and brings its own along).
+    fn or_bundle_index(mut self, bundle: Option<&std::path::Path>) -> Self {
+        if self.sentinel_index.is_none()
+            && let Some(m) = bundle
+            && let Ok(b) = vigil_pipeline::ModelBundle::load(m)
+            && b.manifest.learns_rare_harm()
+            && let Some(index) = b.manifest.rare_harm.as_ref().map(|r| r.index.clone())
+        {
+            tracing::info!(
+                "the model bundle learned from the rare-harm features: scoring messages with \
+                 the index it was trained with, {index} (--sentinel-index to name another)"
+            );
+            self.sentinel_index = Some(index);
+        }
+        self
+    }
+
     /// What the service loads, when an index is given.
     fn options(self, config: &Config) -> Option<vigil_serve::rare::RareHarmOptions> {
         let model = self.sentinel_model;
@@ -100,25 +119,11 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
             a.listen
         );
     }
-    let mut sentinel = a.sentinel;
-    if sentinel.sentinel_index.is_none() {
-        // A bundle that learned from the rare-harm features brings its index along.
-        let model = match &a.model {
-            Some(m) => Some(m.clone()),
-            None => vigil_serve::find_bundle(&a.data).ok(),
-        };
-        if let Some(m) = model
-            && let Ok(b) = vigil_pipeline::ModelBundle::load(&m)
-            && b.manifest.learns_rare_harm()
-            && let Some(index) = b.manifest.rare_harm.as_ref().map(|r| r.index.clone())
-        {
-            tracing::info!(
-                "the model bundle learned from the rare-harm features: scoring messages with \
-                 the index it was trained with, {index} (--sentinel-index to name another)"
-            );
-            sentinel.sentinel_index = Some(index);
-        }
-    }
+    let model = match &a.model {
+        Some(m) => Some(m.clone()),
+        None => vigil_serve::find_bundle(&a.data).ok(),
+    };
+    let sentinel = a.sentinel.or_bundle_index(model.as_deref());
     let rare_harm = sentinel.options(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -433,6 +438,7 @@ pub(crate) fn bench(cmd: BenchCommand) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let rare_harm = a.sentinel.or_bundle_index(Some(&a.model)).options(&config);
     let opts = vigil_serve::bench::BenchOptions {
         model: a.model,
         data: a.data,
@@ -449,7 +455,7 @@ pub(crate) fn bench(cmd: BenchCommand) -> Result<()> {
             }
             None => None,
         },
-        rare_harm: a.sentinel.options(&config),
+        rare_harm,
         rate: a.rate,
         seconds: a.seconds,
     };
