@@ -1680,6 +1680,10 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     let cfg = write_config(d, "state_days = 60");
     common::server::add_user(&data, "ana", "reviewer", "ana's long password");
     let server = start_rare(&data, &model, None, &m, Some(&cfg));
+    let (_, ready) = server.get("/readyz", None);
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready["rare_harm_features"], true, "{ready}");
+    assert_eq!(ready["rare_harm_cut"].as_f64(), cut, "{ready}");
     let rows = csv_rows(&input);
     for batch in rows.chunks(700) {
         let events: Vec<serde_json::Value> = batch.iter().map(event_json).collect();

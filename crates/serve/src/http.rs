@@ -123,6 +123,10 @@ async fn readyz(State(svc): State<Svc>) -> Response {
             "model_version": svc.live().scorer.version(),
             "index_version": svc.rare.as_ref().map(|r| r.version()),
             "rare_harm_scorer": svc.rare.as_ref().map(|r| r.kind().name()),
+            // Whether the model scores with the rare-harm features, and the cascade cut
+            // messages are screened with (null: every message exactly).
+            "rare_harm_features": svc.live().scorer.rare_window().is_some(),
+            "rare_harm_cut": svc.rare.as_ref().and_then(|r| r.cut()),
         }))
         .into_response()
     } else {
