@@ -1883,4 +1883,29 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     let got = window_of(&server);
     assert!(close(got, want) && want > 0.5, "{got} vs {want}");
     assert!(server.stop().success());
+
+    // Another index (half the harmful examples) is refused: the bundle knows its index by
+    // fingerprint, wherever it lies.
+    std::fs::create_dir_all(d.join("other")).unwrap();
+    let other = common::build_index(
+        &d.join("other"),
+        &positives[..positives.len() / 2],
+        &negatives,
+    );
+    let o = common::vigil(&[
+        "serve",
+        "--data",
+        s(&data),
+        "--model",
+        s(&model),
+        "--listen",
+        "127.0.0.1:0",
+        "--sentinel-index",
+        s(&other),
+        "--sentinel-model",
+        s(&m),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is another index"), "{err}");
 }

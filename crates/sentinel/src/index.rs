@@ -209,6 +209,24 @@ impl SentinelIndex {
         self.positive.dim
     }
 
+    /// SHA-256 (first 8 bytes, hex) of both sides' embeddings: which index this is, whatever
+    /// its location (what a model bundle records and the live service checks).
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for side in [&self.positive, &self.negative] {
+            h.update((side.rows as u64).to_le_bytes());
+            for v in &side.data {
+                h.update(v.to_le_bytes());
+            }
+        }
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Save to a local directory in the reference format. A corpus whose length differs from
     /// its embeddings is refused before anything is written.
     pub fn save(&self, dir: &Path) -> Result<(), SentinelError> {

@@ -55,6 +55,8 @@ pub struct RareHarm {
     known: Mutex<Known>,
     /// SHA-256 of the model's weights file (part of the store's tag).
     model_digest: String,
+    /// The index's fingerprint.
+    fingerprint: String,
 }
 
 /// Texts per exact-encoder call inside the cascade.
@@ -124,21 +126,8 @@ impl RareHarm {
                 encoder.dim()
             )));
         }
-        let version = {
-            use sha2::Digest;
-            let mut h = sha2::Sha256::new();
-            for side in [&index.positive, &index.negative] {
-                h.update((side.rows as u64).to_le_bytes());
-                for v in &side.data {
-                    h.update(v.to_le_bytes());
-                }
-            }
-            h.finalize()
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
+        let fingerprint = index.fingerprint();
+        let version = fingerprint.clone();
         let calibrated = CalibratedScorer::load_from(&opts.index).map_err(sentinel)?;
         // The version names the scorer too: the same index scores differently with one.
         let version = match &calibrated {
@@ -191,7 +180,13 @@ impl RareHarm {
             screen,
             known: Mutex::new(Known::default()),
             model_digest,
+            fingerprint,
         })
+    }
+
+    /// The index's fingerprint ([`SentinelIndex::fingerprint`]).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// What the kept scores were produced with.

@@ -213,6 +213,18 @@ impl Scorer {
                     harm.location()
                 )));
             }
+            if let Some(f) = &t.fingerprint
+                && f != harm.fingerprint()
+            {
+                return Err(ServeError::Usage(format!(
+                    "the model bundle {} was trained with the index {index} (fingerprint {f}); \
+                     {} is another index (fingerprint {}): serve it with the index it was \
+                     trained with",
+                    dir.display(),
+                    harm.location(),
+                    harm.fingerprint()
+                )));
+            }
             let cut = t.cascade.as_ref().map(|c| c.cut);
             if cut.map(f64::to_bits) != harm.cut().map(f64::to_bits) {
                 return Err(ServeError::Usage(format!(

@@ -48,6 +48,9 @@ pub struct RareHarmInfo {
     /// The cascade, when texts were screened before the exact encoder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cascade: Option<CascadeInfo>,
+    /// The index's fingerprint (`SentinelIndex::fingerprint`): which index, wherever it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// What the cascade did (`run.json`'s `rare_harm.cascade`).
@@ -368,6 +371,7 @@ pub(crate) fn rare_harm(
         distinct_texts: distinct.len(),
         window_days: cfg.sentinel.window_days,
         cascade,
+        fingerprint: Some(index.fingerprint()),
     };
     tracing::info!(
         "rare harm: {} messages ({} distinct) scored with the {} scorer",
