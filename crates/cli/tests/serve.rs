@@ -1833,7 +1833,17 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     assert_eq!(&bytes[..8], b"VGLSCOR1");
     let tag_len = u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize;
     let body = 12 + tag_len;
-    assert_eq!((bytes.len() - body) % 16, 0);
+    // Entries, then the SHA-256 of everything before it.
+    let end = bytes.len() - 32;
+    assert_eq!((end - body) % 16, 0);
+    let sealed = |mut content: Vec<u8>| -> Vec<u8> {
+        use sha2::Digest;
+        content.truncate(end);
+        let sum = sha2::Sha256::digest(&content);
+        content.extend_from_slice(&sum);
+        content
+    };
+    assert_eq!(sealed(bytes.clone()), bytes);
     let text = std::fs::read_to_string(&input).unwrap();
     let some_prompt = csv_rows(&input)
         .into_iter()
@@ -1857,10 +1867,10 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
             .unwrap()
     };
     let mut zeroed = bytes.clone();
-    for entry in zeroed[body..].chunks_exact_mut(16) {
+    for entry in zeroed[body..end].chunks_exact_mut(16) {
         entry[8..].copy_from_slice(&0f64.to_le_bytes());
     }
-    std::fs::write(&store, &zeroed).unwrap();
+    std::fs::write(&store, sealed(zeroed)).unwrap();
     let cfg60 = write_config(d, "state_days = 60");
     let server = start_rare(&data, &model, None, &m, Some(&cfg60));
     let want: f64 = features
@@ -1876,13 +1886,18 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
         "the kept scores were not used: {zero} vs {want}"
     );
     assert!(server.stop().success());
+    // Another tag (sealed again), then a damaged entry (not sealed): both ignored.
     let mut other = bytes.clone();
     other[12] ^= 1;
-    std::fs::write(&store, &other).unwrap();
-    let server = start_rare(&data, &model, None, &m, Some(&cfg60));
-    let got = window_of(&server);
-    assert!(close(got, want) && want > 0.5, "{got} vs {want}");
-    assert!(server.stop().success());
+    let mut damaged = bytes.clone();
+    damaged[body + 8] ^= 0x40;
+    for file in [sealed(other), damaged] {
+        std::fs::write(&store, file).unwrap();
+        let server = start_rare(&data, &model, None, &m, Some(&cfg60));
+        let got = window_of(&server);
+        assert!(close(got, want) && want > 0.5, "{got} vs {want}");
+        assert!(server.stop().success());
+    }
 
     // Another index (half the harmful examples) is refused: the bundle knows its index by
     // fingerprint, wherever it lies.
@@ -1908,4 +1923,21 @@ fn a_bundle_that_learned_from_rare_harm_scores_every_user_day_live_as_in_batch()
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("is another index"), "{err}");
+    // `vigil score` too.
+    let o = common::vigil(&[
+        "score",
+        "--model",
+        s(&model),
+        "--input",
+        s(&input),
+        "--out",
+        s(&d.join("other-scored")),
+        "--sentinel-index",
+        s(&other),
+        "--sentinel-model",
+        s(&m),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is another index or scorer"), "{err}");
 }

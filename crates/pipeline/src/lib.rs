@@ -475,10 +475,17 @@ pub fn run(
             c.detection = bundle.manifest.config.detection.clone();
             c.review = bundle.manifest.review.clone();
             c.enforcement = bundle.manifest.enforcement.clone();
-            // A bundle trained with the rare-harm stage needs its features: its index,
-            // unless the run names another.
-            if c.sentinel.index.is_none() {
+            // A bundle trained with the rare-harm stage needs its features computed as in
+            // training: its window, review threshold and index (a run may name the same
+            // index elsewhere; another one is refused by fingerprint).
+            if c.sentinel.index.is_none() || bundle.manifest.learns_rare_harm() {
+                let index = c
+                    .sentinel
+                    .index
+                    .clone()
+                    .or_else(|| bundle.manifest.config.sentinel.index.clone());
                 c.sentinel = bundle.manifest.config.sentinel.clone();
+                c.sentinel.index = index;
             }
             applied_cfg = c;
             &applied_cfg
@@ -612,20 +619,18 @@ pub fn run(
             let tick = |done: usize, total: usize| {
                 progress(Progress::Messages { done, total });
             };
-            // Applying a bundle trained through the cascade: its cut.
-            let frozen_cut = match &opts.models {
-                Models::Apply { bundle, .. } => bundle
-                    .manifest
-                    .rare_harm
-                    .as_ref()
-                    .and_then(|r| r.cascade.as_ref())
-                    .map(|c| c.cut),
-                Models::Fit => None,
+            // Applying a bundle that learned the features: its scoring (cut or exact) and
+            // its index's fingerprint.
+            let trained = match &opts.models {
+                Models::Apply { bundle, .. } if bundle.manifest.learns_rare_harm() => {
+                    bundle.manifest.rare_harm.as_ref()
+                }
+                _ => None,
             };
             let source = protect::RareHarmSource {
                 index,
                 model: &opts.sentinel_model,
-                frozen_cut,
+                trained,
             };
             let (f, info) = protect::rare_harm(&wh, &features, cfg, &source, &tick, &mut w)?;
             w.csv_and_parquet(&f)?;

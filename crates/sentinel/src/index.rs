@@ -209,9 +209,13 @@ impl SentinelIndex {
         self.positive.dim
     }
 
-    /// SHA-256 (first 8 bytes, hex) of both sides' embeddings: which index this is, whatever
-    /// its location (what a model bundle records and the live service checks).
-    pub fn fingerprint(&self) -> String {
+    /// SHA-256 (first 8 bytes, hex) of both sides' embeddings and, with `calibrated`, of the
+    /// calibrated scorer's files: which index and scorer these are, wherever they lie (what a
+    /// model bundle records and the live service checks; refitting the scorer changes it).
+    pub fn fingerprint(
+        &self,
+        calibrated: Option<&crate::CalibratedScorer>,
+    ) -> Result<String, SentinelError> {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
         for side in [&self.positive, &self.negative] {
@@ -220,11 +224,18 @@ impl SentinelIndex {
                 h.update(v.to_le_bytes());
             }
         }
-        h.finalize()
+        if let Some(c) = calibrated {
+            for (name, bytes) in c.to_files()? {
+                h.update(name.as_bytes());
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+        }
+        Ok(h.finalize()
             .iter()
             .take(8)
             .map(|b| format!("{b:02x}"))
-            .collect()
+            .collect())
     }
 
     /// Save to a local directory in the reference format. A corpus whose length differs from

@@ -469,7 +469,8 @@ pub(crate) async fn rare_of(
             .iter()
             .flat_map(|(_, w)| w.iter().map(String::as_str))
             .collect();
-        let scores = r.message_scores(&texts)?;
+        // Stored messages were kept when they came in; what-if texts are not kept.
+        let scores = r.message_scores(&texts, false)?;
         let mut out = HashMap::new();
         let mut at = 0;
         for (user, w) in &windows {
@@ -504,7 +505,12 @@ pub(crate) async fn rare_of(
 /// Each event's chat message scored against the service's index (`None` for other events,
 /// empty prompts, a service without an index, or a failure, which is logged: the state then
 /// misses the message until a restart rebuilds it).
-pub(crate) async fn message_scores_of(svc: &Svc, events: &[&Event]) -> Vec<Option<f64>> {
+/// With `keep`, the new scores are kept across restarts (stored events, not what-if ones).
+pub(crate) async fn message_scores_of(
+    svc: &Svc,
+    events: &[&Event],
+    keep: bool,
+) -> Vec<Option<f64>> {
     let mut out = vec![None; events.len()];
     let Some(r) = svc.rare.clone() else {
         return out;
@@ -518,7 +524,7 @@ pub(crate) async fn message_scores_of(svc: &Svc, events: &[&Event]) -> Vec<Optio
     let texts: Vec<String> = at.iter().map(|&i| events[i].prompt.clone()).collect();
     let res = tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        r.message_scores(&refs)
+        r.message_scores(&refs, keep)
     })
     .await;
     match res {
@@ -618,14 +624,33 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
         }
     };
     let events = parsed.events;
-    let fresh: Vec<&Event> = events
-        .iter()
-        .zip(&stored)
-        .filter_map(|(e, new)| new.then_some(e))
-        .collect();
-    let rare_scores = message_scores_of(&svc, &fresh).await;
-    for (e, score) in fresh.iter().zip(rare_scores) {
-        svc.state.apply(e, score);
+    if svc.rare.is_none() {
+        for (e, new) in events.iter().zip(&stored) {
+            if *new {
+                svc.state.apply(e, None);
+            }
+        }
+    } else {
+        // Scoring waits for the encoder: it and the fold run in a task of their own, so a
+        // client that hangs up meanwhile cannot leave stored events out of the state.
+        let fresh: Vec<Event> = events
+            .iter()
+            .zip(&stored)
+            .filter_map(|(e, new)| new.then(|| e.clone()))
+            .collect();
+        let task = {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let refs: Vec<&Event> = fresh.iter().collect();
+                let scores = message_scores_of(&svc, &refs, true).await;
+                for (e, score) in fresh.iter().zip(scores) {
+                    svc.state.apply(e, score);
+                }
+            })
+        };
+        if let Err(e) = task.await {
+            tracing::error!("folding stored events into the state stopped: {e}");
+        }
     }
     let keys = distinct_keys(&events, |_| true);
     let live = svc.live();
@@ -773,7 +798,7 @@ async fn post_score(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) -> 
     let keys = distinct_keys(&parsed.events, |_| true);
     let live = svc.live();
     let all: Vec<&Event> = parsed.events.iter().collect();
-    let rare_scores = message_scores_of(&svc, &all).await;
+    let rare_scores = message_scores_of(&svc, &all, false).await;
     let views = views_of(&svc, &keys, Some((&parsed.events, &rare_scores)));
     let scores = match score_keys(&live.scorer, &keys, &views) {
         Ok(s) => s,

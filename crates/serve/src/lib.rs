@@ -149,7 +149,7 @@ fn rebuild_scores(
     // Within half the cache per call: a call's new texts are all still cached at its end.
     let mut scores = Vec::with_capacity(texts.len());
     for part in texts.chunks((r.capacity() / 2).max(1)) {
-        scores.extend(r.message_scores(part)?);
+        scores.extend(r.message_scores(part, true)?);
     }
     for (i, s) in at.into_iter().zip(scores) {
         out[i] = Some(s);
@@ -524,9 +524,12 @@ pub async fn serve_until(
             .map_err(|e| failed.take().unwrap_or(ServeError::from(e)))?;
             held.extend(pending.iter().cloned());
             fold(&mut held)?;
-            // The next start finds these scores without the encoder.
-            if let Some(r) = rare {
-                r.save_store()?;
+            // The next start finds these scores without the encoder (a cache: a failure to
+            // write it costs only time at the next start).
+            if let Some(r) = rare
+                && let Err(e) = r.save_store()
+            {
+                tracing::warn!("rare-harm scores not kept: {e}");
             }
             n += pending.len() as u64;
             Ok((state, log, n))

@@ -126,8 +126,7 @@ impl RareHarm {
                 encoder.dim()
             )));
         }
-        let fingerprint = index.fingerprint();
-        let version = fingerprint.clone();
+        let version = index.fingerprint(None).map_err(sentinel)?;
         let calibrated = CalibratedScorer::load_from(&opts.index).map_err(sentinel)?;
         // The version names the scorer too: the same index scores differently with one.
         let version = match &calibrated {
@@ -153,6 +152,7 @@ impl RareHarm {
                 Some(screen)
             }
         };
+        let fingerprint = index.fingerprint(calibrated.as_ref()).map_err(sentinel)?;
         let messages = MessageScorer::new(&index, calibrated).map_err(sentinel)?;
         let weights = opts.model.join("model.safetensors");
         let model_digest = {
@@ -195,7 +195,7 @@ impl RareHarm {
             "vigil {} model {} index {} cut {}",
             env!("CARGO_PKG_VERSION"),
             self.model_digest,
-            self.version,
+            self.fingerprint,
             self.cut()
                 .map_or_else(|| "none".into(), |c| format!("{:016x}", c.to_bits()))
         )
@@ -243,7 +243,7 @@ impl RareHarm {
             let Some(path) = k.path.clone().filter(|_| k.dirty) else {
                 return Ok(());
             };
-            let mut bytes = Vec::with_capacity(16 + k.tag.len() + 16 * k.scores.len());
+            let mut bytes = Vec::with_capacity(44 + k.tag.len() + 16 * k.scores.len());
             bytes.extend_from_slice(STORE_MAGIC);
             bytes.extend_from_slice(&(k.tag.len() as u32).to_le_bytes());
             bytes.extend_from_slice(k.tag.as_bytes());
@@ -251,6 +251,12 @@ impl RareHarm {
                 bytes.extend_from_slice(&key.to_le_bytes());
                 bytes.extend_from_slice(&score.to_le_bytes());
             }
+            // A damaged file is detected whole, not read as wrong scores.
+            let sum = {
+                use sha2::Digest;
+                sha2::Sha256::digest(&bytes)
+            };
+            bytes.extend_from_slice(&sum);
             k.dirty = false;
             (path, bytes)
         };
@@ -282,7 +288,7 @@ impl RareHarm {
 
     /// Score texts not in the cache: from the kept scores when there, else through the
     /// cascade when the service has one, else exactly (and kept).
-    fn score_fresh(&self, texts: &[String]) -> Result<Vec<f64>, ServeError> {
+    fn score_fresh(&self, texts: &[String], keep: bool) -> Result<Vec<f64>, ServeError> {
         let keys: Vec<u64> = texts.iter().map(|t| stable_key(t)).collect();
         let mut out: Vec<Option<f64>> = {
             let k = self
@@ -301,7 +307,7 @@ impl RareHarm {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (&i, score) in todo.iter().zip(fresh) {
                 out[i] = Some(score);
-                if k.path.is_some() && k.scores.len() < STORE_MAX {
+                if keep && k.path.is_some() && k.scores.len() < STORE_MAX {
                     k.scores.insert(keys[i], score);
                     k.dirty = true;
                 }
@@ -355,7 +361,9 @@ impl RareHarm {
     }
 
     /// Each text's score, encoding (in one batch) only the texts not in the cache.
-    pub fn message_scores(&self, texts: &[&str]) -> Result<Vec<f64>, ServeError> {
+    /// With `keep`, newly computed scores also go to the kept scores (messages the service
+    /// stored; not what-if texts, which a client may send at will).
+    pub fn message_scores(&self, texts: &[&str], keep: bool) -> Result<Vec<f64>, ServeError> {
         let mut missing: Vec<String> = Vec::new();
         {
             // A set, not a scan of `missing`: a state rebuild passes whole dataset batches.
@@ -382,7 +390,7 @@ impl RareHarm {
             let obs = if missing.is_empty() {
                 Vec::new()
             } else {
-                self.score_fresh(&missing)?
+                self.score_fresh(&missing, keep)?
             };
             drop(one);
             let mut c = self.lock();
@@ -417,7 +425,7 @@ impl RareHarm {
         drop(c);
         if !again.is_empty() {
             let texts_again: Vec<String> = again.iter().map(|&i| texts[i].to_string()).collect();
-            let scores = self.score_fresh(&texts_again)?;
+            let scores = self.score_fresh(&texts_again, keep)?;
             for (&i, score) in again.iter().zip(scores) {
                 out[i] = score;
             }
@@ -456,9 +464,17 @@ impl RareHarm {
     }
 }
 
-/// The scores of a store file whose tag is `tag`; `None` for another tag or a damaged file.
+/// The scores of a store file whose tag is `tag`; `None` for another tag or a damaged file
+/// (its trailing SHA-256 does not match, or a score is not finite).
 fn parse_store(bytes: &[u8], tag: &str) -> Option<HashMap<u64, f64>> {
-    let rest = bytes.strip_prefix(STORE_MAGIC.as_slice())?;
+    let (content, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    {
+        use sha2::Digest;
+        if sha2::Sha256::digest(content).as_slice() != sum {
+            return None;
+        }
+    }
+    let rest = content.strip_prefix(STORE_MAGIC.as_slice())?;
     let (len, rest) = rest.split_first_chunk::<4>()?;
     let len = u32::from_le_bytes(*len) as usize;
     let (stored_tag, rest) = (rest.get(..len)?, rest.get(len..)?);
@@ -470,6 +486,9 @@ fn parse_store(bytes: &[u8], tag: &str) -> Option<HashMap<u64, f64>> {
         let (key, score) = entry.split_at(8);
         let key = u64::from_le_bytes(key.try_into().ok()?);
         let score = f64::from_le_bytes(score.try_into().ok()?);
+        if !score.is_finite() {
+            return None;
+        }
         scores.insert(key, score);
     }
     Some(scores)

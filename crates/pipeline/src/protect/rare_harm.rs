@@ -78,8 +78,9 @@ pub(crate) struct Source<'a> {
     pub index: &'a str,
     /// The sentence-transformers model directory.
     pub model: &'a Path,
-    /// The bundle's cascade cut, when applying one trained through the cascade.
-    pub frozen_cut: Option<f64>,
+    /// What the stage was in training, when applying a bundle that learned the features:
+    /// its scoring (the cascade's cut, or exact) and the index it must be.
+    pub trained: Option<&'a RareHarmInfo>,
 }
 
 /// A user's days: (date, day text, the day's message rows).
@@ -112,7 +113,10 @@ pub(crate) fn rare_harm(
     progress: &dyn Fn(usize, usize),
     out: &mut Written,
 ) -> Result<(Table, RareHarmInfo), PipelineError> {
-    let (index_location, model, frozen_cut) = (source.index, source.model, source.frozen_cut);
+    let (index_location, model) = (source.index, source.model);
+    // Applying a bundle: a text scores as in training (through its cut, or exactly).
+    let frozen: Option<Option<f64>> = source.trained.map(|t| t.cascade.as_ref().map(|c| c.cut));
+    let frozen_cut = frozen.flatten();
     check_encoder(model)?;
     let index = SentinelIndex::load_from(index_location, None, None).map_err(sentinel)?;
     let calibrated = CalibratedScorer::load_from(index_location).map_err(sentinel)?;
@@ -124,6 +128,17 @@ pub(crate) fn rare_harm(
             index.dim(),
             model.display(),
             encoder.dim()
+        )));
+    }
+    let fingerprint = index.fingerprint(calibrated.as_ref()).map_err(sentinel)?;
+    if let Some(want) = source.trained.and_then(|t| t.fingerprint.as_ref())
+        && *want != fingerprint
+    {
+        return Err(PipelineError::Config(format!(
+            "the model bundle learned the rare-harm features from the index {} (fingerprint \
+             {want}); {index_location} is another index or scorer (fingerprint {fingerprint}): \
+             score with the index the bundle was trained with",
+            source.trained.map_or("?", |t| t.index.as_str())
         )));
     }
     let scorer = MessageScorer::new(&index, calibrated).map_err(sentinel)?;
@@ -151,8 +166,9 @@ pub(crate) fn rare_harm(
         .filter(|_| index.positive_corpus.is_some());
     // A bundle trained through the cascade is applied with its cut (no share floor): a text
     // scores the same here, in the training run and in the live service.
-    let mode = match frozen_cut {
-        Some(_) => CascadeMode::On,
+    let mode = match frozen {
+        Some(Some(_)) => CascadeMode::On,
+        Some(None) => CascadeMode::Off,
         None => cfg.sentinel.cascade,
     };
     let screen = match (mode, calibrated_index) {
@@ -371,7 +387,7 @@ pub(crate) fn rare_harm(
         distinct_texts: distinct.len(),
         window_days: cfg.sentinel.window_days,
         cascade,
-        fingerprint: Some(index.fingerprint()),
+        fingerprint: Some(fingerprint),
     };
     tracing::info!(
         "rare harm: {} messages ({} distinct) scored with the {} scorer",
