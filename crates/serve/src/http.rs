@@ -636,7 +636,8 @@ async fn post_events(State(svc): State<Svc>, headers: HeaderMap, body: Bytes) ->
         let fresh: Vec<Event> = events
             .iter()
             .zip(&stored)
-            .filter_map(|(e, new)| new.then(|| e.clone()))
+            .filter(|(_, new)| **new)
+            .map(|(e, _)| e.clone())
             .collect();
         let task = {
             let svc = svc.clone();
