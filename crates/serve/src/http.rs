@@ -511,32 +511,33 @@ pub(crate) async fn message_scores_of(
     events: &[&Event],
     keep: bool,
 ) -> Vec<Option<f64>> {
-    let mut out = vec![None; events.len()];
+    let none = vec![None; events.len()];
     let Some(r) = svc.rare.clone() else {
-        return out;
+        return none;
     };
-    let at: Vec<usize> = (0..events.len())
-        .filter(|&i| events[i].event_type == "chat" && !events[i].prompt.is_empty())
+    let prompts: Vec<Option<String>> = events
+        .iter()
+        .map(|e| crate::rare::chat_prompt(e).map(str::to_string))
         .collect();
-    if at.is_empty() {
-        return out;
+    if prompts.iter().all(Option::is_none) {
+        return none;
     }
-    let texts: Vec<String> = at.iter().map(|&i| events[i].prompt.clone()).collect();
     let res = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        r.message_scores(&refs, keep)
+        let refs: Vec<Option<&str>> = prompts.iter().map(Option::as_deref).collect();
+        r.prompt_scores(&refs, keep)
     })
     .await;
     match res {
-        Ok(Ok(scores)) => {
-            for (i, s) in at.into_iter().zip(scores) {
-                out[i] = Some(s);
-            }
+        Ok(Ok(scores)) => scores,
+        Ok(Err(e)) => {
+            tracing::error!("rare-harm scoring of new messages failed: {e}");
+            none
         }
-        Ok(Err(e)) => tracing::error!("rare-harm scoring of new messages failed: {e}"),
-        Err(e) => tracing::error!("rare-harm scoring of new messages stopped: {e}"),
+        Err(e) => {
+            tracing::error!("rare-harm scoring of new messages stopped: {e}");
+            none
+        }
     }
-    out
 }
 
 /// How many nearest harmful examples a scored message shows.

@@ -140,21 +140,13 @@ fn rebuild_scores(
     rare: Option<&rare::RareHarm>,
     events: &[event::Event],
 ) -> Result<Vec<Option<f64>>, ServeError> {
-    let mut out = vec![None; events.len()];
-    let Some(r) = rare else { return Ok(out) };
-    let at: Vec<usize> = (0..events.len())
-        .filter(|&i| events[i].event_type == "chat" && !events[i].prompt.is_empty())
-        .collect();
-    let texts: Vec<&str> = at.iter().map(|&i| events[i].prompt.as_str()).collect();
-    // Within half the cache per call: a call's new texts are all still cached at its end.
-    let mut scores = Vec::with_capacity(texts.len());
-    for part in texts.chunks((r.capacity() / 2).max(1)) {
-        scores.extend(r.message_scores(part, true)?);
+    match rare {
+        None => Ok(vec![None; events.len()]),
+        Some(r) => {
+            let prompts: Vec<Option<&str>> = events.iter().map(rare::chat_prompt).collect();
+            r.prompt_scores(&prompts, true)
+        }
     }
-    for (i, s) in at.into_iter().zip(scores) {
-        out[i] = Some(s);
-    }
-    Ok(out)
 }
 
 /// How to run the service.

@@ -260,14 +260,16 @@ impl RareHarm {
             k.dirty = false;
             (path, bytes)
         };
-        vigil_core::write_atomic(&path, &bytes).map_err(|(p, e)| ServeError::io(&p, e))?;
+        if let Err((p, e)) = vigil_core::write_atomic(&path, &bytes) {
+            // Still to be written at the next save.
+            self.known
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .dirty = true;
+            return Err(ServeError::io(&p, e));
+        }
         tracing::info!("rare-harm scores kept in {}", path.display());
         Ok(())
-    }
-
-    /// Distinct texts whose scores are kept.
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// The cascade cut messages are screened with (`None`: every text exactly).
@@ -361,6 +363,29 @@ impl RareHarm {
     }
 
     /// Each text's score, encoding (in one batch) only the texts not in the cache.
+    /// The score of each prompt (`None` stays `None`), in calls of at most half the cache so
+    /// that a call's new texts are all still cached at its end; with `keep` as in
+    /// [`Self::message_scores`].
+    pub fn prompt_scores(
+        &self,
+        prompts: &[Option<&str>],
+        keep: bool,
+    ) -> Result<Vec<Option<f64>>, ServeError> {
+        let at: Vec<usize> = (0..prompts.len())
+            .filter(|&i| prompts[i].is_some())
+            .collect();
+        let texts: Vec<&str> = prompts.iter().flatten().copied().collect();
+        let mut scores = Vec::with_capacity(texts.len());
+        for part in texts.chunks((self.capacity / 2).max(1)) {
+            scores.extend(self.message_scores(part, keep)?);
+        }
+        let mut out = vec![None; prompts.len()];
+        for (i, s) in at.into_iter().zip(scores) {
+            out[i] = Some(s);
+        }
+        Ok(out)
+    }
+
     /// With `keep`, newly computed scores also go to the kept scores (messages the service
     /// stored; not what-if texts, which a client may send at will).
     pub fn message_scores(&self, texts: &[&str], keep: bool) -> Result<Vec<f64>, ServeError> {
@@ -492,6 +517,12 @@ fn parse_store(bytes: &[u8], tag: &str) -> Option<HashMap<u64, f64>> {
         scores.insert(key, score);
     }
     Some(scores)
+}
+
+/// An event's chat message, the text the service scores: `None` for other events and empty
+/// prompts (as the batch stage's `chat_messages`).
+pub fn chat_prompt(e: &crate::event::Event) -> Option<&str> {
+    (e.event_type == "chat" && !e.prompt.is_empty()).then_some(e.prompt.as_str())
 }
 
 /// A user's message window: the last `n` chat prompts across the retained days, oldest

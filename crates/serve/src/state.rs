@@ -545,7 +545,7 @@ impl UserState {
                 }
             }
         }
-        if let Some(score) = rare.filter(|_| chat && !e.prompt.is_empty())
+        if let Some(score) = rare.filter(|_| crate::rare::chat_prompt(e).is_some())
             && day > day_of(newest) - keep.rare
         {
             let at = match u.rare.binary_search_by_key(&day, |(d, _)| *d) {
